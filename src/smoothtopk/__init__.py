@@ -1,0 +1,1 @@
+"""smoothtopk: exact smooth top-k SVM losses for PyTorch."""
