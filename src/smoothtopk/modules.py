@@ -1,0 +1,97 @@
+"""``nn.Module`` forms of the losses: thin wrappers that store the hyper-parameters.
+
+Example:
+    >>> import torch
+    >>> from smoothtopk import SmoothTopkSVMLoss
+    >>> criterion = SmoothTopkSVMLoss(k=5, tau=1.0, alpha=1.0)
+    >>> criterion
+    SmoothTopkSVMLoss(k=5, tau=1.0, alpha=1.0, reduction='mean')
+    >>> loss = criterion(torch.randn(8, 10), torch.randint(0, 10, (8,)))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._validation import check_non_negative, check_positive, check_reduction
+from .hard_topk import topk_svm_loss
+from .smooth_topk import smooth_topk_svm_loss
+
+
+class _WeightedLoss(nn.Module):
+    """Holds ``weight`` (a buffer: it follows ``.to()`` and the state dict), ``ignore_index``
+    and ``reduction`` like ``nn.CrossEntropyLoss``."""
+
+    def __init__(self, weight: torch.Tensor | None, ignore_index: int, reduction: str) -> None:
+        super().__init__()
+        if weight is not None and not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = check_reduction(reduction)
+
+    def _common_repr(self) -> str:
+        parts = [f"reduction={self.reduction!r}"]
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.weight is not None:
+            parts.append(f"weight=<{tuple(self.weight.shape)} tensor>")
+        return ", ".join(parts)
+
+
+class SmoothTopkSVMLoss(_WeightedLoss):
+    """Module form of :func:`smoothtopk.smooth_topk_svm_loss`."""
+
+    def __init__(
+        self,
+        k: int = 5,
+        tau: float = 1.0,
+        alpha: float = 1.0,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(weight, ignore_index, reduction)
+        self.k = k
+        self.tau = check_positive(tau, "tau")
+        self.alpha = check_non_negative(alpha, "alpha")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return smooth_topk_svm_loss(
+            input,
+            target,
+            self.k,
+            self.tau,
+            self.alpha,
+            self.weight,
+            self.ignore_index,
+            self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, tau={self.tau}, alpha={self.alpha}, {self._common_repr()}"
+
+
+class TopkSVMLoss(_WeightedLoss):
+    """Module form of :func:`smoothtopk.topk_svm_loss` (the hard loss)."""
+
+    def __init__(
+        self,
+        k: int = 5,
+        alpha: float = 1.0,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(weight, ignore_index, reduction)
+        self.k = k
+        self.alpha = check_non_negative(alpha, "alpha")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return topk_svm_loss(
+            input, target, self.k, self.alpha, self.weight, self.ignore_index, self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, alpha={self.alpha}, {self._common_repr()}"

@@ -1,0 +1,220 @@
+r"""The smooth top-k SVM loss :math:`L_{k,\tau}` with margin :math:`\alpha`, exact in value and gradient.
+
+.. math::
+
+    L_{k,\tau}(s, y) = \tau \,\mathrm{softplus}\Big(\frac{\alpha}{\tau}
+        + \log \sigma_k(x_{\setminus y}) - \log \sigma_{k-1}(x_{\setminus y})
+        - \frac{s_y}{k\tau}\Big), \qquad x_j = e^{s_j / (k\tau)},
+
+where :math:`\sigma_d` is the elementary symmetric polynomial of degree ``d`` over the scores
+without the target. ``k = 1`` is the closed form
+:math:`\tau \log\sum_j e^{(s_j + \alpha[j\ne y] - s_y)/\tau}` (cross-entropy when
+``alpha = 0, tau = 1``); ``tau -> 0`` gives :func:`smoothtopk.topk_svm_loss`.
+
+How it stays exact (see ``docs/algorithm.md``): anchor on the k largest non-target scores
+``T`` and their smallest member ``a``. With ``w_i = e^{(a - s_i)/(k tau)} <= 1`` on ``T`` and
+``u_j = e^{(s_j - a)/(k tau)} <= 1`` on the rest ``R``,
+
+.. math::
+
+    \frac{\sigma_k(x)}{\sigma_{k-1}(x)} = e^{a/(k\tau)} \frac{A}{B}, \quad
+    A = \sum_{b=0}^{k} \sigma_b(w)\, e_b(u), \quad B = \sum_{b=1}^{k} \sigma_b(w)\, e_{b-1}(u).
+
+Every term is a product of numbers at most 1 and non-negative: ``e_b(u)`` comes from the
+subtraction-free tree of :mod:`smoothtopk.polynomial`, ``sigma_b(w)`` and its leave-one-out
+derivatives from a k-step inside-outside recursion in log space. The gradient of a rest class is
+``u_j P(u_j)``, a degree ``k - 1`` polynomial per row whose alternating terms are bounded by
+binomials in ``k`` because ``u_j <= 1``: no series approximation and no switch to the hard loss.
+
+Example:
+    >>> import torch
+    >>> from smoothtopk import smooth_topk_svm_loss
+    >>> scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 0.2]], requires_grad=True)
+    >>> loss = smooth_topk_svm_loss(scores, torch.tensor([0, 2]), k=2, tau=1.0, alpha=1.0)
+    >>> loss.backward()
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ._reduction import classification_loss
+from ._validation import check_k, check_non_negative, check_positive
+from .polynomial import elementary_symmetric
+
+# Stands for log(0) in log-space recursions: finite, so that autograd (double backward) never
+# meets inf - inf, and so negative that exp() of it and of its sums with log-weights is 0.
+_LOG_ZERO = -1.0e30
+
+
+def smooth_topk_svm_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    k: int = 5,
+    tau: float = 1.0,
+    alpha: float = 1.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Smooth top-k SVM loss :math:`L_{k,\tau}` with the calling convention of ``F.cross_entropy``.
+
+    Args:
+        input: scores (logits) of shape ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``.
+        target: class indices of shape ``()``, ``(N)`` or ``(N, d1, ...)``, integer dtype.
+        k: the top-k of interest, ``1 <= k < C``.
+        tau: temperature ``> 0``; smaller is closer to the hard top-k hinge.
+        alpha: margin ``>= 0``.
+        weight, ignore_index, reduction: as in ``F.cross_entropy``.
+
+    Returns:
+        The loss; shape of ``target`` for ``reduction="none"``, else a scalar. float16 and
+        bfloat16 inputs are computed in float32 and returned in the input dtype.
+    """
+    tau = check_positive(tau, "tau")
+    alpha = check_non_negative(alpha, "alpha")
+
+    def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
+        kk = check_k(k, scores.shape[1])
+        if kk == 1:
+            return _top1_closed_form(scores, safe_target, tau, alpha)
+        return _SmoothTopkSVM.apply(scores, safe_target, kk, tau, alpha)
+
+    return classification_loss(per_sample, input, target, weight, ignore_index, reduction)
+
+
+def _top1_closed_form(scores, target, tau: float, alpha: float) -> torch.Tensor:
+    """``tau * CE((s + alpha [j != y]) / tau, y)``: exactly ``F.cross_entropy`` when ``alpha=0, tau=1``."""
+    if alpha != 0.0:
+        true_scores = scores.gather(1, target[:, None])
+        scores = (scores + alpha).scatter(1, target[:, None], true_scores)
+    if tau != 1.0:
+        return tau * F.cross_entropy(scores / tau, target, reduction="none")
+    return F.cross_entropy(scores, target, reduction="none")
+
+
+class _Pieces(NamedTuple):
+    loss: torch.Tensor  # (M,)
+    slope: torch.Tensor  # (M,) dL/d(argument of the softplus) / k = sigmoid(...) / k
+    rest: torch.Tensor  # (M, C) u_j for j in R, 0 on the anchors T and on the target
+    rest_coefficients: torch.Tensor  # (M, k) D_m: d/dz_j (log A - log B) = u_j sum_m (-u_j)^m D_m
+    anchor_gradient: torch.Tensor  # (M, k) d/dz_i (log A - log B) for i in T
+    anchor_index: torch.Tensor  # (M, k) the classes of T
+
+
+def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alpha: float):
+    """Loss and gradient factors of every row; differentiable torch operations only."""
+    rows = scores.shape[0]
+    scale = 1.0 / (k * tau)
+    target = target[:, None]
+    true_score = scores.gather(1, target)
+    others = scores.scatter(1, target, float("-inf"))
+    top, anchor_index = others.topk(k, dim=1)
+    anchor = top[:, -1:]
+
+    # Rest: u_j <= 1, summed to at most 1 after scaling by 1 / max(1, sum u) for the tree.
+    rest = torch.exp((others - anchor) * scale).scatter(1, anchor_index, 0.0)
+    log_mass = torch.log(rest.sum(dim=1, keepdim=True).clamp_min(1.0))
+    scaled = elementary_symmetric(rest * torch.exp(-log_mass), k)
+    degrees = torch.arange(1, k + 1, device=scores.device, dtype=scores.dtype)
+    log_e = torch.where(
+        scaled > 0, torch.log(scaled.clamp_min(torch.finfo(scores.dtype).tiny)), _LOG_ZERO
+    )
+    log_e = torch.cat([scores.new_zeros(rows, 1), log_e + degrees * log_mass], dim=1)
+
+    # Anchors: log sigma_b(w) of every prefix of T (inside pass), in log space.
+    log_w = (anchor - top) * scale
+    log_zero_column = scores.new_full((rows, 1), _LOG_ZERO)
+    inside = [torch.cat([scores.new_zeros(rows, 1), scores.new_full((rows, k), _LOG_ZERO)], 1)]
+    for i in range(k):
+        previous = inside[-1]
+        grown = torch.cat([log_zero_column, previous[:, :-1] + log_w[:, i : i + 1]], dim=1)
+        inside.append(torch.logaddexp(previous, grown))
+    log_sigma = inside[-1]
+
+    log_e_shifted = torch.cat([log_zero_column, log_e[:, :-1]], dim=1)  # e_{b-1}(u)
+    log_a = torch.logsumexp(log_sigma + log_e, dim=1, keepdim=True)
+    log_b = torch.logsumexp(log_sigma + log_e_shifted, dim=1, keepdim=True)
+
+    argument = alpha / tau + (anchor - true_score) * scale + log_a - log_b
+    argument = argument.squeeze(1)
+    loss = tau * F.softplus(argument)
+    slope = torch.sigmoid(argument) / k
+
+    anchor_gradient = _inclusion(inside, log_w, log_e_shifted - log_b) - _inclusion(
+        inside, log_w, log_e - log_a
+    )
+    rest_coefficients = _rest_coefficients(log_sigma, log_e, log_a) - _rest_coefficients(
+        log_sigma, log_e_shifted, log_b
+    )
+    return _Pieces(loss, slope, rest, rest_coefficients, anchor_gradient, anchor_index)
+
+
+def _inclusion(inside, log_w: torch.Tensor, log_adjoint: torch.Tensor) -> torch.Tensor:
+    """``w_i d/dw_i sum_b sigma_b(w) c_b`` for each anchor i, given ``log c_b`` (outside pass).
+
+    All terms are non-negative: the leave-one-out polynomials are never formed by subtraction.
+    """
+    k = log_w.shape[1]
+    log_zero_column = torch.full_like(log_adjoint[:, :1], _LOG_ZERO)
+    outside = log_adjoint
+    result = [None] * k
+    for i in range(k - 1, -1, -1):
+        # terms that contain anchor i: sigma_b(prefix before i) * w_i * adjoint_{b+1}(suffix)
+        term = inside[i][:, :-1] + log_w[:, i : i + 1] + outside[:, 1:]
+        result[i] = torch.exp(term).sum(dim=1)
+        raised = torch.cat([outside[:, 1:] + log_w[:, i : i + 1], log_zero_column], dim=1)
+        outside = torch.logaddexp(outside, raised)
+    return torch.stack(result, dim=1)
+
+
+def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
+    r"""``C_m = sum_{b > m} sigma_b(w) e_{b-1-m}(u) / total`` for ``m = 0..k-1`` (each term <= C(k, m+1))."""
+    k = log_sigma.shape[1] - 1
+    b = torch.arange(k + 1, device=log_sigma.device)
+    m = torch.arange(k, device=log_sigma.device)
+    index = b[None, :] - 1 - m[:, None]  # (k, k + 1): degree of e paired with sigma_b
+    valid = index >= 0
+    gathered = log_e[:, index.clamp_min(0)]  # (M, k, k + 1)
+    terms = torch.where(valid, log_sigma[:, None, :] + gathered - log_total[:, :, None], _LOG_ZERO)
+    return torch.exp(terms).sum(dim=2)
+
+
+def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target."""
+    u, coefficients = pieces.rest, pieces.rest_coefficients
+    k = coefficients.shape[1]
+    horner = coefficients[:, k - 1 : k]
+    for m in range(k - 2, -1, -1):
+        horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
+    direction = u * horner
+    direction = direction.scatter(1, pieces.anchor_index, pieces.anchor_gradient)
+    direction = direction.scatter(1, target[:, None], -1.0)
+    return direction * (pieces.slope * grad_loss)[:, None]
+
+
+class _SmoothTopkSVM(torch.autograd.Function):
+    """Per-row loss with a hand-written backward that keeps only ``O(N C)`` for the backward.
+
+    The backward is made of differentiable operations; under ``create_graph=True`` it recomputes
+    the factors from the saved scores so that double backward is exact as well.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, target, k, tau, alpha):
+        pieces = _pieces(scores, target, k, tau, alpha)
+        ctx.hyper = (k, tau, alpha)
+        ctx.save_for_backward(scores, target, *pieces[1:])
+        return pieces.loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        scores, target, *factors = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            pieces = _pieces(scores, target, *ctx.hyper)
+        else:
+            pieces = _Pieces(None, *factors)
+        return _gradient(pieces, target, grad_loss), None, None, None, None
