@@ -64,7 +64,7 @@ def check_reduction(reduction) -> str:
 
 
 def check_input_target(input, target) -> None:
-    """``input`` (C), (N, C) or (N, C, d1, ...) floating; ``target`` () (N) or (N, d1, ...) integer."""
+    """``input`` (C), (N, C) or (N, C, d1, ...) floating; ``target`` (), (N) or (N, d1, ...)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if not isinstance(target, torch.Tensor):

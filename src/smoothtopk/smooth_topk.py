@@ -1,4 +1,4 @@
-r"""The smooth top-k SVM loss :math:`L_{k,\tau}` with margin :math:`\alpha`, exact in value and gradient.
+r"""The smooth top-k SVM loss :math:`L_{k,\tau}` with margin :math:`\alpha`: exact value, gradient.
 
 .. math::
 
@@ -87,7 +87,7 @@ def smooth_topk_svm_loss(
 
 
 def _top1_closed_form(scores, target, tau: float, alpha: float) -> torch.Tensor:
-    """``tau * CE((s + alpha [j != y]) / tau, y)``: exactly ``F.cross_entropy`` when ``alpha=0, tau=1``."""
+    """``tau * CE((s + alpha [j != y]) / tau, y)``: ``F.cross_entropy`` itself at alpha=0, tau=1."""
     if alpha != 0.0:
         true_scores = scores.gather(1, target[:, None])
         scores = (scores + alpha).scatter(1, target[:, None], true_scores)
@@ -172,7 +172,7 @@ def _inclusion(inside, log_w: torch.Tensor, log_adjoint: torch.Tensor) -> torch.
 
 
 def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
-    r"""``C_m = sum_{b > m} sigma_b(w) e_{b-1-m}(u) / total`` for ``m = 0..k-1`` (each term <= C(k, m+1))."""
+    r"""``C_m = sum_{b > m} sigma_b(w) e_{b-1-m}(u) / total``, m = 0..k-1; terms <= C(k, m+1)."""
     k = log_sigma.shape[1] - 1
     b = torch.arange(k + 1, device=log_sigma.device)
     m = torch.arange(k, device=log_sigma.device)
