@@ -28,6 +28,16 @@ def check_k(k, num_classes: int, name: str = "k") -> int:
     return k
 
 
+def check_positive_int(value, name: str) -> int:
+    """An integer ``>= 1`` (sample counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return value
+
+
 def check_positive(value, name: str) -> float:
     """A finite real number ``> 0`` (temperatures)."""
     value = _check_real(value, name)
