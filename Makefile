@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,20 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+# Benchmarks (docs/benchmarks.md): `make bench` runs the quick subset (~5 min on 2 cores),
+# `make bench-full` the full grid; extra options via BENCH_ARGS, e.g. BENCH_ARGS="--device cuda".
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e ".[experiments,dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run --quick $(BENCH_ARGS)
+
+bench-full: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run --full $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
