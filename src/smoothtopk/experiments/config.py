@@ -1,0 +1,277 @@
+"""The run configuration: one dataclass, presets, YAML files and command-line overrides.
+
+Resolution order (later wins): the dataclass defaults, the preset (``--preset`` or ``preset:`` in
+the YAML file), the preset's per-loss settings (e.g. the ImageNet recipe uses lr 1 and tau 0.1
+for the smooth loss), the YAML file (``--config``), the command-line options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from .data import check_dataset
+from .losses import check_loss
+from .models import DEFAULT_MODEL, check_model
+from .noise import GROUPINGS, check_rate
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "embedded"
+    data_dir: str | None = None
+    download: bool = False
+    data_seed: int = 0  #: generation of the embedded data, train/validation split, subsets
+    val_size: int | None = None  #: random validation split size (cifar100: 5000, embedded: 500)
+    val_per_class: int = 50  #: held-out validation images per class (imagenet, folder)
+    subset: str = "all"  #: balanced training subset (imagenet, folder): 64k, 128k, ..., all
+    image_size: int = 224  #: crop size (imagenet, folder)
+    augment: bool = True
+    # label noise (training split only)
+    noise: float = 0.0
+    noise_groups: str = "consecutive"
+    group_size: int = 5
+    noise_seed: int = 0
+    # model and loss
+    model: str | None = None  #: None: the data set's default model
+    loss: str = "ce"
+    k: int = 5
+    tau: float = 1.0
+    alpha: float = 1.0
+    # optimisation: SGD, Nesterov momentum, lr divided by 1/gamma at each milestone
+    epochs: int = 15
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    milestones: list[int] = field(default_factory=lambda: [8, 12])
+    gamma: float = 0.1
+    seed: int = 0  #: model initialisation, data order, augmentation
+    # execution
+    workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+    preset: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # SPEC §4, CIFAR-100 with label noise: DenseNet-BC 40/40, 300 epochs, batch 64.
+    "cifar100-noise": {
+        "dataset": "cifar100",
+        "data_dir": "data",
+        "model": "densenet-bc",
+        "epochs": 300,
+        "batch_size": 64,
+        "lr": 0.1,
+        "weight_decay": 1e-4,
+        "milestones": [150, 225],
+        "k": 5,
+        "tau": 1.0,
+        "alpha": 1.0,
+        "workers": 4,
+    },
+    # SPEC §4, ImageNet with reduced training sets: ResNet-18, 120 epochs, batch 256.
+    "imagenet-subsets": {
+        "dataset": "imagenet",
+        "data_dir": "data/imagenet",
+        "model": "resnet18",
+        "epochs": 120,
+        "batch_size": 256,
+        "eval_batch_size": 256,
+        "lr": 0.1,
+        "weight_decay": 1e-4,
+        "milestones": [30, 60, 90],
+        "val_per_class": 50,
+        "image_size": 224,
+        "k": 5,
+        "alpha": 1.0,
+        "workers": 8,
+        "by_loss": {"smooth-svm": {"lr": 1.0, "tau": 0.1, "weight_decay": 2.5e-5}},
+    },
+    # The demo on the embedded data: minutes on two CPU cores. Same recipe for every loss.
+    "demo": {
+        "dataset": "embedded",
+        "model": "small-cnn",
+        "epochs": 15,
+        "batch_size": 64,
+        "lr": 0.1,
+        "weight_decay": 1e-4,
+        "milestones": [8, 12],
+        "k": 5,
+        "tau": 1.0,
+        "alpha": 1.0,
+        "workers": 0,
+    },
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _coerce(name: str, value):
+    """Check (and widen int -> float) a value from a YAML file against the field's type."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config option {name!r} cannot be null")
+    base = hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        base = next(a for a in args if a is not type(None))
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if name == "subset" and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(base) is list:
+        if isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return list(value)
+    raise ValueError(f"config option {name!r} must be of type {hint}, got {value!r}")
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of options")
+    return data
+
+
+def _check_keys(values: dict, where: str) -> None:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown option(s) in {where}: {', '.join(unknown)}")
+
+
+def resolve(
+    preset: str | None = None, yaml_values: dict | None = None, cli_values: dict | None = None
+) -> Config:
+    """Merge defaults, preset, YAML and command line into a validated :class:`Config`."""
+    yaml_values = dict(yaml_values or {})
+    cli_values = dict(cli_values or {})
+    _check_keys(yaml_values, "the config file")
+    _check_keys(cli_values, "the command line")
+    yaml_values = {k: _coerce(k, v) for k, v in yaml_values.items()}
+    preset = cli_values.pop("preset", None) or preset or yaml_values.pop("preset", None)
+    yaml_values.pop("preset", None)
+    values: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values.update({k: v for k, v in PRESETS[preset].items() if k != "by_loss"})
+    loss = cli_values.get("loss", yaml_values.get("loss", values.get("loss", Config.loss)))
+    if preset is not None:
+        values.update(PRESETS[preset].get("by_loss", {}).get(loss, {}))
+    values.update(yaml_values)
+    values.update(cli_values)
+    values["preset"] = preset
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that need no data; fills in the data set's default model."""
+    check_dataset(cfg.dataset)
+    if cfg.model is None:
+        cfg.model = DEFAULT_MODEL[cfg.dataset]
+    check_model(cfg.model)
+    check_loss(cfg.loss)
+    check_rate(cfg.noise)
+    if cfg.noise_groups not in GROUPINGS:
+        raise ValueError(
+            f"unknown noise grouping {cfg.noise_groups!r}; choose from {', '.join(GROUPINGS)}"
+        )
+    if cfg.noise_groups == "superclass" and cfg.dataset not in ("cifar100", "embedded"):
+        raise ValueError(f"dataset {cfg.dataset!r} has no superclasses; use consecutive groups")
+    positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "k", "image_size",
+                "val_per_class")  # fmt: skip
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.val_size is not None and cfg.val_size < 1:
+        raise ValueError(f"val_size must be >= 1, got {cfg.val_size}")
+    if cfg.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    for name in ("lr", "tau"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be > 0, got {value}")
+    for name in ("alpha", "weight_decay", "momentum", "gamma"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if cfg.nesterov and cfg.momentum == 0:
+        raise ValueError("Nesterov momentum needs momentum > 0")
+    if sorted(cfg.milestones) != list(cfg.milestones) or any(m < 1 for m in cfg.milestones):
+        raise ValueError(f"milestones must be increasing epochs >= 1, got {cfg.milestones}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    return cfg
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """The learning rate of (0-based) ``epoch``: lr * gamma^(milestones passed)."""
+    return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def from_saved(values: dict) -> Config:
+    _check_keys(values, "the saved config")
+    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+# options that may differ when a run is resumed
+RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size")
+
+
+def resume_config(saved: Config, explicit: dict) -> Config:
+    """The saved config of a run with the explicitly given options that may change on resume
+    (:data:`RESUMABLE`); any other option must equal the saved value."""
+    _check_keys(explicit, "the command line")
+    values = saved.to_dict()
+    changed = []
+    for key, value in explicit.items():
+        if key == "preset" and value is None:
+            continue
+        if key in RESUMABLE:
+            values[key] = value
+        elif value != values[key] and not (key == "preset" and value == values.get("preset")):
+            changed.append(f"{key} ({values[key]!r} saved, {value!r} given)")
+    if changed:
+        raise ValueError("--resume cannot change " + ", ".join(changed))
+    return validate(Config(**values))

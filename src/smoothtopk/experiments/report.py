@@ -1,0 +1,260 @@
+"""``smoothtopk report``: a markdown table, a CSV and PNG plots from finished runs.
+
+Everything is read from the run directories (``config.yaml``, ``metrics.jsonl``,
+``noise.json``); the reported epoch of each run is the one with the best validation top-5
+(ties: the earliest), and the table shows its *test* top-1/top-5. Runs with the same data set,
+loss and noise level (or subset size) but different seeds are averaged (column ``n``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .config import Config
+from .losses import loss_label
+from .records import read_metrics
+from .train import CONFIG, is_run_dir, saved_config
+
+
+@dataclass
+class RunResult:
+    path: str
+    cfg: Config
+    history: list[dict]
+    best: dict | None
+    effective_flip_rate: float | None = None
+    label: str = field(init=False)
+
+    def __post_init__(self):
+        self.label = loss_label(self.cfg.loss, self.cfg.k, self.cfg.tau, self.cfg.alpha)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.history) >= self.cfg.epochs
+
+
+def select_best(history: list[dict]) -> dict | None:
+    best = None
+    for row in history:
+        if best is None or row["val_top5"] > best["val_top5"]:
+            best = row
+    return best
+
+
+def find_runs(paths: list[str]) -> list[str]:
+    """Run directories among ``paths`` and, for a path that is not a run, its sub-directories."""
+    runs = []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise ValueError(f"{path} is not a directory")
+        if is_run_dir(path):
+            runs.append(path)
+            continue
+        found = sorted(
+            os.path.join(path, d) for d in os.listdir(path) if is_run_dir(os.path.join(path, d))
+        )
+        if not found:
+            raise ValueError(
+                f"{path} is not a smoothtopk run directory (no {CONFIG}) nor holds any"
+            )
+        runs.extend(found)
+    return runs
+
+
+def load_run(path: str) -> RunResult:
+    cfg = saved_config(path)
+    history = read_metrics(path)
+    rate = None
+    noise_file = os.path.join(path, "noise.json")
+    if os.path.exists(noise_file):
+        with open(noise_file) as f:
+            rate = json.load(f).get("effective_flip_rate")
+    return RunResult(path, cfg, history, select_best(history), rate)
+
+
+def axis_of(runs: list[RunResult]) -> str:
+    """``subset`` when the runs differ in training subset, else ``noise``."""
+    return "subset" if len({r.cfg.subset for r in runs}) > 1 else "noise"
+
+
+def _subset_key(value: str) -> float:
+    if value == "all":
+        return float("inf")
+    text = value.lower()
+    return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+
+
+def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
+    """One row per (data set, loss, x) with mean test top-1/top-5 over seeds, in percent."""
+    axis = axis_of(runs)
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.best is None:
+            continue
+        x = run.cfg.noise if axis == "noise" else run.cfg.subset
+        groups[(run.cfg.dataset, run.label, x)].append(run)
+    rows = []
+    for (dataset, label, x), members in groups.items():
+        n = len(members)
+        rows.append(
+            {
+                "dataset": dataset,
+                "loss": label,
+                axis: x,
+                "n": n,
+                "test_top1": 100 * sum(r.best["test_top1"] for r in members) / n,
+                "test_top5": 100 * sum(r.best["test_top5"] for r in members) / n,
+                "val_top5": 100 * sum(r.best["val_top5"] for r in members) / n,
+                "best_epoch": ";".join(str(r.best["epoch"]) for r in members),
+                "complete": all(r.complete for r in members),
+                "runs": ";".join(r.path for r in members),
+            }
+        )
+    key = (lambda v: v) if axis == "noise" else _subset_key
+    rows.sort(key=lambda r: (r["dataset"], key(r[axis]), r["loss"]))
+    return axis, rows
+
+
+def markdown_table(axis: str, rows: list[dict]) -> str:
+    """Rows: noise levels (or subset sizes); columns: test top-1 and top-5 (%) per loss."""
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    key = (lambda v: v) if axis == "noise" else _subset_key
+    xs = sorted(
+        dict.fromkeys((r["dataset"], r[axis]) for r in rows), key=lambda t: (t[0], key(t[1]))
+    )
+    datasets = {d for d, _ in xs}
+    many_seeds = any(r["n"] > 1 for r in rows)
+    head = (["dataset"] if len(datasets) > 1 else []) + [axis]
+    for loss in losses:
+        head += [f"{loss} top-1", f"{loss} top-5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    index = {(r["dataset"], r[axis], r["loss"]): r for r in rows}
+    for dataset, x in xs:
+        cells = ([dataset] if len(datasets) > 1 else []) + [f"{x:g}" if axis == "noise" else str(x)]
+        for loss in losses:
+            r = index.get((dataset, x, loss))
+            if r is None:
+                cells += ["", ""]
+                continue
+            mark = "" if r["complete"] else "*"
+            seeds = f" (n={r['n']})" if many_seeds else ""
+            cells += [f"{r['test_top1']:.1f}{mark}{seeds}", f"{r['test_top5']:.1f}{mark}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if any(not r["complete"] for r in rows):
+        text += "\n\\* run not finished: best epoch so far.\n"
+    return text
+
+
+def rows_csv(axis: str, rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    cols = ["dataset", "loss", axis, "n", "test_top1", "test_top5", "val_top5", "best_epoch",
+            "complete", "runs"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        rounded = {m: f"{r[m]:.2f}" for m in ("test_top1", "test_top5", "val_top5")}
+        writer.writerow({**r, **rounded})
+    return buffer.getvalue()
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_accuracy(axis: str, rows: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, panels = plt.subplots(1, 2, figsize=(10, 4))
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    for panel, metric, title in (
+        (panels[0], "test_top1", "top-1"),
+        (panels[1], "test_top5", "top-5"),
+    ):
+        for loss in losses:
+            mine = [r for r in rows if r["loss"] == loss]
+            if axis == "noise":
+                mine.sort(key=lambda r: r["noise"])
+                xs = [r["noise"] for r in mine]
+            else:
+                mine.sort(key=lambda r: _subset_key(r["subset"]))
+                xs = list(range(len(mine)))
+                panel.set_xticks(xs, [r["subset"] for r in mine])
+            panel.plot(xs, [r[metric] for r in mine], marker="o", label=loss)
+        panel.set_xlabel("label noise level p" if axis == "noise" else "training subset")
+        panel.set_ylabel(f"test {title} accuracy (%)")
+        panel.set_title(f"test {title} at the best validation top-5 epoch")
+        panel.grid(alpha=0.3)
+        panel.legend()
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_curves(runs: list[RunResult]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, panels = plt.subplots(1, 3, figsize=(15, 4))
+    axis = axis_of(runs)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    styles = ["-", "--", ":", "-."]
+    xs = sorted({r.cfg.noise if axis == "noise" else r.cfg.subset for r in runs}, key=str)
+    cmap = plt.get_cmap("viridis")
+    for run in runs:
+        if not run.history:
+            continue
+        x = run.cfg.noise if axis == "noise" else run.cfg.subset
+        color = cmap(xs.index(x) / max(len(xs) - 1, 1))
+        style = styles[labels.index(run.label) % len(styles)]
+        epochs = [h["epoch"] for h in run.history]
+        name = f"{run.label}, {axis} {x:g}" if axis == "noise" else f"{run.label}, {x}"
+        for panel, metric in zip(panels, ("train_loss", "val_top1", "val_top5"), strict=True):
+            values = [h[metric] * (1 if metric == "train_loss" else 100) for h in run.history]
+            panel.plot(epochs, values, style, color=color, label=name)
+    for panel, title in zip(panels, ("training loss (noisy labels)", "validation top-1 (%)",
+                                     "validation top-5 (%)"), strict=True):  # fmt: skip
+        panel.set_xlabel("epoch")
+        panel.set_title(title)
+        panel.grid(alpha=0.3)
+    panels[2].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def write_report(paths: list[str], out_dir: str) -> dict:
+    """Read the runs, then write ``results.md``, ``results.csv``, ``accuracy_vs_<axis>.png`` and
+    ``training_curves.png`` into ``out_dir``; returns the table and the paths."""
+    runs = [load_run(p) for p in find_runs(paths)]
+    axis, rows = aggregate(runs)
+    if not rows:
+        raise ValueError("none of the runs has finished an epoch yet")
+    table = markdown_table(axis, rows)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {
+        "table": os.path.join(out_dir, "results.md"),
+        "csv": os.path.join(out_dir, "results.csv"),
+        "accuracy_plot": os.path.join(out_dir, f"accuracy_vs_{axis}.png"),
+        "curves_plot": os.path.join(out_dir, "training_curves.png"),
+    }
+    atomic_write_text(files["table"], table)
+    atomic_write_text(files["csv"], rows_csv(axis, rows))
+    atomic_write_bytes(files["accuracy_plot"], plot_accuracy(axis, rows))
+    atomic_write_bytes(files["curves_plot"], plot_curves(runs))
+    return {"table": table, "axis": axis, "rows": rows, "files": files}
