@@ -80,6 +80,16 @@ def _difftopk(method: str) -> Builder:
         # distribution for the sorting networks, m=16 scores hard-selected before sorting
         # (the package asserts k < m < n).
         difftopk = _quiet_import_difftopk()
+        # The package's own checks fail with bare assertions; say what they check.
+        if not k < 16 < n:
+            raise ValueError(f"difftopk needs k < m < n; here k={k}, m=16, n={n}")
+        if method in ("bitonic", "splitter_selection"):
+            try:
+                import torch_sparse  # noqa: F401
+            except ImportError as exc:
+                raise ImportError(
+                    f"difftopk '{method}' is sparse and needs torch-sparse (not installed)"
+                ) from exc
         p_k = [1.0] if k == 1 else [0.5] + [0.0] * (k - 2) + [0.5]
         module = difftopk.TopKCrossEntropyLoss(
             diffsort_method=method,
@@ -138,7 +148,6 @@ QUICK_CONTENDERS = (
     "pytopk",
     "difftopk_softsort",
     "difftopk_bitonic",
-    "difftopk_bitonic_dense",
 )
 
 
