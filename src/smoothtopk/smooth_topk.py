@@ -87,13 +87,29 @@ def smooth_topk_svm_loss(
 
 
 def _top1_closed_form(scores, target, tau: float, alpha: float) -> torch.Tensor:
-    """``tau * CE((s + alpha [j != y]) / tau, y)``: ``F.cross_entropy`` itself at alpha=0, tau=1."""
-    if alpha != 0.0:
-        true_scores = scores.gather(1, target[:, None])
-        scores = (scores + alpha).scatter(1, target[:, None], true_scores)
+    """``tau * softplus(alpha / tau + logsumexp_{j != y} (s_j - s_y) / tau)``.
+
+    The same value as ``tau * CE((s + alpha [j != y]) / tau, y)`` (cross-entropy itself at
+    ``alpha = 0, tau = 1``), but the target's gradient is ``-sigmoid(.)`` rather than
+    ``softmax_y - 1``, which cancels to 0 when the target dominates.
+    """
+    target = target[:, None]
+    others = scores.scatter(1, target, float("-inf"))
+    # A constant shift (no gradient flows through it: the value does not depend on it) keeps
+    # the log-sum-exp near 0, where float32 still resolves log(number of ties).
+    top = others.max(dim=1, keepdim=True).values.detach().clamp_min(torch.finfo(scores.dtype).min)
+    shifted, gap = others - top, top - scores.gather(1, target)
     if tau != 1.0:
-        return tau * F.cross_entropy(scores / tau, target, reduction="none")
-    return F.cross_entropy(scores, target, reduction="none")
+        shifted, gap = shifted / tau, gap / tau
+    argument = torch.logsumexp(shifted, dim=1) + gap.squeeze(1)
+    if alpha != 0.0:
+        argument = argument + alpha / tau
+    return tau * _softplus(argument)
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + e^x)`` to full precision (``F.softplus`` switches to ``x`` above 20)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
 
 
 class _Pieces(NamedTuple):
@@ -119,11 +135,13 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
     rest = torch.exp((others - anchor) * scale).scatter(1, anchor_index, 0.0)
     log_mass = torch.log(rest.sum(dim=1, keepdim=True).clamp_min(1.0))
     scaled = elementary_symmetric(rest * torch.exp(-log_mass), k)
-    degrees = torch.arange(1, k + 1, device=scores.device, dtype=scores.dtype)
+    # log e_b(u) - k log_mass and, for B, log e_{b-1}(u) - (k - 1) log_mass: the two
+    # normalisations keep log A and log B small, so their difference does not cancel.
+    degrees = torch.arange(1 - k, 1, device=scores.device, dtype=scores.dtype)
     log_e = torch.where(
         scaled > 0, torch.log(scaled.clamp_min(torch.finfo(scores.dtype).tiny)), _LOG_ZERO
     )
-    log_e = torch.cat([scores.new_zeros(rows, 1), log_e + degrees * log_mass], dim=1)
+    log_e = torch.cat([-k * log_mass, log_e + degrees * log_mass], dim=1)
 
     # Anchors: log sigma_b(w) of every prefix of T (inside pass), in log space.
     log_w = (anchor - top) * scale
@@ -135,13 +153,13 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
         inside.append(torch.logaddexp(previous, grown))
     log_sigma = inside[-1]
 
-    log_e_shifted = torch.cat([log_zero_column, log_e[:, :-1]], dim=1)  # e_{b-1}(u)
+    log_e_shifted = torch.cat([log_zero_column, log_e[:, :-1] + log_mass], dim=1)  # e_{b-1}(u)
     log_a = torch.logsumexp(log_sigma + log_e, dim=1, keepdim=True)
     log_b = torch.logsumexp(log_sigma + log_e_shifted, dim=1, keepdim=True)
 
-    argument = alpha / tau + (anchor - true_score) * scale + log_a - log_b
+    argument = alpha / tau + (anchor - true_score) * scale + (log_mass + log_a - log_b)
     argument = argument.squeeze(1)
-    loss = tau * F.softplus(argument)
+    loss = tau * _softplus(argument)
     slope = torch.sigmoid(argument) / k
 
     anchor_gradient = _inclusion(inside, log_w, log_e_shifted - log_b) - _inclusion(
