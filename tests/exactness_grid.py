@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from reference import brute_force_loss, log_space_loss_and_grad
 
+from reference import brute_force_loss, log_space_loss_and_grad
 from smoothtopk import smooth_topk_svm_loss
 
 SIZES = (2, 3, 4, 6, 9, 20, 100, 1000)
@@ -102,7 +102,10 @@ def measure(n: int, k: int, tau: float, alpha: float):
     ref_loss, ref_grad = log_space_loss_and_grad(scores, targets, k, tau, alpha)
     if n <= BRUTE_FORCE_MAX_N:
         ref_loss = torch.tensor(
-            [brute_force_loss(row, int(t), k, tau, alpha) for row, t in zip(scores, targets)],
+            [
+                brute_force_loss(row, int(t), k, tau, alpha)
+                for row, t in zip(scores, targets, strict=True)
+            ],
             dtype=torch.float64,
         )
     results = {}

@@ -39,7 +39,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ._reduction import classification_loss
 from ._validation import check_k, check_non_negative, check_positive
