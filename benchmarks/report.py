@@ -104,7 +104,7 @@ def _table(entries: list[dict], names: list[str], op: str) -> list[str]:
     for e in entries:
         c = e["config"]
         cells = [str(c["n"]), str(c["k"]), str(c["batch"]), _baseline_abs(e, op)]
-        cells += [_cell(e["contenders"].get(n, {"error": "not run"}), op) for n in others]
+        cells += [_cell(e["contenders"][n], op) if n in e["contenders"] else "–" for n in others]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -272,6 +272,23 @@ def summary_line(entry: dict) -> str:
     return ", ".join(parts)
 
 
+def merge(docs: list[dict]) -> dict:
+    """One report from several runs: the first run's metadata, every run's command."""
+    if len(docs) == 1:
+        return docs[0]
+    meta = dict(docs[0].get("metadata", {}))
+    meta["command"] = "`; `".join(d.get("metadata", {}).get("command", "?") for d in docs)
+    meta["suite"] = "+".join(d.get("metadata", {}).get("suite", "?") for d in docs)
+    meta["seconds"] = round(sum(d.get("metadata", {}).get("seconds", 0) for d in docs), 1)
+    names = []
+    for d in docs:
+        for n in d.get("metadata", {}).get("contenders", []):
+            if n not in names:
+                names.append(n)
+    meta["contenders"] = names
+    return {"metadata": meta, "results": [e for d in docs for e in d["results"]]}
+
+
 def write(doc: dict, out: Path, title: str | None = None) -> None:
     out = Path(out)
     (out / "results.md").write_text(markdown(doc, title))
@@ -280,15 +297,15 @@ def write(doc: dict, out: Path, title: str | None = None) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("json", type=Path)
+    p.add_argument("json", type=Path, nargs="+")
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--png", type=Path, default=None)
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    doc = json.loads(args.json.read_text())
-    md = args.md or args.json.with_suffix(".md")
+    doc = merge([json.loads(path.read_text()) for path in args.json])
+    md = args.md or args.json[0].with_suffix(".md")
     md.write_text(markdown(doc, args.title))
-    plot(doc, args.png or args.json.with_name("benchmarks.png"))
+    plot(doc, args.png or args.json[0].with_name("benchmarks.png"))
     print(f"wrote {md}")
     return 0
 

@@ -65,11 +65,15 @@ def cpu_model() -> str:
 
 
 def _git_commit() -> str | None:
+    """HEAD's short hash, with ``+dirty`` when ``src/`` has uncommitted changes."""
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        )
-        return out.stdout.strip() or None
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
     except OSError:
         return None
 
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
     cfgs = configurations(args)
     meta = {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "suite": "full" if args.full else "quick",
+        "suite": "full" if args.full else ("custom" if args.n or args.k else "quick"),
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
