@@ -101,9 +101,17 @@ def _top1_closed_form(scores, target, tau: float, alpha: float) -> torch.Tensor:
     if tau != 1.0:
         shifted, gap = shifted / tau, gap / tau
     argument = torch.logsumexp(shifted, dim=1) + gap.squeeze(1)
+    argument = argument + _poison(others.max(dim=1).values + scores.gather(1, target).squeeze(1))
     if alpha != 0.0:
         argument = argument + alpha / tau
     return tau * _softplus(argument)
+
+
+def _poison(x: torch.Tensor) -> torch.Tensor:
+    """0 where ``x`` is finite, NaN where it is +-inf or NaN: +inf scores give NaN, as in
+    ``F.cross_entropy`` (the smooth loss itself would have a finite limit there)."""
+    x = x.clamp_min(0.0)  # -inf scores are legitimate (a class ruled out), as in cross-entropy
+    return x - x
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +165,7 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
     log_b = torch.logsumexp(log_sigma + log_e_shifted, dim=1, keepdim=True)
 
     argument = alpha / tau + (anchor - true_score) * scale + (log_mass + log_a - log_b)
-    argument = argument.squeeze(1)
+    argument = argument.squeeze(1) + _poison(top.sum(dim=1) + true_score.squeeze(1))
     loss = tau * _softplus(argument)
     slope = torch.sigmoid(argument) / k
 
