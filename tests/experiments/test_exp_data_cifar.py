@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from smoothtopk.experiments.data import build_data, cifar
+from smoothtopk.experiments.datasets import build_data, cifar
 
 
 def test_cifar100_split_and_test_set(cifar_dir):

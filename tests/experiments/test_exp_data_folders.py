@@ -3,8 +3,8 @@ import os
 import pytest
 import torch
 
-from smoothtopk.experiments.data import build_data
-from smoothtopk.experiments.data.common import balanced_split_indices, parse_subset
+from smoothtopk.experiments.datasets import build_data
+from smoothtopk.experiments.datasets.common import balanced_split_indices, parse_subset
 
 
 def test_imagenet_style_folders(folder_dir):

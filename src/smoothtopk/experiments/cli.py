@@ -22,7 +22,7 @@ HELP = {
     "data_seed": "seed of the embedded data, the train/validation split and the subsets",
     "val_size": "validation images split off the training set (cifar100 5000, embedded 500)",
     "val_per_class": "validation images per class held out (imagenet, folder)",
-    "subset": "balanced training subset, e.g. 64k, 128k, 320k, 640k or all (imagenet, folder)",
+    "subset": "balanced training subset, e.g. 64k, 128k, 320k, 640k or all (not cifar100)",
     "image_size": "crop size for imagenet/folder data",
     "augment": "training augmentation (random crop and flip)",
     "noise": "label noise level p in [0, 1] (training labels only)",

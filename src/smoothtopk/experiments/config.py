@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .data import check_dataset
+from .datasets import check_dataset
 from .losses import check_loss
 from .models import DEFAULT_MODEL, check_model
 from .noise import GROUPINGS, check_rate
@@ -30,7 +30,7 @@ class Config:
     data_seed: int = 0  #: generation of the embedded data, train/validation split, subsets
     val_size: int | None = None  #: random validation split size (cifar100: 5000, embedded: 500)
     val_per_class: int = 50  #: held-out validation images per class (imagenet, folder)
-    subset: str = "all"  #: balanced training subset (imagenet, folder): 64k, 128k, ..., all
+    subset: str = "all"  #: balanced training subset (not cifar100): 64k, 128k, ..., all
     image_size: int = 224  #: crop size (imagenet, folder)
     augment: bool = True
     # label noise (training split only)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
 from .config import Config, from_saved, load_yaml, lr_at, to_yaml
-from .data import DataBundle, build_data, check_available
+from .datasets import DataBundle, build_data, check_available
 from .losses import build_loss, check_loss_args, loss_label
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
