@@ -46,7 +46,7 @@ HELP = {
     "seed": "seed of model initialisation, data order and augmentation",
     "workers": "data loading worker processes",
     "device": "auto, cpu, cuda or cuda:N",
-    "progress": "tqdm progress bars",
+    "progress": "tqdm progress bars (shown on a terminal only)",
 }
 
 

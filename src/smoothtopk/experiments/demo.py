@@ -74,7 +74,8 @@ def run(
          "losses": [loss for loss, _ in LOSSES], "runs": [r.run_dir for r in runs]},
     )  # fmt: skip
     start = time.perf_counter()
-    bar = tqdm(runs, desc="demo runs", disable=not progress, position=0, dynamic_ncols=True)
+    disable = None if progress else True  # None: bars only on a terminal
+    bar = tqdm(runs, desc="demo runs", disable=disable, position=0, dynamic_ncols=True)
     for prepared in bar:
         prepared.overwrite = False  # the whole directory was replaced above
         prepared.cfg.progress = progress

@@ -275,7 +275,7 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
         bar = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
+            disable=None if cfg.progress else True,  # None: only on a terminal
             leave=False,
             position=position,
             dynamic_ncols=True,
