@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
-from .config import Config, from_saved, load_yaml, lr_at, to_yaml
+from .config import RESUMABLE, Config, from_saved, load_yaml, lr_at, to_yaml
 from .datasets import DataBundle, build_data, check_available
 from .losses import build_loss, check_loss_args, loss_label
 from .models import build_model, count_parameters
@@ -89,6 +89,12 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     With ``resume`` and an existing run, ``cfg`` must be the run's saved config (see
     :func:`.config.resume_config`)."""
     resuming = check_run_dir(run_dir, resume, overwrite)
+    if resuming:
+        saved = saved_config(run_dir).to_dict()
+        given = cfg.to_dict()
+        changed = [k for k in saved if k not in RESUMABLE and saved[k] != given[k]]
+        if changed:
+            raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
     num_classes = check_available(cfg.dataset, cfg.data_dir, cfg.download)
     check_loss_args(cfg.loss, cfg.k, cfg.tau, cfg.alpha, num_classes)
     data = build_data(
