@@ -42,11 +42,9 @@ import torch
 
 from ._reduction import classification_loss
 from ._validation import check_k, check_non_negative, check_positive
-from .polynomial import elementary_symmetric
-
-# Stands for log(0) in log-space recursions: finite, so that autograd (double backward) never
-# meets inf - inf, and so negative that exp() of it and of its sums with log-weights is 0.
-_LOG_ZERO = -1.0e30
+from .anchors import LOG_ZERO as _LOG_ZERO
+from .anchors import anchor_sums
+from .polynomial import normalized_elementary_symmetric, padded_width
 
 
 def smooth_topk_svm_loss(
@@ -129,19 +127,36 @@ class _Pieces(NamedTuple):
 
 
 def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alpha: float):
-    """Loss and gradient factors of every row; differentiable torch operations only."""
-    rows = scores.shape[0]
+    """Loss and gradient factors of every row.
+
+    Without autograd (the forward) the large ``(M, C)`` work is done in place in one buffer;
+    with autograd (double backward) the same operations run out of place.
+    """
+    differentiable = torch.is_grad_enabled() and scores.requires_grad
+    rows, classes = scores.shape
     scale = 1.0 / (k * tau)
     target = target[:, None]
     true_score = scores.gather(1, target)
-    others = scores.scatter(1, target, float("-inf"))
-    top, anchor_index = others.topk(k, dim=1)
+    # The k largest scores other than the target: the k + 1 largest, less the target (or the
+    # last of them), without copying the score matrix.
+    candidates, candidate_index = scores.topk(k + 1, dim=1)
+    candidates = candidates.masked_fill(candidate_index == target, float("-inf"))
+    top, order = candidates.topk(k, dim=1)
+    anchor_index = candidate_index.gather(1, order)
     anchor = top[:, -1:]
 
-    # Rest: u_j <= 1, summed to at most 1 after scaling by 1 / max(1, sum u) for the tree.
-    rest = torch.exp((others - anchor) * scale).scatter(1, anchor_index, 0.0)
-    log_mass = torch.log(rest.sum(dim=1, keepdim=True).clamp_min(1.0))
-    scaled = elementary_symmetric(rest * torch.exp(-log_mass), k)
+    # Rest: u_j = exp((s_j - a) / (k tau)) <= 1, zero on the anchors and on the target.
+    if differentiable:
+        rest = torch.exp((scores - anchor) * scale)
+        rest = rest.scatter(1, anchor_index, 0.0).scatter(1, target, 0.0)
+    else:
+        rest = scores.new_empty(rows, padded_width(classes))
+        body = rest[:, :classes]
+        torch.sub(scores, anchor, out=body).mul_(scale).exp_()
+        rest[:, classes:].zero_()
+        body.scatter_(1, anchor_index, 0.0).scatter_(1, target, 0.0)
+    # e_b(u) / mass^b with mass = max(1, sum u): in range for any n (undone in log space).
+    scaled, log_mass = normalized_elementary_symmetric(rest, k)
     # log e_b(u) - k log_mass and, for B, log e_{b-1}(u) - (k - 1) log_mass: the two
     # normalisations keep log A and log B small, so their difference does not cancel.
     degrees = torch.arange(1 - k, 1, device=scores.device, dtype=scores.dtype)
@@ -150,50 +165,22 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
     )
     log_e = torch.cat([-k * log_mass, log_e + degrees * log_mass], dim=1)
 
-    # Anchors: log sigma_b(w) of every prefix of T (inside pass), in log space.
+    # Anchors: log sigma_b(w), log A, log B and the anchors' inclusions, in log space.
     log_w = (anchor - top) * scale
-    log_zero_column = scores.new_full((rows, 1), _LOG_ZERO)
-    inside = [torch.cat([scores.new_zeros(rows, 1), scores.new_full((rows, k), _LOG_ZERO)], 1)]
-    for i in range(k):
-        previous = inside[-1]
-        grown = torch.cat([log_zero_column, previous[:, :-1] + log_w[:, i : i + 1]], dim=1)
-        inside.append(torch.logaddexp(previous, grown))
-    log_sigma = inside[-1]
-
-    log_e_shifted = torch.cat([log_zero_column, log_e[:, :-1] + log_mass], dim=1)  # e_{b-1}(u)
-    log_a = torch.logsumexp(log_sigma + log_e, dim=1, keepdim=True)
-    log_b = torch.logsumexp(log_sigma + log_e_shifted, dim=1, keepdim=True)
+    log_e_shifted = torch.cat([torch.full_like(log_mass, _LOG_ZERO), log_e[:, :-1] + log_mass], 1)
+    log_sigma, log_totals, inclusions = anchor_sums(log_w, torch.stack([log_e, log_e_shifted]))
+    log_a, log_b = log_totals[0], log_totals[1]
 
     argument = alpha / tau + (anchor - true_score) * scale + (log_mass + log_a - log_b)
     argument = argument.squeeze(1) + _poison(top.sum(dim=1) + true_score.squeeze(1))
     loss = tau * _softplus(argument)
     slope = torch.sigmoid(argument) / k
 
-    anchor_gradient = _inclusion(inside, log_w, log_e_shifted - log_b) - _inclusion(
-        inside, log_w, log_e - log_a
-    )
+    anchor_gradient = inclusions[1] - inclusions[0]  # d/dz_i = -w_i d/dw_i (log A - log B)
     rest_coefficients = _rest_coefficients(log_sigma, log_e, log_a) - _rest_coefficients(
         log_sigma, log_e_shifted, log_b
     )
     return _Pieces(loss, slope, rest, rest_coefficients, anchor_gradient, anchor_index)
-
-
-def _inclusion(inside, log_w: torch.Tensor, log_adjoint: torch.Tensor) -> torch.Tensor:
-    """``w_i d/dw_i sum_b sigma_b(w) c_b`` for each anchor i, given ``log c_b`` (outside pass).
-
-    All terms are non-negative: the leave-one-out polynomials are never formed by subtraction.
-    """
-    k = log_w.shape[1]
-    log_zero_column = torch.full_like(log_adjoint[:, :1], _LOG_ZERO)
-    outside = log_adjoint
-    result = [None] * k
-    for i in range(k - 1, -1, -1):
-        # terms that contain anchor i: sigma_b(prefix before i) * w_i * adjoint_{b+1}(suffix)
-        term = inside[i][:, :-1] + log_w[:, i : i + 1] + outside[:, 1:]
-        result[i] = torch.exp(term).sum(dim=1)
-        raised = torch.cat([outside[:, 1:] + log_w[:, i : i + 1], log_zero_column], dim=1)
-        outside = torch.logaddexp(outside, raised)
-    return torch.stack(result, dim=1)
 
 
 def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
@@ -208,17 +195,34 @@ def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
     return torch.exp(terms).sum(dim=2)
 
 
-def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target."""
-    u, coefficients = pieces.rest, pieces.rest_coefficients
+def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, classes: int):
+    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target.
+
+    In place in one ``(M, C)`` buffer unless autograd records (double backward).
+    """
+    factor = (pieces.slope * grad_loss)[:, None]
+    coefficients = pieces.rest_coefficients * factor
+    anchors = pieces.anchor_gradient * factor
+    u = pieces.rest[:, :classes]
     k = coefficients.shape[1]
-    horner = coefficients[:, k - 1 : k]
-    for m in range(k - 2, -1, -1):
-        horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
-    direction = u * horner
-    direction = direction.scatter(1, pieces.anchor_index, pieces.anchor_gradient)
-    direction = direction.scatter(1, target[:, None], -1.0)
-    return direction * (pieces.slope * grad_loss)[:, None]
+    target = target[:, None]
+    if torch.is_grad_enabled():
+        horner = coefficients[:, k - 1 :]
+        for m in range(k - 2, -1, -1):
+            horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
+        direction = (u * horner).scatter(1, pieces.anchor_index, anchors)
+        return direction.scatter(1, target, -factor)
+    if k == 1:
+        direction = u * coefficients
+    else:
+        horner = torch.addcmul(
+            coefficients[:, k - 2 : k - 1], u, coefficients[:, k - 1 :], value=-1.0
+        )
+        for m in range(k - 3, -1, -1):
+            torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0, out=horner)
+        direction = horner.mul_(u)
+    direction.scatter_(1, pieces.anchor_index, anchors)
+    return direction.scatter_(1, target, -factor)
 
 
 class _SmoothTopkSVM(torch.autograd.Function):
@@ -242,4 +246,4 @@ class _SmoothTopkSVM(torch.autograd.Function):
             pieces = _pieces(scores, target, *ctx.hyper)
         else:
             pieces = _Pieces(None, *factors)
-        return _gradient(pieces, target, grad_loss), None, None, None, None
+        return _gradient(pieces, target, grad_loss, scores.shape[1]), None, None, None, None
