@@ -28,13 +28,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-_SMALL = 64  # the matrix-product stage starts at 64 nodes of degree 5 (fewer for larger k)
+_SMALL = 8  # the matrix-product stage starts at 8 nodes of degree 5 (fewer for larger k)
 _SCALE_LEVEL = 3  # nodes of 2**3 values: their polynomials cannot overflow before scaling
 
 
 def padded_width(n: int) -> int:
-    """A width ``>= n`` that halves evenly down to at most ``_SMALL`` nodes (< 2 % larger)."""
-    levels = max(0, math.ceil(math.log2(max(n, 1) / _SMALL)))
+    """A width ``>= n`` that halves evenly down to at most 64 nodes (< 2 % larger)."""
+    levels = max(0, math.ceil(math.log2(max(n, 1) / 64)))
     block = 2**levels
     return -(-n // block) * block
 
@@ -100,7 +100,7 @@ def _pairwise_products(coefficients: torch.Tensor, k: int) -> torch.Tensor:
     """Multiply the remaining node polynomials pairwise, one outer product and one matrix
     product per level: ``c_t = sum_{i + j = t} a_i b_j`` is the outer product ``a b^T`` summed
     along anti-diagonals, i.e. multiplied by a constant 0/1 matrix."""
-    nodes = coefficients.movedim(0, -1)  # (..., nodes, degree)
+    nodes = coefficients.movedim(0, -1).contiguous()  # (..., nodes, degree)
     nodes = torch.cat([torch.ones_like(nodes[..., :1]), nodes], dim=-1)
     nodes = F.pad(nodes, (0, k + 1 - nodes.shape[-1]))  # (..., nodes, k + 1) with e_0 = 1
     degrees = torch.arange(k + 1, device=nodes.device)

@@ -46,6 +46,9 @@ from .anchors import LOG_ZERO as _LOG_ZERO
 from .anchors import anchor_sums
 from .polynomial import normalized_elementary_symmetric, padded_width
 
+# log of the smallest normal number of each working dtype
+_EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
+
 
 def smooth_topk_svm_loss(
     input: torch.Tensor,
@@ -147,12 +150,15 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
 
     # Rest: u_j = exp((s_j - a) / (k tau)) <= 1, zero on the anchors and on the target.
     if differentiable:
-        rest = torch.exp((scores - anchor) * scale)
+        rest = torch.exp(((scores - anchor) * scale).clamp(min=_EXP_FLOOR[scores.dtype]))
         rest = rest.scatter(1, anchor_index, 0.0).scatter(1, target, 0.0)
     else:
         rest = scores.new_empty(rows, padded_width(classes))
         body = rest[:, :classes]
-        torch.sub(scores, anchor, out=body).mul_(scale).exp_()
+        # exp of arguments below the normal range is many times slower on CPUs; those u_j
+        # are negligible against the e_0 = 1 of the sums (and the row's gradient).
+        torch.sub(scores, anchor, out=body).mul_(scale).clamp_(min=_EXP_FLOOR[scores.dtype])
+        body.exp_()
         rest[:, classes:].zero_()
         body.scatter_(1, anchor_index, 0.0).scatter_(1, target, 0.0)
     # e_b(u) / mass^b with mass = max(1, sum u): in range for any n (undone in log space).
