@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -49,17 +48,15 @@ def _subsets(k: int, device, dtype):
     return members.to(dtype), members.sum(dim=1)
 
 
-@functools.cache
-def _groups_by_size_cpu(k: int) -> torch.Tensor:
-    sizes = [bin(code).count("1") for code in range(2**k)]
-    width = math.comb(k, k // 2)
-    groups = [[c for c in range(2**k) if sizes[c] == b] for b in range(k + 1)]
-    return torch.tensor([g + [2**k] * (width - len(g)) for g in groups])
-
-
-def _groups_by_size(k: int, device) -> torch.Tensor:
+def _groups_by_size(k: int, sizes: torch.Tensor) -> torch.Tensor:
     """``(k + 1, C(k, k // 2))`` subset codes of each size, padded with ``2^k``."""
-    return _groups_by_size_cpu(k).to(device)
+    counts = [math.comb(k, b) for b in range(k + 1)]
+    offsets = torch.tensor([sum(counts[:b]) for b in range(k + 1)], device=sizes.device)
+    by_size = torch.argsort(sizes, stable=True)
+    slot = torch.arange(max(counts), device=sizes.device)
+    position = (offsets[:, None] + slot).clamp(max=2**k - 1)
+    valid = slot < torch.tensor(counts, device=sizes.device)[:, None]
+    return torch.where(valid, by_size[position], 2**k)
 
 
 def _by_subsets(log_w, log_adjoints):
@@ -68,7 +65,7 @@ def _by_subsets(log_w, log_adjoints):
     log_products = log_w @ members.T  # (M, 2^k): log of the product over each subset
     # subsets grouped by size, padded with a column of log 0: (M, k + 1, C(k, k // 2))
     padded = torch.cat([log_products, torch.full_like(log_products[:, :1], -math.inf)], 1)
-    log_sigma = torch.logsumexp(padded[:, _groups_by_size(k, log_w.device)], dim=-1)
+    log_sigma = torch.logsumexp(padded[:, _groups_by_size(k, sizes)], dim=-1)
     log_terms = log_products + log_adjoints[..., sizes]  # (R, M, 2^k)
     log_totals = torch.logsumexp(log_terms, dim=-1, keepdim=True)
     inclusions = torch.exp(log_terms - log_totals) @ members  # (R, M, k)
