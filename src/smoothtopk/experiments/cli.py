@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    demo.add_argument("--jobs", type=int, default=None, metavar="N",
+                      help="worker processes (default: one per core, single-threaded)")  # fmt: skip
     return parser
 
 
@@ -181,7 +183,11 @@ def _demo(args, parser) -> int:
         runs = demo.plan(args.out, noise, args.resume, args.overwrite, overrides)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
-    result = demo.run(args.out, runs, overwrite=args.overwrite, progress=args.progress)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    result = demo.run(
+        args.out, runs, overwrite=args.overwrite, progress=args.progress, jobs=args.jobs
+    )
     print()
     print(result["table"], end="")
     for path in result["files"].values():

@@ -4,15 +4,18 @@ same recipe (the ``demo`` preset); nothing is tuned per loss."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
+import torch
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_json
-from .config import resolve
+from .config import Config, resolve
 from .report import write_report
 from .train import Prepared, check_run_dir, execute, prepare
 
@@ -57,14 +60,43 @@ def plan(
     return runs
 
 
+def default_jobs(num_runs: int) -> int:
+    """One single-threaded worker process per CPU core (at most one per run)."""
+    return max(1, min(num_runs, os.cpu_count() or 1))
+
+
+def _run_one(cfg_values: dict, run_dir: str, threads: int) -> tuple[str, dict, float]:
+    """A worker process: one run with ``threads`` intra-op threads, no progress bars."""
+    torch.set_num_threads(threads)
+    cfg = Config(**cfg_values)
+    cfg.progress = False
+    t0 = time.perf_counter()
+    summary = execute(prepare(cfg, run_dir, resume=True), log=None)
+    return run_dir, summary, time.perf_counter() - t0
+
+
+def _line(run_dir: str, summary: dict, seconds: float) -> str:
+    return (
+        f"{os.path.basename(run_dir):22s} best epoch {summary['best_epoch']:3d}: "
+        f"test top-1 {100 * summary['test_top1']:5.1f}%  "
+        f"top-5 {100 * summary['test_top5']:5.1f}%  ({seconds:.0f}s)"
+    )
+
+
 def run(
     out: str,
     runs: list[Prepared],
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> dict:
-    """Train every run of the plan (finished ones are skipped on resume), then report."""
+    """Train every run of the plan (finished ones are skipped on resume), then report.
+
+    With ``jobs > 1`` the runs go to that many worker processes (spawned), each with
+    ``cpu_count // jobs`` threads: tiny models use cores better as separate single-threaded
+    processes than as one multi-threaded one, and a busy machine slows them down gracefully.
+    """
     if overwrite and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
@@ -73,19 +105,30 @@ def run(
         {"noise_levels": sorted({r.cfg.noise for r in runs}),
          "losses": [loss for loss, _ in LOSSES], "runs": [r.run_dir for r in runs]},
     )  # fmt: skip
+    jobs = default_jobs(len(runs)) if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
     disable = None if progress else True  # None: bars only on a terminal
-    bar = tqdm(runs, desc="demo runs", disable=disable, position=0, dynamic_ncols=True)
-    for prepared in bar:
-        prepared.overwrite = False  # the whole directory was replaced above
-        prepared.cfg.progress = progress
-        t0 = time.perf_counter()
-        summary = execute(prepared, log=None, position=1)
-        (bar.write if progress else log)(
-            f"{os.path.basename(prepared.run_dir):22s} best epoch {summary['best_epoch']:3d}: "
-            f"test top-1 {100 * summary['test_top1']:5.1f}%  "
-            f"top-5 {100 * summary['test_top5']:5.1f}%  ({time.perf_counter() - t0:.0f}s)"
-        )
+    bar = tqdm(total=len(runs), desc="demo runs", disable=disable, position=0, dynamic_ncols=True)
+    write = bar.write if progress else log
+    if jobs == 1:
+        for prepared in runs:
+            prepared.overwrite = False  # the whole directory was replaced above
+            prepared.cfg.progress = progress
+            t0 = time.perf_counter()
+            summary = execute(prepared, log=None, position=1)
+            write(_line(prepared.run_dir, summary, time.perf_counter() - t0))
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_run_one, r.cfg.to_dict(), r.run_dir, threads) for r in runs]
+            for future in as_completed(futures):
+                write(_line(*future.result()))
+                bar.update()
+    bar.close()
     report = write_report([r.run_dir for r in runs], os.path.join(out, "report"))
     report["seconds"] = time.perf_counter() - start
     return report

@@ -242,7 +242,8 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
     best: dict | None = None
     start = 0
     if prepared.resume_from is not None:
-        state = ckpt_io.load_checkpoint(prepared.resume_from, map_location=device)
+        # on CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest
+        state = ckpt_io.load_checkpoint(prepared.resume_from, map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ckpt_io.set_rng_state(state["rng"])
