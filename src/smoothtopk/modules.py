@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -20,8 +22,15 @@ from .smooth_topk import smooth_topk_svm_loss
 
 
 class _WeightedLoss(nn.Module):
-    """Holds ``weight`` (a buffer: it follows ``.to()`` and the state dict), ``ignore_index``
-    and ``reduction`` like ``nn.CrossEntropyLoss``."""
+    """Base of every loss module: ``weight`` (a buffer: it follows ``.to()`` and the state dict),
+    ``ignore_index`` and ``reduction`` as in ``nn.CrossEntropyLoss``.
+
+    A subclass sets ``functional`` (the loss function) and ``hyper_parameters`` (the names of
+    its own arguments, stored as attributes of the same names); ``forward`` and the repr follow.
+    """
+
+    functional: Callable[..., torch.Tensor]
+    hyper_parameters: tuple[str, ...] = ()
 
     def __init__(self, weight: torch.Tensor | None, ignore_index: int, reduction: str) -> None:
         super().__init__()
@@ -30,6 +39,21 @@ class _WeightedLoss(nn.Module):
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        hyper = {name: getattr(self, name) for name in self.hyper_parameters}
+        return type(self).functional(
+            input,
+            target,
+            **hyper,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        hyper = [f"{name}={getattr(self, name)!r}" for name in self.hyper_parameters]
+        return ", ".join([*hyper, self._common_repr()])
 
     def _common_repr(self) -> str:
         parts = [f"reduction={self.reduction!r}"]
@@ -42,6 +66,9 @@ class _WeightedLoss(nn.Module):
 
 class SmoothTopkSVMLoss(_WeightedLoss):
     """Module form of :func:`smoothtopk.smooth_topk_svm_loss`."""
+
+    functional = staticmethod(smooth_topk_svm_loss)
+    hyper_parameters = ("k", "tau", "alpha")
 
     def __init__(
         self,
@@ -57,24 +84,12 @@ class SmoothTopkSVMLoss(_WeightedLoss):
         self.tau = check_positive(tau, "tau")
         self.alpha = check_non_negative(alpha, "alpha")
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return smooth_topk_svm_loss(
-            input,
-            target,
-            self.k,
-            self.tau,
-            self.alpha,
-            self.weight,
-            self.ignore_index,
-            self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, tau={self.tau}, alpha={self.alpha}, {self._common_repr()}"
-
 
 class TopkSVMLoss(_WeightedLoss):
     """Module form of :func:`smoothtopk.topk_svm_loss` (the hard loss)."""
+
+    functional = staticmethod(topk_svm_loss)
+    hyper_parameters = ("k", "alpha")
 
     def __init__(
         self,
@@ -87,11 +102,3 @@ class TopkSVMLoss(_WeightedLoss):
         super().__init__(weight, ignore_index, reduction)
         self.k = k
         self.alpha = check_non_negative(alpha, "alpha")
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return topk_svm_loss(
-            input, target, self.k, self.alpha, self.weight, self.ignore_index, self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, alpha={self.alpha}, {self._common_repr()}"

@@ -207,6 +207,9 @@ def smoothed_topk_calibrated_hinge_loss(
 class TopkCalibratedHingeLoss(_WeightedLoss):
     """Module form of :func:`topk_calibrated_hinge_loss`."""
 
+    functional = staticmethod(topk_calibrated_hinge_loss)
+    hyper_parameters = ("k", "alpha")
+
     def __init__(
         self,
         k: int = 5,
@@ -219,14 +222,6 @@ class TopkCalibratedHingeLoss(_WeightedLoss):
         self.k = k
         self.alpha = check_non_negative(alpha, "alpha")
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return topk_calibrated_hinge_loss(
-            input, target, self.k, self.alpha, self.weight, self.ignore_index, self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, alpha={self.alpha}, {self._common_repr()}"
-
 
 class SmoothedTopkCalibratedHingeLoss(_WeightedLoss):
     """Module form of :func:`smoothed_topk_calibrated_hinge_loss`.
@@ -234,6 +229,9 @@ class SmoothedTopkCalibratedHingeLoss(_WeightedLoss):
     ``class_margins`` is a buffer like ``weight``. ``generator`` is kept as a plain attribute
     (it is state, not a parameter): each forward call advances it.
     """
+
+    functional = staticmethod(smoothed_topk_calibrated_hinge_loss)
+    hyper_parameters = ("k", "epsilon", "n_samples", "alpha", "class_margins", "scale", "generator")
 
     def __init__(
         self,
@@ -261,22 +259,6 @@ class SmoothedTopkCalibratedHingeLoss(_WeightedLoss):
         self.scale = check_positive(scale, "scale")
         self.register_buffer("class_margins", class_margins)
         self.generator = generator
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return smoothed_topk_calibrated_hinge_loss(
-            input,
-            target,
-            self.k,
-            self.epsilon,
-            self.n_samples,
-            self.alpha,
-            self.class_margins,
-            self.scale,
-            self.generator,
-            self.weight,
-            self.ignore_index,
-            self.reduction,
-        )
 
     def extra_repr(self) -> str:
         parts = [f"k={self.k}", f"epsilon={self.epsilon}", f"n_samples={self.n_samples}"]

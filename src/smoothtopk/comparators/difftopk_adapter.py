@@ -199,6 +199,18 @@ def difftopk_cross_entropy_loss(
 class DiffTopkCrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`difftopk_cross_entropy_loss` (needs difftopk and diffsort)."""
 
+    functional = staticmethod(difftopk_cross_entropy_loss)
+    hyper_parameters = (
+        "k",
+        "p_k",
+        "diffsort_method",
+        "inverse_temperature",
+        "m",
+        "distribution",
+        "art_lambda",
+        "top1_mode",
+    )
+
     def __init__(
         self,
         k: int = 5,
@@ -224,23 +236,6 @@ class DiffTopkCrossEntropyLoss(_WeightedLoss):
         self.distribution = distribution
         self.art_lambda = check_positive(art_lambda, "art_lambda")
         self.top1_mode = _check_choice(top1_mode, _TOP1_MODES, "top1_mode")
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return difftopk_cross_entropy_loss(
-            input,
-            target,
-            self.k,
-            self.p_k,
-            self.diffsort_method,
-            self.inverse_temperature,
-            self.m,
-            self.distribution,
-            self.art_lambda,
-            self.top1_mode,
-            self.weight,
-            self.ignore_index,
-            self.reduction,
-        )
 
     def extra_repr(self) -> str:
         parts = [

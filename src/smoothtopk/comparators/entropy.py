@@ -60,6 +60,9 @@ def truncated_topk_entropy_loss(
 class TruncatedTopkEntropyLoss(_WeightedLoss):
     """Module form of :func:`truncated_topk_entropy_loss`."""
 
+    functional = staticmethod(truncated_topk_entropy_loss)
+    hyper_parameters = ("k",)
+
     def __init__(
         self,
         k: int = 5,
@@ -69,11 +72,3 @@ class TruncatedTopkEntropyLoss(_WeightedLoss):
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
         self.k = k
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return truncated_topk_entropy_loss(
-            input, target, self.k, self.weight, self.ignore_index, self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, {self._common_repr()}"

@@ -111,6 +111,9 @@ def topk_hinge_beta_loss(
 class TopkHingeAlphaLoss(_WeightedLoss):
     """Module form of :func:`topk_hinge_alpha_loss`."""
 
+    functional = staticmethod(topk_hinge_alpha_loss)
+    hyper_parameters = ("k", "alpha")
+
     def __init__(
         self,
         k: int = 5,
@@ -122,19 +125,14 @@ class TopkHingeAlphaLoss(_WeightedLoss):
         super().__init__(weight, ignore_index, reduction)
         self.k = k
         self.alpha = check_non_negative(alpha, "alpha")
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return topk_hinge_alpha_loss(
-            input, target, self.k, self.alpha, self.weight, self.ignore_index, self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, alpha={self.alpha}, {self._common_repr()}"
 
 
 class TopkHingeBetaLoss(_WeightedLoss):
     """Module form of :func:`topk_hinge_beta_loss`."""
 
+    functional = staticmethod(topk_hinge_beta_loss)
+    hyper_parameters = ("k", "alpha")
+
     def __init__(
         self,
         k: int = 5,
@@ -146,11 +144,3 @@ class TopkHingeBetaLoss(_WeightedLoss):
         super().__init__(weight, ignore_index, reduction)
         self.k = k
         self.alpha = check_non_negative(alpha, "alpha")
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return topk_hinge_beta_loss(
-            input, target, self.k, self.alpha, self.weight, self.ignore_index, self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, alpha={self.alpha}, {self._common_repr()}"

@@ -68,6 +68,9 @@ def label_smoothing_cross_entropy(
 class LabelSmoothingCrossEntropyLoss(_WeightedLoss):
     """Module form of :func:`label_smoothing_cross_entropy`."""
 
+    functional = staticmethod(label_smoothing_cross_entropy)
+    hyper_parameters = ("label_smoothing",)
+
     def __init__(
         self,
         label_smoothing: float = 0.1,
@@ -77,11 +80,3 @@ class LabelSmoothingCrossEntropyLoss(_WeightedLoss):
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
         self.label_smoothing = _check_label_smoothing(label_smoothing)
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return label_smoothing_cross_entropy(
-            input, target, self.label_smoothing, self.weight, self.ignore_index, self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}, {self._common_repr()}"
