@@ -28,7 +28,7 @@ def test_imagenet_style_folders(folder_dir):
 
 def test_folder_dataset_prefers_test_dir(folder_dir):
     root, classes = folder_dir
-    from conftest import write_image_folder
+    from exp_data_writers import write_image_folder
 
     write_image_folder(root, classes, 1, "test", seed=2)
     data = build_data("folder", root, seed=0, val_per_class=2, image_size=8)
@@ -71,7 +71,7 @@ def test_too_few_images_per_class(folder_dir):
 def test_mismatched_class_folders(folder_dir):
     root, _ = folder_dir
     os.makedirs(os.path.join(root, "val", "n999"))
-    from conftest import write_image_folder
+    from exp_data_writers import write_image_folder
 
     write_image_folder(root, ["n999"], 1, "val")
     with pytest.raises(ValueError, match="differ"):
