@@ -9,7 +9,9 @@ r"""The smooth top-k SVM loss :math:`L_{k,\tau}` with margin :math:`\alpha`: exa
 where :math:`\sigma_d` is the elementary symmetric polynomial of degree ``d`` over the scores
 without the target. ``k = 1`` is the closed form
 :math:`\tau \log\sum_j e^{(s_j + \alpha[j\ne y] - s_y)/\tau}` (cross-entropy when
-``alpha = 0, tau = 1``); ``tau -> 0`` gives :func:`smoothtopk.topk_svm_loss`.
+``alpha = 0, tau = 1``), which the kernel below reduces to: the tree is a plain sum and the
+anchor is the largest other score, so the target's gradient is ``-sigmoid(.)`` and never the
+cancelling ``softmax_y - 1``. ``tau -> 0`` gives :func:`smoothtopk.topk_svm_loss`.
 
 How it stays exact (see ``docs/algorithm.md``): anchor on the k largest non-target scores
 ``T`` and their smallest member ``a``. With ``w_i = e^{(a - s_i)/(k tau)} <= 1`` on ``T`` and
@@ -78,34 +80,9 @@ def smooth_topk_svm_loss(
     alpha = check_non_negative(alpha, "alpha")
 
     def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
-        kk = check_k(k, scores.shape[1])
-        if kk == 1:
-            return _top1_closed_form(scores, safe_target, tau, alpha)
-        return _SmoothTopkSVM.apply(scores, safe_target, kk, tau, alpha)
+        return _SmoothTopkSVM.apply(scores, safe_target, check_k(k, scores.shape[1]), tau, alpha)
 
     return classification_loss(per_sample, input, target, weight, ignore_index, reduction)
-
-
-def _top1_closed_form(scores, target, tau: float, alpha: float) -> torch.Tensor:
-    """``tau * softplus(alpha / tau + logsumexp_{j != y} (s_j - s_y) / tau)``.
-
-    The same value as ``tau * CE((s + alpha [j != y]) / tau, y)`` (cross-entropy itself at
-    ``alpha = 0, tau = 1``), but the target's gradient is ``-sigmoid(.)`` rather than
-    ``softmax_y - 1``, which cancels to 0 when the target dominates.
-    """
-    target = target[:, None]
-    others = scores.scatter(1, target, float("-inf"))
-    # A constant shift (no gradient flows through it: the value does not depend on it) keeps
-    # the log-sum-exp near 0, where float32 still resolves log(number of ties).
-    top = others.max(dim=1, keepdim=True).values.detach().clamp_min(torch.finfo(scores.dtype).min)
-    shifted, gap = others - top, top - scores.gather(1, target)
-    if tau != 1.0:
-        shifted, gap = shifted / tau, gap / tau
-    argument = torch.logsumexp(shifted, dim=1) + gap.squeeze(1)
-    argument = argument + _poison(others.max(dim=1).values + scores.gather(1, target).squeeze(1))
-    if alpha != 0.0:
-        argument = argument + alpha / tau
-    return tau * _softplus(argument)
 
 
 def _poison(x: torch.Tensor) -> torch.Tensor:
