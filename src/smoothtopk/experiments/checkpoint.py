@@ -19,19 +19,55 @@ import torch
 FORMAT = 1
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync it, rename it over ``path``
+    and fsync the directory: a crash leaves the old or the new file, never a torn one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete temporary files left by a process killed while writing (SIGKILL, power loss)."""
+    removed = []
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -49,10 +85,16 @@ def atomic_torch_save(path: str, obj) -> None:
 
 
 def rng_state() -> dict:
-    """The global random states a training step may use (torch CPU and CUDA, Python)."""
+    """The global random states a training step may use (torch CPU and CUDA, Python).
+
+    Under ``torch.distributed`` only the process's own CUDA device is recorded, so that no
+    process touches another process's GPU."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        if _distributed():
+            state["cuda_current"] = torch.cuda.get_rng_state()
+        else:
+            state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
@@ -60,20 +102,48 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        if "cuda_current" in state:
+            torch.cuda.set_rng_state(state["cuda_current"])
+        elif "cuda" in state and not _distributed():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str, *, epoch: int, model, optimizer, history, best, config) -> None:
-    """``epoch``: the number of completed epochs; training resumes at this (0-based) epoch."""
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+def save_checkpoint(
+    path: str,
+    *,
+    epoch: int,
+    model,
+    optimizer,
+    history,
+    best,
+    config,
+    step: int = 0,
+    ranks: list[dict] | None = None,
+) -> None:
+    """``epoch``: the number of completed epochs; ``step``: the batches done in the next epoch
+    (0 at an epoch's end). Training resumes at (0-based) epoch ``epoch``, after ``step`` batches.
+
+    ``ranks``: per process (rank order) its random states (``"rng"``) and, mid-epoch, its partial
+    training sums (``"partial"``); by default the single process's random states."""
+    if ranks is None:
+        ranks = [{"rng": rng_state()}]
     atomic_torch_save(
         path,
         {
             "format": FORMAT,
             "epoch": epoch,
+            "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
+            "rng": ranks[0]["rng"],
+            "ranks": ranks,
+            "world_size": len(ranks),
             "history": history,
             "best": best,
             "config": config,
@@ -82,7 +152,22 @@ def save_checkpoint(path: str, *, epoch: int, model, optimizer, history, best, c
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {ckpt.get('format')!r}")
+    """Load a checkpoint with ``weights_only=True``; a missing, truncated or corrupted file
+    raises ValueError naming it."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint {path} does not exist") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupted ({reason}); "
+            "delete it to start over, or restore a good copy"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: unsupported checkpoint format {found!r}")
+    missing = [k for k in ("epoch", "model", "optimizer", "rng", "history") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete (no {', '.join(missing)})")
     return ckpt

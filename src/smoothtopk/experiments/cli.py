@@ -35,7 +35,7 @@ HELP = {
     "tau": "temperature of smooth-svm",
     "alpha": "margin of the SVM losses",
     "epochs": "number of epochs",
-    "batch_size": "training batch size",
+    "batch_size": "global training batch size (split evenly across torchrun processes)",
     "eval_batch_size": "evaluation batch size",
     "lr": "initial learning rate",
     "momentum": "Nesterov momentum",
@@ -45,7 +45,9 @@ HELP = {
     "gamma": "learning rate factor at each milestone",
     "seed": "seed of model initialisation, data order and augmentation",
     "workers": "data loading worker processes",
-    "device": "auto, cpu, cuda or cuda:N",
+    "device": "auto, cpu, cuda or cuda:N (under torchrun: each process uses cuda:LOCAL_RANK)",
+    "checkpoint_every": "also save last.pt every N training steps, for mid-epoch --resume "
+    "(0: at epoch ends only)",
     "progress": "tqdm progress bars (shown on a terminal only)",
 }
 
@@ -131,9 +133,19 @@ def _log(message: str) -> None:
 
 
 def _train(args, parser) -> int:
-    from .train import execute, is_run_dir, prepare, saved_config
+    from .train import (
+        barrier,
+        execute,
+        finish_distributed,
+        init_distributed,
+        is_run_dir,
+        prepare,
+        saved_config,
+        world,
+    )
 
     given = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k != "preset"}
+    prepare_ok = False
     try:
         yaml_values = config_mod.load_yaml(args.config) if args.config else {}
         if args.resume and args.out and is_run_dir(args.out):
@@ -144,11 +156,21 @@ def _train(args, parser) -> int:
         else:
             cfg = config_mod.resolve(args.preset, yaml_values, given)
         run_dir = args.out or default_run_dir(cfg)
+        init_distributed(cfg.device)  # under torchrun: join the process group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+        prepare_ok = True
     except (ValueError, TypeError) as err:
         parser.error(str(err))
-    summary = execute(prepared, log=_log)
-    if summary.get("best_epoch") is not None:
+    finally:
+        if not prepare_ok:
+            finish_distributed()
+    try:
+        barrier()  # every process has checked the run directory before rank 0 writes to it
+        rank = world()[0]
+        summary = execute(prepared, log=_log)
+    finally:
+        finish_distributed()
+    if rank == 0 and summary.get("best_epoch") is not None:
         print(
             f"{run_dir}: best validation top-5 at epoch {summary['best_epoch']}: "
             f"test top-1 {100 * summary['test_top1']:.2f}%, top-5 {100 * summary['test_top5']:.2f}%"

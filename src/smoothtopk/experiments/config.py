@@ -58,6 +58,7 @@ class Config:
     # execution
     workers: int = 0
     device: str = "auto"
+    checkpoint_every: int = 0  #: also save last.pt every N training steps (0: epoch ends only)
     progress: bool = True
     preset: str | None = None
 
@@ -222,6 +223,8 @@ def validate(cfg: Config) -> Config:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.val_size is not None and cfg.val_size < 1:
         raise ValueError(f"val_size must be >= 1, got {cfg.val_size}")
+    if cfg.checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
     for name in ("lr", "tau"):
@@ -256,7 +259,7 @@ def from_saved(values: dict) -> Config:
 
 
 # options that may differ when a run is resumed
-RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size")
+RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "checkpoint_every")
 
 
 def resume_config(saved: Config, explicit: dict) -> Config:

@@ -7,16 +7,23 @@ A run is split in two steps so that bad input never leaves a trace:
   data, writing nothing; it raises ``ValueError`` with a one-line message on bad input;
 * :func:`execute` creates the run directory and trains.
 
-Designed for the distributed trainer to come: the data order is a
-:class:`~torch.utils.data.DistributedSampler` (one replica for now) reseeded each epoch with
-``seed`` and the epoch number, metrics are accumulated as exact integer counts
-(:class:`smoothtopk.TopkAccuracy`, mergeable across processes), and every write goes through
-:func:`~.records.is_writer`.
+Multi-process training: launched by ``torchrun``, every process joins the process group from
+torchrun's environment (:func:`init_distributed`: NCCL on CUDA, Gloo on CPU), the model is
+wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (with SyncBatchNorm on CUDA), the
+training data is split by a :class:`~torch.utils.data.DistributedSampler` reshuffled each epoch
+(``set_epoch``), ``--batch-size`` is the global batch, split evenly across the processes, and
+the evaluation sets are sharded without padding (:func:`shard`) so that every sample is counted
+exactly once; metrics are exact integer counts summed over the processes
+(:meth:`smoothtopk.TopkAccuracy.all_reduce`). Only rank 0 writes files.
+
+Checkpoints (``last.pt`` at every epoch's end and, with ``--checkpoint-every N``, every N
+training steps) hold the random states and partial sums of every process, so that ``--resume``
+after a crash, even mid-epoch, repeats what an uninterrupted run would have done.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 import os
 import random
 import shutil
@@ -25,7 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
@@ -51,6 +60,86 @@ class Prepared:
     groups: torch.Tensor
     resume_from: str | None = None
     overwrite: bool = False
+    resume_state: dict | None = None  #: the loaded checkpoint ``resume_from``
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes): (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def launched_distributed() -> bool:
+    """Whether torchrun (or another env:// launcher) started more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def init_distributed(device_name: str) -> torch.device | None:
+    """Join the process group described by torchrun's environment variables (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL with one GPU per process (cuda:LOCAL_RANK) on
+    CUDA, Gloo on CPU. Returns this process's device, or None for a single process."""
+    if not launched_distributed():
+        return None
+    if not dist.is_available():
+        raise ValueError("this PyTorch build has no torch.distributed; run a single process")
+    needed = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    missing = [v for v in needed if v not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} not; launch with torchrun")
+    if device_name.startswith("cuda:"):
+        raise ValueError(
+            f"--device {device_name} cannot be used under torchrun; use --device cuda "
+            "(each process uses cuda:LOCAL_RANK)"
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda requested but CUDA is not available")
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible; "
+                "lower --nproc_per_node"
+            )
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://")
+    return device
+
+
+def finish_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def shard(dataset, rank: int, num_replicas: int):
+    """Samples ``rank, rank + num_replicas, ...``: disjoint shards covering the data set once,
+    without the padding of DistributedSampler (which would count repeated samples)."""
+    if num_replicas == 1:
+        return dataset
+    return Subset(dataset, range(rank, len(dataset), num_replicas))
+
+
+class _SkipFirst(Sampler):
+    """The indices of ``sampler`` after the first ``skip`` (the batches a resumed epoch has
+    already done), without loading the skipped samples."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
 
 
 def is_run_dir(path: str) -> bool:
@@ -95,6 +184,12 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
         changed = [k for k in saved if k not in RESUMABLE and saved[k] != given[k]]
         if changed:
             raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
+    _, num_replicas = world()
+    if cfg.batch_size % num_replicas:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
+            f"number of processes ({num_replicas})"
+        )
     num_classes = check_available(cfg.dataset, cfg.data_dir, cfg.download)
     check_loss_args(cfg.loss, cfg.k, cfg.tau, cfg.alpha, num_classes)
     data = build_data(
@@ -112,7 +207,18 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
     last = os.path.join(run_dir, LAST)
     resume_from = last if resuming and os.path.isfile(last) else None
-    return Prepared(cfg, run_dir, data, noisy, groups, resume_from, overwrite and not resuming)
+    state = None
+    if resume_from is not None:
+        state = ckpt_io.load_checkpoint(resume_from, map_location="cpu")
+        saved_world = int(state.get("world_size", 1))
+        if int(state.get("step", 0)) and saved_world != num_replicas:
+            raise ValueError(
+                f"{resume_from} was saved mid-epoch by {saved_world} process(es); resume it "
+                f"with {saved_world}, not {num_replicas}"
+            )
+    return Prepared(
+        cfg, run_dir, data, noisy, groups, resume_from, overwrite and not resuming, state
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -138,6 +244,8 @@ def evaluate(model, loader, device, ks) -> dict:
     meter = TopkAccuracy(k=ks)
     for x, y in loader:
         meter.update(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+    if world()[1] > 1:
+        meter.all_reduce(device=device)  # exact counts summed over the processes
     correct, total = meter.counts()
     correct = [int(c) for c in correct]
     total = int(total)
@@ -210,29 +318,61 @@ def run_summary(cfg: Config, history: list[dict], best: dict | None, noisy_rate:
     return out
 
 
+def _gather(entry: dict) -> list[dict]:
+    """``entry`` of every process, in rank order (a collective: every process must call it)."""
+    rank, num_replicas = world()
+    if num_replicas == 1:
+        return [entry]
+    out: list = [None] * num_replicas
+    dist.all_gather_object(out, entry)
+    return out
+
+
+def _describe(epoch: int, step: int) -> str:
+    return f"epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+
+
 def execute(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0):
-    """Train (or continue) the run; returns the summary also written to ``results.json``."""
+    """Train (or continue) the run; returns the summary also written to ``results.json``.
+
+    Under torch.distributed every process calls this after :func:`prepare` and a barrier."""
     cfg, run_dir = prepared.cfg, prepared.run_dir
     writer = is_writer()
-    device = pick_device(cfg.device)
+    rank, num_replicas = world()
+    if num_replicas > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() != "nccl":
+            device = torch.device("cpu")
+    else:
+        device = pick_device(cfg.device)
+    log = log if writer else None
     if writer:
         if prepared.overwrite and os.path.isdir(run_dir):
             shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
+        ckpt_io.remove_stale_temporaries(run_dir)
         ckpt_io.atomic_write_text(os.path.join(run_dir, CONFIG), to_yaml(cfg))
         env_name = (
             "env.json" if prepared.resume_from is None else f"env-resume-{time.time():.0f}.json"
         )
-        ckpt_io.atomic_write_json(os.path.join(run_dir, env_name), environment(device))
+        env = environment(device)
+        env["world_size"] = num_replicas
+        ckpt_io.atomic_write_json(os.path.join(run_dir, env_name), env)
         _save_noise(run_dir, prepared)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data = prepared.data
-    model = build_model(cfg.model, data.num_classes).to(device)
+    net = build_model(cfg.model, data.num_classes)
+    if num_replicas > 1 and device.type == "cuda":
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # statistics of the global batch
+    net = net.to(device)
+    if rank:  # augmentation draws of the other processes: their own streams
+        torch.manual_seed(cfg.seed + rank)
+        random.seed(cfg.seed + rank)
     criterion = build_loss(cfg.loss, cfg.k, cfg.tau, cfg.alpha).to(device)
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        net.parameters(),
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
@@ -240,35 +380,73 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
     )
     history: list[dict] = []
     best: dict | None = None
-    start = 0
-    if prepared.resume_from is not None:
-        # on CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest
+    start, skip, partial, pending_rng = 0, 0, None, None
+    last_saved = "none yet"
+    state = prepared.resume_state
+    if state is None and prepared.resume_from is not None:
         state = ckpt_io.load_checkpoint(prepared.resume_from, map_location="cpu")
-        model.load_state_dict(state["model"])
+    if state is not None:
+        # on CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        ckpt_io.set_rng_state(state["rng"])
         history, best, start = list(state["history"]), state["best"], int(state["epoch"])
+        skip = int(state.get("step", 0))
+        ranks = state.get("ranks") or [{"rng": state["rng"]}]
+        mine = ranks[rank] if rank < len(ranks) else None
+        if skip:
+            partial = mine["partial"]
+            pending_rng = mine["rng"]  # restored once the resumed epoch's loader exists
+        elif mine is not None:
+            ckpt_io.set_rng_state(mine["rng"])
+        last_saved = _describe(start, skip)
         if log:
-            log(f"resuming {run_dir} after epoch {start}")
-    if log and start == 0:
+            log(f"resuming {run_dir} after {last_saved}")
+    if log and start == 0 and skip == 0:
         log(
-            f"{run_dir}: {cfg.model} ({count_parameters(model):,} parameters), "
+            f"{run_dir}: {cfg.model} ({count_parameters(net):,} parameters), "
             f"{loss_label(cfg.loss, cfg.k, cfg.tau, cfg.alpha)}, noise {cfg.noise:g}, "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {device}"
+            + (f", {num_replicas} processes" if num_replicas > 1 else "")
         )
+    model = net
+    if num_replicas > 1:
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
     train_set = data.train.with_targets(prepared.noisy.labels)
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed)
+    sampler = DistributedSampler(
+        train_set, num_replicas=num_replicas, rank=rank, shuffle=True, seed=cfg.seed
+    )
+    local_batch = cfg.batch_size // num_replicas
     pin = device.type == "cuda"
-    loader = DataLoader(
-        train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, pin_memory=pin
-    )
-    val_loader = DataLoader(data.val, cfg.eval_batch_size, num_workers=cfg.workers, pin_memory=pin)
-    test_loader = DataLoader(
-        data.test, cfg.eval_batch_size, num_workers=cfg.workers, pin_memory=pin
-    )
+
+    def train_loader(skip_batches: int = 0) -> DataLoader:
+        order = _SkipFirst(sampler, skip_batches * local_batch) if skip_batches else sampler
+        return DataLoader(
+            train_set, local_batch, sampler=order, num_workers=cfg.workers, pin_memory=pin
+        )
+
+    def eval_loader(dataset) -> DataLoader:
+        return DataLoader(
+            shard(dataset, rank, num_replicas),
+            cfg.eval_batch_size,
+            num_workers=cfg.workers,
+            pin_memory=pin,
+        )
+
+    loader = train_loader()
+    steps_per_epoch = len(loader)
+    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
     ks = topk_ks(data.num_classes)
+    last_path = os.path.join(run_dir, LAST)
     from smoothtopk import TopkAccuracy
+
+    def save(path: str, epoch_done: int, step: int, extra: dict | None = None) -> None:
+        ranks = _gather({"rng": ckpt_io.rng_state(), **(extra or {})})  # on every process
+        if writer:
+            ckpt_io.save_checkpoint(
+                path, epoch=epoch_done, step=step, model=net, optimizer=optimizer,
+                history=history, best=best, config=cfg.to_dict(), ranks=ranks,
+            )  # fmt: skip
 
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -279,32 +457,62 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
         model.train()
         meter = TopkAccuracy(k=ks)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        first, epoch_loader = 0, loader
+        if epoch == start and skip:
+            first, epoch_loader = skip, train_loader(skip)
+            loss_sum += partial["loss_sum"].to(device)
+            meter.correct = partial["correct"].to(device)
+            meter.total = partial["total"].to(device)
+            t0 -= float(partial["seconds"])
+        batches = iter(epoch_loader)
+        if pending_rng is not None:
+            ckpt_io.set_rng_state(pending_rng)
+            pending_rng = None
         bar = tqdm(
-            loader,
+            batches,
+            total=len(epoch_loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=None if cfg.progress else True,  # None: only on a terminal
+            disable=None if cfg.progress and writer else True,  # None: only on a terminal
             leave=False,
             position=position,
             dynamic_ncols=True,
         )
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, start=first):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             scores = model(x)
             loss = criterion(scores, y)
+            bad = (~torch.isfinite(loss.detach())).to(torch.int32)
+            if num_replicas > 1:
+                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            if bool(bad):
+                raise FloatingPointError(
+                    f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
+                    f"(loss {float(loss):g} on rank {rank}); stopped without saving; "
+                    f"the last good checkpoint is {last_path} ({last_saved})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach().double() * y.numel()
             meter.update(scores.detach(), y)
+            done = step + 1
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps_per_epoch:
+                correct, total = meter.counts()
+                part = {
+                    "loss_sum": loss_sum.detach().cpu(),
+                    "correct": correct.detach().cpu(),
+                    "total": total.detach().cpu(),
+                    "seconds": time.perf_counter() - t0,
+                }
+                save(last_path, epoch, done, {"partial": part})
+                last_saved = _describe(epoch, done)
+        if num_replicas > 1:  # exact sums over the processes
+            meter.all_reduce(device=device)
+            dist.all_reduce(loss_sum)
         correct, total = meter.counts()
         train_loss = float(loss_sum) / max(int(total), 1)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"training diverged at epoch {epoch + 1} (loss {train_loss}); "
-                f"the last good checkpoint is in {run_dir}"
-            )
-        val = evaluate(model, val_loader, device, ks)
-        test = evaluate(model, test_loader, device, ks)
+        val = evaluate(net, val_loader, device, ks)
+        test = evaluate(net, test_loader, device, ks)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -329,12 +537,10 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
             best = {
                 k: record[k] for k in ("epoch", "val_top1", "val_top5", "test_top1", "test_top5")
             }
+            save(os.path.join(run_dir, BEST), epoch + 1, 0)
+        save(last_path, epoch + 1, 0)
+        last_saved = _describe(epoch + 1, 0)
         if writer:
-            common = dict(model=model, optimizer=optimizer, history=history, best=best,
-                          config=cfg.to_dict())  # fmt: skip
-            if improved:
-                ckpt_io.save_checkpoint(os.path.join(run_dir, BEST), epoch=epoch + 1, **common)
-            ckpt_io.save_checkpoint(os.path.join(run_dir, LAST), epoch=epoch + 1, **common)
             write_metrics(run_dir, history)
         if log:
             log(
