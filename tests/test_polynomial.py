@@ -12,7 +12,7 @@ def brute_force(values, d):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
-@pytest.mark.parametrize("k", [1, 2, 3, 6])
+@pytest.mark.parametrize("k", [1, 2, 3, 6, 20])
 def test_matches_definition(n, k):
     v = torch.rand(4, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n * 7 + k))
     result = elementary_symmetric(v, k)
@@ -37,3 +37,16 @@ def test_leading_dimensions_and_zero_padding():
     )
     padded = torch.cat([v, torch.zeros(2, 3, 5)], dim=-1)  # zeros contribute nothing
     torch.testing.assert_close(elementary_symmetric(padded, 4), elementary_symmetric(v, 4))
+
+
+@pytest.mark.parametrize("n", [1, 100, 1000, 5000])
+@pytest.mark.parametrize("k", [2, 5, 17, 20, 40])
+def test_every_width_and_degree_terminates_and_matches_the_recursion(n, k):
+    # The summation recurrence e_d += v_j e_{d-1}, in float64, one value at a time.
+    v = torch.rand(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n + k))
+    v = v / v.sum(dim=1, keepdim=True)  # sum 1: nothing overflows in the recurrence either
+    expected = torch.zeros(2, k + 1, dtype=torch.float64)
+    expected[:, 0] = 1
+    for j in range(n):
+        expected[:, 1:] = expected[:, 1:] + v[:, j : j + 1] * expected[:, :-1].clone()
+    torch.testing.assert_close(elementary_symmetric(v, k), expected[:, 1:], rtol=1e-10, atol=1e-300)

@@ -71,7 +71,7 @@ def normalized_elementary_symmetric(v: torch.Tensor, k: int) -> tuple[torch.Tens
     powers = torch.arange(1, coefficients.shape[0] + 1, device=v.device, dtype=v.dtype)
     coefficients = coefficients * torch.exp(-log_mass * powers.view(-1, *[1] * v.dim()))
     budget = _SMALL * 36  # entries per row for the matrix-product stage
-    while coefficients.shape[-1] * (k + 1) ** 2 > budget:
+    while coefficients.shape[-1] > 1 and coefficients.shape[-1] * (k + 1) ** 2 > budget:
         coefficients = _level(coefficients, k)
     return _pairwise_products(coefficients, k), log_mass
 

@@ -44,12 +44,9 @@ import torch
 
 from ._reduction import classification_loss
 from ._validation import check_k, check_non_negative, check_positive
+from .anchors import EXP_FLOOR, anchor_sums, exp_normal
 from .anchors import LOG_ZERO as _LOG_ZERO
-from .anchors import anchor_sums
 from .polynomial import normalized_elementary_symmetric, padded_width
-
-# log of the smallest normal number of each working dtype
-_EXP_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
 
 
 def smooth_topk_svm_loss(
@@ -127,14 +124,14 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
 
     # Rest: u_j = exp((s_j - a) / (k tau)) <= 1, zero on the anchors and on the target.
     if differentiable:
-        rest = torch.exp(((scores - anchor) * scale).clamp(min=_EXP_FLOOR[scores.dtype]))
+        rest = torch.exp(((scores - anchor) * scale).clamp(min=EXP_FLOOR[scores.dtype]))
         rest = rest.scatter(1, anchor_index, 0.0).scatter(1, target, 0.0)
     else:
         rest = scores.new_empty(rows, padded_width(classes))
         body = rest[:, :classes]
         # exp of arguments below the normal range is many times slower on CPUs; those u_j
         # are negligible against the e_0 = 1 of the sums (and the row's gradient).
-        torch.sub(scores, anchor, out=body).mul_(scale).clamp_(min=_EXP_FLOOR[scores.dtype])
+        torch.sub(scores, anchor, out=body).mul_(scale).clamp_(min=EXP_FLOOR[scores.dtype])
         body.exp_()
         rest[:, classes:].zero_()
         body.scatter_(1, anchor_index, 0.0).scatter_(1, target, 0.0)
@@ -172,10 +169,10 @@ def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
     b = torch.arange(k + 1, device=log_sigma.device)
     m = torch.arange(k, device=log_sigma.device)
     index = b[None, :] - 1 - m[:, None]  # (k, k + 1): degree of e paired with sigma_b
-    valid = index >= 0
-    gathered = log_e[:, index.clamp_min(0)]  # (M, k, k + 1)
-    terms = torch.where(valid, log_sigma[:, None, :] + gathered - log_total[:, :, None], _LOG_ZERO)
-    return torch.exp(terms).sum(dim=2)
+    valid = (index >= 0).to(log_e.dtype)
+    gathered = log_e.index_select(1, index.clamp_min(0).flatten()).view(-1, k, k + 1)
+    terms = exp_normal(log_sigma[:, None, :] + gathered - log_total[:, :, None])
+    return (terms * valid).sum(dim=2)
 
 
 def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, classes: int):
