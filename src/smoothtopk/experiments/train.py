@@ -340,9 +340,8 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
     writer = is_writer()
     rank, num_replicas = world()
     if num_replicas > 1:
-        device = torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() != "nccl":
-            device = torch.device("cpu")
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     else:
         device = pick_device(cfg.device)
     log = log if writer else None
@@ -487,7 +486,7 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
             if bool(bad):
                 raise FloatingPointError(
                     f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
-                    f"(loss {float(loss):g} on rank {rank}); stopped without saving; "
+                    f"(loss {float(loss.detach()):g} on rank {rank}); stopped without saving; "
                     f"the last good checkpoint is {last_path} ({last_saved})"
                 )
             optimizer.zero_grad(set_to_none=True)
