@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .datasets import check_dataset
-from .losses import check_loss
+from .losses import build_loss, check_loss
 from .models import DEFAULT_MODEL, check_model
 from .noise import GROUPINGS, check_rate
 
@@ -44,6 +44,8 @@ class Config:
     k: int = 5
     tau: float = 1.0
     alpha: float = 1.0
+    epsilon: float = 1.0  #: noise scale of smoothed-calibrated-hinge
+    label_smoothing: float = 0.1  #: smoothing of ce-label-smoothing
     # optimisation: SGD, Nesterov momentum, lr divided by 1/gamma at each milestone
     epochs: int = 15
     batch_size: int = 64
@@ -235,6 +237,11 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
+    if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
+        raise ValueError(f"epsilon must be > 0, got {cfg.epsilon}")
+    if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing <= 1):
+        raise ValueError(f"label_smoothing must be in [0, 1], got {cfg.label_smoothing}")
+    build_loss(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
     if cfg.nesterov and cfg.momentum == 0:
         raise ValueError("Nesterov momentum needs momentum > 0")
     if sorted(cfg.milestones) != list(cfg.milestones) or any(m < 1 for m in cfg.milestones):

@@ -142,6 +142,11 @@ class _SkipFirst(Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
+def _loss_options(cfg: Config) -> tuple:
+    """The positional arguments of :func:`.losses.build_loss` / :func:`.losses.loss_label`."""
+    return cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing
+
+
 def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG))
 
@@ -191,7 +196,9 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
             f"number of processes ({num_replicas})"
         )
     num_classes = check_available(cfg.dataset, cfg.data_dir, cfg.download)
-    check_loss_args(cfg.loss, cfg.k, cfg.tau, cfg.alpha, num_classes)
+    check_loss_args(
+        cfg.loss, cfg.k, cfg.tau, cfg.alpha, num_classes, cfg.epsilon, cfg.label_smoothing
+    )
     data = build_data(
         cfg.dataset,
         cfg.data_dir,
@@ -293,7 +300,7 @@ def run_summary(cfg: Config, history: list[dict], best: dict | None, noisy_rate:
         "dataset": cfg.dataset,
         "model": cfg.model,
         "loss": cfg.loss,
-        "loss_label": loss_label(cfg.loss, cfg.k, cfg.tau, cfg.alpha),
+        "loss_label": loss_label(*_loss_options(cfg)),
         "k": cfg.k,
         "tau": cfg.tau,
         "alpha": cfg.alpha,
@@ -369,7 +376,7 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
     if rank:  # augmentation draws of the other processes: their own streams
         torch.manual_seed(cfg.seed + rank)
         random.seed(cfg.seed + rank)
-    criterion = build_loss(cfg.loss, cfg.k, cfg.tau, cfg.alpha).to(device)
+    criterion = build_loss(*_loss_options(cfg)).to(device)
     optimizer = torch.optim.SGD(
         net.parameters(),
         lr=cfg.lr,
@@ -403,7 +410,7 @@ def execute(prepared: Prepared, log: Callable[[str], None] | None = None, positi
     if log and start == 0 and skip == 0:
         log(
             f"{run_dir}: {cfg.model} ({count_parameters(net):,} parameters), "
-            f"{loss_label(cfg.loss, cfg.k, cfg.tau, cfg.alpha)}, noise {cfg.noise:g}, "
+            f"{loss_label(*_loss_options(cfg))}, noise {cfg.noise:g}, "
             f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {device}"
             + (f", {num_replicas} processes" if num_replicas > 1 else "")
         )
