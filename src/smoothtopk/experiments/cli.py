@@ -1,4 +1,4 @@
-"""The ``smoothtopk`` command: ``train``, ``report`` and ``demo``.
+"""The ``smoothtopk`` command: ``train``, ``report``, ``demo`` and ``sweep``.
 
 User errors (unknown names, missing data, bad values, an existing run directory without
 ``--resume``/``--overwrite``) print one line ``smoothtopk: error: ...`` to stderr, exit with
@@ -30,10 +30,13 @@ HELP = {
     "group_size": "classes per group for consecutive noise groups",
     "noise_seed": "seed of the label noise draw",
     "model": "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)",
-    "loss": "ce, smooth-svm or hard-svm",
+    "loss": "ce, smooth-svm, hard-svm or a comparator: hinge-alpha, hinge-beta, trunc-entropy, "
+    "calibrated-hinge, smoothed-calibrated-hinge, ce-label-smoothing (difftopk if installed)",
     "k": "k of the top-k losses",
     "tau": "temperature of smooth-svm",
-    "alpha": "margin of the SVM losses",
+    "alpha": "margin of the SVM and hinge losses",
+    "epsilon": "noise scale of smoothed-calibrated-hinge",
+    "label_smoothing": "smoothing of ce-label-smoothing, in [0, 1]",
     "epochs": "number of epochs",
     "batch_size": "global training batch size (split evenly across torchrun processes)",
     "eval_batch_size": "evaluation batch size",
@@ -59,7 +62,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message}\n")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> None:
+    """One option per config field; those in ``lists`` take a comma-separated list (a string)."""
     group = parser.add_argument_group("run options (override the preset and --config)")
     for name in config_mod.FIELDS:
         if name == "preset":
@@ -67,7 +71,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         hint = config_mod._HINTS[name]
         kw = {"dest": name, "default": argparse.SUPPRESS, "help": HELP.get(name)}
-        if hint is bool:
+        if name in lists:
+            kw["help"] = f"{kw['help']}; a comma-separated list sweeps over the values"
+            group.add_argument(flag, type=str, metavar="V[,V...]", **kw)
+        elif hint is bool:
             if name == "download":
                 group.add_argument(flag, action="store_true", **kw)
             else:
@@ -84,7 +91,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Smooth top-k SVM experiments (Berrada et al., 2018)")
-    sub = parser.add_subparsers(dest="command", metavar="{train,report,demo}", parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="{train,report,demo,sweep}", parser_class=_Parser
+    )
     sub.required = True
 
     train = sub.add_parser("train", help="train one model", description="Train one model.")
@@ -116,11 +125,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     demo.add_argument("--jobs", type=int, default=None, metavar="N",
                       help="worker processes (default: one per core, single-threaded)")  # fmt: skip
+
+    from .sweep import SWEEP_PRESETS, SWEPT
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="losses x noise levels (or subsets) x seeds x hyper-parameters",
+        description="Train the cross product of the comma-separated values of --loss, --noise, "
+        "--subset, --seed, --k, --tau, --alpha, --epsilon and --label-smoothing (hyper-parameters "
+        "only for the losses that use them), one run directory each; runs already complete are "
+        "skipped, so running the same command again resumes an interrupted sweep. Then a report "
+        "with mean ± std over seeds in OUT/report.",
+    )
+    sweep.add_argument("--preset", choices=sorted({*config_mod.PRESETS, *SWEEP_PRESETS}),
+                       default=None, help="a recipe, or demo-full: every loss x noise 0 ... 0.8 "
+                       "x seeds 0,1,2 on the embedded data")  # fmt: skip
+    sweep.add_argument("--config", metavar="YAML",
+                       help="options from a YAML file (a list for a swept option)")  # fmt: skip
+    sweep.add_argument("--out", default=os.path.join("runs", "sweep"), metavar="DIR")
+    sweep.add_argument("--overwrite", action="store_true", help="replace the whole sweep in --out")
+    sweep.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="worker processes (default 1: one run after another)")  # fmt: skip
+    _add_config_options(sweep, lists=SWEPT)
     return parser
 
 
 def default_run_dir(cfg: config_mod.Config) -> str:
-    loss = cfg.loss if cfg.loss == "ce" else f"{cfg.loss}-k{cfg.k}-tau{cfg.tau:g}"
+    if cfg.loss == "ce":
+        loss = cfg.loss
+    elif cfg.loss in ("smooth-svm", "hard-svm"):
+        loss = f"{cfg.loss}-k{cfg.k}-tau{cfg.tau:g}"
+    else:
+        from .losses import loss_slug
+
+        loss = loss_slug(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
     return os.path.join(
         "runs", f"{cfg.dataset}-{loss}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
     )
@@ -218,10 +256,41 @@ def _demo(args, parser) -> int:
     return 0
 
 
+def _sweep(args, parser) -> int:
+    from . import sweep
+
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        axes = {n: sweep.parse_list(n, getattr(args, n)) for n in sweep.SWEPT if hasattr(args, n)}
+        fixed = {
+            k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k not in sweep.SWEPT
+        }
+        fixed.pop("preset", None)
+        yaml_values = config_mod.load_yaml(args.config) if args.config else {}
+        configs = sweep.expand(args.preset, yaml_values, axes, fixed)
+        runs = sweep.plan(args.out, configs, overwrite=args.overwrite)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    progress = all(r.cfg.progress for r in runs)
+    result = sweep.run(
+        args.out, runs, overwrite=args.overwrite, jobs=args.jobs, progress=progress, log=_log
+    )
+    print()
+    print(result["table"], end="")
+    for path in result["files"].values():
+        print(f"wrote {path}")
+    print(
+        f"sweep finished in {result['seconds']:.0f} s: {len(result['trained'])} runs trained, "
+        f"{len(result['skipped'])} already complete"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"train": _train, "report": _report, "demo": _demo}[args.command]
+    handler = {"train": _train, "report": _report, "demo": _demo, "sweep": _sweep}[args.command]
     try:
         return handler(args, parser)
     except KeyboardInterrupt:

@@ -83,6 +83,49 @@ def _line(run_dir: str, summary: dict, seconds: float) -> str:
     )
 
 
+def train_all(
+    runs: list[Prepared],
+    jobs: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    desc: str = "runs",
+) -> list[tuple[str, dict, float]]:
+    """Train every prepared run, in this process (``jobs == 1``) or in ``jobs`` worker processes;
+    returns ``(run_dir, summary, seconds)`` per run, in the order the runs finished.
+
+    With ``jobs > 1`` the runs go to that many worker processes (spawned), each with
+    ``cpu_count // jobs`` threads: tiny models use cores better as separate single-threaded
+    processes than as one multi-threaded one, and a busy machine slows them down gracefully.
+    ``jobs=None``: :func:`default_jobs`.
+    """
+    jobs = default_jobs(len(runs)) if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    done = []
+    disable = None if progress else True  # None: bars only on a terminal
+    bar = tqdm(total=len(runs), desc=desc, disable=disable, position=0, dynamic_ncols=True)
+    write = bar.write if progress else log
+    if jobs == 1:
+        for prepared in runs:
+            prepared.cfg.progress = progress
+            t0 = time.perf_counter()
+            summary = execute(prepared, log=None, position=1)
+            done.append((prepared.run_dir, summary, time.perf_counter() - t0))
+            write(_line(*done[-1]))
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = [pool.submit(_run_one, r.cfg.to_dict(), r.run_dir, threads) for r in runs]
+            for future in as_completed(futures):
+                done.append(future.result())
+                write(_line(*done[-1]))
+                bar.update()
+    bar.close()
+    return done
+
+
 def run(
     out: str,
     runs: list[Prepared],
@@ -92,11 +135,7 @@ def run(
     jobs: int | None = None,
 ) -> dict:
     """Train every run of the plan (finished ones are skipped on resume), then report.
-
-    With ``jobs > 1`` the runs go to that many worker processes (spawned), each with
-    ``cpu_count // jobs`` threads: tiny models use cores better as separate single-threaded
-    processes than as one multi-threaded one, and a busy machine slows them down gracefully.
-    """
+    ``jobs``: see :func:`train_all`."""
     if overwrite and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
@@ -105,30 +144,10 @@ def run(
         {"noise_levels": sorted({r.cfg.noise for r in runs}),
          "losses": [loss for loss, _ in LOSSES], "runs": [r.run_dir for r in runs]},
     )  # fmt: skip
-    jobs = default_jobs(len(runs)) if jobs is None else jobs
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
-    disable = None if progress else True  # None: bars only on a terminal
-    bar = tqdm(total=len(runs), desc="demo runs", disable=disable, position=0, dynamic_ncols=True)
-    write = bar.write if progress else log
-    if jobs == 1:
-        for prepared in runs:
-            prepared.overwrite = False  # the whole directory was replaced above
-            prepared.cfg.progress = progress
-            t0 = time.perf_counter()
-            summary = execute(prepared, log=None, position=1)
-            write(_line(prepared.run_dir, summary, time.perf_counter() - t0))
-            bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(_run_one, r.cfg.to_dict(), r.run_dir, threads) for r in runs]
-            for future in as_completed(futures):
-                write(_line(*future.result()))
-                bar.update()
-    bar.close()
+    for prepared in runs:
+        prepared.overwrite = False  # the whole directory was replaced above
+    train_all(runs, jobs=jobs, progress=progress, log=log, desc="demo runs")
     report = write_report([r.run_dir for r in runs], os.path.join(out, "report"))
     report["seconds"] = time.perf_counter() - start
     return report

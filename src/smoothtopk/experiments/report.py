@@ -3,7 +3,9 @@
 Everything is read from the run directories (``config.yaml``, ``metrics.jsonl``,
 ``noise.json``); the reported epoch of each run is the one with the best validation top-5
 (ties: the earliest), and the table shows its *test* top-1/top-5. Runs with the same data set,
-loss and noise level (or subset size) but different seeds are averaged (column ``n``).
+loss and noise level (or subset size) but different seeds are averaged (column ``n``): the
+tables give mean ± sample standard deviation over seeds, the accuracy plot error bars of one
+standard deviation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,7 +35,8 @@ class RunResult:
     label: str = field(init=False)
 
     def __post_init__(self):
-        self.label = loss_label(self.cfg.loss, self.cfg.k, self.cfg.tau, self.cfg.alpha)
+        c = self.cfg
+        self.label = loss_label(c.loss, c.k, c.tau, c.alpha, c.epsilon, c.label_smoothing)
 
     @property
     def complete(self) -> bool:
@@ -90,6 +94,15 @@ def _subset_key(value: str) -> float:
     return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
 def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
     """One row per (data set, loss, x) with mean test top-1/top-5 over seeds, in percent."""
     axis = axis_of(runs)
@@ -101,16 +114,17 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
         groups[(run.cfg.dataset, run.label, x)].append(run)
     rows = []
     for (dataset, label, x), members in groups.items():
-        n = len(members)
+        stats = {}
+        for metric in ("test_top1", "test_top5", "val_top5"):
+            mean, std = mean_std([100 * r.best[metric] for r in members])
+            stats[metric], stats[f"{metric}_std"] = mean, std
         rows.append(
             {
                 "dataset": dataset,
                 "loss": label,
                 axis: x,
-                "n": n,
-                "test_top1": 100 * sum(r.best["test_top1"] for r in members) / n,
-                "test_top5": 100 * sum(r.best["test_top5"] for r in members) / n,
-                "val_top5": 100 * sum(r.best["val_top5"] for r in members) / n,
+                "n": len(members),
+                **stats,
                 "best_epoch": ";".join(str(r.best["epoch"]) for r in members),
                 "complete": all(r.complete for r in members),
                 "runs": ";".join(r.path for r in members),
@@ -122,7 +136,8 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
 
 
 def markdown_table(axis: str, rows: list[dict]) -> str:
-    """Rows: noise levels (or subset sizes); columns: test top-1 and top-5 (%) per loss."""
+    """Rows: noise levels (or subset sizes); columns: test top-1 and top-5 (%) per loss, as
+    ``mean ± std (n=seeds)`` when some cell averages several seeds."""
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     key = (lambda v: v) if axis == "noise" else _subset_key
     xs = sorted(
@@ -143,8 +158,12 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
                 cells += ["", ""]
                 continue
             mark = "" if r["complete"] else "*"
-            seeds = f" (n={r['n']})" if many_seeds else ""
-            cells += [f"{r['test_top1']:.1f}{mark}{seeds}", f"{r['test_top5']:.1f}{mark}"]
+            if many_seeds:
+                top1 = f"{r['test_top1']:.1f} ± {r['test_top1_std']:.1f}{mark} (n={r['n']})"
+                top5 = f"{r['test_top5']:.1f} ± {r['test_top5_std']:.1f}{mark}"
+            else:
+                top1, top5 = f"{r['test_top1']:.1f}{mark}", f"{r['test_top5']:.1f}{mark}"
+            cells += [top1, top5]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if any(not r["complete"] for r in rows):
@@ -154,12 +173,13 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
 
 def rows_csv(axis: str, rows: list[dict]) -> str:
     buffer = io.StringIO()
-    cols = ["dataset", "loss", axis, "n", "test_top1", "test_top5", "val_top5", "best_epoch",
-            "complete", "runs"]  # fmt: skip
+    metrics = ("test_top1", "test_top1_std", "test_top5", "test_top5_std", "val_top5",
+               "val_top5_std")  # fmt: skip
+    cols = ["dataset", "loss", axis, "n", *metrics, "best_epoch", "complete", "runs"]
     writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        rounded = {m: f"{r[m]:.2f}" for m in ("test_top1", "test_top5", "val_top5")}
+        rounded = {m: f"{r[m]:.2f}" for m in metrics}
         writer.writerow({**r, **rounded})
     return buffer.getvalue()
 
@@ -191,10 +211,14 @@ def plot_accuracy(axis: str, rows: list[dict]):
                 mine.sort(key=lambda r: _subset_key(r["subset"]))
                 xs = list(range(len(mine)))
                 panel.set_xticks(xs, [r["subset"] for r in mine])
-            panel.plot(xs, [r[metric] for r in mine], marker="o", label=loss)
+            errors = [r[f"{metric}_std"] for r in mine]
+            panel.errorbar(xs, [r[metric] for r in mine], yerr=errors if any(errors) else None,
+                           marker="o", capsize=3, label=loss)  # fmt: skip
         panel.set_xlabel("label noise level p" if axis == "noise" else "training subset")
         panel.set_ylabel(f"test {title} accuracy (%)")
-        panel.set_title(f"test {title} at the best validation top-5 epoch")
+        many = any(r["n"] > 1 for r in rows)
+        panel.set_title(f"test {title} at the best validation top-5 epoch"
+                        + (" (mean ± std over seeds)" if many else ""))  # fmt: skip
         panel.grid(alpha=0.3)
         panel.legend()
     fig.tight_layout()
