@@ -218,9 +218,11 @@ def plot_accuracy(axis: str, rows: list[dict]):
         panel.set_ylabel(f"test {title} accuracy (%)")
         many = any(r["n"] > 1 for r in rows)
         panel.set_title(f"test {title} at the best validation top-5 epoch"
-                        + (" (mean ± std over seeds)" if many else ""))  # fmt: skip
+                        + ("\n(mean ± std over seeds)" if many else ""), fontsize=10)  # fmt: skip
         panel.grid(alpha=0.3)
-        panel.legend()
+    # One legend beside the panels, so that many losses hide no data.
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     data = _png(fig)
     plt.close(fig)
