@@ -76,8 +76,14 @@ def build_loss(
         return smoothtopk.SmoothTopkSVMLoss(k=k, tau=tau, alpha=alpha)
     if name == "hard-svm":
         return smoothtopk.TopkSVMLoss(k=k, alpha=alpha)
-    values = {"k": k, "alpha": alpha, "epsilon": epsilon, "label_smoothing": label_smoothing}
-    return COMPARATORS[name](**{p: values[p] for p in loss_params(name)})
+    return COMPARATORS[name](**_used_options(name, k, tau, alpha, epsilon, label_smoothing))
+
+
+def _used_options(name, k, tau, alpha, epsilon, label_smoothing) -> dict:
+    """The options that loss ``name`` takes, with their values."""
+    values = {"k": k, "tau": tau, "alpha": alpha, "epsilon": epsilon,
+              "label_smoothing": label_smoothing}  # fmt: skip
+    return {p: values[p] for p in loss_params(name)}
 
 
 def loss_label(
@@ -98,8 +104,8 @@ def loss_label(
         return f"hard top-{k} SVM (alpha={alpha:g})"
     if name not in COMPARATORS:
         return name
-    values = {"k": k, "alpha": alpha, "epsilon": epsilon, "label_smoothing": label_smoothing}
-    params = ", ".join(f"{p}={values[p]:g}" for p in loss_params(name))
+    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing)
+    params = ", ".join(f"{p}={v:g}" for p, v in used.items())
     return f"{name} ({params})" if params else name
 
 
@@ -112,6 +118,5 @@ def loss_slug(
     label_smoothing: float = 0.1,
 ) -> str:
     """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
-    values = {"k": k, "tau": tau, "alpha": alpha, "epsilon": epsilon,
-              "label_smoothing": label_smoothing}  # fmt: skip
-    return "-".join([name] + [f"{_SHORT[p]}{values[p]:g}" for p in loss_params(name)])
+    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing)
+    return "-".join([name] + [f"{_SHORT[p]}{v:g}" for p, v in used.items()])
