@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 
 _SMALL = 8  # the matrix-product stage starts at 8 nodes of degree 5 (fewer for larger k)
+_EVEN_NODES = 64  # padded widths halve evenly down to this many nodes
 _SCALE_LEVEL = 3  # nodes of 2**3 values: their polynomials cannot overflow before scaling
 
 
 def padded_width(n: int) -> int:
-    """A width ``>= n`` that halves evenly down to at most 64 nodes (< 2 % larger)."""
-    levels = max(0, math.ceil(math.log2(max(n, 1) / 64)))
+    """A width ``>= n`` that halves evenly down to at most ``_EVEN_NODES`` nodes (< 2 % larger)."""
+    levels = max(0, math.ceil(math.log2(max(n, 1) / _EVEN_NODES)))
     block = 2**levels
     return -(-n // block) * block
 
