@@ -22,7 +22,7 @@ def data(n=6, c=7, dtype=torch.float64, seed=0):
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("ignore_index", [-100, 9, 4])
-def test_reductions_weight_and_ignore_index(loss, ignore_index):
+def test_reductions_weight_and_ignore_index(loss, ignore_index, backend):
     x, y = data()
     per_sample = loss(x, y, reduction="none", ignore_index=-1)  # nothing ignored
     y[2] = ignore_index
@@ -50,7 +50,7 @@ def test_all_ignored_mean_is_nan_like_cross_entropy(loss):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_spatial_shape_equals_flattening(loss):
+def test_spatial_shape_equals_flattening(loss, backend):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, 7, 3, 4, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 7, (2, 3, 4), generator=generator)
@@ -82,7 +82,7 @@ def test_modules_equal_functionals_and_hold_weight_as_buffer():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_dtype_preserved_and_low_precision_computed_in_float32(dtype, reduction):
+def test_dtype_preserved_and_low_precision_computed_in_float32(dtype, reduction, backend):
     x, y = data(dtype=torch.float32)
     x = (x * 1000).to(dtype).requires_grad_(True)  # large logits: no overflow in float16
     out = smooth_topk_svm_loss(x, y, k=3, reduction=reduction)
@@ -148,7 +148,7 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _forward_backward_ops(n):
+def _forward_backward_ops(n):  # of the PyTorch implementation (see the callers)
     x = torch.randn(8, n, requires_grad=True)
     y = torch.randint(0, n, (8,))
     with _CountOps() as counter:
@@ -156,14 +156,15 @@ def _forward_backward_ops(n):
     return counter.count
 
 
-def test_no_python_loop_over_classes():
+def test_no_python_loop_over_classes(monkeypatch):
+    monkeypatch.setenv("SMOOTHTOPK_CPU_KERNEL", "0")
     # The tree adds a few operations per doubling of n; a loop over classes would add
     # thousands.
     small, large = _forward_backward_ops(64), _forward_backward_ops(8192)
     assert large < small + 7 * 40
 
 
-def test_saved_memory_is_linear_in_classes_without_k_factor():
+def test_saved_memory_is_linear_in_classes_without_k_factor(backend):
     n, c, k = 32, 2000, 10
     x = torch.randn(n, c, requires_grad=True)
     y = torch.randint(0, c, (n,))
@@ -176,6 +177,8 @@ def test_saved_memory_is_linear_in_classes_without_k_factor():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         value = smooth_topk_svm_loss(x, y, k=k, reduction="sum")
     unique = {t.data_ptr(): t.numel() for t in saved if t.data_ptr() != x.data_ptr()}
-    # one (N, C) tensor (the rest scores u) plus O(N k) factors; the input itself is shared
-    assert sum(unique.values()) <= n * c + 8 * n * k + 4 * n
+    # PyTorch code: one (N, C) tensor (the rest scores u) plus O(N k) factors; the fused kernel
+    # only O(N k) factors (it recomputes u). The input itself is shared.
+    budget = 8 * n * k + 4 * n + (n * c if backend == "pytorch" else 0)
+    assert sum(unique.values()) <= budget
     value.backward()

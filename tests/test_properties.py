@@ -5,13 +5,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference import brute_force_loss, hard_loss
 from smoothtopk import smooth_topk_svm_loss, topk_svm_loss
 
-SETTINGS = settings(max_examples=40, deadline=None)
+# The backend fixture (tests/conftest.py) sets an environment variable for the whole test, which
+# is what every example needs: its function scope is intended.
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+pytestmark = pytest.mark.usefixtures("backend")  # the fused CPU kernel and the PyTorch code
 
 
 @st.composite

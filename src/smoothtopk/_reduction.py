@@ -61,11 +61,13 @@ def classification_loss(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    low_precision_input: bool = False,
 ) -> torch.Tensor:
     """Apply ``per_sample(scores (M, C), target (M,)) -> (M,)`` under ``F.cross_entropy``'s rules.
 
-    ``per_sample`` receives scores in the working dtype (float32 or float64) and targets in
-    ``[0, C)``; ignored elements are given target 0 and their loss is discarded.
+    ``per_sample`` receives scores in the working dtype (float32 or float64) — or, with
+    ``low_precision_input``, float16/bfloat16 scores as given (it then returns float32 losses) —
+    and targets in ``[0, C)``; ignored elements are given target 0 and their loss is discarded.
     """
     num_classes = validate(input, target, weight, reduction)
     device_type = input.device.type
@@ -79,7 +81,7 @@ def classification_loss(
     safe_target = torch.where(valid, flat_target, 0)
 
     with torch.autocast(device_type, enabled=False):
-        losses = per_sample(scores.to(dtype), safe_target)
+        losses = per_sample(scores if low_precision_input else scores.to(dtype), safe_target)
         losses = torch.where(valid, losses, 0.0)
         if weight is None:
             sample_weight = valid.to(dtype)

@@ -42,7 +42,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._reduction import classification_loss
+from . import cpu_kernel
+from ._reduction import classification_loss, working_dtype
 from ._validation import check_k, check_non_negative, check_positive
 from .anchors import EXP_FLOOR, anchor_sums, exp_normal
 from .anchors import LOG_ZERO as _LOG_ZERO
@@ -77,9 +78,28 @@ def smooth_topk_svm_loss(
     alpha = check_non_negative(alpha, "alpha")
 
     def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
-        return _SmoothTopkSVM.apply(scores, safe_target, check_k(k, scores.shape[1]), tau, alpha)
+        top = check_k(k, scores.shape[1])
+        fused = cpu_kernel.applies(scores, top)  # reads float16/bfloat16 directly
+        if not fused:
+            scores = scores.to(_pytorch_dtype(scores.dtype, top))
+        return _SmoothTopkSVM.apply(scores, safe_target, top, tau, alpha, fused)
 
-    return classification_loss(per_sample, input, target, weight, ignore_index, reduction)
+    return classification_loss(
+        per_sample, input, target, weight, ignore_index, reduction, low_precision_input=True
+    )
+
+
+FLOAT32_MAX_K = 10
+
+
+def _pytorch_dtype(dtype: torch.dtype, k: int) -> torch.dtype:
+    """The dtype of the PyTorch implementation: float32 for k <= FLOAT32_MAX_K, else float64.
+
+    In float32, the Horner sums of the gradient lose up to binomial(k, k/2) ulps, and
+    ``e_b(u) / mass^b`` (about ``1 / b!``) leaves float32's range from b = 34 on.
+    """
+    dtype = working_dtype(dtype)
+    return torch.float64 if dtype == torch.float32 and k > FLOAT32_MAX_K else dtype
 
 
 def _poison(x: torch.Tensor) -> torch.Tensor:
@@ -208,22 +228,34 @@ def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, cl
 class _SmoothTopkSVM(torch.autograd.Function):
     """Per-row loss with a hand-written backward that keeps only ``O(N C)`` for the backward.
 
+    ``fused``: the CPU kernel of :mod:`smoothtopk.cpu_kernel` computes forward and backward
+    (scores in their own dtype, float64 inside); otherwise the PyTorch operations below do.
     The backward is made of differentiable operations; under ``create_graph=True`` it recomputes
     the factors from the saved scores so that double backward is exact as well.
     """
 
     @staticmethod
-    def forward(ctx, scores, target, k, tau, alpha):
-        pieces = _pieces(scores, target, k, tau, alpha)
+    def forward(ctx, scores, target, k, tau, alpha, fused):
         ctx.hyper = (k, tau, alpha)
+        ctx.fused = fused
+        if fused:
+            loss, stats, anchor_index = torch.ops.smoothtopk.forward(scores, target, k, tau, alpha)
+            ctx.save_for_backward(scores, target, stats, anchor_index)
+            return loss.to(working_dtype(scores.dtype))
+        pieces = _pieces(scores, target, k, tau, alpha)
         ctx.save_for_backward(scores, target, *pieces[1:])
         return pieces.loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         scores, target, *factors = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            pieces = _pieces(scores, target, *ctx.hyper)
+        k, tau, _ = ctx.hyper
+        if torch.is_grad_enabled():  # double backward: recompute with recorded operations
+            work = scores.to(working_dtype(scores.dtype))
+            pieces = _pieces(work, target, *ctx.hyper)
+            grad = _gradient(pieces, target, grad_loss, scores.shape[1]).to(scores.dtype)
+        elif ctx.fused:
+            grad = torch.ops.smoothtopk.backward(grad_loss, scores, target, *factors, k, tau)
         else:
-            pieces = _Pieces(None, *factors)
-        return _gradient(pieces, target, grad_loss, scores.shape[1]), None, None, None, None
+            grad = _gradient(_Pieces(None, *factors), target, grad_loss, scores.shape[1])
+        return grad, None, None, None, None, None

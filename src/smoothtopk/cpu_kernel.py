@@ -1,0 +1,123 @@
+"""The fused CPU kernel (``csrc/smooth_topk_cpu.cpp``): built on first use, used when it applies.
+
+The kernel computes the loss and its gradient in one pass over the scores per stage, in float64
+inside, with the same algorithm as the PyTorch implementation of :mod:`smoothtopk.smooth_topk`
+(docs/algorithm.md). It is compiled once per machine with ``torch.utils.cpp_extension.load``
+(about 15 s; cached in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) and
+registered as the operators ``torch.ops.smoothtopk.forward`` / ``backward``.
+
+It is used for CPU tensors in eager mode when ``k log(2 C) <= 700`` (so no sum of products of
+numbers ``<= 1`` can overflow a double: up to k = 48 at a million classes). Everything else —
+other devices, ``torch.compile`` graphs, double backward, larger k — runs the PyTorch
+implementation, which gives the same values. ``SMOOTHTOPK_CPU_KERNEL=0`` turns the kernel off;
+if no C++ compiler is found, a warning says so once and the PyTorch implementation is used.
+
+Example:
+    >>> import torch
+    >>> from smoothtopk import cpu_kernel
+    >>> cpu_kernel.applies(torch.zeros(4, 100), k=5) in (True, False)
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
+ENV_SWITCH = "SMOOTHTOPK_CPU_KERNEL"
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+MAX_LOG_TERM = 700.0  # k log(2 C) bound: every intermediate sum stays below e^700 < max double
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _machine_tag() -> str:
+    """Builds use ``-march=native``: name them after the CPU so that a shared cache is safe."""
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags += next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def _ninja_directory() -> str | None:
+    """torch runs ``ninja`` from PATH; the ``ninja`` package (a dependency) is not on PATH when
+    its environment is used without being activated."""
+    try:
+        import ninja
+    except ImportError:
+        return None
+    return getattr(ninja, "BIN_DIR", None)
+
+
+def _build():
+    from torch.utils.cpp_extension import load
+
+    path = os.environ.get("PATH", "")
+    directory = _ninja_directory()
+    if directory:
+        os.environ["PATH"] = directory + os.pathsep + path
+    try:
+        load(
+            name=f"smoothtopk_cpu_{_machine_tag()}",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math"],
+            is_python_module=False,
+            verbose=False,
+        )
+    finally:
+        os.environ["PATH"] = path
+    return torch.ops.smoothtopk
+
+
+def enabled() -> bool:
+    """False when ``SMOOTHTOPK_CPU_KERNEL=0`` (read at each call)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def load():
+    """The operator namespace ``torch.ops.smoothtopk`` (building it once), or None if the build
+    failed or the kernel is turned off."""
+    if not enabled():
+        return None
+    with _lock:
+        if "ops" not in _state:
+            try:
+                _state["ops"] = _build()
+            except Exception as error:  # no compiler, no ninja, read-only cache, ...
+                _state["ops"] = None
+                warnings.warn(
+                    f"smoothtopk: the fused CPU kernel could not be built ({error}); "
+                    "using the PyTorch implementation (same results, slower).",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return _state["ops"]
+
+
+def fits(classes: int, k: int) -> bool:
+    """Whether the float64 sums of the kernel are guaranteed not to overflow."""
+    return k * math.log(2.0 * classes) <= MAX_LOG_TERM
+
+
+def applies(scores: torch.Tensor, k: int) -> bool:
+    """Whether the fused kernel computes this call (builds it on first use)."""
+    return (
+        scores.device.type == "cpu"
+        and scores.dtype in DTYPES
+        and scores.dim() == 2
+        and not torch.compiler.is_compiling()
+        and fits(scores.shape[1], k)
+        and load() is not None
+    )

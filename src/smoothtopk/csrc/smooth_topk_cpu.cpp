@@ -1,0 +1,544 @@
+// Fused CPU kernel of the smooth top-k SVM loss: one pass over the scores per stage, float64 inside.
+//
+// Per row (scores s, target y, z = s / (k tau)), with T the k largest non-target scores, a their
+// smallest, w_i = e^{(a - s_i)/(k tau)} <= 1 on T and u_j = e^{(s_j - a)/(k tau)} <= 1 on the
+// rest R:
+//
+//     L = tau softplus(alpha / tau + (a - s_y) / (k tau) + log A - log B),
+//     A = sum_{b=0..k} sigma_b(w) e_b(u),   B = sum_{b=1..k} sigma_b(w) e_{b-1}(u).
+//
+// Every term is a product of non-negative numbers, so A, B and the gradient factors below are
+// computed without subtraction (docs/algorithm.md):
+//   * e_b(u), b <= k: the recursion e_b += u_j e_{b-1} run in kLanes interleaved lanes (lane l
+//     takes j = l mod kLanes, so the loop vectorises), then the lane polynomials are multiplied.
+//     u_j <= 1 bounds e_b(u) by C(n, b): the Python side sends only rows with
+//     k log(2n) <= 700, where nothing can overflow a double.
+//   * the anchors' inclusions w_i d/dw_i log A by an inside-outside recursion over T (O(k^2)).
+//   * the rest's gradient u_j sum_m (-u_j)^m D_m by Horner's rule (alternating terms bounded by
+//     binomials in k because u_j <= 1), evaluated in float64.
+// The backward recomputes u_j from the scores instead of storing an (N, C) buffer.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kLanes = 8;
+constexpr int64_t kChunk = 512;  // classes per block of the backward (two float64 buffers in L1)
+constexpr double kExpFloor = -708.0;  // e^x below this is treated as 0 (it is < 1e-307)
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+template <typename scalar_t>
+inline double to_double(scalar_t v) {
+  return static_cast<double>(static_cast<float>(v));
+}
+template <>
+inline double to_double<double>(double v) {
+  return v;
+}
+// The half-precision conversions by bit manipulation (as in c10's fp16_ieee_to_fp32_value),
+// so that loops over them vectorise: c10's own conversion calls a scalar intrinsic.
+template <>
+inline double to_double<c10::BFloat16>(c10::BFloat16 v) {
+  return static_cast<double>(std::bit_cast<float>(static_cast<uint32_t>(v.x) << 16));
+}
+template <>
+inline double to_double<c10::Half>(c10::Half v) {
+  const uint32_t w = static_cast<uint32_t>(v.x) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t bits = two_w < (1u << 27) ? std::bit_cast<uint32_t>(denormalized)
+                                           : std::bit_cast<uint32_t>(normalized);
+  return static_cast<double>(std::bit_cast<float>(sign | bits));
+}
+
+// e^x for x <= 0 to about one ulp of a double, branch-free so that loops over it vectorise:
+// x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite), e^r by its Taylor polynomial of degree 13
+// (truncation < 1e-17),
+// 2^n written into the exponent bits. 0 below kExpFloor (and for x = -inf); NaN stays NaN.
+inline double exp_nonpositive(double x) {
+  constexpr double kShift = 0x1.8p52;  // adding it rounds to an integer held in the low bits
+  constexpr double kLog2e = 1.4426950408889634;
+  constexpr double kLn2Hi = 6.93147180369123816490e-01;  // n * kLn2Hi is exact for |n| < 2^11
+  constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  const double clamped = x < kExpFloor ? kExpFloor : x;
+  const double shifted = clamped * kLog2e + kShift;
+  const double n = shifted - kShift;
+  const double r = (clamped - n * kLn2Hi) - n * kLn2Lo;
+  // Estrin's scheme: a dependency chain of 4 multiply-adds instead of Horner's 13.
+  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  const double q0 = 1.0 + r, q1 = 1.0 / 2 + r * (1.0 / 6), q2 = 1.0 / 24 + r * (1.0 / 120);
+  const double q3 = 1.0 / 720 + r * (1.0 / 5040), q4 = 1.0 / 40320 + r * (1.0 / 362880);
+  const double q5 = 1.0 / 3628800 + r * (1.0 / 39916800);
+  const double q6 = 1.0 / 479001600 + r * (1.0 / 6227020800);
+  const double low = (q0 + r2 * q1) + r4 * (q2 + r2 * q3);
+  const double high = (q4 + r2 * q5) + r4 * q6;
+  const double p = low + r8 * high;
+  const int64_t exponent = std::bit_cast<int64_t>(shifted) - std::bit_cast<int64_t>(kShift);
+  const double result = p * std::bit_cast<double>((exponent + 1023) << 52);
+  return x < kExpFloor ? 0.0 : result;  // a select, not a branch (built with -fno-trapping-math)
+}
+
+// The same for float inputs in float (8 lanes per AVX2 register instead of 4): Cody-Waite with
+// Cephes' split of ln 2, Taylor polynomial of degree 7 (truncation < 1e-8); exact to about one
+// float ulp, as exact as the scores themselves. 0 below -87 (e^-87 is near the smallest normal).
+inline float exp_nonpositive(float x) {
+  constexpr float kFloor = -87.0f;
+  constexpr float kShift = 0x1.8p23f;
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  const float clamped = x < kFloor ? kFloor : x;
+  const float shifted = clamped * kLog2e + kShift;
+  const float n = shifted - kShift;
+  const float r = (clamped - n * kLn2Hi) - n * kLn2Lo;
+  const float r2 = r * r, r4 = r2 * r2;
+  const float low = (1.0f + r) + r2 * (0.5f + r * (1.0f / 6));
+  const float high = (1.0f / 24 + r * (1.0f / 120)) + r2 * (1.0f / 720 + r * (1.0f / 5040));
+  const float p = low + r4 * high;
+  const int32_t exponent = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kShift);
+  const float result = p * std::bit_cast<float>((exponent + 127) << 23);
+  return x < kFloor ? 0.0f : result;
+}
+
+// Exponentials are taken in the precision of the scores (float for float, half and bfloat16
+// scores, double for double); sums and products are float64.
+template <typename scalar_t>
+using exp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Classes are searched in `groups` interleaved groups (class j in group j mod groups), about 8
+// classes each: the maxima of all groups take one vectorised pass over the row.
+int64_t group_count(int64_t classes) {
+  return 8 * std::clamp<int64_t>(classes / 64, 1, 512);
+}
+
+// Scratch space of one thread, sized once per call.
+struct Workspace {
+  explicit Workspace(int64_t classes, int64_t k)
+      : rest(((classes + kLanes - 1) / kLanes) * kLanes, 0.0),
+        group_max_float(group_count(classes)),
+        group_max_double(group_count(classes)),
+        order(k + 1),
+        lanes((k + 1) * kLanes),
+        e(k + 2),
+        product(k + 1),
+        top(k),
+        top_index(k),
+        w(k),
+        sigma(k + 1),
+        shifted(k + 1),
+        messages(k * (k + 1)),
+        prefix(k + 1),
+        inclusion_a(k),
+        inclusion_b(k),
+        from_a(k),
+        from_b(k) {}
+  std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
+  std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
+  std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
+  std::vector<double> lanes, e, product, top;
+  std::vector<int64_t> top_index;
+  std::vector<double> w, sigma, shifted, messages, prefix, inclusion_a, inclusion_b;
+  std::vector<double> from_a, from_b;
+};
+
+template <typename scalar_t>
+using compare_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// The maximum of each group (NaN ignored), compared in the scores' own precision (half and
+// bfloat16 exactly in float).
+template <typename scalar_t>
+__attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_t classes,
+                                            int64_t groups, compare_t<scalar_t>* __restrict m) {
+  using real = compare_t<scalar_t>;
+  for (int64_t g = 0; g < groups; ++g) m[g] = -std::numeric_limits<real>::infinity();
+  int64_t start = 0;
+  for (; start + groups <= classes; start += groups) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const real v = static_cast<real>(to_double(s[start + g]));
+      m[g] = v > m[g] ? v : m[g];
+    }
+  }
+  for (int64_t g = 0; start + g < classes; ++g) {
+    const real v = static_cast<real>(to_double(s[start + g]));
+    m[g] = v > m[g] ? v : m[g];
+  }
+}
+
+// The k largest scores other than the target, in descending order. Only groups whose maximum
+// reaches the (k + 1)-th largest group maximum can hold them: that value is at most the k-th
+// largest non-target score, whichever group holds the target. Ties are broken by the order of
+// the search (any choice gives the same loss and gradient). NaN scores never enter; the caller
+// poisons such rows.
+template <typename scalar_t>
+void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
+                          Workspace& ws) {
+  const int64_t groups = group_count(classes);
+  compare_t<scalar_t>* maxima;
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    maxima = ws.group_max_double.data();
+  } else {
+    maxima = ws.group_max_float.data();
+  }
+  group_maxima(s, classes, groups, maxima);
+  // reach: the (k + 1)-th largest group maximum, by insertion into a sorted array of k + 1.
+  double* best = ws.order.data();
+  int64_t kept = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const double v = static_cast<double>(maxima[g]);
+    if (kept == k + 1 && !(v > best[k])) continue;
+    int64_t pos = kept <= k ? kept++ : k;
+    for (; pos > 0 && best[pos - 1] < v; --pos) best[pos] = best[pos - 1];
+    best[pos] = v;
+  }
+  const double reach = kept == k + 1 ? best[k] : -kInf;
+  int64_t filled = 0;
+  double threshold = -kInf;
+  for (int64_t g = 0; g < groups; ++g) {
+    if (!(static_cast<double>(maxima[g]) >= reach)) continue;
+    for (int64_t j = g; j < classes; j += groups) {
+      if (j == target) continue;
+      const double v = to_double(s[j]);
+      if (filled == k ? !(v > threshold) : (v != v)) continue;
+      int64_t pos = filled < k ? filled++ : k - 1;
+      while (pos > 0 && ws.top[pos - 1] < v) {
+        ws.top[pos] = ws.top[pos - 1];
+        ws.top_index[pos] = ws.top_index[pos - 1];
+        --pos;
+      }
+      ws.top[pos] = v;
+      ws.top_index[pos] = j;
+      if (filled == k) threshold = ws.top[k - 1];
+    }
+  }
+}
+
+// sum_b sigma_b(w) E_b and the inclusions w_i d/dw_i log(sum_b sigma_b(w) E_b), i in T, by
+// inside-outside: messages[i][c] = sum_d suffix_i[d] E_{c+1+d} over the w's after i, prefix the
+// sigma polynomial of the w's before i. All terms are non-negative.
+double anchor_inclusions(const double* E, int64_t k, Workspace& ws, double* inclusion) {
+  double total = 0.0;
+  for (int64_t b = 0; b <= k; ++b) total += ws.sigma[b] * E[b];
+  double* msg = ws.messages.data();
+  for (int64_t c = 0; c < k; ++c) msg[(k - 1) * (k + 1) + c] = E[c + 1];
+  msg[(k - 1) * (k + 1) + k] = 0.0;
+  for (int64_t i = k - 2; i >= 0; --i) {
+    const double* next = msg + (i + 1) * (k + 1);
+    double* here = msg + i * (k + 1);
+    const double wn = ws.w[i + 1];
+    for (int64_t c = 0; c < k; ++c) here[c] = next[c] + wn * next[c + 1];
+    here[k] = 0.0;
+  }
+  std::fill(ws.prefix.begin(), ws.prefix.end(), 0.0);
+  ws.prefix[0] = 1.0;
+  for (int64_t i = 0; i < k; ++i) {
+    const double* here = msg + i * (k + 1);
+    double sum = 0.0;
+    for (int64_t c = 0; c <= i; ++c) sum += ws.prefix[c] * here[c];
+    inclusion[i] = ws.w[i] * sum / total;
+    for (int64_t c = i + 1; c >= 1; --c) ws.prefix[c] += ws.w[i] * ws.prefix[c - 1];
+  }
+  return total;
+}
+
+// u_j = e^{min(s_j - a, 0) / (k tau)} for every j; returns the number of NaN and +inf scores
+// (-inf is a legitimate score: a class ruled out).
+template <typename scalar_t>
+__attribute__((noinline)) int64_t rest_weights(const scalar_t* __restrict s, double* __restrict u,
+                                               int64_t classes, double a, double scale) {
+  using real = exp_t<scalar_t>;
+  const real anchor = static_cast<real>(a), factor = static_cast<real>(scale);
+  int64_t bad = 0;
+  for (int64_t j = 0; j < classes; ++j) {
+    const real v = static_cast<real>(to_double(s[j]));
+    bad += v <= std::numeric_limits<real>::max() ? 0 : 1;
+    const real x = (v - anchor) * factor;
+    u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
+  }
+  return bad;
+}
+
+// e_b over the classes j = l mod kLanes, b = 0..k, in lanes[b * kLanes + l]: the recursion
+// e_b += u_j e_{b-1} (b descending), on two 4-wide vectors (GCC vector extensions) so that two
+// independent chains hide the latency of the fused multiply-add; in registers for k <= 6.
+typedef double double4 __attribute__((vector_size(32)));
+static_assert(kLanes == 8, "two double4 per degree");
+
+inline double4 load4(const double* p) {
+  double4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <int K>
+void lane_polynomials_fixed(const double* __restrict u, int64_t padded, double* __restrict lanes) {
+  double4 low[K + 1], high[K + 1];
+  for (int b = 0; b <= K; ++b) low[b] = high[b] = double4{} + (b == 0 ? 1.0 : 0.0);
+  for (int64_t start = 0; start < padded; start += kLanes) {
+    const double4 x = load4(u + start), y = load4(u + start + 4);
+    for (int b = K; b >= 1; --b) {
+      low[b] += x * low[b - 1];
+      high[b] += y * high[b - 1];
+    }
+  }
+  for (int b = 0; b <= K; ++b) {
+    std::memcpy(lanes + b * kLanes, &low[b], sizeof(double4));
+    std::memcpy(lanes + b * kLanes + 4, &high[b], sizeof(double4));
+  }
+}
+
+__attribute__((noinline)) void lane_polynomials(const double* __restrict u, int64_t padded,
+                                                int64_t k, double* __restrict lanes) {
+  switch (k) {
+    case 1: return lane_polynomials_fixed<1>(u, padded, lanes);
+    case 2: return lane_polynomials_fixed<2>(u, padded, lanes);
+    case 3: return lane_polynomials_fixed<3>(u, padded, lanes);
+    case 4: return lane_polynomials_fixed<4>(u, padded, lanes);
+    case 5: return lane_polynomials_fixed<5>(u, padded, lanes);
+    case 6: return lane_polynomials_fixed<6>(u, padded, lanes);
+    default: break;
+  }
+  std::vector<double4> low(k + 1, double4{}), high(k + 1, double4{});
+  low[0] = high[0] = double4{} + 1.0;
+  for (int64_t start = 0; start < padded; start += kLanes) {
+    const double4 x = load4(u + start), y = load4(u + start + 4);
+    for (int64_t b = k; b >= 1; --b) {
+      low[b] += x * low[b - 1];
+      high[b] += y * high[b - 1];
+    }
+  }
+  for (int64_t b = 0; b <= k; ++b) {
+    std::memcpy(lanes + b * kLanes, &low[b], sizeof(double4));
+    std::memcpy(lanes + b * kLanes + 4, &high[b], sizeof(double4));
+  }
+}
+
+// product[b] = sum_{c <= b} p[b - c] q[c * stride], b = 0..k (vectorised over b).
+__attribute__((noinline)) void multiply_truncated(const double* __restrict p,
+                                                  const double* __restrict q, int64_t stride,
+                                                  int64_t k, double* __restrict product) {
+  std::fill(product, product + k + 1, 0.0);
+  for (int64_t c = 0; c <= k; ++c) {
+    const double factor = q[c * stride];
+    for (int64_t b = c; b <= k; ++b) product[b] += factor * p[b - c];
+  }
+}
+
+// One row: the loss and the factors of its gradient.
+//   stats = [a, slope, D_0 .. D_{k-1}, G_0 .. G_{k-1}]: dL/ds_j = slope u_j sum_m (-u_j)^m D_m on
+//   the rest, slope G_i on the anchors, -slope on the target (slope = sigmoid(argument) / k).
+template <typename scalar_t>
+void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, double scale,
+                 double margin, double tau, Workspace& ws, double* loss, double* stats,
+                 int64_t* anchor_index) {
+  top_k_without_target(s, classes, target, k, ws);
+  const double a = ws.top[k - 1];
+
+  // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
+  double* u = ws.rest.data();
+  const int64_t bad = rest_weights(s, u, classes, a, scale);
+  for (int64_t i = 0; i < k; ++i) u[ws.top_index[i]] = 0.0;
+  u[target] = 0.0;
+  for (int64_t i = 0; i < k; ++i) anchor_index[i] = ws.top_index[i];
+
+  // e_b(u), b = 0..k: kLanes interleaved subtraction-free recursions, then their product.
+  double* lanes = ws.lanes.data();
+  lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes);
+  double* e = ws.e.data();  // e[0..k], e[k + 1] = 0 for the shifted sequence below
+  for (int64_t b = 0; b <= k; ++b) e[b] = lanes[b * kLanes];
+  e[k + 1] = 0.0;
+  for (int64_t l = 1; l < kLanes; ++l) {
+    multiply_truncated(e, lanes + l, kLanes, k, ws.product.data());
+    std::copy(ws.product.begin(), ws.product.end(), ws.e.begin());
+  }
+
+  // sigma_b(w) over T.
+  for (int64_t i = 0; i < k; ++i) ws.w[i] = exp_nonpositive((a - ws.top[i]) * scale);
+  std::fill(ws.sigma.begin(), ws.sigma.end(), 0.0);
+  ws.sigma[0] = 1.0;
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t b = i + 1; b >= 1; --b) ws.sigma[b] += ws.w[i] * ws.sigma[b - 1];
+
+  // A with E = e, B with E' = (0, e_0, ..., e_{k-1}); their inclusions on T.
+  double* shifted = ws.shifted.data();
+  shifted[0] = 0.0;
+  for (int64_t b = 1; b <= k; ++b) shifted[b] = e[b - 1];
+  const double total_a = anchor_inclusions(e, k, ws, ws.inclusion_a.data());
+  const double total_b = anchor_inclusions(shifted, k, ws, ws.inclusion_b.data());
+
+  const double true_score = to_double(s[target]);
+  const double argument =
+      margin + (a - true_score) * scale + (std::log(total_a) - std::log(total_b));
+  const double softplus =
+      std::max(argument, 0.0) + std::log1p(std::exp(-std::abs(argument)));
+  const double sigmoid = argument >= 0.0 ? 1.0 / (1.0 + std::exp(-argument))
+                                         : std::exp(argument) / (1.0 + std::exp(argument));
+  const bool poisoned = bad > 0 || a == -kInf || std::isnan(argument);
+  *loss = poisoned ? kNaN : tau * softplus;
+  stats[0] = a;
+  stats[1] = poisoned ? kNaN : sigmoid / static_cast<double>(k);
+
+  // D_m = sum_{b > m} sigma_b e_{b-1-m} / A - sum_{b > m} sigma_b E'_{b-1-m} / B.
+  double* rest_coefficients = stats + 2;
+  double* from_a = ws.from_a.data();
+  double* from_b = ws.from_b.data();
+  std::fill(ws.from_a.begin(), ws.from_a.end(), 0.0);
+  std::fill(ws.from_b.begin(), ws.from_b.end(), 0.0);
+  for (int64_t b = 1; b <= k; ++b) {
+    const double sigma = ws.sigma[b];
+    for (int64_t m = 0; m < b; ++m) {
+      from_a[m] += sigma * e[b - 1 - m];
+      from_b[m] += sigma * shifted[b - 1 - m];
+    }
+  }
+  for (int64_t m = 0; m < k; ++m)
+    rest_coefficients[m] = from_a[m] / total_a - from_b[m] / total_b;
+  // d/dz_i (log A - log B) = -w_i d/dw_i log A + w_i d/dw_i log B on T.
+  double* anchor_gradient = stats + 2 + k;
+  for (int64_t i = 0; i < k; ++i) anchor_gradient[i] = ws.inclusion_b[i] - ws.inclusion_a[i];
+}
+
+// dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
+template <typename scalar_t>
+__attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
+                                             scalar_t* __restrict grad, int64_t count, double a,
+                                             double scale, double factor,
+                                             const double* __restrict coefficients, int64_t k,
+                                             double* __restrict u, double* __restrict horner) {
+  using real = exp_t<scalar_t>;
+  const real anchor = static_cast<real>(a), factor_x = static_cast<real>(scale);
+  for (int64_t j = 0; j < count; ++j) {
+    const real x = (static_cast<real>(to_double(s[j])) - anchor) * factor_x;
+    u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
+    horner[j] = coefficients[k - 1];
+  }
+  for (int64_t m = k - 2; m >= 0; --m) {
+    const double c = coefficients[m];
+    for (int64_t j = 0; j < count; ++j) horner[j] = c - u[j] * horner[j];
+  }
+  for (int64_t j = 0; j < count; ++j) grad[j] = static_cast<scalar_t>(factor * u[j] * horner[j]);
+}
+
+template <typename scalar_t>
+void backward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, double scale,
+                  double grad_loss, const double* stats, const int64_t* anchor_index,
+                  scalar_t* grad) {
+  const double a = stats[0];
+  const double factor = stats[1] * grad_loss;
+  const double* coefficients = stats + 2;
+  const double* anchor_gradient = stats + 2 + k;
+  double u[kChunk], horner[kChunk];
+  for (int64_t start = 0; start < classes; start += kChunk) {
+    rest_gradient(s + start, grad + start, std::min(kChunk, classes - start), a, scale, factor,
+                  coefficients, k, u, horner);
+  }
+  for (int64_t i = 0; i < k; ++i)
+    grad[anchor_index[i]] = static_cast<scalar_t>(factor * anchor_gradient[i]);
+  grad[target] = static_cast<scalar_t>(-factor);
+}
+
+int64_t grain_rows(int64_t classes) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(classes, 1));
+}
+
+void check_arguments(const at::Tensor& scores, const at::Tensor& target, int64_t k) {
+  TORCH_CHECK(scores.dim() == 2, "smoothtopk::forward: scores must be (rows, classes)");
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == scores.size(0),
+              "smoothtopk::forward: target must be (rows,)");
+  TORCH_CHECK(target.scalar_type() == at::kLong, "smoothtopk::forward: target must be int64");
+  TORCH_CHECK(k >= 1 && k < scores.size(1), "smoothtopk::forward: need 1 <= k < classes");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(const at::Tensor& scores_in,
+                                                                   const at::Tensor& target_in,
+                                                                   int64_t k, double tau,
+                                                                   double alpha) {
+  check_arguments(scores_in, target_in, k);
+  const at::Tensor scores = scores_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const int64_t rows = scores.size(0), classes = scores.size(1);
+  const auto f64 = scores.options().dtype(at::kDouble);
+  at::Tensor loss = at::empty({rows}, f64);
+  at::Tensor stats = at::empty({rows, 2 + 2 * k}, f64);
+  at::Tensor anchor_index = at::empty({rows, k}, scores.options().dtype(at::kLong));
+  const double scale = 1.0 / (static_cast<double>(k) * tau);
+  const double margin = alpha / tau;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, scores.scalar_type(), "smoothtopk_forward", [&] {
+        const scalar_t* s = scores.const_data_ptr<scalar_t>();
+        const int64_t* y = target.const_data_ptr<int64_t>();
+        double* loss_out = loss.mutable_data_ptr<double>();
+        double* stats_out = stats.mutable_data_ptr<double>();
+        int64_t* index_out = anchor_index.mutable_data_ptr<int64_t>();
+        at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
+          Workspace ws(classes, k);
+          for (int64_t r = begin; r < end; ++r)
+            forward_row(s + r * classes, classes, y[r], k, scale, margin, tau, ws, loss_out + r,
+                        stats_out + r * (2 + 2 * k), index_out + r * k);
+        });
+      });
+  return {loss, stats, anchor_index};
+}
+
+at::Tensor smooth_topk_backward(const at::Tensor& grad_loss_in, const at::Tensor& scores_in,
+                                const at::Tensor& target_in, const at::Tensor& stats_in,
+                                const at::Tensor& anchor_index_in, int64_t k, double tau) {
+  check_arguments(scores_in, target_in, k);
+  const at::Tensor scores = scores_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const at::Tensor grad_loss = grad_loss_in.to(at::kDouble).contiguous();
+  const at::Tensor stats = stats_in.contiguous();
+  const at::Tensor anchor_index = anchor_index_in.contiguous();
+  const int64_t rows = scores.size(0), classes = scores.size(1);
+  TORCH_CHECK(grad_loss.numel() == rows, "smoothtopk::backward: grad_loss must be (rows,)");
+  at::Tensor grad = at::empty({rows, classes}, scores.options());
+  const double scale = 1.0 / (static_cast<double>(k) * tau);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, scores.scalar_type(), "smoothtopk_backward", [&] {
+        const scalar_t* s = scores.const_data_ptr<scalar_t>();
+        const int64_t* y = target.const_data_ptr<int64_t>();
+        const double* g = grad_loss.const_data_ptr<double>();
+        const double* st = stats.const_data_ptr<double>();
+        const int64_t* idx = anchor_index.const_data_ptr<int64_t>();
+        scalar_t* out = grad.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r)
+            backward_row(s + r * classes, classes, y[r], k, scale, g[r], st + r * (2 + 2 * k),
+                         idx + r * k, out + r * classes);
+        });
+      });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(smoothtopk, m) {
+  m.def("forward(Tensor scores, Tensor target, int k, float tau, float alpha) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("backward(Tensor grad_loss, Tensor scores, Tensor target, Tensor stats, "
+        "Tensor anchor_index, int k, float tau) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(smoothtopk, CPU, m) {
+  m.impl("forward", TORCH_FN(smooth_topk_forward));
+  m.impl("backward", TORCH_FN(smooth_topk_backward));
+}
