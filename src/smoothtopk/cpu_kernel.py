@@ -34,6 +34,7 @@ import torch
 SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
 ENV_SWITCH = "SMOOTHTOPK_CPU_KERNEL"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]
 MAX_LOG_TERM = 700.0  # k log(2 C) bound: every intermediate sum stays below e^700 < max double
 
 _lock = threading.Lock()
@@ -72,7 +73,10 @@ def _build():
         load(
             name=f"smoothtopk_cpu_{_machine_tag()}",
             sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math"],
+            # -fopenmp: at::parallel_for is serial without it (and the extension then shares
+            # torch's libgomp, so torch.set_num_threads applies)
+            extra_cflags=FLAGS,
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
