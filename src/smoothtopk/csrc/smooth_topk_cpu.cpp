@@ -138,6 +138,7 @@ struct Workspace {
         group_max_float(group_count(classes)),
         group_max_double(group_count(classes)),
         order(k + 1),
+        history(2 * (((classes + kLanes - 1) / kLanes) * kLanes)),
         lanes((k + 1) * kLanes),
         e(k + 2),
         product(k + 1),
@@ -155,6 +156,7 @@ struct Workspace {
   std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
   std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
+  std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
   std::vector<double> lanes, e, product, top;
   std::vector<int64_t> top_index;
   std::vector<double> w, sigma, shifted, messages, prefix, inclusion_a, inclusion_b;
@@ -306,30 +308,62 @@ void lane_polynomials_fixed(const double* __restrict u, int64_t padded, double* 
   }
 }
 
-__attribute__((noinline)) void lane_polynomials(const double* __restrict u, int64_t padded,
-                                                int64_t k, double* __restrict lanes) {
+// Degrees first .. first + T - 1 of 4 lanes: e_b += u_j e_{b-1}, with e_{first - 1} read from
+// below (its value before each block; 1 if null) and, if keep is set, e_{first + T - 1} before
+// each block written there. Results in out[t * kLanes + l].
+template <int T>
+void degree_tile(const double* __restrict u, int64_t padded, const double* __restrict below,
+                 double* __restrict keep, double* __restrict out) {
+  double4 e[T] = {};
+  const double4 one = double4{} + 1.0;
+  for (int64_t start = 0; start < padded; start += 4) {
+    const double4 x = load4(u + start);
+    const double4 lower = below ? load4(below + start) : one;
+    if (keep) std::memcpy(keep + start, &e[T - 1], sizeof(double4));
+    for (int t = T - 1; t >= 1; --t) e[t] += x * e[t - 1];
+    e[0] += x * lower;
+  }
+  for (int t = 0; t < T; ++t) std::memcpy(out + t * kLanes, &e[t], sizeof(double4));
+}
+
+// Returns the number of lanes filled: 8 for k <= 6; beyond, the k updates of a block are
+// independent enough to hide the latency with one vector, and 4 lanes halve the merging.
+__attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, int64_t padded,
+                                                   int64_t k, double* __restrict lanes,
+                                                   double* __restrict history) {
   switch (k) {
-    case 1: return lane_polynomials_fixed<1>(u, padded, lanes);
-    case 2: return lane_polynomials_fixed<2>(u, padded, lanes);
-    case 3: return lane_polynomials_fixed<3>(u, padded, lanes);
-    case 4: return lane_polynomials_fixed<4>(u, padded, lanes);
-    case 5: return lane_polynomials_fixed<5>(u, padded, lanes);
-    case 6: return lane_polynomials_fixed<6>(u, padded, lanes);
+    case 1: return lane_polynomials_fixed<1>(u, padded, lanes), kLanes;
+    case 2: return lane_polynomials_fixed<2>(u, padded, lanes), kLanes;
+    case 3: return lane_polynomials_fixed<3>(u, padded, lanes), kLanes;
+    case 4: return lane_polynomials_fixed<4>(u, padded, lanes), kLanes;
+    case 5: return lane_polynomials_fixed<5>(u, padded, lanes), kLanes;
+    case 6: return lane_polynomials_fixed<6>(u, padded, lanes), kLanes;
     default: break;
   }
-  std::vector<double4> low(k + 1, double4{}), high(k + 1, double4{});
-  low[0] = high[0] = double4{} + 1.0;
-  for (int64_t start = 0; start < padded; start += kLanes) {
-    const double4 x = load4(u + start), y = load4(u + start + 4);
-    for (int64_t b = k; b >= 1; --b) {
-      low[b] += x * low[b - 1];
-      high[b] += y * high[b - 1];
+  // 4 lanes, degrees in tiles of 8 held in registers; between tiles, the history of the
+  // tile's top degree (its value before each block) is the next tile's input.
+  double* below = nullptr;
+  double* above = history;
+  for (int64_t first = 1; first <= k; first += 8) {
+    const int64_t size = std::min<int64_t>(8, k - first + 1);
+    double* out = lanes + first * kLanes;
+    double* keep = first + size <= k ? above : nullptr;
+    switch (size) {
+      case 1: degree_tile<1>(u, padded, below, keep, out); break;
+      case 2: degree_tile<2>(u, padded, below, keep, out); break;
+      case 3: degree_tile<3>(u, padded, below, keep, out); break;
+      case 4: degree_tile<4>(u, padded, below, keep, out); break;
+      case 5: degree_tile<5>(u, padded, below, keep, out); break;
+      case 6: degree_tile<6>(u, padded, below, keep, out); break;
+      case 7: degree_tile<7>(u, padded, below, keep, out); break;
+      default: degree_tile<8>(u, padded, below, keep, out); break;
     }
+    std::swap(below, above);
+    if (above == nullptr) above = history + padded;
   }
-  for (int64_t b = 0; b <= k; ++b) {
-    std::memcpy(lanes + b * kLanes, &low[b], sizeof(double4));
-    std::memcpy(lanes + b * kLanes + 4, &high[b], sizeof(double4));
-  }
+  const double4 one = double4{} + 1.0;
+  std::memcpy(lanes, &one, sizeof one);
+  return 4;
 }
 
 // product[b] = sum_{c <= b} p[b - c] q[c * stride], b = 0..k (vectorised over b).
@@ -362,11 +396,12 @@ void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, 
 
   // e_b(u), b = 0..k: kLanes interleaved subtraction-free recursions, then their product.
   double* lanes = ws.lanes.data();
-  lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes);
+  const int64_t used =
+      lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
   double* e = ws.e.data();  // e[0..k], e[k + 1] = 0 for the shifted sequence below
   for (int64_t b = 0; b <= k; ++b) e[b] = lanes[b * kLanes];
   e[k + 1] = 0.0;
-  for (int64_t l = 1; l < kLanes; ++l) {
+  for (int64_t l = 1; l < used; ++l) {
     multiply_truncated(e, lanes + l, kLanes, k, ws.product.data());
     std::copy(ws.product.begin(), ws.product.end(), ws.e.begin());
   }
@@ -431,9 +466,27 @@ __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
     u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
     horner[j] = coefficients[k - 1];
   }
+  // Horner's rule on 16 classes at a time, held in registers through all k steps.
+  int64_t start = 0;
+  for (; start + 16 <= count; start += 16) {
+    const double4 u0 = load4(u + start), u1 = load4(u + start + 4);
+    const double4 u2 = load4(u + start + 8), u3 = load4(u + start + 12);
+    double4 h0 = load4(horner + start), h1 = h0, h2 = h0, h3 = h0;
+    for (int64_t m = k - 2; m >= 0; --m) {
+      const double c = coefficients[m];
+      h0 = c - u0 * h0;
+      h1 = c - u1 * h1;
+      h2 = c - u2 * h2;
+      h3 = c - u3 * h3;
+    }
+    std::memcpy(horner + start, &h0, sizeof h0);
+    std::memcpy(horner + start + 4, &h1, sizeof h1);
+    std::memcpy(horner + start + 8, &h2, sizeof h2);
+    std::memcpy(horner + start + 12, &h3, sizeof h3);
+  }
   for (int64_t m = k - 2; m >= 0; --m) {
     const double c = coefficients[m];
-    for (int64_t j = 0; j < count; ++j) horner[j] = c - u[j] * horner[j];
+    for (int64_t j = start; j < count; ++j) horner[j] = c - u[j] * horner[j];
   }
   for (int64_t j = 0; j < count; ++j) grad[j] = static_cast<scalar_t>(factor * u[j] * horner[j]);
 }
