@@ -76,9 +76,9 @@ def classification_loss(
     out_dtype = input.dtype
     dtype = working_dtype(input.dtype)
     scores, flat_target = rows(input, target)
-    check_target_range(flat_target, num_classes, ignore_index)
     valid = flat_target != ignore_index
     safe_target = torch.where(valid, flat_target, 0)
+    check_target_range(flat_target, num_classes, ignore_index, safe_target)
 
     with torch.autocast(device_type, enabled=False):
         losses = per_sample(scores if low_precision_input else scores.to(dtype), safe_target)

@@ -114,15 +114,27 @@ def check_weight(weight, num_classes: int, device: torch.device) -> None:
         raise ValueError(f"weight is on {weight.device} but input is on {device}")
 
 
-def check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """Every target is in ``[0, num_classes)`` or equal to ``ignore_index``."""
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+def check_target_range(
+    target: torch.Tensor, num_classes: int, ignore_index: int, safe: torch.Tensor | None = None
+) -> None:
+    """Every target is in ``[0, num_classes)`` or equal to ``ignore_index``.
+
+    ``safe``: the targets with ignored ones set to 0, if the caller has them already.
+    """
     if torch.compiler.is_compiling() or target.device.type != "cpu":
+        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
         torch._assert_async(
             ~bad.any(), f"target must be in [0, {num_classes}) or equal to ignore_index"
         )
         return
-    if bool(bad.any()):
+    if target.numel() == 0:
+        return
+    # One pass in the common case: the range of the targets with ignored ones set to 0.
+    if safe is None:
+        safe = torch.where(target != ignore_index, target, 0)
+    lowest, highest = torch.aminmax(safe)
+    if int(lowest) < 0 or int(highest) >= num_classes:
+        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
         value = int(target[bad][0])
         raise ValueError(
             f"target must be in [0, {num_classes}) or equal to ignore_index={ignore_index}, "

@@ -138,7 +138,7 @@ struct Workspace {
         group_max_float(group_count(classes)),
         group_max_double(group_count(classes)),
         order(k + 1),
-        history(2 * (((classes + kLanes - 1) / kLanes) * kLanes)),
+        history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
         e(k + 2),
         product(k + 1),
