@@ -35,6 +35,7 @@ SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
 ENV_SWITCH = "SMOOTHTOPK_CPU_KERNEL"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]
+PORTABLE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 MAX_LOG_TERM = 700.0  # k log(2 C) bound: every intermediate sum stays below e^700 < max double
 
 _lock = threading.Lock()
@@ -62,7 +63,7 @@ def _ninja_directory() -> str | None:
     return getattr(ninja, "BIN_DIR", None)
 
 
-def _build():
+def _compile(name: str, flags: list[str], ldflags: list[str]) -> None:
     from torch.utils.cpp_extension import load
 
     path = os.environ.get("PATH", "")
@@ -71,17 +72,29 @@ def _build():
         os.environ["PATH"] = directory + os.pathsep + path
     try:
         load(
-            name=f"smoothtopk_cpu_{_machine_tag()}",
+            name=name,
             sources=[str(SOURCE)],
-            # -fopenmp: at::parallel_for is serial without it (and the extension then shares
-            # torch's libgomp, so torch.set_num_threads applies)
-            extra_cflags=FLAGS,
-            extra_ldflags=["-fopenmp"],
+            extra_cflags=flags,
+            extra_ldflags=ldflags,
             is_python_module=False,
             verbose=False,
         )
     finally:
         os.environ["PATH"] = path
+
+
+def _build():
+    """Build with FLAGS; if the compiler refuses them (no OpenMP, no -march=native), again with
+    PORTABLE_FLAGS: a serial kernel for the generic CPU of the platform."""
+    try:
+        # -fopenmp: at::parallel_for is serial without it; the extension then shares torch's
+        # libgomp, so torch.set_num_threads applies.
+        _compile(f"smoothtopk_cpu_{_machine_tag()}", FLAGS, ["-fopenmp"])
+    except Exception as first:
+        try:
+            _compile("smoothtopk_cpu_portable", PORTABLE_FLAGS, [])
+        except Exception:
+            raise first from None
     return torch.ops.smoothtopk
 
 

@@ -27,7 +27,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -37,6 +36,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kLanes = 8;
@@ -44,6 +47,15 @@ constexpr int64_t kChunk = 512;  // classes per block of the backward (two float
 constexpr double kExpFloor = -708.0;  // e^x below this is treated as 0 (it is < 1e-307)
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// std::bit_cast for C++17 builds (older torch); compiles to a register move.
+template <typename To, typename From>
+inline To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To to;
+  std::memcpy(&to, &from, sizeof to);
+  return to;
+}
 
 template <typename scalar_t>
 inline double to_double(scalar_t v) {
@@ -53,22 +65,34 @@ template <>
 inline double to_double<double>(double v) {
   return v;
 }
-// The half-precision conversions by bit manipulation (as in c10's fp16_ieee_to_fp32_value),
-// so that loops over them vectorise: c10's own conversion calls a scalar intrinsic.
+// bfloat16 to float is a shift (vectorised); float16 rows are converted to float32 first
+// (half_to_float, F16C instructions where available), because the compiler does not
+// vectorise float16 conversions element by element.
 template <>
 inline double to_double<c10::BFloat16>(c10::BFloat16 v) {
-  return static_cast<double>(std::bit_cast<float>(static_cast<uint32_t>(v.x) << 16));
+  return static_cast<double>(bit_cast<float>(static_cast<uint32_t>(v.x) << 16));
 }
-template <>
-inline double to_double<c10::Half>(c10::Half v) {
-  const uint32_t w = static_cast<uint32_t>(v.x) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const float normalized = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float denormalized = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t bits = two_w < (1u << 27) ? std::bit_cast<uint32_t>(denormalized)
-                                           : std::bit_cast<uint32_t>(normalized);
-  return static_cast<double>(std::bit_cast<float>(sign | bits));
+
+void half_to_float(const c10::Half* in, float* out, int64_t count) {
+  int64_t j = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; j + 8 <= count; j += 8) {
+    const __m128i half8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + j));
+    _mm256_storeu_ps(out + j, _mm256_cvtph_ps(half8));
+  }
+#endif
+  for (; j < count; ++j) out[j] = static_cast<float>(in[j]);
+}
+
+void float_to_half(const float* in, c10::Half* out, int64_t count) {  // round to nearest even
+  int64_t j = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; j + 8 <= count; j += 8) {
+    const __m128i half8 = _mm256_cvtps_ph(_mm256_loadu_ps(in + j), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), half8);
+  }
+#endif
+  for (; j < count; ++j) out[j] = c10::Half(in[j]);
 }
 
 // e^x for x <= 0 to about one ulp of a double, branch-free so that loops over it vectorise:
@@ -93,8 +117,8 @@ inline double exp_nonpositive(double x) {
   const double low = (q0 + r2 * q1) + r4 * (q2 + r2 * q3);
   const double high = (q4 + r2 * q5) + r4 * q6;
   const double p = low + r8 * high;
-  const int64_t exponent = std::bit_cast<int64_t>(shifted) - std::bit_cast<int64_t>(kShift);
-  const double result = p * std::bit_cast<double>((exponent + 1023) << 52);
+  const int64_t exponent = bit_cast<int64_t>(shifted) - bit_cast<int64_t>(kShift);
+  const double result = p * bit_cast<double>((exponent + 1023) << 52);
   return x < kExpFloor ? 0.0 : result;  // a select, not a branch (built with -fno-trapping-math)
 }
 
@@ -115,8 +139,8 @@ inline float exp_nonpositive(float x) {
   const float low = (1.0f + r) + r2 * (0.5f + r * (1.0f / 6));
   const float high = (1.0f / 24 + r * (1.0f / 120)) + r2 * (1.0f / 720 + r * (1.0f / 5040));
   const float p = low + r4 * high;
-  const int32_t exponent = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kShift);
-  const float result = p * std::bit_cast<float>((exponent + 127) << 23);
+  const int32_t exponent = bit_cast<int32_t>(shifted) - bit_cast<int32_t>(kShift);
+  const float result = p * bit_cast<float>((exponent + 127) << 23);
   return x < kFloor ? 0.0f : result;
 }
 
@@ -544,9 +568,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(const at::Ten
         int64_t* index_out = anchor_index.mutable_data_ptr<int64_t>();
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
-          for (int64_t r = begin; r < end; ++r)
-            forward_row(s + r * classes, classes, y[r], k, scale, margin, tau, ws, loss_out + r,
-                        stats_out + r * (2 + 2 * k), index_out + r * k);
+          std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
+          for (int64_t r = begin; r < end; ++r) {
+            if (std::is_same_v<scalar_t, c10::Half>) {  // see half_to_float
+              half_to_float(reinterpret_cast<const c10::Half*>(s + r * classes), staged.data(),
+                            classes);
+              forward_row(staged.data(), classes, y[r], k, scale, margin, tau, ws, loss_out + r,
+                          stats_out + r * (2 + 2 * k), index_out + r * k);
+            } else {
+              forward_row(s + r * classes, classes, y[r], k, scale, margin, tau, ws,
+                          loss_out + r, stats_out + r * (2 + 2 * k), index_out + r * k);
+            }
+          }
         });
       });
   return {loss, stats, anchor_index};
@@ -574,9 +607,20 @@ at::Tensor smooth_topk_backward(const at::Tensor& grad_loss_in, const at::Tensor
         const int64_t* idx = anchor_index.const_data_ptr<int64_t>();
         scalar_t* out = grad.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
-          for (int64_t r = begin; r < end; ++r)
-            backward_row(s + r * classes, classes, y[r], k, scale, g[r], st + r * (2 + 2 * k),
-                         idx + r * k, out + r * classes);
+          std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? 2 * classes : 0);
+          for (int64_t r = begin; r < end; ++r) {
+            if (std::is_same_v<scalar_t, c10::Half>) {
+              half_to_float(reinterpret_cast<const c10::Half*>(s + r * classes), staged.data(),
+                            classes);
+              backward_row(staged.data(), classes, y[r], k, scale, g[r], st + r * (2 + 2 * k),
+                           idx + r * k, staged.data() + classes);
+              float_to_half(staged.data() + classes, reinterpret_cast<c10::Half*>(out + r * classes),
+                            classes);
+            } else {
+              backward_row(s + r * classes, classes, y[r], k, scale, g[r], st + r * (2 + 2 * k),
+                           idx + r * k, out + r * classes);
+            }
+          }
         });
       });
   return grad;
