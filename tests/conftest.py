@@ -10,7 +10,7 @@ BACKENDS = ("fused", "pytorch")
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """Run a test once with the fused CPU kernel and once with the PyTorch implementation
-    (the one used on other devices and under ``torch.compile``)."""
+    (the one used on other devices)."""
     if request.param == "fused":
         monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "1")
         if cpu_kernel.load() is None:

@@ -65,6 +65,33 @@ def test_kernel_computes_forward_and_backward_unless_switched_off(monkeypatch):
     assert not any(name.startswith("smoothtopk.") for name in ops.names)
 
 
+def test_compiled_graphs_call_the_kernel():
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    targets = []
+
+    def record(graph_module, example_inputs):
+        targets.extend(str(node.target) for node in graph_module.graph.nodes)
+        return make_boxed_func(graph_module.forward)
+
+    torch._dynamo.reset()
+    assert cpu_kernel.load() is not None  # built by an eager call, then traced as an operator
+    x, y = torch.randn(8, 40, requires_grad=True), torch.randint(0, 40, (8,))
+    step = torch.compile(
+        lambda a, b: smooth_topk_svm_loss(a, b, k=3),
+        backend=aot_autograd(fw_compiler=record, bw_compiler=record),
+        fullgraph=True,
+    )
+    compiled = step(x, y)
+    (grad,) = torch.autograd.grad(compiled, x)
+    assert "smoothtopk.forward.default" in targets and "smoothtopk.backward.default" in targets
+    eager = smooth_topk_svm_loss(x, y, k=3)
+    (eager_grad,) = torch.autograd.grad(eager, x)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(grad, eager_grad)
+
+
 def test_applies_only_where_float64_sums_cannot_overflow():
     assert cpu_kernel.fits(1_000_000, 48) and not cpu_kernel.fits(1_000_000, 49)
     assert cpu_kernel.applies(torch.zeros(2, 1000), 5)

@@ -6,11 +6,13 @@ inside, with the same algorithm as the PyTorch implementation of :mod:`smoothtop
 (about 15 s; cached in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) and
 registered as the operators ``torch.ops.smoothtopk.forward`` / ``backward``.
 
-It is used for CPU tensors in eager mode when ``k log(2 C) <= 700`` (so no sum of products of
-numbers ``<= 1`` can overflow a double: up to k = 48 at a million classes). Everything else —
-other devices, ``torch.compile`` graphs, double backward, larger k — runs the PyTorch
-implementation, which gives the same values. ``SMOOTHTOPK_CPU_KERNEL=0`` turns the kernel off;
-if no C++ compiler is found, a warning says so once and the PyTorch implementation is used.
+It is used for CPU tensors when ``k log(2 C) <= 700`` (so no sum of products of numbers
+``<= 1`` can overflow a double: up to k = 48 at a million classes), in eager mode and in
+``torch.compile`` graphs (as two operators with registered shapes) once an eager call or
+:func:`load` has built it in the process. Everything else — other devices, double backward,
+larger k — runs the PyTorch implementation, which gives the same values.
+``SMOOTHTOPK_CPU_KERNEL=0`` turns the kernel off; if no C++ compiler is found, a warning says
+so once and the PyTorch implementation is used.
 
 Example:
     >>> import torch
@@ -40,6 +42,7 @@ MAX_LOG_TERM = 700.0  # k log(2 C) bound: every intermediate sum stays below e^7
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+_fakes_registered: list[bool] = []
 
 
 def _machine_tag() -> str:
@@ -95,7 +98,29 @@ def _build():
             _compile("smoothtopk_cpu_portable", PORTABLE_FLAGS, [])
         except Exception:
             raise first from None
+    _register_fakes()
     return torch.ops.smoothtopk
+
+
+def _register_fakes() -> None:
+    """Shapes of the operators' outputs, so that torch.compile can trace calls to them."""
+
+    def forward(scores, target, k, tau, alpha):
+        rows = scores.shape[0]
+        f64 = dict(dtype=torch.float64, device=scores.device)
+        return (
+            scores.new_empty(rows, **f64),
+            scores.new_empty(rows, 2 + 2 * k, **f64),
+            scores.new_empty(rows, k, dtype=torch.int64),
+        )
+
+    def backward(grad_loss, scores, target, stats, anchor_index, k, tau):
+        return torch.empty_like(scores, memory_format=torch.contiguous_format)
+
+    if not _fakes_registered:  # once per process, even if the library is loaded again
+        torch.library.register_fake("smoothtopk::forward")(forward)
+        torch.library.register_fake("smoothtopk::backward")(backward)
+        _fakes_registered.append(True)
 
 
 def enabled() -> bool:
@@ -134,7 +159,14 @@ def applies(scores: torch.Tensor, k: int) -> bool:
         scores.device.type == "cpu"
         and scores.dtype in DTYPES
         and scores.dim() == 2
-        and not torch.compiler.is_compiling()
         and fits(scores.shape[1], k)
-        and load() is not None
+        and _available()
     )
+
+
+def _available() -> bool:
+    """Inside a torch.compile trace nothing is built (or locked): the kernel is used there only
+    if an eager call has built it already."""
+    if torch.compiler.is_compiling():
+        return enabled() and _state.get("ops") is not None
+    return load() is not None
