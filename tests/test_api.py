@@ -121,14 +121,15 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(xc.grad.cpu(), xx.grad)
 
 
-def test_torch_compile_fullgraph(backend):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(backend, dynamic):
     torch._dynamo.reset()  # the backend is read while tracing: no graph from the other run
     x, y = data(n=16, c=12, dtype=torch.float32)
 
     def step(scores, target):
         return smooth_topk_svm_loss(scores, target, k=5, tau=0.5)
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=False)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=dynamic)
     a = x.clone().requires_grad_(True)
     b = x.clone().requires_grad_(True)
     value = compiled(a, y)

@@ -62,7 +62,7 @@ def _check_real(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not abs(value) < math.inf:  # not NaN, not infinite (math.isfinite breaks dynamic shapes)
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 
