@@ -66,8 +66,7 @@ inline double to_double<double>(double v) {
   return v;
 }
 // bfloat16 to float is a shift (vectorised); float16 rows are converted to float32 first
-// (half_to_float, F16C instructions where available), because the compiler does not
-// vectorise float16 conversions element by element.
+// (row_scores below).
 template <>
 inline double to_double<c10::BFloat16>(c10::BFloat16 v) {
   return static_cast<double>(bit_cast<float>(static_cast<uint32_t>(v.x) << 16));
@@ -144,10 +143,10 @@ inline float exp_nonpositive(float x) {
   return x < kFloor ? 0.0f : result;
 }
 
-// Exponentials are taken in the precision of the scores (float for float, half and bfloat16
-// scores, double for double); sums and products are float64.
+// The precision in which scores are compared and exponentiated: float for float, half and
+// bfloat16 scores (exactly representable), double for double. Sums and products are float64.
 template <typename scalar_t>
-using exp_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+using real_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Classes are searched in `groups` interleaved groups (class j in group j mod groups), about 8
 // classes each: the maxima of all groups take one vectorised pass over the row.
@@ -164,7 +163,7 @@ struct Workspace {
         order(k + 1),
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
-        e(k + 2),
+        e(k + 1),
         product(k + 1),
         top(k),
         top_index(k),
@@ -187,15 +186,11 @@ struct Workspace {
   std::vector<double> from_a, from_b;
 };
 
-template <typename scalar_t>
-using compare_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// The maximum of each group (NaN ignored), compared in the scores' own precision (half and
-// bfloat16 exactly in float).
+// The maximum of each group (NaN ignored).
 template <typename scalar_t>
 __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_t classes,
-                                            int64_t groups, compare_t<scalar_t>* __restrict m) {
-  using real = compare_t<scalar_t>;
+                                            int64_t groups, real_t<scalar_t>* __restrict m) {
+  using real = real_t<scalar_t>;
   for (int64_t g = 0; g < groups; ++g) m[g] = -std::numeric_limits<real>::infinity();
   int64_t start = 0;
   for (; start + groups <= classes; start += groups) {
@@ -219,7 +214,7 @@ template <typename scalar_t>
 void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
                           Workspace& ws) {
   const int64_t groups = group_count(classes);
-  compare_t<scalar_t>* maxima;
+  real_t<scalar_t>* maxima;
   if constexpr (std::is_same_v<scalar_t, double>) {
     maxima = ws.group_max_double.data();
   } else {
@@ -291,7 +286,7 @@ double anchor_inclusions(const double* E, int64_t k, Workspace& ws, double* incl
 template <typename scalar_t>
 __attribute__((noinline)) int64_t rest_weights(const scalar_t* __restrict s, double* __restrict u,
                                                int64_t classes, double a, double scale) {
-  using real = exp_t<scalar_t>;
+  using real = real_t<scalar_t>;
   const real anchor = static_cast<real>(a), factor = static_cast<real>(scale);
   int64_t bad = 0;
   for (int64_t j = 0; j < classes; ++j) {
@@ -422,9 +417,8 @@ void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, 
   double* lanes = ws.lanes.data();
   const int64_t used =
       lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
-  double* e = ws.e.data();  // e[0..k], e[k + 1] = 0 for the shifted sequence below
+  double* e = ws.e.data();
   for (int64_t b = 0; b <= k; ++b) e[b] = lanes[b * kLanes];
-  e[k + 1] = 0.0;
   for (int64_t l = 1; l < used; ++l) {
     multiply_truncated(e, lanes + l, kLanes, k, ws.product.data());
     std::copy(ws.product.begin(), ws.product.end(), ws.e.begin());
@@ -483,7 +477,7 @@ __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
                                              double scale, double factor,
                                              const double* __restrict coefficients, int64_t k,
                                              double* __restrict u, double* __restrict horner) {
-  using real = exp_t<scalar_t>;
+  using real = real_t<scalar_t>;
   const real anchor = static_cast<real>(a), factor_x = static_cast<real>(scale);
   for (int64_t j = 0; j < count; ++j) {
     const real x = (static_cast<real>(to_double(s[j])) - anchor) * factor_x;
@@ -533,16 +527,43 @@ void backward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
   grad[target] = static_cast<scalar_t>(-factor);
 }
 
+// float16 rows go through float32 (staged: a float buffer of at least 2 rows): the compiler
+// does not vectorise float16 conversions element by element, half_to_float does with F16C.
+// Every other dtype is used in place.
+template <typename scalar_t>
+const auto* row_scores(const scalar_t* row, int64_t classes, std::vector<float>& staged) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    half_to_float(row, staged.data(), classes);
+    return static_cast<const float*>(staged.data());
+  } else {
+    return row;
+  }
+}
+
+template <typename scalar_t>
+auto* row_gradient(scalar_t* row, int64_t classes, std::vector<float>& staged) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return staged.data() + classes;
+  } else {
+    return row;
+  }
+}
+
+template <typename computed_t, typename scalar_t>
+void store_gradient(const computed_t* computed, scalar_t* row, int64_t classes) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) float_to_half(computed, row, classes);
+}
+
 int64_t grain_rows(int64_t classes) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(classes, 1));
 }
 
 void check_arguments(const at::Tensor& scores, const at::Tensor& target, int64_t k) {
-  TORCH_CHECK(scores.dim() == 2, "smoothtopk::forward: scores must be (rows, classes)");
+  TORCH_CHECK(scores.dim() == 2, "smoothtopk: scores must be (rows, classes)");
   TORCH_CHECK(target.dim() == 1 && target.size(0) == scores.size(0),
-              "smoothtopk::forward: target must be (rows,)");
-  TORCH_CHECK(target.scalar_type() == at::kLong, "smoothtopk::forward: target must be int64");
-  TORCH_CHECK(k >= 1 && k < scores.size(1), "smoothtopk::forward: need 1 <= k < classes");
+              "smoothtopk: target must be (rows,)");
+  TORCH_CHECK(target.scalar_type() == at::kLong, "smoothtopk: target must be int64");
+  TORCH_CHECK(k >= 1 && k < scores.size(1), "smoothtopk: need 1 <= k < classes");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(const at::Tensor& scores_in,
@@ -569,17 +590,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(const at::Ten
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
-          for (int64_t r = begin; r < end; ++r) {
-            if (std::is_same_v<scalar_t, c10::Half>) {  // see half_to_float
-              half_to_float(reinterpret_cast<const c10::Half*>(s + r * classes), staged.data(),
-                            classes);
-              forward_row(staged.data(), classes, y[r], k, scale, margin, tau, ws, loss_out + r,
-                          stats_out + r * (2 + 2 * k), index_out + r * k);
-            } else {
-              forward_row(s + r * classes, classes, y[r], k, scale, margin, tau, ws,
-                          loss_out + r, stats_out + r * (2 + 2 * k), index_out + r * k);
-            }
-          }
+          for (int64_t r = begin; r < end; ++r)
+            forward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
+                        margin, tau, ws, loss_out + r, stats_out + r * (2 + 2 * k),
+                        index_out + r * k);
         });
       });
   return {loss, stats, anchor_index};
@@ -609,17 +623,10 @@ at::Tensor smooth_topk_backward(const at::Tensor& grad_loss_in, const at::Tensor
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? 2 * classes : 0);
           for (int64_t r = begin; r < end; ++r) {
-            if (std::is_same_v<scalar_t, c10::Half>) {
-              half_to_float(reinterpret_cast<const c10::Half*>(s + r * classes), staged.data(),
-                            classes);
-              backward_row(staged.data(), classes, y[r], k, scale, g[r], st + r * (2 + 2 * k),
-                           idx + r * k, staged.data() + classes);
-              float_to_half(staged.data() + classes, reinterpret_cast<c10::Half*>(out + r * classes),
-                            classes);
-            } else {
-              backward_row(s + r * classes, classes, y[r], k, scale, g[r], st + r * (2 + 2 * k),
-                           idx + r * k, out + r * classes);
-            }
+            auto* row_grad = row_gradient(out + r * classes, classes, staged);
+            backward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
+                         g[r], st + r * (2 + 2 * k), idx + r * k, row_grad);
+            store_gradient(row_grad, out + r * classes, classes);
           }
         });
       });
