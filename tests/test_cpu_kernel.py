@@ -201,3 +201,50 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
     torch.testing.assert_close(first, smooth_topk_svm_loss(x, y))
     assert torch.equal(first, second)
+
+
+def test_double_backward_of_float32_large_k_is_computed_in_float64():
+    # create_graph=True recomputes with recorded PyTorch operations, which for k > 10 must run
+    # in float64 (float32 sums of ~1/b! underflow from b = 34 on).
+    generator = torch.Generator().manual_seed(5)
+    x64 = torch.randn(4, 200, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 200, (4,), generator=generator)
+    penalties = []
+    for x in (x64.float(), x64.float().double()):
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(smooth_topk_svm_loss(x, y, k=40), x, create_graph=True)
+        (second,) = torch.autograd.grad(grad.pow(2).sum(), x)
+        penalties.append(second.double())
+    scale = penalties[1].abs().max()
+    torch.testing.assert_close(penalties[0] / scale, penalties[1] / scale, rtol=0, atol=1e-5)
+
+
+PORTABLE_BUILD = """
+import torch
+from smoothtopk import cpu_kernel, smooth_topk_svm_loss
+
+real_compile = cpu_kernel._compile
+def native_refused(name, flags, ldflags):
+    if name != "smoothtopk_cpu_portable":
+        raise RuntimeError("no -march=native here")
+    real_compile(name, flags, ldflags)
+cpu_kernel._compile = native_refused
+assert cpu_kernel.load() is not None
+x, y = torch.randn(6, 300, dtype=torch.float64), torch.randint(0, 300, (6,))
+fused = smooth_topk_svm_loss(x, y, k=5, reduction="none")
+cpu_kernel.os.environ[cpu_kernel.ENV_SWITCH] = "0"
+torch.testing.assert_close(fused, smooth_topk_svm_loss(x, y, k=5, reduction="none"))
+print("portable ok")
+"""
+
+
+@pytest.mark.slow
+def test_portable_build_when_native_flags_are_refused():
+    # A separate process: the operators of one process can be registered only once.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", PORTABLE_BUILD], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and "portable ok" in done.stdout, done.stderr[-3000:]

@@ -251,7 +251,7 @@ class _SmoothTopkSVM(torch.autograd.Function):
         scores, target, *factors = ctx.saved_tensors
         k, tau, _ = ctx.hyper
         if torch.is_grad_enabled():  # double backward: recompute with recorded operations
-            work = scores.to(working_dtype(scores.dtype))
+            work = scores.to(_pytorch_dtype(scores.dtype, k))
             pieces = _pieces(work, target, *ctx.hyper)
             grad = _gradient(pieces, target, grad_loss, scores.shape[1]).to(scores.dtype)
         elif ctx.fused:
