@@ -68,7 +68,8 @@ def test_modules_equal_functionals_and_hold_weight_as_buffer():
     weight = torch.rand(7, dtype=torch.float64)
     module = SmoothTopkSVMLoss(k=3, tau=0.5, alpha=0.7, weight=weight, reduction="sum")
     torch.testing.assert_close(
-        module(x, y), smooth_topk_svm_loss(x, y, 3, 0.5, 0.7, weight, reduction="sum")
+        module(x, y),
+        smooth_topk_svm_loss(x, y, k=3, tau=0.5, alpha=0.7, weight=weight, reduction="sum"),
     )
     assert "weight" in dict(module.named_buffers())
     assert module.to(torch.float32).weight.dtype == torch.float32

@@ -1,12 +1,14 @@
 """The calling convention of ``F.cross_entropy``, shared by every loss of the package.
 
-A loss is written once as a per-sample function of a 2-D score matrix ``(M, C)`` and targets
-``(M,)`` that are already valid class indices; :func:`classification_loss` wraps it with the
-rest of the contract:
+:func:`prepare` checks the arguments (without reading tensor data, except the one documented
+CPU-only range check of the targets) and flattens ``(N, C, d1, ...)`` scores to rows ``(M, C)``
+with targets ``(M,)``; :func:`finish` restores the target's shape for ``reduction="none"`` and the
+input's dtype. The smooth loss hands the rows to one backend operator (:mod:`smoothtopk._backend`);
+the other losses are written once as a per-sample function of valid rows and wrapped by
+:func:`classification_loss`:
 
-* shapes ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)`` with targets ``()``, ``(N)`` or
-  ``(N, d1, ...)``, flattened to rows and restored for ``reduction="none"``;
-* ``ignore_index`` (those elements give 0 and carry no weight), per-class ``weight`` applied as
+* ``ignore_index`` (those elements give 0, carry no weight and receive no gradient, whatever
+  their scores and whatever the weight of class 0), per-class ``weight`` applied as
   ``weight[target]``, and ``reduction`` with the semantics of ``F.cross_entropy``: ``"mean"`` is
   ``sum(weight[t_i] * l_i) / sum(weight[t_i])`` over the non-ignored elements;
 * dtypes: float16/bfloat16 are computed in float32 and returned in the input dtype; under
@@ -16,10 +18,18 @@ rest of the contract:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-from ._validation import check_input_target, check_reduction, check_target_range, check_weight
+from ._validation import (
+    check_ignore_index,
+    check_input_target,
+    check_k,
+    check_reduction,
+    check_target_range,
+    check_weight,
+)
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,13 +55,60 @@ def rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch
     return scores, target.reshape(-1).long()
 
 
-def validate(input, target, weight, reduction) -> int:
-    """Run the shared argument checks; return the number of classes."""
+def row_weights(weight, target: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
+    """``weight[t_i]`` (1 without weight) for kept rows, exactly 0 for ignored ones: the weight
+    of an ignored row's placeholder class is never read into a product."""
+    if weight is None:
+        return valid.to(dtype)
+    return torch.where(valid, weight.to(dtype)[target], 0.0)
+
+
+def reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``F.cross_entropy``'s reductions of weighted per-row losses (0 on ignored rows)."""
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    return total if reduction == "sum" else total / weights.sum()
+
+
+def row_gradients(grad_out: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
+    """d out / d l_i for every row: the transpose of :func:`reduce`."""
+    if reduction == "mean":
+        return grad_out * weights / weights.sum()
+    return grad_out * weights
+
+
+class Rows(NamedTuple):
+    scores: torch.Tensor  # (M, C), the input's dtype (float32 under autocast)
+    target: torch.Tensor  # (M,) int64: a class in [0, C) or ignore_index
+    shape: torch.Size  # the target's shape, for reduction="none"
+    dtype: torch.dtype  # the dtype of the result
+    autocast: bool  # whether autocast was on (and is turned off around the computation)
+
+
+def prepare(input, target, k, weight, ignore_index, reduction) -> Rows:
+    """Check every argument of a loss call (``k`` against the number of classes unless None)
+    and flatten to rows."""
     check_input_target(input, target)
     check_reduction(reduction)
+    check_ignore_index(ignore_index)
     num_classes = num_classes_of(input)
     check_weight(weight, num_classes, input.device)
-    return num_classes
+    if k is not None:
+        check_k(k, num_classes)
+    autocast = torch.is_autocast_enabled(input.device.type)
+    if autocast:
+        input = input.float()
+    scores, flat_target = rows(input, target)
+    check_target_range(flat_target, num_classes, ignore_index)
+    return Rows(scores, flat_target, target.shape, input.dtype, autocast)
+
+
+def finish(out: torch.Tensor, call: Rows, reduction: str) -> torch.Tensor:
+    """The result in the target's shape (``"none"``) and the input's dtype."""
+    if reduction == "none":
+        out = out.reshape(call.shape)
+    return out.to(call.dtype)
 
 
 def classification_loss(
@@ -61,37 +118,21 @@ def classification_loss(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
-    low_precision_input: bool = False,
+    k: int | None = None,
 ) -> torch.Tensor:
     """Apply ``per_sample(scores (M, C), target (M,)) -> (M,)`` under ``F.cross_entropy``'s rules.
 
-    ``per_sample`` receives scores in the working dtype (float32 or float64) — or, with
-    ``low_precision_input``, float16/bfloat16 scores as given (it then returns float32 losses) —
-    and targets in ``[0, C)``; ignored elements are given target 0 and their loss is discarded.
+    ``per_sample`` receives scores in the working dtype (float32 or float64) and targets in
+    ``[0, C)``; ignored rows reach it as zeros with target 0, and their loss is discarded.
     """
-    num_classes = validate(input, target, weight, reduction)
-    device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
-        input = input.float()
-    out_dtype = input.dtype
-    dtype = working_dtype(input.dtype)
-    scores, flat_target = rows(input, target)
-    valid = flat_target != ignore_index
-    safe_target = torch.where(valid, flat_target, 0)
-    check_target_range(flat_target, num_classes, ignore_index, safe_target)
-
-    with torch.autocast(device_type, enabled=False):
-        losses = per_sample(scores if low_precision_input else scores.to(dtype), safe_target)
-        losses = torch.where(valid, losses, 0.0)
-        if weight is None:
-            sample_weight = valid.to(dtype)
-        else:
-            sample_weight = weight.to(dtype)[safe_target] * valid
-            losses = losses * sample_weight
-        if reduction == "none":
-            result = losses.reshape(target.shape)
-        elif reduction == "sum":
-            result = losses.sum()
-        else:
-            result = losses.sum() / sample_weight.sum()
-    return result.to(out_dtype)
+    call = prepare(input, target, k, weight, ignore_index, reduction)
+    dtype = working_dtype(call.scores.dtype)
+    valid = call.target != ignore_index
+    safe = torch.where(valid, call.target, 0)
+    # an ignored row's scores never reach the loss: no NaN of theirs in value or gradient
+    scores = torch.where(valid[:, None], call.scores.to(dtype), 0.0)
+    with torch.autocast(call.scores.device.type, enabled=False):
+        weights = row_weights(weight, safe, valid, dtype)
+        losses = torch.where(valid, per_sample(scores, safe) * weights, 0.0)
+        out = reduce(losses, weights, reduction)
+    return finish(out, call, reduction)

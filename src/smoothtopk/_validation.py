@@ -8,6 +8,7 @@ path never waits for the device.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -16,11 +17,16 @@ import torch
 _REDUCTIONS = ("none", "mean", "sum")
 
 
-def check_k(k, num_classes: int, name: str = "k") -> int:
-    """``k`` must be an integer with ``1 <= k < num_classes``."""
+def check_k(k, num_classes: int | None, name: str = "k") -> int:
+    """``k`` must be an integer with ``1 <= k < num_classes`` (``k >= 1`` when the number of
+    classes is not known yet, as in a Module's constructor)."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     k = int(k)
+    if num_classes is None:
+        if k < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {k}")
+        return k
     if not 1 <= k < num_classes:
         raise ValueError(
             f"{name} must satisfy 1 <= {name} < number of classes ({num_classes}), got {k}"
@@ -65,6 +71,37 @@ def _check_real(value, name: str) -> float:
     if not abs(value) < math.inf:  # not NaN, not infinite (math.isfinite breaks dynamic shapes)
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def check_ignore_index(ignore_index) -> int:
+    """An int (not a bool, float or tensor) in the range of int64, as target values are."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+    return int(ignore_index)
+
+
+def check_temperature_scale(k: int, tau: float) -> None:
+    """``1 / (k tau)`` scales score differences; it must be a finite double."""
+    if not 1.0 / (k * tau) < math.inf:
+        raise ValueError(f"tau must be larger: 1 / (k * tau) overflows for k={k}, tau={tau}")
+
+
+def keyword_only(function):
+    """Only ``input`` and ``target`` positionally: ``loss(x, y, w)`` must not pass a class
+    weight as ``k`` (as ``F.cross_entropy(x, y, w)`` users would write)."""
+
+    @functools.wraps(function)
+    def wrapper(input, target, *args, **kwargs):
+        if args:
+            raise TypeError(
+                f"{function.__name__}() takes input and target positionally and every other "
+                f"argument by keyword (k=..., weight=...); got {len(args)} more positional"
+            )
+        return function(input, target, **kwargs)
+
+    return wrapper
 
 
 def check_reduction(reduction) -> str:
@@ -114,14 +151,16 @@ def check_weight(weight, num_classes: int, device: torch.device) -> None:
         raise ValueError(f"weight is on {weight.device} but input is on {device}")
 
 
-def check_target_range(
-    target: torch.Tensor, num_classes: int, ignore_index: int, safe: torch.Tensor | None = None
-) -> None:
-    """Every target is in ``[0, num_classes)`` or equal to ``ignore_index``.
+def checks_eagerly(target: torch.Tensor) -> bool:
+    """The target range is read on the host only for CPU tensors outside torch.compile: the
+    one check of the package that reads tensor data (documented; no device ever waits)."""
+    return target.device.type == "cpu" and not torch.compiler.is_compiling()
 
-    ``safe``: the targets with ignored ones set to 0, if the caller has them already.
-    """
-    if torch.compiler.is_compiling() or target.device.type != "cpu":
+
+def check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Every target is in ``[0, num_classes)`` or equal to ``ignore_index``: a ValueError on
+    CPU, an asynchronous device assertion elsewhere and under torch.compile."""
+    if not checks_eagerly(target):
         bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
         torch._assert_async(
             ~bad.any(), f"target must be in [0, {num_classes}) or equal to ignore_index"
@@ -129,12 +168,11 @@ def check_target_range(
         return
     if target.numel() == 0:
         return
-    # One pass in the common case: the range of the targets with ignored ones set to 0.
-    if safe is None:
-        safe = torch.where(target != ignore_index, target, 0)
-    lowest, highest = torch.aminmax(safe)
-    if int(lowest) < 0 or int(highest) >= num_classes:
+    lowest, highest = torch.aminmax(target)  # one pass in the common case
+    if int(lowest) < 0 or int(highest) >= num_classes:  # out of range, or ignored elements
         bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+        if not bad.any():
+            return
         value = int(target[bad][0])
         raise ValueError(
             f"target must be in [0, {num_classes}) or equal to ignore_index={ignore_index}, "

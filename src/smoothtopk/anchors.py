@@ -64,14 +64,15 @@ def _subsets(k: int, device, dtype):
 
 
 def _groups_by_size(k: int, sizes: torch.Tensor) -> torch.Tensor:
-    """``(k + 1, C(k, k // 2))`` subset codes of each size, padded with ``2^k``."""
-    counts = [math.comb(k, b) for b in range(k + 1)]
-    offsets = torch.tensor([sum(counts[:b]) for b in range(k + 1)], device=sizes.device)
+    """``(k + 1, C(k, k // 2))`` subset codes of each size, padded with ``2^k``; built with
+    device operations only (no tensor from a Python list: no host-to-device copy)."""
+    degrees = torch.arange(k + 1, device=sizes.device)
+    counts = (sizes[None, :] == degrees[:, None]).sum(dim=1)  # C(k, b)
+    offsets = counts.cumsum(0) - counts
     by_size = torch.argsort(sizes, stable=True)
-    slot = torch.arange(max(counts), device=sizes.device)
+    slot = torch.arange(math.comb(k, k // 2), device=sizes.device)
     position = (offsets[:, None] + slot).clamp(max=2**k - 1)
-    valid = slot < torch.tensor(counts, device=sizes.device)[:, None]
-    return torch.where(valid, by_size[position], 2**k)
+    return torch.where(slot < counts[:, None], by_size[position], 2**k)
 
 
 def _by_subsets(log_w, log_adjoints):

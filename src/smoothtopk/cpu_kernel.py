@@ -170,3 +170,44 @@ def _available() -> bool:
     if torch.compiler.is_compiling():
         return enabled() and _state.get("ops") is not None
     return load() is not None
+
+
+# The backend contract of smoothtopk._backend, over the per-row operators (interim adapter:
+# weight, ignore_index and the reduction are applied around the kernel).
+NAME = "cpu"
+
+
+def unavailable(scores: torch.Tensor, k: int) -> str | None:
+    """None when the fused kernel computes this call, else why not."""
+    if applies(scores, k):
+        return None
+    if scores.device.type != "cpu":
+        return f"the fused CPU kernel takes CPU tensors, got {scores.device.type}"
+    if not enabled():
+        return f"the fused CPU kernel is turned off ({ENV_SWITCH}=0)"
+    if not fits(scores.shape[1], k):
+        return f"k * log(2 C) > {MAX_LOG_TERM:g} (k={k}, C={scores.shape[1]})"
+    return "the fused CPU kernel could not be built (see the warning above)"
+
+
+def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    from . import _reduction as reference
+
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    loss, stats, anchor_index = torch.ops.smoothtopk.forward(scores, safe, k, tau, alpha)
+    dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    weights = reference.row_weights(weight, safe, valid, dtype)
+    losses = torch.where(valid, loss.to(dtype) * weights, 0.0)
+    return reference.reduce(losses, weights, reduction), (weights, stats, anchor_index)
+
+
+def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction):
+    from . import _reduction as reference
+
+    weights, stats, anchor_index = saved
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    row_grad = reference.row_gradients(grad_out.to(weights.dtype), weights, reduction)
+    grad = torch.ops.smoothtopk.backward(row_grad, scores, safe, stats, anchor_index, k, tau)
+    return torch.where(valid[:, None], grad, 0.0)

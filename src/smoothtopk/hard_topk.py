@@ -7,11 +7,7 @@ where :math:`(s_{\setminus y})_{[k]}` is the k-th largest score among the classe
 the limit of the smooth family divides the score difference by ``k``, so the two differ by that
 factor on the score term (``docs/math.md``). Its gradient has at most two non-zero entries.
 
-Example:
-    >>> import torch
-    >>> from smoothtopk import topk_svm_loss
-    >>> topk_svm_loss(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([2]), k=2, alpha=1.0)
-    tensor(1.)
+See :func:`topk_svm_loss` for an example.
 """
 
 from __future__ import annotations
@@ -20,29 +16,56 @@ import torch
 import torch.nn.functional as F
 
 from ._reduction import classification_loss
-from ._validation import check_k, check_non_negative
+from ._validation import check_non_negative, keyword_only
 
 
+@keyword_only
 def topk_svm_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     alpha: float = 1.0,
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Hard top-k SVM loss with the calling convention of ``F.cross_entropy``.
+    r"""Hard top-k SVM loss with the calling convention of ``F.cross_entropy``.
 
-    Arguments as in :func:`smoothtopk.smooth_topk_svm_loss` (without ``tau``).
+    .. math::  l_k(s, y) = \max\Big(0,\ \alpha + \frac{(s_{\setminus y})_{[k]} - s_y}{k}\Big)
+
+    the :math:`\tau \to 0` limit of :func:`smoothtopk.smooth_topk_svm_loss`. NaN or ``+inf``
+    scores give NaN, as in cross-entropy; ``-inf`` scores rule classes out.
+
+    Args:
+        input, target, weight, ignore_index, reduction: as in ``F.cross_entropy``.
+        k: the top-k of interest, ``1 <= k < C`` (keyword-only, as every argument after
+            ``target``).
+        alpha: margin ``>= 0``.
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from smoothtopk import topk_svm_loss
+        >>> scores = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+        >>> topk_svm_loss(scores, torch.tensor([2]), k=2, alpha=1.0)  # 1 + (2 - 1) / 2
+        tensor(1.5000)
     """
     alpha = check_non_negative(alpha, "alpha")
 
     def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
-        kk = check_k(k, scores.shape[1])
         true_score = scores.gather(1, safe_target[:, None]).squeeze(1)
         others = scores.scatter(1, safe_target[:, None], float("-inf"))
-        kth = others.topk(kk, dim=1).values[:, -1]
-        return F.relu(alpha + (kth - true_score) / kk)
+        kth = others.topk(k, dim=1).values[:, -1]
+        return F.relu(alpha + (kth - true_score) / k) + _poison(scores)
 
-    return classification_loss(per_sample, input, target, weight, ignore_index, reduction)
+    return classification_loss(per_sample, input, target, weight, ignore_index, reduction, k=k)
+
+
+def _poison(scores: torch.Tensor) -> torch.Tensor:
+    """0 for rows of finite or ``-inf`` scores, NaN for rows with a NaN or ``+inf`` score."""
+    clipped = scores.detach().clamp_min(0.0)
+    return (clipped - clipped).sum(dim=1)

@@ -16,7 +16,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._validation import check_non_negative, check_positive, check_reduction
+from ._validation import (
+    check_ignore_index,
+    check_k,
+    check_non_negative,
+    check_positive,
+    check_reduction,
+)
 from .hard_topk import topk_svm_loss
 from .smooth_topk import smooth_topk_svm_loss
 
@@ -27,6 +33,7 @@ class _WeightedLoss(nn.Module):
 
     A subclass sets ``functional`` (the loss function) and ``hyper_parameters`` (the names of
     its own arguments, stored as attributes of the same names); ``forward`` and the repr follow.
+    Every argument is checked at construction (``k`` against the number of classes at each call).
     """
 
     functional: Callable[..., torch.Tensor]
@@ -37,7 +44,7 @@ class _WeightedLoss(nn.Module):
         if weight is not None and not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
         self.register_buffer("weight", weight)
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,7 +87,7 @@ class SmoothTopkSVMLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call
         self.tau = check_positive(tau, "tau")
         self.alpha = check_non_negative(alpha, "alpha")
 
@@ -100,5 +107,5 @@ class TopkSVMLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call
         self.alpha = check_non_negative(alpha, "alpha")

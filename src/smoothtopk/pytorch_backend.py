@@ -1,17 +1,17 @@
-r"""The smooth top-k SVM loss :math:`L_{k,\tau}` with margin :math:`\alpha`: exact value, gradient.
+r"""The PyTorch backend of the smooth loss: the reference implementation, on every device.
 
 .. math::
 
-    L_{k,\tau}(s, y) = \tau \,\mathrm{softplus}\Big(\frac{\alpha}{\tau}
-        + \log \sigma_k(x_{\setminus y}) - \log \sigma_{k-1}(x_{\setminus y})
-        - \frac{s_y}{k\tau}\Big), \qquad x_j = e^{s_j / (k\tau)},
+    L_{k,\tau}(s, y) = \tau \,\mathrm{softplus}(z), \qquad
+    \tau z = \alpha + \frac{a - s_y}{k} + \tau\big(\log A - \log B\big),
 
-where :math:`\sigma_d` is the elementary symmetric polynomial of degree ``d`` over the scores
-without the target. ``k = 1`` is the closed form
-:math:`\tau \log\sum_j e^{(s_j + \alpha[j\ne y] - s_y)/\tau}` (cross-entropy when
-``alpha = 0, tau = 1``), which the kernel below reduces to: the tree is a plain sum and the
-anchor is the largest other score, so the target's gradient is ``-sigmoid(.)`` and never the
-cancelling ``softmax_y - 1``. ``tau -> 0`` gives :func:`smoothtopk.topk_svm_loss`.
+``x_j = e^{s_j / (k tau)}``, with ``a`` the k-th largest score other than the target and
+``e^{a/(k tau)} A / B`` the ratio ``sigma_k(x) / sigma_{k-1}(x)`` of elementary symmetric
+polynomials over the scores without the target. ``k = 1`` is the closed form
+``tau log sum_j exp((s_j + alpha [j != y] - s_y) / tau)`` (cross-entropy when ``alpha = 0,
+tau = 1``): the tree is a plain sum and the anchor is the largest other score, so the target's
+gradient is ``-sigmoid(.)`` and never the cancelling ``softmax_y - 1``. The value is formed from
+``tau z`` (never ``alpha / tau``), so extreme ``tau``/``alpha`` give the finite value.
 
 How it stays exact (see ``docs/algorithm.md``): anchor on the k largest non-target scores
 ``T`` and their smallest member ``a``. With ``w_i = e^{(a - s_i)/(k tau)} <= 1`` on ``T`` and
@@ -19,21 +19,27 @@ How it stays exact (see ``docs/algorithm.md``): anchor on the k largest non-targ
 
 .. math::
 
-    \frac{\sigma_k(x)}{\sigma_{k-1}(x)} = e^{a/(k\tau)} \frac{A}{B}, \quad
     A = \sum_{b=0}^{k} \sigma_b(w)\, e_b(u), \quad B = \sum_{b=1}^{k} \sigma_b(w)\, e_{b-1}(u).
 
 Every term is a product of numbers at most 1 and non-negative: ``e_b(u)`` comes from the
 subtraction-free tree of :mod:`smoothtopk.polynomial`, ``sigma_b(w)`` and its leave-one-out
-derivatives from a k-step inside-outside recursion in log space. The gradient of a rest class is
-``u_j P(u_j)``, a degree ``k - 1`` polynomial per row whose alternating terms are bounded by
-binomials in ``k`` because ``u_j <= 1``: no series approximation and no switch to the hard loss.
+derivatives from :mod:`smoothtopk.anchors`. The gradient of a rest class is ``u_j P(u_j)``, a
+degree ``k - 1`` polynomial per row whose alternating terms are bounded by binomials in ``k``
+because ``u_j <= 1``: no series approximation and no switch to the hard loss.
+
+Edge rules (shared by every backend, ``docs/math.md``): a row with fewer than ``k`` finite
+non-target scores has loss 0 and gradient 0 (the limit); NaN or +inf scores give NaN; ignored
+rows contribute exactly nothing. The module implements the backend contract of
+:mod:`smoothtopk._backend` (``unavailable``, ``forward``, ``backward``).
 
 Example:
     >>> import torch
-    >>> from smoothtopk import smooth_topk_svm_loss
-    >>> scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 0.2]], requires_grad=True)
-    >>> loss = smooth_topk_svm_loss(scores, torch.tensor([0, 2]), k=2, tau=1.0, alpha=1.0)
-    >>> loss.backward()
+    >>> from smoothtopk import pytorch_backend
+    >>> scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 0.2]])
+    >>> out, saved = pytorch_backend.forward(scores, torch.tensor([0, 2]), None, -100, 2, 1.0,
+    ...                                      1.0, "none")
+    >>> out
+    tensor([0.9425, 2.6364])
 """
 
 from __future__ import annotations
@@ -42,64 +48,66 @@ from typing import NamedTuple
 
 import torch
 
-from . import cpu_kernel
-from ._reduction import classification_loss, working_dtype
-from ._validation import check_k, check_non_negative, check_positive
+from ._reduction import reduce, row_gradients, row_weights
 from .anchors import EXP_FLOOR, anchor_sums, exp_normal
 from .anchors import LOG_ZERO as _LOG_ZERO
 from .polynomial import normalized_elementary_symmetric, padded_width
 
-
-def smooth_topk_svm_loss(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    k: int = 5,
-    tau: float = 1.0,
-    alpha: float = 1.0,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    r"""Smooth top-k SVM loss :math:`L_{k,\tau}` with the calling convention of ``F.cross_entropy``.
-
-    Args:
-        input: scores (logits) of shape ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``.
-        target: class indices of shape ``()``, ``(N)`` or ``(N, d1, ...)``, integer dtype.
-        k: the top-k of interest, ``1 <= k < C``.
-        tau: temperature ``> 0``; smaller is closer to the hard top-k hinge.
-        alpha: margin ``>= 0``.
-        weight, ignore_index, reduction: as in ``F.cross_entropy``.
-
-    Returns:
-        The loss; shape of ``target`` for ``reduction="none"``, else a scalar. float16 and
-        bfloat16 inputs are computed in float32 and returned in the input dtype.
-    """
-    tau = check_positive(tau, "tau")
-    alpha = check_non_negative(alpha, "alpha")
-
-    def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
-        top = check_k(k, scores.shape[1])
-        fused = cpu_kernel.applies(scores, top)  # reads float16/bfloat16 directly
-        if not fused:
-            scores = scores.to(_pytorch_dtype(scores.dtype, top))
-        return _SmoothTopkSVM.apply(scores, safe_target, top, tau, alpha, fused)
-
-    return classification_loss(
-        per_sample, input, target, weight, ignore_index, reduction, low_precision_input=True
-    )
-
-
+NAME = "pytorch"
 FLOAT32_MAX_K = 10
 
 
-def _pytorch_dtype(dtype: torch.dtype, k: int) -> torch.dtype:
-    """The dtype of the PyTorch implementation: float32 for k <= FLOAT32_MAX_K, else float64.
+def unavailable(scores: torch.Tensor, k: int) -> str | None:
+    """Never: the PyTorch operations run on every device and floating dtype."""
+    return None
+
+
+def work_dtype(dtype: torch.dtype, k: int, tau: float) -> torch.dtype:
+    """float64 for float64, for k > FLOAT32_MAX_K and when ``1 / (k tau)`` leaves float32's
+    range; float32 otherwise (also for float16/bfloat16).
 
     In float32, the Horner sums of the gradient lose up to binomial(k, k/2) ulps, and
     ``e_b(u) / mass^b`` (about ``1 / b!``) leaves float32's range from b = 34 on.
     """
-    dtype = working_dtype(dtype)
-    return torch.float64 if dtype == torch.float32 and k > FLOAT32_MAX_K else dtype
+    if dtype == torch.float64 or k > FLOAT32_MAX_K:
+        return torch.float64
+    return torch.float64 if 1.0 / (k * tau) > torch.finfo(torch.float32).max else torch.float32
+
+
+def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """The backend contract's forward: ``(out, saved)``; see :mod:`smoothtopk._backend`."""
+    work = scores.to(work_dtype(scores.dtype, k, tau))
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    pieces = _pieces(work, safe, k, tau, alpha)
+    weights = row_weights(weight, safe, valid, work.dtype)
+    losses = torch.where(valid, pieces.loss * weights, 0.0)
+    out = reduce(losses, weights, reduction)
+    out_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    return out.to(out_dtype), (weights, *pieces[1:])
+
+
+def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction):
+    """The backend contract's backward: ``dL/dscores`` from the saved factors."""
+    weights, *factors, live = saved
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    row_grad = row_gradients(grad_out.to(weights.dtype), weights, reduction)
+    pieces = _Pieces(None, *factors, live & valid)
+    return gradient(pieces, safe, row_grad, scores.shape[1]).to(scores.dtype)
+
+
+def recorded_backward(grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """The gradient from recomputed factors with recorded operations (double backward)."""
+    work = scores.to(work_dtype(scores.dtype, k, tau))
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    work = torch.where(valid[:, None], work, 0.0)  # no NaN of an ignored row reaches autograd
+    pieces = _pieces(work, safe, k, tau, alpha)
+    weights = row_weights(weight, safe, valid, work.dtype)
+    row_grad = row_gradients(grad_out.to(work.dtype), weights, reduction)
+    pieces = pieces._replace(live=pieces.live & valid)
+    return gradient(pieces, safe, row_grad, scores.shape[1]).to(scores.dtype)
 
 
 def _poison(x: torch.Tensor) -> torch.Tensor:
@@ -109,11 +117,6 @@ def _poison(x: torch.Tensor) -> torch.Tensor:
     return x - x
 
 
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    """``log(1 + e^x)`` to full precision (``F.softplus`` switches to ``x`` above 20)."""
-    return torch.logaddexp(x, torch.zeros_like(x))
-
-
 class _Pieces(NamedTuple):
     loss: torch.Tensor  # (M,)
     slope: torch.Tensor  # (M,) dL/d(argument of the softplus) / k = sigmoid(...) / k
@@ -121,6 +124,36 @@ class _Pieces(NamedTuple):
     rest_coefficients: torch.Tensor  # (M, k) D_m: d/dz_j (log A - log B) = u_j sum_m (-u_j)^m D_m
     anchor_gradient: torch.Tensor  # (M, k) d/dz_i (log A - log B) for i in T
     anchor_index: torch.Tensor  # (M, k) the classes of T
+    live: torch.Tensor  # (M,) False where fewer than k non-target scores are finite (loss 0)
+
+
+def _anchors(scores: torch.Tensor, target: torch.Tensor, k: int):
+    """The k largest scores other than the target, their classes and whether the k-th of them
+    is finite: the k + 1 largest, less the target (or the last of them), without a copy."""
+    candidates, candidate_index = scores.topk(k + 1, dim=1)
+    candidates = candidates.masked_fill(candidate_index == target, float("-inf"))
+    top, order = candidates.topk(k, dim=1)
+    return top, candidate_index.gather(1, order)
+
+
+def _rest(scores, anchor, anchor_index, target, scale, differentiable):
+    """``u_j = exp((s_j - a) / (k tau)) <= 1``, zero on the anchors and on the target, padded
+    with zero columns to the tree's width (in one buffer, in place, without autograd).
+
+    exp of arguments below the normal range is many times slower on CPUs; those u_j are
+    negligible against the e_0 = 1 of the sums (and the row's gradient).
+    """
+    floor = EXP_FLOOR[scores.dtype]
+    if differentiable:
+        rest = torch.exp(((scores - anchor) * scale).clamp(min=floor))
+        return rest.scatter(1, anchor_index, 0.0).scatter(1, target, 0.0)
+    rows, classes = scores.shape
+    rest = scores.new_empty(rows, padded_width(classes))
+    body = rest[:, :classes]
+    body.copy_(scores).sub_(anchor).mul_(scale).clamp_(min=floor).exp_()
+    rest[:, classes:].zero_()
+    body.scatter_(1, anchor_index, 0.0).scatter_(1, target, 0.0)
+    return rest
 
 
 def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alpha: float):
@@ -130,31 +163,17 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
     with autograd (double backward) the same operations run out of place.
     """
     differentiable = torch.is_grad_enabled() and scores.requires_grad
-    rows, classes = scores.shape
     scale = 1.0 / (k * tau)
     target = target[:, None]
     true_score = scores.gather(1, target)
-    # The k largest scores other than the target: the k + 1 largest, less the target (or the
-    # last of them), without copying the score matrix.
-    candidates, candidate_index = scores.topk(k + 1, dim=1)
-    candidates = candidates.masked_fill(candidate_index == target, float("-inf"))
-    top, order = candidates.topk(k, dim=1)
-    anchor_index = candidate_index.gather(1, order)
+    top, anchor_index = _anchors(scores, target, k)
+    live = ~(torch.isneginf(top[:, -1:]) & torch.isfinite(true_score))
+    if differentiable:  # rows of loss 0 computed on zeros: no inf - inf reaches autograd
+        scores = torch.where(live, scores, 0.0)
+        true_score = scores.gather(1, target)
+        top, anchor_index = _anchors(scores, target, k)
     anchor = top[:, -1:]
-
-    # Rest: u_j = exp((s_j - a) / (k tau)) <= 1, zero on the anchors and on the target.
-    if differentiable:
-        rest = torch.exp(((scores - anchor) * scale).clamp(min=EXP_FLOOR[scores.dtype]))
-        rest = rest.scatter(1, anchor_index, 0.0).scatter(1, target, 0.0)
-    else:
-        rest = scores.new_empty(rows, padded_width(classes))
-        body = rest[:, :classes]
-        # exp of arguments below the normal range is many times slower on CPUs; those u_j
-        # are negligible against the e_0 = 1 of the sums (and the row's gradient).
-        torch.sub(scores, anchor, out=body).mul_(scale).clamp_(min=EXP_FLOOR[scores.dtype])
-        body.exp_()
-        rest[:, classes:].zero_()
-        body.scatter_(1, anchor_index, 0.0).scatter_(1, target, 0.0)
+    rest = _rest(scores, anchor, anchor_index, target, scale, differentiable)
     # e_b(u) / mass^b with mass = max(1, sum u): in range for any n (undone in log space).
     scaled, log_mass = normalized_elementary_symmetric(rest, k)
     # log e_b(u) - k log_mass and, for B, log e_{b-1}(u) - (k - 1) log_mass: the two
@@ -166,21 +185,24 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
     log_e = torch.cat([-k * log_mass, log_e + degrees * log_mass], dim=1)
 
     # Anchors: log sigma_b(w), log A, log B and the anchors' inclusions, in log space.
-    log_w = (anchor - top) * scale
+    log_w = ((anchor - top) * scale).clamp_min(_LOG_ZERO)
     log_e_shifted = torch.cat([torch.full_like(log_mass, _LOG_ZERO), log_e[:, :-1] + log_mass], 1)
     log_sigma, log_totals, inclusions = anchor_sums(log_w, torch.stack([log_e, log_e_shifted]))
     log_a, log_b = log_totals[0], log_totals[1]
 
-    argument = alpha / tau + (anchor - true_score) * scale + (log_mass + log_a - log_b)
-    argument = argument.squeeze(1) + _poison(top.sum(dim=1) + true_score.squeeze(1))
-    loss = tau * _softplus(argument)
-    slope = torch.sigmoid(argument) / k
+    # tau z = alpha + (a - s_y) / k + tau (log A - log B): no alpha / tau to overflow
+    margin = alpha + (anchor - true_score) / k + tau * (log_mass + log_a - log_b)
+    margin = margin.squeeze(1) + _poison(top.sum(dim=1) + true_score.squeeze(1))
+    live = live.squeeze(1)
+    softplus = margin.clamp_min(0.0) + tau * torch.log1p(torch.exp(-margin.abs() / tau))
+    loss = torch.where(live, softplus, 0.0)
+    slope = torch.where(live, torch.sigmoid(margin / tau) / k, 0.0)
 
     anchor_gradient = inclusions[1] - inclusions[0]  # d/dz_i = -w_i d/dw_i (log A - log B)
     rest_coefficients = _rest_coefficients(log_sigma, log_e, log_a) - _rest_coefficients(
         log_sigma, log_e_shifted, log_b
     )
-    return _Pieces(loss, slope, rest, rest_coefficients, anchor_gradient, anchor_index)
+    return _Pieces(loss, slope, rest, rest_coefficients, anchor_gradient, anchor_index, live)
 
 
 def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
@@ -195,8 +217,9 @@ def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
     return (terms * valid).sum(dim=2)
 
 
-def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, classes: int):
-    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target.
+def gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, classes: int):
+    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target;
+    rows that are not ``pieces.live`` (ignored, or no finite k-th score) get exactly 0.
 
     In place in one ``(M, C)`` buffer unless autograd records (double backward).
     """
@@ -206,12 +229,13 @@ def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, cl
     u = pieces.rest[:, :classes]
     k = coefficients.shape[1]
     target = target[:, None]
+    live = pieces.live[:, None]
     if torch.is_grad_enabled():
         horner = coefficients[:, k - 1 :]
         for m in range(k - 2, -1, -1):
             horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
         direction = (u * horner).scatter(1, pieces.anchor_index, anchors)
-        return direction.scatter(1, target, -factor)
+        return torch.where(live, direction.scatter(1, target, -factor), 0.0)
     if k == 1:
         direction = u * coefficients
     else:
@@ -221,41 +245,5 @@ def _gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, cl
         for m in range(k - 3, -1, -1):
             torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0, out=horner)
         direction = horner.mul_(u)
-    direction.scatter_(1, pieces.anchor_index, anchors)
-    return direction.scatter_(1, target, -factor)
-
-
-class _SmoothTopkSVM(torch.autograd.Function):
-    """Per-row loss with a hand-written backward that keeps only ``O(N C)`` for the backward.
-
-    ``fused``: the CPU kernel of :mod:`smoothtopk.cpu_kernel` computes forward and backward
-    (scores in their own dtype, float64 inside); otherwise the PyTorch operations below do.
-    The backward is made of differentiable operations; under ``create_graph=True`` it recomputes
-    the factors from the saved scores so that double backward is exact as well.
-    """
-
-    @staticmethod
-    def forward(ctx, scores, target, k, tau, alpha, fused):
-        ctx.hyper = (k, tau, alpha)
-        ctx.fused = fused
-        if fused:
-            loss, stats, anchor_index = torch.ops.smoothtopk.forward(scores, target, k, tau, alpha)
-            ctx.save_for_backward(scores, target, stats, anchor_index)
-            return loss.to(working_dtype(scores.dtype))
-        pieces = _pieces(scores, target, k, tau, alpha)
-        ctx.save_for_backward(scores, target, *pieces[1:])
-        return pieces.loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        scores, target, *factors = ctx.saved_tensors
-        k, tau, _ = ctx.hyper
-        if torch.is_grad_enabled():  # double backward: recompute with recorded operations
-            work = scores.to(_pytorch_dtype(scores.dtype, k))
-            pieces = _pieces(work, target, *ctx.hyper)
-            grad = _gradient(pieces, target, grad_loss, scores.shape[1]).to(scores.dtype)
-        elif ctx.fused:
-            grad = torch.ops.smoothtopk.backward(grad_loss, scores, target, *factors, k, tau)
-        else:
-            grad = _gradient(_Pieces(None, *factors), target, grad_loss, scores.shape[1])
-        return grad, None, None, None, None, None
+    direction.scatter_(1, pieces.anchor_index, anchors).scatter_(1, target, -factor)
+    return direction.masked_fill_(~live, 0.0)

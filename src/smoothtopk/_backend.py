@@ -1,0 +1,74 @@
+"""The one place that chooses the implementation of a smooth-loss call: the backend seam.
+
+Backends (modules with the same contract):
+
+* ``cpu`` — the fused C++ kernel (:mod:`smoothtopk.cpu_kernel`), CPU tensors;
+* ``triton`` — the fused Triton kernel (:mod:`smoothtopk.triton_kernel`), CUDA tensors (and
+  CPU tensors under ``TRITON_INTERPRET=1``, Triton's interpreter, which is how CI tests it);
+* ``pytorch`` — PyTorch operations (:mod:`smoothtopk.pytorch_backend`), every device: the
+  reference, and what runs when no fused kernel applies (float64 on GPUs, very large ``k``).
+
+``SMOOTHTOPK_BACKEND=auto|cpu|triton|pytorch`` (read at every call; default ``auto``) forces
+one. ``auto`` takes the first of ``cpu``, ``triton``, ``pytorch`` that can compute the call; a
+forced backend that cannot raises ``RuntimeError`` saying why, never a silent fallback.
+
+The contract of a backend module (``docs/architecture.md``)::
+
+    NAME: str
+    unavailable(scores, k) -> str | None        # None: can compute; else the reason
+    forward(scores, target, weight, ignore_index, k, tau, alpha, reduction) -> (out, saved)
+    backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction)
+
+``scores (M, C)``, ``target (M,)`` int64 (``ignore_index`` or a class), ``out`` the reduced
+loss (``(M,)`` for ``"none"``; float64 for float64 scores, else float32), ``saved`` the
+backend's ``O(M k)`` tensors; ``backward`` returns ``dL/dscores`` in the scores' dtype.
+
+Example:
+    >>> import torch
+    >>> from smoothtopk import _backend
+    >>> _backend.select(torch.zeros(4, 10, dtype=torch.float64), k=3).NAME in _backend.NAMES
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import torch
+
+from . import cpu_kernel, pytorch_backend
+
+ENV = "SMOOTHTOPK_BACKEND"
+# The backends in the order in which ``auto`` tries them; adding one is adding it here.
+_MODULES = {module.NAME: module for module in (cpu_kernel, pytorch_backend)}
+NAMES = tuple(_MODULES)
+
+
+def requested() -> str:
+    """The value of ``SMOOTHTOPK_BACKEND`` (``auto`` when unset), checked."""
+    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if choice != "auto" and choice not in NAMES:
+        raise ValueError(f"{ENV} must be one of auto, {', '.join(NAMES)}; got {choice!r}")
+    return choice
+
+
+def module(name: str) -> ModuleType:
+    """The backend module of that name."""
+    return _MODULES[name]
+
+
+def select(scores: torch.Tensor, k: int) -> ModuleType:
+    """The backend that computes a call on ``scores (M, C)`` with this ``k``."""
+    choice = requested()
+    if choice != "auto":
+        backend = module(choice)
+        reason = backend.unavailable(scores, k)
+        if reason is not None:
+            raise RuntimeError(f"{ENV}={choice} cannot compute this call: {reason}")
+        return backend
+    for name in NAMES:
+        backend = module(name)
+        if backend.unavailable(scores, k) is None:
+            return backend
+    raise AssertionError("the pytorch backend computes every call")  # unreachable

@@ -1,0 +1,117 @@
+"""The public smooth top-k SVM loss: prepare, select a backend, apply, reduce."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend, pytorch_backend
+from ._reduction import finish, prepare
+from ._validation import check_non_negative, check_positive, check_temperature_scale, keyword_only
+
+
+@keyword_only
+def smooth_topk_svm_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    k: int = 5,
+    tau: float = 1.0,
+    alpha: float = 1.0,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Smooth top-k SVM loss :math:`L_{k,\tau}` with the calling convention of ``F.cross_entropy``.
+
+    .. math::
+
+        L_{k,\tau}(s, y) = \tau \log\Big(1 + e^{\alpha/\tau}
+            \frac{\sigma_k(x_{\setminus y})}{x_y\, \sigma_{k-1}(x_{\setminus y})}\Big),
+        \qquad x_j = e^{s_j / (k\tau)},
+
+    with :math:`\sigma_d` the elementary symmetric polynomial of degree ``d`` over the classes
+    other than ``y``: a temperature-``tau`` log-sum-exp over all k-subsets of classes that
+    replaces the max of the hard top-k hinge (:func:`smoothtopk.topk_svm_loss`, its limit as
+    ``tau -> 0``). ``k = 1, alpha = 0, tau = 1`` is cross-entropy. Computed exactly in
+    ``O(C k)`` per sample by the fused CPU kernel, the Triton kernel on CUDA, or PyTorch
+    operations (``SMOOTHTOPK_BACKEND``, :mod:`smoothtopk._backend`).
+
+    Edge rules: a sample with fewer than ``k`` finite scores besides its target has loss 0 and
+    gradient 0 (the limit; ``-inf`` scores rule classes out); NaN or ``+inf`` scores give NaN;
+    ignored elements contribute nothing to the value or the gradient.
+
+    Args:
+        input: scores (logits).
+        target: class indices, integer dtype; ``ignore_index`` marks elements to skip.
+        k: the top-k of interest, ``1 <= k < C`` (keyword-only, as every argument below).
+        tau: temperature ``> 0``; smaller is closer to the hard top-k hinge.
+        alpha: margin ``>= 0``.
+        weight: ``(C,)`` per-class weights, applied as ``weight[target]``.
+        ignore_index: a target value that is ignored.
+        reduction: ``"mean"`` (weighted mean over non-ignored elements), ``"sum"`` or ``"none"``.
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``.
+        - target: ``()``, ``(N)`` or ``(N, d1, ...)``.
+        - output: a scalar, or the target's shape for ``reduction="none"``; float16/bfloat16
+          inputs are computed in float32 and returned in their dtype.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from smoothtopk import smooth_topk_svm_loss
+        >>> scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 0.2]], requires_grad=True)
+        >>> target = torch.tensor([0, 2])
+        >>> loss = smooth_topk_svm_loss(scores, target, k=2, tau=1.0, alpha=1.0)
+        >>> loss.backward()
+        >>> ce = smooth_topk_svm_loss(scores, target, k=1, tau=1.0, alpha=0.0)
+        >>> torch.allclose(ce, F.cross_entropy(scores, target))
+        True
+    """
+    tau = check_positive(tau, "tau")
+    alpha = check_non_negative(alpha, "alpha")
+    call = prepare(input, target, k, weight, ignore_index, reduction)
+    check_temperature_scale(k, tau)
+    backend = _backend.select(call.scores, k)
+    arguments = (call.target, weight, ignore_index, k, tau, alpha, reduction, backend.NAME)
+    if call.autocast:
+        with torch.autocast(call.scores.device.type, enabled=False):
+            out = _SmoothTopkSVM.apply(call.scores, *arguments)
+    else:
+        out = _SmoothTopkSVM.apply(call.scores, *arguments)
+    return finish(out, call, reduction)
+
+
+class _SmoothTopkSVM(torch.autograd.Function):
+    """One backend forward and one backend backward; under ``create_graph=True`` the backward
+    recomputes the factors with recorded PyTorch operations, so double backward is exact too."""
+
+    @staticmethod
+    def forward(ctx, scores, target, weight, ignore_index, k, tau, alpha, reduction, name):
+        options = (ignore_index, k, tau, alpha, reduction)
+        out, saved = _backend.module(name).forward(scores, target, weight, *options)
+        ctx.save_for_backward(scores, target, weight, *saved)
+        ctx.options, ctx.name = options, name
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        scores, target, weight, *saved = ctx.saved_tensors
+        ignore_index, k, tau, alpha, reduction = ctx.options
+        if torch.is_grad_enabled():
+            grad = pytorch_backend.recorded_backward(grad_out, scores, target, weight, *ctx.options)
+        else:
+            backend = _backend.module(ctx.name)
+            grad = backend.backward(
+                grad_out,
+                scores,
+                target,
+                weight,
+                ignore_index,
+                tuple(saved),
+                k,
+                tau,
+                alpha,
+                reduction,
+            )
+        return grad, *([None] * 8)
