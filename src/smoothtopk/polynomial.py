@@ -17,8 +17,9 @@ remain, each level is one outer product and one matrix product with a constant 0
 
 Example:
     >>> import torch
-    >>> elementary_symmetric(torch.tensor([[1.0, 2.0, 3.0]]), 2)
-    tensor([[ 6., 11.]])
+    >>> e = elementary_symmetric(torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64), 2)
+    >>> e.tolist()  # e_1 = 1 + 2 + 3, e_2 = 1*2 + 1*3 + 2*3
+    [[6.0, 11.0]]
 """
 
 from __future__ import annotations

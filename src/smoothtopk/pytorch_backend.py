@@ -34,12 +34,14 @@ rows contribute exactly nothing. The module implements the backend contract of
 
 Example:
     >>> import torch
+    >>> import torch.nn.functional as F
     >>> from smoothtopk import pytorch_backend
     >>> scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 0.2]])
-    >>> out, saved = pytorch_backend.forward(scores, torch.tensor([0, 2]), None, -100, 2, 1.0,
-    ...                                      1.0, "none")
-    >>> out
-    tensor([0.9425, 2.6364])
+    >>> target = torch.tensor([0, 2])
+    >>> # k=1, tau=1, alpha=0, reduction="mean": cross-entropy
+    >>> out, saved = pytorch_backend.forward(scores, target, None, -100, 1, 1.0, 0.0, "mean")
+    >>> torch.allclose(out, F.cross_entropy(scores, target))
+    True
 """
 
 from __future__ import annotations
