@@ -72,7 +72,22 @@ class _WeightedLoss(nn.Module):
 
 
 class SmoothTopkSVMLoss(_WeightedLoss):
-    """Module form of :func:`smoothtopk.smooth_topk_svm_loss`."""
+    r"""Module form of :func:`smoothtopk.smooth_topk_svm_loss`, a drop-in for
+    ``nn.CrossEntropyLoss``: :math:`L_{k,\tau}`, the temperature-``tau`` smoothing of the top-k
+    hinge with margin ``alpha`` (cross-entropy at ``k=1, tau=1, alpha=0``).
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> criterion = SmoothTopkSVMLoss(k=2, tau=1.0, alpha=1.0, weight=torch.ones(4))
+        >>> scores = torch.randn(3, 4, requires_grad=True)
+        >>> criterion(scores, torch.tensor([0, 3, 1])).backward()
+        >>> scores.grad.shape
+        torch.Size([3, 4])
+    """
 
     functional = staticmethod(smooth_topk_svm_loss)
     hyper_parameters = ("k", "tau", "alpha")
@@ -93,7 +108,17 @@ class SmoothTopkSVMLoss(_WeightedLoss):
 
 
 class TopkSVMLoss(_WeightedLoss):
-    """Module form of :func:`smoothtopk.topk_svm_loss` (the hard loss)."""
+    r"""Module form of :func:`smoothtopk.topk_svm_loss`, the hard top-k hinge
+    :math:`\max(0, \alpha + ((s_{\setminus y})_{[k]} - s_y) / k)`.
+
+    Shape:
+        - as :class:`SmoothTopkSVMLoss`.
+
+    Example:
+        >>> import torch
+        >>> TopkSVMLoss(k=2, alpha=1.0)(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([2]))
+        tensor(1.5000)
+    """
 
     functional = staticmethod(topk_svm_loss)
     hyper_parameters = ("k", "alpha")
