@@ -8,7 +8,11 @@ How (every draw from one ``torch.Generator`` seeded with ``seed``, so the data s
 on every machine and every call):
 
 1. 20 *group* prototypes: 3x16x16 smooth random colour fields (Gaussian noise on a 4x4 grid,
-   upsampled bilinearly), one per group of 5 consecutive classes (0-4, 5-9, ...).
+   upsampled bilinearly), one per group of 5 look-alike classes. The groups are a fixed, seeded
+   assignment of the classes (:func:`superclasses`), not the consecutive label blocks 0-4, 5-9,
+   ...: as in CIFAR-100, whose alphabetical labels are not ordered by superclass, label noise
+   within consecutive blocks (the paper's protocol) mostly moves a label to an unrelated class,
+   and noise within superclasses moves it to a look-alike; the two are different experiments.
 2. 100 *class* prototypes: the group prototype plus a smaller class-specific smooth field
    (``class_scale`` times as strong), so the 5 classes of a group look alike.
 3. Each sample is its class prototype under a random affine transform (rotation up to
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 
 NUM_CLASSES = 100
 GROUP_SIZE = 5
+GROUPING_SEED = 2018  # the look-alike groups are one fixed structure, for every data seed
 IMAGE_SIZE = 16
 CHANNELS = 3
 
@@ -52,8 +57,25 @@ class EmbeddedData:
 
     @property
     def groups(self) -> torch.Tensor:
-        """The generative group of each class (consecutive blocks of 5)."""
-        return torch.arange(NUM_CLASSES) // GROUP_SIZE
+        """The look-alike group (superclass) of each class: :func:`superclasses`."""
+        return superclasses()
+
+
+def superclasses() -> torch.Tensor:
+    """``(100,)`` int64: the look-alike group of each class, 20 groups of 5, from a fixed seeded
+    permutation of the classes (so not the consecutive blocks of ``--noise-groups consecutive``).
+
+    Example:
+        >>> groups = superclasses()
+        >>> sorted(torch.bincount(groups).tolist()) == [GROUP_SIZE] * 20
+        True
+        >>> bool((groups == torch.arange(100) // GROUP_SIZE).all())
+        False
+    """
+    order = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(GROUPING_SEED))
+    groups = torch.empty(NUM_CLASSES, dtype=torch.int64)
+    groups[order] = torch.arange(NUM_CLASSES) // GROUP_SIZE
+    return groups
 
 
 def _smooth_field(n: int, grid: int, gen: torch.Generator) -> torch.Tensor:
@@ -107,7 +129,7 @@ def _generate(seed, train_per_class, test_per_class, class_scale, clutter, pixel
     gen = torch.Generator().manual_seed(int(seed))
     num_groups = NUM_CLASSES // GROUP_SIZE
     group_protos = _smooth_field(num_groups, 4, gen)
-    class_protos = group_protos.repeat_interleave(GROUP_SIZE, 0)
+    class_protos = group_protos[superclasses()]
     class_protos = class_protos + class_scale * _smooth_field(NUM_CLASSES, 4, gen)
 
     train_labels = torch.arange(NUM_CLASSES).repeat_interleave(train_per_class)
