@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-full clean
+.PHONY: install test lint format demo demo-check bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: lint
 # 0, 0.2, ..., 0.8; prints the table, writes runs/demo/report/ (table, CSV, plots).
 demo: $(STAMP)
 	$(PY) -m smoothtopk demo --out runs/demo --overwrite
+
+# CI: the demo again, and its table must equal the README's (between the demo-table markers).
+demo-check: $(STAMP)
+	$(PY) -m smoothtopk demo --out runs/demo-check --overwrite
+	$(PY) tests/demo_table.py README.md runs/demo-check/report/results.md
 
 # Benchmarks (docs/benchmarks.md): `make bench` runs the quick subset (~5 min on 2 cores),
 # `make bench-full` the full grid; extra options via BENCH_ARGS, e.g. BENCH_ARGS="--device cuda".
