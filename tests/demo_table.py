@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     if expected == got:
         print(f"demo-check: the README's demo table equals {argv[1]}")
         return 0
-    print("demo-check: the README's demo table differs from what make demo printed", file=sys.stderr)
+    print("demo-check: the README table differs from what make demo printed", file=sys.stderr)
     print("README:\n" + "\n".join(expected) + "\n\nproduced:\n" + "\n".join(got), file=sys.stderr)
     return 1
 
