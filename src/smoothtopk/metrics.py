@@ -16,12 +16,15 @@ outputs a constant scores exactly chance, :math:`k / C`. A row holding any NaN s
 credit 0. :math:`\pm\infty` are ordinary scores (a :math:`-\infty` target ties with the other
 :math:`-\infty` classes).
 
-**Exact counts.** Fully credited rows are counted in int64 (exact); the fractional credits
-:math:`(k - g)/t` of straddling tied groups are added in float64. Without ties — the usual case
-for float32 scores of a trained model — the fractional part is exactly 0 and every result is an
-exact integer ratio; with ``m`` straddling rows the credit is within :math:`m^2 \cdot 2^{-53}`
-of one sample of the exact rational. Counts add up exactly across batches and processes, so
-results are micro (or per-class) averages, never averages of averages.
+**Exact counts.** Credits are rationals with denominators ``t <= C``. The micro counts keep
+them exactly, in int64: the number of fully credited rows and, for each tie size ``t``, the sum
+of the numerators ``k - g`` (a ``(len(k), C)`` table). They add up exactly across batches,
+:meth:`TopkAccuracy.merge` and :meth:`TopkAccuracy.all_reduce`, whatever the split or order,
+and :meth:`TopkAccuracy.compute` returns the correctly rounded exact rational (a constant model
+gives exactly ``k / C``). The per-class (macro) counts keep full credits in int64 and add the
+fractional credits :math:`(k - g)/t` in float64: exact without ties, and within
+:math:`m^2 \cdot 2^{-53}` of a sample of the exact value for a class with ``m`` rows whose tied
+group straddles ``k``. Results are micro (or per-class) averages, never averages of averages.
 
 **Averages.** ``average="micro"`` divides the total credit by the number of counted samples;
 ``average="macro"`` averages the per-class accuracies (credit / support) over the classes that
