@@ -53,10 +53,9 @@ from typing import NamedTuple
 import torch
 
 from ._reduction import num_classes_of, rows
-from ._validation import check_input_target, check_target_range
+from ._validation import check_ignore_index, check_input_target, check_target_range
 
 _AVERAGES = ("micro", "macro")
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _check_ks(k, num_classes: int | None = None) -> tuple[int, ...]:
@@ -79,14 +78,6 @@ def _check_ks(k, num_classes: int | None = None) -> tuple[int, ...]:
                 f"every k must be <= the number of classes ({num_classes}), got k={value}"
             )
     return tuple(int(v) for v in ks)
-
-
-def _check_ignore_index(ignore_index) -> int:
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    if not _INT64[0] <= ignore_index <= _INT64[1]:
-        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
-    return int(ignore_index)
 
 
 def _check_average(average) -> str:
@@ -169,7 +160,7 @@ def topk_counts(
                 [0, 0, 0]])
     """
     ks = _check_ks(k)
-    ignore_index = _check_ignore_index(ignore_index)
+    ignore_index = check_ignore_index(ignore_index)
     check_input_target(input, target)
     if target.device != input.device:
         raise ValueError(f"target is on {target.device} but input is on {input.device}")
@@ -178,7 +169,7 @@ def topk_counts(
     scores, flat_target = rows(input.detach(), target)
     valid = flat_target != ignore_index
     safe_target = torch.where(valid, flat_target, 0)
-    check_target_range(flat_target, num_classes, ignore_index, safe_target)
+    check_target_range(flat_target, num_classes, ignore_index)
     full, numerator, tied = _row_credit(scores, safe_target, torch.tensor(ks, device=scores.device))
     full, numerator = full & valid[:, None], numerator * valid[:, None]
     if per_class:
@@ -299,7 +290,7 @@ class TopkAccuracy:
         self.average = _check_average(average)
         self.num_classes = _check_num_classes(num_classes, self.average)
         self.k = _check_ks(k, self.num_classes)
-        self.ignore_index = _check_ignore_index(ignore_index)
+        self.ignore_index = check_ignore_index(ignore_index)
         self.reset()
 
     def reset(self) -> None:
