@@ -23,8 +23,8 @@ Shape: scores ``(M, n)`` row-major; stats ``(M, 2 + 2k)``; anchors ``(M, k)``.
 import triton
 import triton.language as tl
 
-INF = float("inf")
-BIG = 2**31 - 1
+INF = tl.constexpr(float("inf"))
+BIG = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
@@ -83,40 +83,56 @@ def _absorb(e, u, K: tl.constexpr):
 
 
 @triton.jit
-def _poly_mul(p, q, K: tl.constexpr):
-    """``c_b = sum_{i <= b} p_i q_{b-i}``, b = 0..K (truncated product, non-negative terms)."""
-    out = (p[0] * q[0],)
-    for b in tl.static_range(1, K + 1):
-        acc = p[0] * q[b]
-        for i in tl.static_range(1, b + 1):
-            acc += p[i] * q[b - i]
-        out = out + (acc,)
-    return out
+def _shift_cols(x, by):
+    """``y[l, c] = x[l, c - by]`` for a tile ``(L, W)``; 0 where ``c - by`` is outside."""
+    source = tl.broadcast_to(tl.arange(0, x.shape[1])[None, :], x.shape) - by
+    inside = (source >= 0) & (source < x.shape[1])
+    return tl.where(inside, tl.gather(x, tl.where(inside, source, 0), 1), 0.0)
 
 
 @triton.jit
-def _lane_product(e, K: tl.constexpr, WIDTH: tl.constexpr, LOG: tl.constexpr):
-    """Product over the ``WIDTH = 2^LOG`` lanes of lane polynomials, as a tuple of scalars."""
+def _shift_vec(x, by):
+    """``y[c] = x[c - by]`` for a vector; 0 where ``c - by`` is outside."""
+    return tl.reshape(_shift_cols(x[None, :], by), [x.shape[0]])
+
+
+@triton.jit
+def _tile_mul(p, q, K: tl.constexpr):
+    """Row-wise truncated products ``c[l, b] = sum_{i <= b} p[l, i] q[l, b - i]`` (b <= K)."""
+    cols = tl.arange(0, p.shape[1])[None, :]
+    c = tl.zeros(p.shape, tl.float64)
+    for i in range(K + 1):
+        p_i = tl.sum(tl.where(cols == i, p, 0.0), 1)
+        c += p_i[:, None] * _shift_cols(q, i)
+    return c
+
+
+@triton.jit
+def _lane_product(e, K: tl.constexpr, KP: tl.constexpr, WIDTH: tl.constexpr, LOG: tl.constexpr):
+    """Product of the ``WIDTH = 2^LOG`` lane polynomials (rows of ``e``, ``(WIDTH, KP)``) by a
+    balanced tree: ``(KP,)``, degrees 0..K."""
     for level in tl.static_range(LOG):
-        half: tl.constexpr = WIDTH >> (level + 1)
-        left = ()
-        right = ()
-        for b in tl.static_range(K + 1):
-            lo, hi = tl.split(tl.reshape(e[b], [half, 2]))
-            left = left + (lo,)
-            right = right + (hi,)
-        e = _poly_mul(left, right, K)
-    out = ()
-    for b in tl.static_range(K + 1):
-        out = out + (tl.sum(tl.reshape(e[b], [1]), 0),)
-    return out
+        pairs = tl.permute(tl.reshape(e, [WIDTH >> (level + 1), 2, KP]), (0, 2, 1))
+        left, right = tl.split(pairs)
+        e = _tile_mul(left, right, K)
+    return tl.reshape(e, [KP])
 
 
 @triton.jit
-def _segment_rest(s_row, lo, hi, target, a, scale, K: tl.constexpr, BLOCK: tl.constexpr,
-                  LOG: tl.constexpr):
-    """``e_b(u)`` (b = 0..K) over the classes of ``[lo, hi)`` below ``a``, and the count of
-    non-target classes equal to ``a`` (tied with the anchor; their ``u`` is 1)."""
+def _lanes_as_tile(e, K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
+    """Degree tuple of ``(BLOCK,)`` lanes -> ``(BLOCK, KP)`` tile (zero beyond degree K)."""
+    cols = tl.arange(0, KP)[None, :]
+    tile = tl.zeros([BLOCK, KP], tl.float64)
+    for b in tl.static_range(K + 1):
+        tile = tl.where(cols == b, e[b][:, None], tile)
+    return tile
+
+
+@triton.jit
+def _segment_rest(s_row, lo, hi, target, a, scale, K: tl.constexpr, KP: tl.constexpr,
+                  BLOCK: tl.constexpr, LOG: tl.constexpr):
+    """``e_b(u)`` (``(KP,)``, b = 0..K) over the classes of ``[lo, hi)`` below ``a``, and the
+    count of non-target classes equal to ``a`` (tied with the anchor; their ``u`` is 1)."""
     e = (tl.full([BLOCK], 1.0, tl.float64),)
     for b in tl.static_range(1, K + 1):
         e = e + (tl.zeros([BLOCK], tl.float64),)
@@ -129,29 +145,33 @@ def _segment_rest(s_row, lo, hi, target, a, scale, K: tl.constexpr, BLOCK: tl.co
         u = tl.where((x < a) & other, tl.exp((x - a) * scale), 0.0)
         ties += ((x == a) & other & inside).to(tl.int32)
         e = _absorb(e, u, K)
-    return _lane_product(e, K, BLOCK, LOG), tl.sum(ties, 0)
+    tile = _lanes_as_tile(e, K, KP, BLOCK)
+    return _lane_product(tile, K, KP, BLOCK, LOG), tl.sum(ties, 0)
 
 
 @triton.jit
-def _binomial_ties(e, ties, K: tl.constexpr):
-    """``e (1 + X)^ties``: the rest classes tied with ``a`` (``u = 1``), binomials in float64."""
-    t = ties.to(tl.float64)
-    c = (tl.full([], 1.0, tl.float64),)
-    for b in tl.static_range(1, K + 1):
-        c = c + (c[b - 1] * tl.maximum(t - (b - 1), 0.0) / b,)
-    return _poly_mul(e, c, K)
+def _convolve(p, q, K: tl.constexpr):
+    """``c_b = sum_{i <= b} p_i q_{b-i}`` for vectors ``(KP,)``, b <= K."""
+    return tl.reshape(_tile_mul(p[None, :], q[None, :], K), [p.shape[0]])
+
+
+@triton.jit
+def _binomial_ties(e, ties, K: tl.constexpr, KP: tl.constexpr):
+    """``e (1 + X)^ties``: the rest classes tied with ``a`` (``u = 1``); binomials in float64."""
+    degree = tl.arange(0, KP).to(tl.float64)
+    ratio = tl.where(degree == 0, 1.0, tl.maximum(ties.to(tl.float64) - degree + 1, 0.0) / tl.maximum(degree, 1.0))
+    return _convolve(e, tl.where(degree <= K, tl.cumprod(ratio, 0), 0.0), K)
 
 
 @triton.jit
 def _anchor_polynomials(w, K: tl.constexpr, KP: tl.constexpr):
-    """Lane ``i < K``: ``sigma(w without w_i)``; lane ``K``: ``sigma(w)`` (degree tuples)."""
+    """``(KP, KP)`` tile: row ``i < K`` is ``sigma(w without w_i)``, row ``K`` is ``sigma(w)``
+    (products of ``(1 + w_j X)``, non-negative terms)."""
     lanes = tl.arange(0, KP)
-    poly = (tl.full([KP], 1.0, tl.float64),)
-    for b in tl.static_range(1, K + 1):
-        poly = poly + (tl.zeros([KP], tl.float64),)
-    for j in tl.static_range(K):
+    poly = tl.where(lanes[None, :] == 0, 1.0, tl.zeros([KP, KP], tl.float64))
+    for j in range(K):
         wj = tl.sum(tl.where(lanes == j, w, 0.0), 0)
-        poly = _absorb(poly, tl.where(lanes != j, wj, 0.0), K)
+        poly += tl.where(lanes != j, wj, 0.0)[:, None] * _shift_cols(poly, 1)
     return poly
 
 
@@ -172,16 +192,17 @@ def _softplus_parts(zp, tau):
 
 
 @triton.jit
-def _rest_coefficients(sigma, e, total_a, total_b, stats, K: tl.constexpr):
-    """Store ``D_m = sum_b sigma_b e_{b-1-m} / A - sum_b sigma_b e_{b-2-m} / B``, m < K."""
-    for m in tl.static_range(K):
-        from_a = sigma[m + 1] * e[0]
-        for b in tl.static_range(m + 2, K + 1):
-            from_a += sigma[b] * e[b - 1 - m]
-        from_b = from_a * 0.0
-        for b in tl.static_range(m + 2, K + 1):
-            from_b += sigma[b] * e[b - 2 - m]
-        tl.store(stats + 2 + m, from_a / total_a - from_b / total_b)
+def _rest_coefficients(sigma, e, total_a, total_b, KP: tl.constexpr):
+    """``D_m = sum_b sigma_b e_{b-1-m} / A - sum_b sigma_b e_{b-2-m} / B``, ``(KP,)`` over m."""
+    m = tl.arange(0, KP)[:, None]
+    b = tl.arange(0, KP)[None, :]
+    tile = tl.broadcast_to(e[None, :], [KP, KP])
+    index_a = b - 1 - m
+    from_a = tl.gather(tile, tl.maximum(index_a, 0), 1)
+    from_b = tl.gather(tile, tl.maximum(index_a - 1, 0), 1)
+    from_a = tl.sum(tl.where(index_a >= 0, sigma[None, :] * from_a, 0.0), 1)
+    from_b = tl.sum(tl.where(index_a >= 1, sigma[None, :] * from_b, 0.0), 1)
+    return from_a / total_a - from_b / total_b
 
 
 @triton.jit
@@ -192,25 +213,18 @@ def _finish(e, ties, buf, ids, bad, s_row, target, keep, weight, row, tau, alpha
     active = lanes < K
     a32 = tl.min(buf, 0)
     a = a32.to(tl.float64)
-    e = _binomial_ties(e, ties - tl.sum((active & (buf == a32)).to(tl.int32), 0), K)
+    e = _binomial_ties(e, ties - tl.sum((active & (buf == a32)).to(tl.int32), 0), K, KP)
     top = buf.to(tl.float64)
     w = tl.where(active, tl.where(top == a, 1.0, tl.exp((a - top) * scale)), 0.0)
     poly = _anchor_polynomials(w, K, KP)
-    sigma = ()
-    for b in tl.static_range(K + 1):
-        sigma = sigma + (tl.sum(tl.where(lanes == K, poly[b], 0.0), 0),)
-    total_a = sigma[0] * e[0]
-    total_b = sigma[1] * e[0]
-    incl_a = poly[0] * e[1]
-    incl_b = poly[0] * e[0]
-    for b in tl.static_range(1, K + 1):
-        total_a += sigma[b] * e[b]
-        if b < K:
-            total_b += sigma[b + 1] * e[b]
-            incl_a += poly[b] * e[b + 1]
-            incl_b += poly[b] * e[b]
+    sigma = tl.sum(tl.where(lanes[:, None] == K, poly, 0.0), 0)
+    e_up = _shift_vec(e, 1)  # B's e_{b-1}
+    total_a = tl.sum(sigma * e, 0)
+    total_b = tl.sum(sigma * e_up, 0)
+    incl_a = tl.sum(poly * _shift_vec(e, -1)[None, :], 1)
+    incl_b = tl.sum(poly * e[None, :], 1)
     stats = stats_ptr + row * (2 + 2 * K)
-    _rest_coefficients(sigma, e, total_a, total_b, stats, K)
+    tl.store(stats + 2 + lanes, _rest_coefficients(sigma, e, total_a, total_b, KP), mask=active)
     gradient = w * (incl_b / total_b - incl_a / total_a)
     tl.store(stats + 2 + K + lanes, gradient, mask=active)
     tl.store(anchor_ptr + row * K + lanes, ids.to(tl.int64), mask=active)
@@ -250,7 +264,7 @@ def forward_row_kernel(s_ptr, target_ptr, weight_ptr, loss_ptr, weight_out, stat
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
-    e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, BLOCK, LOG)
+    e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, KP, BLOCK, LOG)
     _finish(e, ties, buf, ids, bad, s_row, target, keep, weight, row, tau, alpha, scale,
             loss_ptr, weight_out, stats_ptr, anchor_ptr, K, KP)
 
@@ -301,10 +315,9 @@ def rest_segment_kernel(s_ptr, target_ptr, top_val, poly_ptr, ties_ptr, n, seg, 
     target = tl.load(target_ptr + row).to(tl.int32)
     a = tl.min(tl.load(top_val + row * KP + tl.arange(0, KP)), 0).to(tl.float64)
     lo = part * seg
-    e, ties = _segment_rest(s_row, lo, tl.minimum(lo + seg, n), target, a, scale, K, BLOCK, LOG)
-    base = (row * splits + part) * (K + 1)
-    for b in tl.static_range(K + 1):
-        tl.store(poly_ptr + base + b, e[b])
+    hi = tl.minimum(lo + seg, n)
+    e, ties = _segment_rest(s_row, lo, hi, target, a, scale, K, KP, BLOCK, LOG)
+    tl.store(poly_ptr + (row * splits + part) * KP + tl.arange(0, KP), e)
     tl.store(ties_ptr + row * splits + part, ties)
 
 
@@ -321,11 +334,9 @@ def finish_kernel(s_ptr, target_ptr, weight_ptr, top_val, top_idx, top_bad, poly
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
     parts = tl.arange(0, SP)
     inside = parts < splits
-    base = (row * splits + parts) * (K + 1)
-    e = (tl.full([SP], 1.0, tl.float64),)
-    for b in tl.static_range(1, K + 1):
-        e = e + (tl.load(poly_ptr + base + b, mask=inside, other=0.0),)
-    e = _lane_product(e, K, SP, LOG)
+    cols = tl.arange(0, KP)[None, :]
+    e = tl.load(poly_ptr + (row * splits + parts)[:, None] * KP + cols, mask=inside[:, None])
+    e = _lane_product(tl.where(inside[:, None], e, cols == 0), K, KP, SP, LOG)
     ties = tl.sum(tl.load(ties_ptr + row * splits + parts, mask=inside, other=0), 0)
     slots = tl.arange(0, KP)
     buf = tl.load(top_val + row * KP + slots)

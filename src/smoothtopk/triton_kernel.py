@@ -160,7 +160,7 @@ def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits,
         cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, splits, K=k, KP=kp,
         CANDIDATES=_pow2(splits * kp),
     )
-    poly = torch.empty(rows, splits, k + 1, dtype=torch.float64, **options)
+    poly = torch.empty(rows, splits, kp, dtype=torch.float64, **options)
     ties = torch.empty(rows, splits, dtype=torch.int32, **options)
     kern.rest_segment_kernel[(rows, splits)](
         scores, target, top_val, poly, ties, classes, seg, splits, common["scale"], K=k, KP=kp,
