@@ -30,7 +30,7 @@ BIG = tl.constexpr(2**31 - 1)
 @triton.jit
 def _f64(value):
     """A scalar argument (Python float in the interpreter, fp64 when compiled) as fp64."""
-    return tl.zeros([1], tl.float64).sum(0) + value
+    return tl.sum(tl.zeros([1], tl.float64), 0) + value
 
 
 @triton.jit
@@ -368,10 +368,10 @@ def _write_fixed(grad_row, stats, anchor_ptr, target_ptr, row, factor, ignore_in
     index = tl.load(anchor_ptr + row * K + slots, mask=active, other=-1)
     anchor = tl.load(stats + 2 + K + slots, mask=active, other=0.0)
     value = tl.where(factor == 0.0, 0.0, factor * anchor)
-    tl.store(grad_row + index, value.to(grad_row.dtype.element_ty), mask=active & (index >= 0))
+    tl.store(grad_row + index, value.to(tl.float32).to(grad_row.dtype.element_ty), mask=active & (index >= 0))
     target = tl.load(target_ptr + row)
     value = tl.where(factor == 0.0, 0.0, -factor)
-    tl.store(grad_row + target, value.to(grad_row.dtype.element_ty), mask=target != ignore_index)
+    tl.store(grad_row + target, value.to(tl.float32).to(grad_row.dtype.element_ty), mask=target != ignore_index)
 
 
 @triton.jit
@@ -397,7 +397,7 @@ def backward_kernel(grad_ptr, total_ptr, s_ptr, target_ptr, stats_ptr, anchor_pt
         for m in tl.static_range(K - 2, -1, -1):
             h = tl.load(stats + 2 + m) - u * h
         value = tl.where(factor == 0.0, 0.0, factor * u * h)
-        tl.store(g_row + offs, value.to(g_row.dtype.element_ty), mask=offs < hi)
+        tl.store(g_row + offs, value.to(tl.float32).to(g_row.dtype.element_ty), mask=offs < hi)
     if FIX:
         tl.debug_barrier()
         _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, K, KP)

@@ -25,9 +25,7 @@ import importlib.util
 import math
 import os
 import sys
-import threading
 from functools import lru_cache
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -37,9 +35,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_K = 32
 MAX_LOG_TERM = 700.0  # k log(2n) bound: no float64 sum of products of numbers <= 1 overflows
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
-_SOURCE = Path(__file__).with_name("_triton_kernels.py")
-_lock = threading.Lock()
-_modules: dict = {}
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +43,13 @@ def _triton_installed() -> bool:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """``TRITON_INTERPRET=1``, read when Triton is first imported (in practice at process start:
+    ``torch._dynamo`` imports Triton): its own jit functions (``tl.sum``, ...) are then
+    interpreted, and kernels run on CPU tensors."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return False
+    language = sys.modules.get("triton.language")
+    return language is None or type(language.sum).__name__ == "InterpretedFunction"
 
 
 def unavailable(scores: torch.Tensor, k: int) -> Optional[str]:
@@ -60,35 +61,22 @@ def unavailable(scores: torch.Tensor, k: int) -> Optional[str]:
     classes = scores.shape[-1]
     if classes >= 2**31 or k * math.log(2.0 * classes) > MAX_LOG_TERM:
         return f"the Triton kernel's float64 sums could overflow at n={classes}, k={k}"
-    if scores.device.type == "cpu" and not _interpreting():
-        return "CPU tensors run the Triton kernel only with TRITON_INTERPRET=1"
-    if scores.device.type not in ("cpu", "cuda"):
-        return f"the Triton kernel runs on CUDA devices, not {scores.device.type}"
     if not _triton_installed():
         return "triton is not installed"
+    if scores.device.type == "cpu":
+        if _interpreting():
+            return None
+        return "CPU tensors run the Triton kernel only with TRITON_INTERPRET=1 set at start-up"
+    if scores.device.type != "cuda":
+        return f"the Triton kernel runs on CUDA devices, not {scores.device.type}"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "TRITON_INTERPRET=1: Triton interprets kernels (CPU tensors only)"
     return None
 
 
-def _kernels(interpret: bool):
-    """The kernel module, compiled (CUDA) or a second copy in interpreter mode (CPU tensors):
-    ``triton.jit`` reads ``TRITON_INTERPRET`` when the kernels are defined."""
-    with _lock:
-        if interpret not in _modules:
-            name = "smoothtopk._triton_kernels" + ("_interpreted" if interpret else "")
-            spec = importlib.util.spec_from_file_location(name, _SOURCE)
-            module = importlib.util.module_from_spec(spec)
-            saved = os.environ.get("TRITON_INTERPRET")
-            os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-            try:
-                sys.modules[name] = module
-                spec.loader.exec_module(module)
-            finally:
-                if saved is None:
-                    del os.environ["TRITON_INTERPRET"]
-                else:
-                    os.environ["TRITON_INTERPRET"] = saved
-            _modules[interpret] = module
-        return _modules[interpret]
+def _kernels():
+    """The module of ``triton.jit`` kernels, imported on first use."""
+    return importlib.import_module("smoothtopk._triton_kernels")
 
 
 def _pow2(x: int) -> int:
@@ -133,7 +121,7 @@ def _scalars(k: int, tau: float, alpha: float) -> dict:
 def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits, outputs):
     """Fill ``outputs = (row losses, row weights, stats, anchors)`` (float64, int64)."""
     rows, classes = scores.shape
-    kern = _kernels(scores.device.type == "cpu")
+    kern = _kernels()
     block, kp = block_size(classes, k), _padded_k(k)
     seg, splits = _segment(classes, block, max(1, splits))
     has_weight = weight is not None
@@ -245,7 +233,7 @@ def triton_backward(
     rows, classes = scores.shape
     if rows == 0:
         return grad
-    kern = _kernels(scores.device.type == "cpu")
+    kern = _kernels()
     block, kp = block_size(classes, k), _padded_k(k)
     seg, splits = _segment(classes, block, max(1, splits))
     grad_out = grad_out.contiguous()
