@@ -30,8 +30,18 @@ LOSS_BOUND, GRAD_BOUND = 1e-5, 1e-4  # float32 targets of docs/exactness.md
 triton = pytest.importorskip("triton")
 
 
-def run(scores, target, k, tau=1.0, alpha=1.0, weight=None, ignore_index=-100,
-        reduction="none", splits=1, grad_out=None):
+def run(
+    scores,
+    target,
+    k,
+    tau=1.0,
+    alpha=1.0,
+    weight=None,
+    ignore_index=-100,
+    reduction="none",
+    splits=1,
+    grad_out=None,
+):
     """``(out, dOut/dscores)`` through the two operators (``grad_out`` defaults to ones)."""
     out, stats, anchors, total = triton_kernel.triton_forward(
         scores, target, weight, ignore_index, k, tau, alpha, reduction, splits
@@ -49,8 +59,16 @@ def assert_exact(scores, target, k, tau, alpha, splits=1, device="cpu"):
     ref_loss, ref_grad = log_space_loss_and_grad(scores.double(), target, k, tau, alpha)
     out, grad = run(scores.to(device), target.to(device), k, tau, alpha, splits=splits)
     loss_error, grad_error, non_finite = _errors(
-        scores.double(), target, k, tau, alpha, torch.float32, out.double().cpu(),
-        grad.double().cpu(), ref_loss, ref_grad,
+        scores.double(),
+        target,
+        k,
+        tau,
+        alpha,
+        torch.float32,
+        out.double().cpu(),
+        grad.double().cpu(),
+        ref_loss,
+        ref_grad,
     )
     assert non_finite == 0
     assert loss_error <= LOSS_BOUND, (k, tau, alpha, loss_error)
@@ -83,7 +101,10 @@ def test_every_k(k):
 # (n, k, tau, alpha): every tau and alpha of the grid, each on the grid's 40 rows
 # (structures x scales x {random target, target on top}).
 GRID_CELLS = [
-    (6, 2, 1e-3, 1.0), (9, 3, 1e-2, 0.0), (20, 5, 0.1, 1.0), (40, 10, 1.0, 0.0),
+    (6, 2, 1e-3, 1.0),
+    (9, 3, 1e-2, 0.0),
+    (20, 5, 0.1, 1.0),
+    (40, 10, 1.0, 0.0),
     (100, 1, 10.0, 1.0),
 ]
 
@@ -134,8 +155,11 @@ def test_semantics_of_the_contract():
     scores = torch.tensor([[0.0, -inf, -inf]])
     out, grad = run(scores, torch.tensor([0]), 1, tau=1.0, alpha=0.0)
     assert out.item() == F.cross_entropy(scores, torch.tensor([0])).item() == 0.0
-    out, grad = run(torch.tensor([[1.0, nan, 0.0], [1.0, inf, 0.0], [1.0, 2.0, 0.0]]),
-                    torch.tensor([0, 0, 0]), 1)
+    out, grad = run(
+        torch.tensor([[1.0, nan, 0.0], [1.0, inf, 0.0], [1.0, 2.0, 0.0]]),
+        torch.tensor([0, 0, 0]),
+        1,
+    )
     assert out[:2].isnan().all() and grad[:2].isnan().all() and out[2].isfinite()
     out, _ = run(torch.tensor([[1077.4, 1e30, -645.2]]), torch.tensor([2]), 2, 1e-30, 0.5)
     assert out.item() == pytest.approx((0.5 + (1077.4 + 645.2) / 2), rel=1e-6)
@@ -171,8 +195,17 @@ def test_weight_ignore_index_reduction(reduction, monkeypatch):
         leaf = scores.clone().requires_grad_(True)
         expected = smooth_topk_svm_loss(leaf, target, reduction=reduction, **kwargs)
         (expected_grad,) = torch.autograd.grad(expected, leaf, grad_out.double())
-        out, grad = run(scores.float(), target, 4, 0.7, 0.5, weight.float(), ignore,
-                        reduction, grad_out=grad_out)
+        out, grad = run(
+            scores.float(),
+            target,
+            4,
+            0.7,
+            0.5,
+            weight.float(),
+            ignore,
+            reduction,
+            grad_out=grad_out,
+        )
         assert torch.allclose(out.double(), expected, rtol=1e-6, atol=1e-7)
         assert torch.allclose(grad.double(), expected_grad, rtol=1e-5, atol=1e-7)
 
@@ -214,23 +247,40 @@ def _resources(compiled) -> tuple[int, int]:
         handle.write(compiled.asm["cubin"])
         handle.flush()
         tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        text = subprocess.run([str(tool), "--dump-resource-usage", handle.name],
-                              capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            [str(tool), "--dump-resource-usage", handle.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     fields = dict(item.split(":") for item in text.split() if ":" in item and item[0].isupper())
     return int(fields["REG"]), int(fields["STACK"]) + int(fields["LOCAL"])
 
 
 SIGNATURE = dict(
-    s_ptr="*fp32", target_ptr="*i64", weight_ptr="*fp32", loss_ptr="*fp64", weight_out="*fp64",
-    stats_ptr="*fp64", anchor_ptr="*i64", n="i32", ignore_index="i32", tau="fp64",
-    alpha="fp64", scale="fp64", grad_ptr="*fp32", total_ptr="*fp64", out_ptr="*fp32",
+    s_ptr="*fp32",
+    target_ptr="*i64",
+    weight_ptr="*fp32",
+    loss_ptr="*fp64",
+    weight_out="*fp64",
+    stats_ptr="*fp64",
+    anchor_ptr="*i64",
+    n="i32",
+    ignore_index="i32",
+    tau="fp64",
+    alpha="fp64",
+    scale="fp64",
+    grad_ptr="*fp32",
+    total_ptr="*fp64",
+    out_ptr="*fp32",
     seg="i32",
 )
 
 
 @pytest.mark.skipif(INTERPRETING, reason="compiles")
-@pytest.mark.parametrize("name,k", [("forward_row_kernel", 5), ("backward_kernel", 5),
-                                    ("backward_kernel", 32)])
+@pytest.mark.parametrize(
+    "name,k", [("forward_row_kernel", 5), ("backward_kernel", 5), ("backward_kernel", 32)]
+)
 def test_compiles_for_sm90(name, k):
     from triton.backends.compiler import GPUTarget
 
@@ -238,7 +288,8 @@ def test_compiles_for_sm90(name, k):
     block = triton_kernel.block_size(10**6, k)
     constexprs = dict(K=k, KP=triton_kernel._padded_k(k), BLOCK=block)
     constexprs.update(
-        dict(HAS_WEIGHT=True, LOG=block.bit_length() - 1) if name.startswith("forward")
+        dict(HAS_WEIGHT=True, LOG=block.bit_length() - 1)
+        if name.startswith("forward")
         else dict(REDUCTION=2, FIX=True)
     )
     signature = {a: SIGNATURE.get(a, "constexpr") for a in kern.arg_names}
@@ -298,8 +349,9 @@ def test_cuda_compile_and_graph_capture():
 
     def step(scores, target):
         out, saved = triton_kernel.forward(scores, target, None, -100, 5, 1.0, 1.0, "mean")
-        grad = triton_kernel.backward(torch.ones_like(out), scores, target, None, -100, saved,
-                                      5, 1.0, 1.0, "mean")
+        grad = triton_kernel.backward(
+            torch.ones_like(out), scores, target, None, -100, saved, 5, 1.0, 1.0, "mean"
+        )
         return out, grad
 
     eager = step(scores, target)

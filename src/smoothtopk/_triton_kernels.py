@@ -1,4 +1,4 @@
-r"""Triton kernels of the smooth top-k SVM loss (imported lazily by :mod:`smoothtopk.triton_kernel`).
+r"""Triton kernels of the smooth top-k SVM loss (imported on first use by ``triton_kernel``).
 
 Per row (scores ``s``, target ``y``, ``scale = 1/(k tau)``), with ``T`` the k largest non-target
 scores, ``a`` their smallest, ``w_i = e^{(a - s_i) scale} <= 1`` on ``T`` and
@@ -129,12 +129,22 @@ def _lanes_as_tile(e, K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _segment_rest(s_row, lo, hi, target, a, scale, K: tl.constexpr, KP: tl.constexpr,
-                  BLOCK: tl.constexpr, LOG: tl.constexpr):
+def _segment_rest(
+    s_row,
+    lo,
+    hi,
+    target,
+    a,
+    scale,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LOG: tl.constexpr,
+):
     """``e_b(u)`` (``(KP,)``, b = 0..K) over the classes of ``[lo, hi)`` below ``a``, and the
     count of non-target classes equal to ``a`` (tied with the anchor; their ``u`` is 1)."""
     e = (tl.full([BLOCK], 1.0, tl.float64),)
-    for b in tl.static_range(1, K + 1):
+    for _ in tl.static_range(1, K + 1):
         e = e + (tl.zeros([BLOCK], tl.float64),)
     ties = tl.zeros([BLOCK], tl.int32)
     for start in range(lo, hi, BLOCK):
@@ -159,7 +169,8 @@ def _convolve(p, q, K: tl.constexpr):
 def _binomial_ties(e, ties, K: tl.constexpr, KP: tl.constexpr):
     """``e (1 + X)^ties``: the rest classes tied with ``a`` (``u = 1``); binomials in float64."""
     degree = tl.arange(0, KP).to(tl.float64)
-    ratio = tl.where(degree == 0, 1.0, tl.maximum(ties.to(tl.float64) - degree + 1, 0.0) / tl.maximum(degree, 1.0))
+    above = tl.maximum(ties.to(tl.float64) - degree + 1, 0.0)
+    ratio = tl.where(degree == 0, 1.0, above / tl.maximum(degree, 1.0))
     return _convolve(e, tl.where(degree <= K, tl.cumprod(ratio, 0), 0.0), K)
 
 
@@ -206,8 +217,27 @@ def _rest_coefficients(sigma, e, total_a, total_b, KP: tl.constexpr):
 
 
 @triton.jit
-def _finish(e, ties, buf, ids, bad, s_row, target, keep, weight, row, tau, alpha, scale,
-            loss_ptr, weight_out, stats_ptr, anchor_ptr, K: tl.constexpr, KP: tl.constexpr):
+def _finish(
+    e,
+    ties,
+    buf,
+    ids,
+    bad,
+    s_row,
+    target,
+    keep,
+    weight,
+    row,
+    tau,
+    alpha,
+    scale,
+    loss_ptr,
+    weight_out,
+    stats_ptr,
+    anchor_ptr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+):
     """Anchors, ``A``, ``B``, loss and gradient factors of one row (float64, ``O(k^2)``)."""
     lanes = tl.arange(0, KP)
     active = lanes < K
@@ -253,10 +283,25 @@ def _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT: tl.conste
 
 
 @triton.jit
-def forward_row_kernel(s_ptr, target_ptr, weight_ptr, loss_ptr, weight_out, stats_ptr,
-                       anchor_ptr, n, ignore_index, tau: tl.float64, alpha: tl.float64,
-                       scale: tl.float64, HAS_WEIGHT: tl.constexpr, K: tl.constexpr,
-                       KP: tl.constexpr, BLOCK: tl.constexpr, LOG: tl.constexpr):
+def forward_row_kernel(
+    s_ptr,
+    target_ptr,
+    weight_ptr,
+    loss_ptr,
+    weight_out,
+    stats_ptr,
+    anchor_ptr,
+    n,
+    ignore_index,
+    tau: tl.float64,
+    alpha: tl.float64,
+    scale: tl.float64,
+    HAS_WEIGHT: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LOG: tl.constexpr,
+):
     """One program per row: top-k pass, rest pass, finish. Grid ``(M,)``."""
     row = tl.program_id(0)
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
@@ -265,13 +310,43 @@ def forward_row_kernel(s_ptr, target_ptr, weight_ptr, loss_ptr, weight_out, stat
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
     e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, KP, BLOCK, LOG)
-    _finish(e, ties, buf, ids, bad, s_row, target, keep, weight, row, tau, alpha, scale,
-            loss_ptr, weight_out, stats_ptr, anchor_ptr, K, KP)
+    _finish(
+        e,
+        ties,
+        buf,
+        ids,
+        bad,
+        s_row,
+        target,
+        keep,
+        weight,
+        row,
+        tau,
+        alpha,
+        scale,
+        loss_ptr,
+        weight_out,
+        stats_ptr,
+        anchor_ptr,
+        K,
+        KP,
+    )
 
 
 @triton.jit
-def top_segment_kernel(s_ptr, target_ptr, cand_val, cand_idx, cand_bad, n, seg, splits,
-                       K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
+def top_segment_kernel(
+    s_ptr,
+    target_ptr,
+    cand_val,
+    cand_idx,
+    cand_bad,
+    n,
+    seg,
+    splits,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Split rows, step 1: top-k of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0), tl.program_id(1)
     s_row = s_ptr + row.to(tl.int64) * n
@@ -286,8 +361,18 @@ def top_segment_kernel(s_ptr, target_ptr, cand_val, cand_idx, cand_bad, n, seg, 
 
 
 @triton.jit
-def select_kernel(cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, splits,
-                  K: tl.constexpr, KP: tl.constexpr, CANDIDATES: tl.constexpr):
+def select_kernel(
+    cand_val,
+    cand_idx,
+    cand_bad,
+    top_val,
+    top_idx,
+    top_bad,
+    splits,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+):
     """Split rows, step 2: the row's top-k among the segments' candidates. Grid ``(M,)``."""
     row = tl.program_id(0)
     offs = tl.arange(0, CANDIDATES)
@@ -305,9 +390,21 @@ def select_kernel(cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, split
 
 
 @triton.jit
-def rest_segment_kernel(s_ptr, target_ptr, top_val, poly_ptr, ties_ptr, n, seg, splits,
-                        scale: tl.float64, K: tl.constexpr, KP: tl.constexpr,
-                        BLOCK: tl.constexpr, LOG: tl.constexpr):
+def rest_segment_kernel(
+    s_ptr,
+    target_ptr,
+    top_val,
+    poly_ptr,
+    ties_ptr,
+    n,
+    seg,
+    splits,
+    scale: tl.float64,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LOG: tl.constexpr,
+):
     """Split rows, step 3: ``e_b(u)`` of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0), tl.program_id(1)
     scale = _f64(scale)
@@ -322,11 +419,31 @@ def rest_segment_kernel(s_ptr, target_ptr, top_val, poly_ptr, ties_ptr, n, seg, 
 
 
 @triton.jit
-def finish_kernel(s_ptr, target_ptr, weight_ptr, top_val, top_idx, top_bad, poly_ptr, ties_ptr,
-                  loss_ptr, weight_out, stats_ptr, anchor_ptr, n, splits, ignore_index,
-                  tau: tl.float64, alpha: tl.float64, scale: tl.float64,
-                  HAS_WEIGHT: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
-                  SP: tl.constexpr, LOG: tl.constexpr):
+def finish_kernel(
+    s_ptr,
+    target_ptr,
+    weight_ptr,
+    top_val,
+    top_idx,
+    top_bad,
+    poly_ptr,
+    ties_ptr,
+    loss_ptr,
+    weight_out,
+    stats_ptr,
+    anchor_ptr,
+    n,
+    splits,
+    ignore_index,
+    tau: tl.float64,
+    alpha: tl.float64,
+    scale: tl.float64,
+    HAS_WEIGHT: tl.constexpr,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    SP: tl.constexpr,
+    LOG: tl.constexpr,
+):
     """Split rows, step 4: product of the segments' polynomials, then finish. Grid ``(M,)``."""
     row = tl.program_id(0)
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
@@ -342,8 +459,27 @@ def finish_kernel(s_ptr, target_ptr, weight_ptr, top_val, top_idx, top_bad, poly
     buf = tl.load(top_val + row * KP + slots)
     ids = tl.load(top_idx + row * KP + slots)
     bad = tl.load(top_bad + row)
-    _finish(e, ties, buf, ids, bad, s_row, target, keep, weight, row, tau, alpha, scale,
-            loss_ptr, weight_out, stats_ptr, anchor_ptr, K, KP)
+    _finish(
+        e,
+        ties,
+        buf,
+        ids,
+        bad,
+        s_row,
+        target,
+        keep,
+        weight,
+        row,
+        tau,
+        alpha,
+        scale,
+        loss_ptr,
+        weight_out,
+        stats_ptr,
+        anchor_ptr,
+        K,
+        KP,
+    )
 
 
 @triton.jit
@@ -360,24 +496,49 @@ def _row_factor(grad_ptr, total_ptr, stats, row, REDUCTION: tl.constexpr):
 
 
 @triton.jit
-def _write_fixed(grad_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index,
-                 K: tl.constexpr, KP: tl.constexpr):
+def _write_fixed(
+    grad_row,
+    stats,
+    anchor_ptr,
+    target_ptr,
+    row,
+    factor,
+    ignore_index,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+):
     """The anchors' and the target's gradient entries (after the rest's)."""
     slots = tl.arange(0, KP)
     active = slots < K
     index = tl.load(anchor_ptr + row * K + slots, mask=active, other=-1)
     anchor = tl.load(stats + 2 + K + slots, mask=active, other=0.0)
-    value = tl.where(factor == 0.0, 0.0, factor * anchor)
-    tl.store(grad_row + index, value.to(tl.float32).to(grad_row.dtype.element_ty), mask=active & (index >= 0))
+    dtype = grad_row.dtype.element_ty
+    value = tl.where(factor == 0.0, 0.0, factor * anchor).to(tl.float32).to(dtype)
+    tl.store(grad_row + index, value, mask=active & (index >= 0))
     target = tl.load(target_ptr + row)
-    value = tl.where(factor == 0.0, 0.0, -factor)
-    tl.store(grad_row + target, value.to(tl.float32).to(grad_row.dtype.element_ty), mask=target != ignore_index)
+    value = tl.where(factor == 0.0, 0.0, -factor).to(tl.float32).to(dtype)
+    tl.store(grad_row + target, value, mask=target != ignore_index)
 
 
 @triton.jit
-def backward_kernel(grad_ptr, total_ptr, s_ptr, target_ptr, stats_ptr, anchor_ptr, out_ptr, n,
-                    seg, ignore_index, scale: tl.float64, K: tl.constexpr, KP: tl.constexpr,
-                    BLOCK: tl.constexpr, REDUCTION: tl.constexpr, FIX: tl.constexpr):
+def backward_kernel(
+    grad_ptr,
+    total_ptr,
+    s_ptr,
+    target_ptr,
+    stats_ptr,
+    anchor_ptr,
+    out_ptr,
+    n,
+    seg,
+    ignore_index,
+    scale: tl.float64,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    REDUCTION: tl.constexpr,
+    FIX: tl.constexpr,
+):
     """``dL/ds_j = factor u_j sum_m (-u_j)^m D_m`` (Horner, float64). Grid ``(M, splits)``;
     ``FIX`` (one split) also writes the anchors and the target."""
     row, part = tl.program_id(0), tl.program_id(1)
@@ -404,8 +565,19 @@ def backward_kernel(grad_ptr, total_ptr, s_ptr, target_ptr, stats_ptr, anchor_pt
 
 
 @triton.jit
-def fix_kernel(grad_ptr, total_ptr, target_ptr, stats_ptr, anchor_ptr, out_ptr, n, ignore_index,
-               K: tl.constexpr, KP: tl.constexpr, REDUCTION: tl.constexpr):
+def fix_kernel(
+    grad_ptr,
+    total_ptr,
+    target_ptr,
+    stats_ptr,
+    anchor_ptr,
+    out_ptr,
+    n,
+    ignore_index,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    REDUCTION: tl.constexpr,
+):
     """Split rows: the anchors' and the target's entries, after ``backward_kernel``."""
     row = tl.program_id(0)
     stats = stats_ptr + row * (2 + 2 * K)

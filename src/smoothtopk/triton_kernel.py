@@ -1,4 +1,4 @@
-r"""The Triton backend of the smooth top-k SVM loss (CUDA tensors; CPU tensors in Triton's interpreter).
+r"""The Triton backend of the smooth top-k SVM loss (CUDA; CPU tensors in Triton's interpreter).
 
 Same algorithm as the fused CPU kernel (``docs/algorithm.md``), float64 inside: per row the k
 largest non-target scores ``T`` (anchor ``a`` their smallest), ``u_j = e^{(s_j - a)/(k tau)}``
@@ -25,8 +25,7 @@ import importlib.util
 import math
 import os
 import sys
-from functools import lru_cache
-from typing import Optional
+from functools import cache, lru_cache
 
 import torch
 
@@ -52,7 +51,7 @@ def _interpreting() -> bool:
     return language is None or type(language.sum).__name__ == "InterpretedFunction"
 
 
-def unavailable(scores: torch.Tensor, k: int) -> Optional[str]:
+def unavailable(scores: torch.Tensor, k: int) -> str | None:
     """None if this backend computes ``scores`` (``(M, n)``) with this ``k``, else why not."""
     if scores.dtype not in DTYPES:
         return f"the Triton kernel takes float32, float16 or bfloat16 scores, not {scores.dtype}"
@@ -79,6 +78,10 @@ def _kernels():
     return importlib.import_module("smoothtopk._triton_kernels")
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(a // -b)
+
+
 def _pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
@@ -94,7 +97,7 @@ def block_size(classes: int, k: int) -> int:
     return min(block, max(16, _pow2(classes)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _processors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -104,14 +107,14 @@ def plan_splits(scores: torch.Tensor, k: int) -> int:
     rows, classes = scores.shape
     if scores.device.type != "cuda" or rows == 0:
         return 1
-    wanted = -(-2 * _processors(scores.device.index or 0) // rows)
+    wanted = _cdiv(2 * _processors(scores.device.index or 0), rows)
     return max(1, min(wanted, classes // (4 * block_size(classes, k)), 256))
 
 
 def _segment(classes: int, block: int, splits: int) -> tuple[int, int]:
     """``(segment length, splits)``: whole chunks per segment, no empty segment."""
-    seg = -(-(-(-classes // splits)) // block) * block
-    return seg, -(-classes // seg)
+    seg = _cdiv(_cdiv(classes, splits), block) * block
+    return seg, _cdiv(classes, seg)
 
 
 def _scalars(k: int, tau: float, alpha: float) -> dict:
@@ -130,7 +133,14 @@ def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits,
     log = block.bit_length() - 1
     if splits == 1:
         kern.forward_row_kernel[(rows,)](
-            scores, target, weight, *outputs, classes, ignore_index, BLOCK=block, LOG=log,
+            scores,
+            target,
+            weight,
+            *outputs,
+            classes,
+            ignore_index,
+            BLOCK=block,
+            LOG=log,
             **common,
         )
         return
@@ -145,18 +155,50 @@ def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits,
     top_idx = torch.empty(rows, kp, dtype=torch.int32, **options)
     top_bad = torch.empty(rows, dtype=torch.int32, **options)
     kern.select_kernel[(rows,)](
-        cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, splits, K=k, KP=kp,
+        cand_val,
+        cand_idx,
+        cand_bad,
+        top_val,
+        top_idx,
+        top_bad,
+        splits,
+        K=k,
+        KP=kp,
         CANDIDATES=_pow2(splits * kp),
     )
     poly = torch.empty(rows, splits, kp, dtype=torch.float64, **options)
     ties = torch.empty(rows, splits, dtype=torch.int32, **options)
     kern.rest_segment_kernel[(rows, splits)](
-        scores, target, top_val, poly, ties, classes, seg, splits, common["scale"], K=k, KP=kp,
-        BLOCK=block, LOG=log,
+        scores,
+        target,
+        top_val,
+        poly,
+        ties,
+        classes,
+        seg,
+        splits,
+        common["scale"],
+        K=k,
+        KP=kp,
+        BLOCK=block,
+        LOG=log,
     )
     kern.finish_kernel[(rows,)](
-        scores, target, weight, top_val, top_idx, top_bad, poly, ties, *outputs, classes,
-        splits, ignore_index, SP=_pow2(splits), LOG=_pow2(splits).bit_length() - 1, **common,
+        scores,
+        target,
+        weight,
+        top_val,
+        top_idx,
+        top_bad,
+        poly,
+        ties,
+        *outputs,
+        classes,
+        splits,
+        ignore_index,
+        SP=_pow2(splits),
+        LOG=_pow2(splits).bit_length() - 1,
+        **common,
     )
 
 
@@ -173,7 +215,7 @@ def _reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str):
 def triton_forward(
     scores: torch.Tensor,
     target: torch.Tensor,
-    weight: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
     ignore_index: int,
     k: int,
     tau: float,
@@ -239,8 +281,20 @@ def triton_backward(
     grad_out = grad_out.contiguous()
     mode = dict(K=k, KP=kp, REDUCTION=REDUCTIONS[reduction])
     kern.backward_kernel[(rows, splits)](
-        grad_out, total, scores, target, stats, anchors, grad, classes, seg, ignore_index,
-        1.0 / (k * float(tau)), BLOCK=block, FIX=splits == 1, **mode,
+        grad_out,
+        total,
+        scores,
+        target,
+        stats,
+        anchors,
+        grad,
+        classes,
+        seg,
+        ignore_index,
+        1.0 / (k * float(tau)),
+        BLOCK=block,
+        FIX=splits == 1,
+        **mode,
     )
     if splits > 1:
         kern.fix_kernel[(rows,)](
