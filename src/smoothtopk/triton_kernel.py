@@ -1,0 +1,325 @@
+r"""The Triton backend of the smooth top-k SVM loss (CUDA; CPU tensors in Triton's interpreter).
+
+Same algorithm as the fused CPU kernel (``docs/algorithm.md``), float64 inside: per row the k
+largest non-target scores ``T`` (anchor ``a`` their smallest), ``u_j = e^{(s_j - a)/(k tau)}``
+on the rest, ``e_b(u)`` by the subtraction-free products ``(1 + u_j X)`` in lanes, then
+``sigma_b(w)``, ``A``, ``B``, the loss ``tau softplus(z)`` and the gradient factors. Rows are
+streamed in chunks (any ``n``); with few rows, several programs share a row (per-segment top-k
+candidates and polynomials in a small scratch buffer, then merged). ``weight``,
+``ignore_index`` and the reduction are folded in: each direction is one custom operator,
+``torch.ops.smoothtopk.triton_forward`` / ``triton_backward`` (registered at import, with fake
+implementations, whether or not Triton is installed; Triton itself is imported on first use).
+
+With ``TRITON_INTERPRET=1`` in the environment, CPU tensors run the same kernels in Triton's
+interpreter (slow; for tests). The backend contract: ``NAME``, :func:`unavailable`,
+:func:`forward`, :func:`backward`.
+
+Example:
+    >>> import torch
+    >>> from smoothtopk import triton_kernel
+    >>> triton_kernel.unavailable(torch.zeros(2, 10, dtype=torch.float64), 3) is not None
+    True
+"""
+
+import importlib.util
+import math
+import os
+import sys
+from functools import cache, lru_cache
+
+import torch
+
+NAME = "triton"
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_K = 32
+MAX_LOG_TERM = 700.0  # k log(2n) bound: no float64 sum of products of numbers <= 1 overflows
+REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
+
+
+@lru_cache(maxsize=1)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    """``TRITON_INTERPRET=1``, read when Triton is first imported (in practice at process start:
+    ``torch._dynamo`` imports Triton): its own jit functions (``tl.sum``, ...) are then
+    interpreted, and kernels run on CPU tensors."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return False
+    language = sys.modules.get("triton.language")
+    return language is None or type(language.sum).__name__ == "InterpretedFunction"
+
+
+def unavailable(scores: torch.Tensor, k: int) -> str | None:
+    """None if this backend computes ``scores`` (``(M, n)``) with this ``k``, else why not."""
+    if scores.dtype not in DTYPES:
+        return f"the Triton kernel takes float32, float16 or bfloat16 scores, not {scores.dtype}"
+    if not 1 <= k <= MAX_K:
+        return f"the Triton kernel takes 1 <= k <= {MAX_K}, not k={k}"
+    classes = scores.shape[-1]
+    if classes >= 2**31 or k * math.log(2.0 * classes) > MAX_LOG_TERM:
+        return f"the Triton kernel's float64 sums could overflow at n={classes}, k={k}"
+    if not _triton_installed():
+        return "triton is not installed"
+    if scores.device.type == "cpu":
+        if _interpreting():
+            return None
+        return "CPU tensors run the Triton kernel only with TRITON_INTERPRET=1 set at start-up"
+    if scores.device.type != "cuda":
+        return f"the Triton kernel runs on CUDA devices, not {scores.device.type}"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "TRITON_INTERPRET=1: Triton interprets kernels (CPU tensors only)"
+    return None
+
+
+def _kernels():
+    """The module of ``triton.jit`` kernels, imported on first use."""
+    return importlib.import_module("smoothtopk._triton_kernels")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(a // -b)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _padded_k(k: int) -> int:
+    """Slots of the anchor vectors: ``k`` anchors plus one lane for ``sigma(w)``."""
+    return _pow2(k + 1)
+
+
+def block_size(classes: int, k: int) -> int:
+    """Classes per chunk: ``k`` float64 lane coefficients per class stay in registers."""
+    block = min(1024, max(128, _pow2(4096 // k + 1) // 2))
+    return min(block, max(16, _pow2(classes)))
+
+
+@cache
+def _processors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def plan_splits(scores: torch.Tensor, k: int) -> int:
+    """Programs per row: enough to give every multiprocessor two, segments of >= 4 chunks."""
+    rows, classes = scores.shape
+    if scores.device.type != "cuda" or rows == 0:
+        return 1
+    wanted = _cdiv(2 * _processors(scores.device.index or 0), rows)
+    return max(1, min(wanted, classes // (4 * block_size(classes, k)), 256))
+
+
+def _segment(classes: int, block: int, splits: int) -> tuple[int, int]:
+    """``(segment length, splits)``: whole chunks per segment, no empty segment."""
+    seg = _cdiv(_cdiv(classes, splits), block) * block
+    return seg, _cdiv(classes, seg)
+
+
+def _scalars(k: int, tau: float, alpha: float) -> dict:
+    return dict(tau=float(tau), alpha=float(alpha), scale=1.0 / (k * float(tau)))
+
+
+def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits, outputs):
+    """Fill ``outputs = (row losses, row weights, stats, anchors)`` (float64, int64)."""
+    rows, classes = scores.shape
+    kern = _kernels()
+    block, kp = block_size(classes, k), _padded_k(k)
+    seg, splits = _segment(classes, block, max(1, splits))
+    has_weight = weight is not None
+    weight = weight if has_weight else scores
+    common = dict(HAS_WEIGHT=has_weight, K=k, KP=kp, **_scalars(k, tau, alpha))
+    log = block.bit_length() - 1
+    if splits == 1:
+        kern.forward_row_kernel[(rows,)](
+            scores,
+            target,
+            weight,
+            *outputs,
+            classes,
+            ignore_index,
+            BLOCK=block,
+            LOG=log,
+            **common,
+        )
+        return
+    options = dict(device=scores.device)
+    cand_val = torch.empty(rows, splits, kp, dtype=torch.float32, **options)
+    cand_idx = torch.empty(rows, splits, kp, dtype=torch.int32, **options)
+    cand_bad = torch.empty(rows, splits, dtype=torch.int32, **options)
+    kern.top_segment_kernel[(rows, splits)](
+        scores, target, cand_val, cand_idx, cand_bad, classes, seg, splits, K=k, KP=kp, BLOCK=block
+    )
+    top_val = torch.empty(rows, kp, dtype=torch.float32, **options)
+    top_idx = torch.empty(rows, kp, dtype=torch.int32, **options)
+    top_bad = torch.empty(rows, dtype=torch.int32, **options)
+    kern.select_kernel[(rows,)](
+        cand_val,
+        cand_idx,
+        cand_bad,
+        top_val,
+        top_idx,
+        top_bad,
+        splits,
+        K=k,
+        KP=kp,
+        CANDIDATES=_pow2(splits * kp),
+    )
+    poly = torch.empty(rows, splits, kp, dtype=torch.float64, **options)
+    ties = torch.empty(rows, splits, dtype=torch.int32, **options)
+    kern.rest_segment_kernel[(rows, splits)](
+        scores,
+        target,
+        top_val,
+        poly,
+        ties,
+        classes,
+        seg,
+        splits,
+        common["scale"],
+        K=k,
+        KP=kp,
+        BLOCK=block,
+        LOG=log,
+    )
+    kern.finish_kernel[(rows,)](
+        scores,
+        target,
+        weight,
+        top_val,
+        top_idx,
+        top_bad,
+        poly,
+        ties,
+        *outputs,
+        classes,
+        splits,
+        ignore_index,
+        SP=_pow2(splits),
+        LOG=_pow2(splits).bit_length() - 1,
+        **common,
+    )
+
+
+def _reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str):
+    """``(out, total weight)``: float64 sums, the output in float32."""
+    total = weights.sum()
+    if reduction == "none":
+        return losses.float(), total
+    out = losses.sum()
+    return (out if reduction == "sum" else out / total).float(), total
+
+
+@torch.library.custom_op("smoothtopk::triton_forward", mutates_args=())
+def triton_forward(
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    k: int,
+    tau: float,
+    alpha: float,
+    reduction: str,
+    splits: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``.
+
+    Shape: scores ``(M, n)``, target ``(M,)``, weight ``(n,)``; out ``(M,)`` or ``()``.
+    """
+    scores, target = scores.contiguous(), target.contiguous()
+    rows = scores.shape[0]
+    options = dict(device=scores.device, dtype=torch.float64)
+    outputs = (
+        torch.zeros(rows, **options),
+        torch.zeros(rows, **options),
+        torch.zeros(rows, 2 + 2 * k, **options),
+        torch.full((rows, k), -1, device=scores.device, dtype=torch.int64),
+    )
+    if rows > 0:
+        weight = None if weight is None else weight.contiguous()
+        _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits, outputs)
+    out, total = _reduce(outputs[0], outputs[1], reduction)
+    return out, outputs[2], outputs[3], total
+
+
+@triton_forward.register_fake
+def _(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits):
+    rows = scores.shape[0]
+    shape = (rows,) if reduction == "none" else ()
+    return (
+        scores.new_empty(shape, dtype=torch.float32),
+        scores.new_empty(rows, 2 + 2 * k, dtype=torch.float64),
+        scores.new_empty(rows, k, dtype=torch.int64),
+        scores.new_empty((), dtype=torch.float64),
+    )
+
+
+@torch.library.custom_op("smoothtopk::triton_backward", mutates_args=())
+def triton_backward(
+    grad_out: torch.Tensor,
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    stats: torch.Tensor,
+    anchors: torch.Tensor,
+    total: torch.Tensor,
+    k: int,
+    tau: float,
+    reduction: str,
+    splits: int,
+) -> torch.Tensor:
+    """``dOut/dscores`` in the scores' dtype; ignored rows exactly 0. Shape: ``(M, n)``."""
+    scores, target = scores.contiguous(), target.contiguous()
+    grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
+    rows, classes = scores.shape
+    if rows == 0:
+        return grad
+    kern = _kernels()
+    block, kp = block_size(classes, k), _padded_k(k)
+    seg, splits = _segment(classes, block, max(1, splits))
+    grad_out = grad_out.contiguous()
+    mode = dict(K=k, KP=kp, REDUCTION=REDUCTIONS[reduction])
+    kern.backward_kernel[(rows, splits)](
+        grad_out,
+        total,
+        scores,
+        target,
+        stats,
+        anchors,
+        grad,
+        classes,
+        seg,
+        ignore_index,
+        1.0 / (k * float(tau)),
+        BLOCK=block,
+        FIX=splits == 1,
+        **mode,
+    )
+    if splits > 1:
+        kern.fix_kernel[(rows,)](
+            grad_out, total, target, stats, anchors, grad, classes, ignore_index, **mode
+        )
+    return grad
+
+
+@triton_backward.register_fake
+def _(grad_out, scores, target, ignore_index, stats, anchors, total, k, tau, reduction, splits):
+    return torch.empty_like(scores, memory_format=torch.contiguous_format)
+
+
+def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """The contract's forward: ``(out, saved)``, one operator call (see module docstring)."""
+    splits = plan_splits(scores, k)
+    out, stats, anchors, total = triton_forward(
+        scores, target, weight, ignore_index, k, tau, alpha, reduction, splits
+    )
+    return out, (stats, anchors, total)
+
+
+def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction):
+    """The contract's backward: ``dOut/dscores``, shape ``(M, n)``, the scores' dtype."""
+    splits = plan_splits(scores, k)
+    return triton_backward(
+        grad_out, scores, target, ignore_index, *saved, k, tau, reduction, splits
+    )
