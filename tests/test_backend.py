@@ -1,5 +1,7 @@
 """The backend seam (smoothtopk._backend): SMOOTHTOPK_BACKEND, errors, a GPU-clean PyTorch path."""
 
+import os
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -93,3 +95,11 @@ def test_fullgraph_inductor_at_a_padded_width(monkeypatch, name):
     expected.backward()
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_forced_triton_on_cpu_without_the_interpreter_says_why(monkeypatch):
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs CPU tensors")
+    monkeypatch.setenv(_backend.ENV, "triton")
+    with pytest.raises(RuntimeError, match="SMOOTHTOPK_BACKEND=triton.*TRITON_INTERPRET"):
+        smooth_topk_svm_loss(*_data(), k=3)

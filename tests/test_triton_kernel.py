@@ -366,3 +366,25 @@ def test_cuda_compile_and_graph_capture():
     graph.replay()
     fresh = step(scores, target)
     assert torch.equal(captured[0], fresh[0]) and torch.equal(captured[1], fresh[1])
+
+
+@interpreted
+def test_public_function_runs_the_triton_backend_when_forced(monkeypatch):
+    """SMOOTHTOPK_BACKEND=triton on CPU tensors (interpreter) through the public function,
+    double backward included (recomputed by the PyTorch path), against the PyTorch backend."""
+    generator = torch.Generator().manual_seed(11)
+    scores = torch.randn(5, 40, generator=generator)
+    target = torch.tensor([0, 39, -100, 7, 7])
+    weight = torch.rand(40, generator=generator) + 0.5
+    results = {}
+    for name in ("triton", "pytorch"):
+        monkeypatch.setenv("SMOOTHTOPK_BACKEND", name)
+        leaf = scores.clone().requires_grad_(True)
+        value = smooth_topk_svm_loss(leaf, target, k=3, tau=0.5, weight=weight)
+        (grad,) = torch.autograd.grad(value, leaf, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), leaf)
+        value = smooth_topk_svm_loss(leaf, target, k=3, tau=0.5, weight=weight)
+        (first_order,) = torch.autograd.grad(value, leaf)
+        results[name] = (value, first_order, second)
+    for ours, reference in zip(results["triton"], results["pytorch"], strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)

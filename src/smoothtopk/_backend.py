@@ -37,11 +37,11 @@ from types import ModuleType
 
 import torch
 
-from . import cpu_kernel, pytorch_backend
+from . import cpu_kernel, pytorch_backend, triton_kernel
 
 ENV = "SMOOTHTOPK_BACKEND"
 # The backends in the order in which ``auto`` tries them; adding one is adding it here.
-_MODULES = {module.NAME: module for module in (cpu_kernel, pytorch_backend)}
+_MODULES = {module.NAME: module for module in (cpu_kernel, triton_kernel, pytorch_backend)}
 NAMES = tuple(_MODULES)
 
 
