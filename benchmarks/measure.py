@@ -11,6 +11,11 @@ reported as median and inter-quartile range over all blocks of all rounds, and a
 ``F.cross_entropy`` baseline of the same process: the median over rounds of the per-round ratio
 of medians, with the IQR of those per-round ratios as its spread.
 
+Each contender is built and called once (forward+backward) before anything is timed, which is
+where ``torch.compile`` and Triton's JIT compile, and gets its own copy of the scores ``x``
+(Liger's cross-entropy overwrites its input with the gradient). On CUDA the timer's clock
+synchronises the device, so a block's time includes the kernels its calls queued.
+
 * forward: ``fn(x, y)`` with ``x.requires_grad`` (the autograd graph is built, as in training);
 * backward: ``torch.autograd.grad(loss, x, retain_graph=True)`` on a loss built once;
 * forward+backward: ``torch.autograd.grad(fn(x, y), x)``.
@@ -43,11 +48,12 @@ import platform
 import statistics
 import sys
 import time
+import timeit
 import traceback
 
 import torch
 
-from benchmarks.contenders import BASELINE, build
+from benchmarks.contenders import BASELINE, Skipped, build
 
 OPS = ("forward", "backward", "forward_backward")
 
@@ -85,22 +91,50 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _clock(device):
+    """The timer's clock: on CUDA it synchronises the device first, so that a block's time
+    includes the kernels its calls queued (``torch.utils.benchmark``'s default does the same
+    for any accelerator; explicit here so that CPU runs never wait on a GPU)."""
+    if device.type != "cuda":
+        return timeit.default_timer
+
+    def clock():
+        torch.cuda.synchronize(device)
+        return timeit.default_timer()
+
+    return clock
+
+
+def _failure(exc: BaseException) -> dict:
+    """A contender that does not apply here is skipped; any other exception is an error."""
+    if isinstance(exc, Skipped):
+        return {"skipped": str(exc)}
+    return {"error": _error(exc)}
+
+
+def _own_copy(x: torch.Tensor) -> torch.Tensor:
+    # Each contender gets its own scores: Liger's cross-entropy writes its gradient into them.
+    return x.detach().clone().requires_grad_(True)
+
+
 def _build_all(names, args, device, dtype, x, y):
-    """Build each contender and run one forward+backward; return (fns, errors)."""
-    fns, errors = {}, {}
+    """Build each contender on its own copy of ``x`` and run one forward+backward, untimed
+    (``torch.compile`` and Triton's JIT compile here); return ``(fns, inputs, failures)``."""
+    fns, inputs, failures = {}, {}, {}
     for name in names:
         try:
+            xi = _own_copy(x)
             fn = build(name, args.n, args.k, device, dtype)
-            loss = fn(x, y)
+            loss = fn(xi, y)
             if loss.dim() != 0:
                 raise RuntimeError(f"expected a scalar loss, got shape {tuple(loss.shape)}")
-            torch.autograd.grad(loss, x)
+            torch.autograd.grad(loss, xi)
             _sync(device)
-            fns[name] = fn
+            fns[name], inputs[name] = fn, xi
         except Exception as exc:  # noqa: BLE001 - any failure is a result to report
-            errors[name] = _error(exc)
+            failures[name] = _failure(exc)
         gc.collect()
-    return fns, errors
+    return fns, inputs, failures
 
 
 def _statements(fn, x, y):
@@ -118,23 +152,14 @@ def _statements(fn, x, y):
     return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
 
-def run_time(args, device, dtype) -> dict:
+def _time_rounds(stmts, args, device, untimed=()):
+    """Interleaved rounds, leaving out the ``(name, op)`` pairs in ``untimed``; returns
+    ``(times, op_errors)``, ``times[name][op]`` a list (one per round) of lists of block times
+    in seconds per call."""
     from torch.utils.benchmark import Timer
 
-    x, y = _inputs(args, device, dtype)
-    names = list(dict.fromkeys([BASELINE, *args.contenders]))
-    fns, errors = _build_all(names, args, device, dtype, x, y)
-    results = {name: {"error": err} for name, err in errors.items()}
-    if BASELINE not in fns:
-        return results
-    stmts, op_errors = {}, {}
-    for name, fn in fns.items():
-        try:
-            stmts[name] = _statements(fn, x, y)
-        except Exception as exc:  # noqa: BLE001
-            results[name] = {"error": _error(exc)}
-    # times[name][op] = list of per-round lists of block times (seconds per call)
     times = {name: {op: [] for op in OPS} for name in stmts}
+    op_errors = dict.fromkeys(untimed, "untimed")
     order = list(stmts)
     for r in range(args.rounds):
         shift = r % len(order)
@@ -146,6 +171,7 @@ def run_time(args, device, dtype) -> dict:
                 timer = Timer(
                     stmt="f()",
                     globals={"f": stmts[name][op]},
+                    timer=_clock(device),
                     num_threads=args.threads,
                     label=f"n={args.n} k={args.k}",
                     description=name,
@@ -155,27 +181,55 @@ def run_time(args, device, dtype) -> dict:
                     times[name][op].append(list(m.times))
                 except Exception as exc:  # noqa: BLE001
                     op_errors[(name, op)] = _error(exc)
-    base = times[BASELINE]
+    return times, op_errors
+
+
+def _summarise(rounds, base_rounds) -> dict:
+    """Median and IQR of all blocks; ratio to the baseline: median over rounds of the
+    per-round ratio of medians, with the IQR of the per-round ratios."""
+    flat = [t for rnd in rounds for t in rnd]
+    q1, med, q3 = _quantiles(flat)
+    stat = {"median_s": med, "iqr_s": q3 - q1, "blocks": len(flat), "rounds": len(rounds)}
+    if base_rounds:
+        ratios = [
+            statistics.median(a) / statistics.median(b)
+            for a, b in zip(rounds, base_rounds, strict=False)
+        ]
+        r1, rmed, r3 = _quantiles(ratios)
+        stat["ratio"] = rmed
+        stat["ratio_iqr"] = r3 - r1
+    return stat
+
+
+def run_time(args, device, dtype) -> dict:
+    x, y = _inputs(args, device, dtype)
+    names = list(dict.fromkeys([BASELINE, *args.contenders]))
+    fns, inputs, failures = _build_all(names, args, device, dtype, x, y)
+    results = dict(failures)
+    if BASELINE not in fns:
+        return results
+    stmts = {}
+    for name, fn in fns.items():
+        try:
+            stmts[name] = _statements(fn, inputs[name], y)
+            results[name] = {op: {"skipped": why} for op, why in getattr(fn, "untimed", {}).items()}
+            if hasattr(fn, "backend_of"):
+                results[name]["backend"] = fn.backend_of(inputs[name])
+        except Exception as exc:  # noqa: BLE001
+            stmts.pop(name, None)
+            results[name] = _failure(exc)
+    untimed = [(name, op) for name in stmts for op in results[name] if op in OPS]
+    times, op_errors = _time_rounds(stmts, args, device, untimed)
     for name in stmts:
-        entry = {}
         for op in OPS:
-            if (name, op) in op_errors:
-                entry[op] = {"error": op_errors[(name, op)]}
+            if op in results[name]:  # skipped
                 continue
-            rounds = times[name][op]
-            flat = [t for rnd in rounds for t in rnd]
-            q1, med, q3 = _quantiles(flat)
-            stat = {"median_s": med, "iqr_s": q3 - q1, "blocks": len(flat), "rounds": len(rounds)}
-            if (BASELINE, op) not in op_errors and base[op]:
-                ratios = [
-                    statistics.median(a) / statistics.median(b)
-                    for a, b in zip(rounds, base[op], strict=False)
-                ]
-                r1, rmed, r3 = _quantiles(ratios)
-                stat["ratio"] = rmed
-                stat["ratio_iqr"] = r3 - r1
-            entry[op] = stat
-        results[name] = entry
+            if (name, op) in op_errors:
+                results[name][op] = {"error": op_errors[(name, op)]}
+                continue
+            base_ok = (BASELINE, op) not in op_errors
+            base = times[BASELINE][op] if base_ok else []
+            results[name][op] = _summarise(times[name][op], base)
     return results
 
 
@@ -239,24 +293,26 @@ def run_memory(args, device, dtype) -> dict:
             err = f"cannot reset the peak RSS (/proc/self/clear_refs): {_error(exc)}"
             return {name: {"memory": {"error": err}} for name in names}
     for name in names:
+        xi = _own_copy(x)
         try:
             fn = build(name, args.n, args.k, device, dtype)
             for _ in range(2):  # warm-up: lazy initialisation is not the loss's memory
-                fn(x, y).backward()
-            x.grad = None
+                fn(xi, y).backward()
+            xi.grad = None
             gc.collect()
-            samples = [_one_forward_backward_extra(fn, x, y, device) for _ in range(3)]
+            samples = [_one_forward_backward_extra(fn, xi, y, device) for _ in range(3)]
             results[name] = {"memory": {"extra_bytes": int(statistics.median(samples))}}
+        except Skipped as exc:
+            results[name] = {"skipped": str(exc)}
         except Exception as exc:  # noqa: BLE001
             results[name] = {"memory": {"error": _error(exc)}}
-        x.grad = None
-        fn = None
+        xi = fn = None
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     base = results.get(BASELINE, {}).get("memory", {}).get("extra_bytes")
     for entry in results.values():
-        mem = entry["memory"]
+        mem = entry.get("memory", {})
         if "extra_bytes" in mem and base:
             mem["ratio"] = mem["extra_bytes"] / base
     return results
