@@ -102,8 +102,15 @@ def _liger_ce(n, k, device, dtype) -> LossFn:
     # the scores); its backward then only scales it, so compare forward+backward.
     if device.type != "cuda":
         raise Skipped("needs CUDA")
-    functional = _require("liger_kernel.transformers.functional", "liger-kernel")
-    return functional.liger_cross_entropy
+    liger_cross_entropy = _require(
+        "liger_kernel.transformers.functional", "liger-kernel"
+    ).liger_cross_entropy
+
+    def fn(x, y):
+        out = liger_cross_entropy(x, y)
+        return out[0] if isinstance(out, tuple) else out  # older releases: (loss, z_loss)
+
+    return fn
 
 
 def _pinned(backend: str, fn: LossFn) -> LossFn:

@@ -237,7 +237,8 @@ def markdown(doc: dict, title: str | None = None) -> str:
             out += _table(entries, names, op)
             out.append("")
     if meta.get("not_run"):
-        out += [f"Not run (the `--budget` was spent): {'; '.join(meta['not_run'])}.", ""]
+        missing = "; ".join(meta["not_run"])
+        out += [f"Not run (`--budget` spent, or the run stopped): {missing}.", ""]
     out += ["## Contenders", ""]
     out += [f"- `{n}`: {description(n)}{_backends(doc, n)}" for n in names]
     out.append("")
@@ -329,11 +330,19 @@ def merge(docs: list[dict]) -> dict:
             if n not in names:
                 names.append(n)
     meta["contenders"] = names
+    meta.pop("not_run", None)
+    not_run = [c for d in docs for c in d.get("metadata", {}).get("not_run", [])]
+    if not_run:
+        meta["not_run"] = not_run
     return {"metadata": meta, "results": [e for d in docs for e in d["results"]]}
 
 
 def _plot_if_possible(doc: dict, path: Path) -> bool:
-    """The plot, unless matplotlib is missing (then say so on stderr: the tables are written)."""
+    """The plot, unless there is nothing to plot or matplotlib is missing (then say so on
+    stderr: the tables are written)."""
+    if not doc["results"]:
+        print(f"no results: no {path}", file=sys.stderr)
+        return False
     try:
         import matplotlib  # noqa: F401
     except ImportError:

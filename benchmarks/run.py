@@ -280,14 +280,16 @@ def main(argv=None) -> int:
     doc = {"metadata": meta, "results": []}
     print(f"{len(cfgs)} configurations, contenders: {', '.join(args.contenders)}", flush=True)
     start = time.perf_counter()
+    # What is still to run, kept in results.json, so that a stopped run says what it lacks.
+    meta["not_run"] = [report.config_label(c) for c in cfgs]
     for i, cfg in enumerate(cfgs, 1):
         if args.budget is not None and time.perf_counter() - start > args.budget:
-            meta["not_run"] = [report.config_label(c) for c in cfgs[i - 1 :]]
             print(f"budget of {args.budget:g} s spent: {len(cfgs) - i + 1} not run", flush=True)
             break
         t0 = time.perf_counter()
         entry = _merge(cfg, args.contenders, _measure(args, cfg, args.contenders))
         doc["results"].append(entry)
+        meta["not_run"].pop(0)
         if entry["environment"]:
             meta["environment"] = entry["environment"]
         (out / "results.json").write_text(json.dumps(doc, indent=1))
@@ -297,6 +299,8 @@ def main(argv=None) -> int:
             flush=True,
         )
     meta["seconds"] = round(time.perf_counter() - start, 1)
+    if not meta["not_run"]:
+        del meta["not_run"]
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     written = report.write(doc, out, title=args.title)
     print(f"wrote {', '.join(str(path) for path in [out / 'results.json', *written])}")

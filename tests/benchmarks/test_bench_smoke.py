@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 
 def _ours_importable() -> bool:
     try:
@@ -25,7 +28,7 @@ def test_one_tiny_configuration_end_to_end(tmp_path):
         "--batch",
         "4",
         "--contenders",
-        "smooth_topk",
+        "smooth_topk,smooth_topk_pytorch,ce_compiled,liger_ce",
         "--rounds",
         "1",
         "--min-run-time",
@@ -61,8 +64,29 @@ def test_one_tiny_configuration_end_to_end(tmp_path):
     else:  # a contender that fails is reported, not fatal
         assert "error" in ours
 
+    # The forced PyTorch path runs and says so; auto reports the backend the seam selects.
+    forced = entry["contenders"]["smooth_topk_pytorch"]
+    if _ours_importable():
+        from smoothtopk import _backend
+
+        assert forced["backend"] == "pytorch" and forced["forward_backward"]["ratio"] > 0
+        x = torch.zeros(4, 10)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(_backend.ENV, "auto")
+            assert ours["backend"] == _backend.select(x, 1).NAME
+
+    compiled = entry["contenders"]["ce_compiled"]  # torch.compile ran, outside the timing
+    assert compiled["forward"]["ratio"] > 0 and compiled["forward_backward"]["ratio"] > 0
+    assert "median_s" not in compiled["backward"]  # reported, not timed (donated buffers)
+
+    # Liger's kernel is CUDA-only: on this CPU run it is skipped, not an error.
+    if not torch.cuda.is_available():
+        assert entry["contenders"]["liger_ce"] == {"skipped": "needs CUDA"}
+
     md = (tmp_path / "results.md").read_text()
     assert "forward+backward" in md and "`smooth_topk`" in md and "×" in md
+    if not torch.cuda.is_available():
+        assert "skipped: needs CUDA" in md
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
 
 
@@ -108,3 +132,59 @@ def test_report_shows_errors_instead_of_numbers(tmp_path):
     assert [r["met"] for r in rows] == [False, False]
     report.write(doc, tmp_path)
     assert (tmp_path / "benchmarks.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--gpu-quick", "--device", "cpu"],
+        ["--dtype", "float8"],
+        ["--contenders", "nope"],
+        pytest.param(
+            ["--device", "cuda"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
+    ],
+)
+def test_bad_command_line_is_one_line_exit_2_nothing_written(argv, tmp_path, capsys):
+    from benchmarks import run
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        run.main([*argv, "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert not out.exists()
+
+
+def _entry(device, n, k, batch, fb_ratio, mem_ratio):
+    stat = {"median_s": 1e-3, "ratio": fb_ratio, "ratio_iqr": 0.0}
+    config = {"n": n, "k": k, "batch": batch, "device": device, "dtype": "bfloat16"}
+    return {
+        "config": {**config, "threads": 1},
+        "contenders": {"smooth_topk": {"forward_backward": stat, "memory": {"ratio": mem_ratio}}},
+    }
+
+
+def test_report_checks_the_gpu_and_overhead_targets_of_issue_10():
+    from benchmarks import report
+
+    results = [
+        _entry("cuda", 1000, 5, 256, 1.4, 0.9),  # k=5, n=1000: <= 1.5x
+        _entry("cuda", 10000, 5, 256, 1.1, 1.2),  # k=5, n>=1e4: <= 1.0x; memory <= CE's
+        _entry("cuda", 1000000, 20, 8, 2.4, 0.5),  # k=20: <= 2.5x; n=1e6 at batch 8 runs
+        _entry("cpu", 100, 1, 64, 1.6, 0.5),  # CPU per-call overhead: <= 1.5x
+    ]
+    rows = report.targets({"metadata": {}, "results": results})
+    got = [(r["where"].split()[0], r["what"].split()[0], r["target"], r["met"]) for r in rows]
+    assert got == [
+        ("cuda", "forward+backward", "≤ 1.5×", True),
+        ("cuda", "extra", "≤ 1×", True),
+        ("cuda", "forward+backward", "≤ 1×", False),
+        ("cuda", "extra", "≤ 1×", False),
+        ("cuda", "forward+backward", "≤ 2.5×", True),
+        ("cuda", "extra", "≤ 1×", True),
+        ("cuda", "forward+backward", "runs", True),
+        ("cpu", "forward+backward", "≤ 1.5×", False),
+    ]
