@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -76,8 +77,11 @@ def test_one_tiny_configuration_end_to_end(tmp_path):
             assert ours["backend"] == _backend.select(x, 1).NAME
 
     compiled = entry["contenders"]["ce_compiled"]  # torch.compile ran, outside the timing
-    assert compiled["forward"]["ratio"] > 0 and compiled["forward_backward"]["ratio"] > 0
-    assert "median_s" not in compiled["backward"]  # reported, not timed (donated buffers)
+    if shutil.which("c++") or shutil.which("g++"):  # inductor's CPU code needs a C++ compiler
+        assert compiled["forward"]["ratio"] > 0 and compiled["forward_backward"]["ratio"] > 0
+        assert "median_s" not in compiled["backward"]  # reported, not timed (donated buffers)
+    else:
+        assert "error" in compiled
 
     # Liger's kernel is CUDA-only: on this CPU run it is skipped, not an error.
     if not torch.cuda.is_available():
