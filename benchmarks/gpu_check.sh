@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of issue #10, prepared for a session that is lent a GPU (docs/benchmarks.md,
 # "On a GPU"). About 8 minutes on an H200, at most about 8.5:
-#   (a) the CUDA/Triton tests (`pytest tests -k "cuda or triton"`, the CUDA ones skip without
-#       a GPU), at most GPU_TESTS_LIMIT seconds (150);
+#   (a) the tests that need CUDA (`pytest tests -k cuda`: they skip without a GPU; the Triton
+#       interpreter suite is CI's), on 4 workers where pytest-xdist is installed, at most
+#       GPU_TESTS_LIMIT seconds (180); GPU_TESTS_K changes the selection;
 #   (b) the reduced benchmark grid (`python -m benchmarks.run --gpu-quick`): no configuration
-#       is started after GPU_BENCH_BUDGET seconds (240), the whole at most that plus 75;
+#       is started after GPU_BENCH_BUDGET seconds (210), the whole at most that plus 75;
 #   (c) a summary: versions, test outcome, the targets table and the forward+backward tables.
 #
 #   bash benchmarks/gpu_check.sh "$OUT"          # all three, files into $OUT
@@ -32,9 +33,9 @@ mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$root" || exit 2
 
 PY=${PYTHON:-python3}
-tests_limit=${GPU_TESTS_LIMIT:-150}
-bench_budget=${GPU_BENCH_BUDGET:-240}
-tests_k=${GPU_TESTS_K:-cuda or triton}
+tests_limit=${GPU_TESTS_LIMIT:-180}
+bench_budget=${GPU_BENCH_BUDGET:-210}
+tests_k=${GPU_TESTS_K:-cuda}
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/smoothtopk-ext}
 unset SMOOTHTOPK_BACKEND TRITON_INTERPRET  # auto backends, compiled (not interpreted) Triton
 path="$root/src:$root"
@@ -68,9 +69,11 @@ fi
 
 tests_rc=skipped
 if [ "$phase" != bench ]; then
-  echo "== (a) GPU tests: pytest tests -k \"$tests_k\", at most $tests_limit s"
+  workers=()
+  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
+  echo "== (a) GPU tests: pytest tests -k \"$tests_k\" ${workers[*]}, at most $tests_limit s"
   timeout -k 10 "$tests_limit" "$PY" -m pytest -q -rfEs --maxfail=10 -p no:cacheprovider \
-    tests -k "$tests_k" 2>&1 | tee "$out/gpu_tests.log"
+    "${workers[@]}" tests -k "$tests_k" 2>&1 | tee "$out/gpu_tests.log"
   tests_rc=$?
   [ "$tests_rc" = 124 ] && echo "the tests ran past $tests_limit s and were stopped"
 fi
