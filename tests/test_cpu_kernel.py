@@ -32,14 +32,16 @@ def kernel():
         pytest.skip("the fused CPU kernel could not be built")
 
 
-def kernel_call(x, y, k, tau=1.0, alpha=1.0, weight=None, ignore_index=-100, reduction="none",
-                grad_out=None):
+def kernel_call(
+    x, y, k, tau=1.0, alpha=1.0, weight=None, ignore_index=-100, reduction="none", grad_out=None
+):
     """``(out, dL/dx)`` of the backend, with ``grad_out`` (default: ones) as upstream gradient."""
     out, saved = cpu_kernel.forward(x, y, weight, ignore_index, k, tau, alpha, reduction)
     if grad_out is None:
         grad_out = torch.ones_like(out)
-    grad = cpu_kernel.backward(grad_out, x, y, weight, ignore_index, saved, k, tau, alpha,
-                               reduction)
+    grad = cpu_kernel.backward(
+        grad_out, x, y, weight, ignore_index, saved, k, tau, alpha, reduction
+    )
     return out, grad
 
 
@@ -49,8 +51,16 @@ def pytorch_reference(x, y, k, tau, alpha, weight, ignore_index, reduction, grad
     monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
     x64 = x.detach().double().requires_grad_(True)
     w64 = None if weight is None else weight.double()
-    out = smooth_topk_svm_loss(x64, y, k=k, tau=tau, alpha=alpha, weight=w64,
-                               ignore_index=ignore_index, reduction=reduction)
+    out = smooth_topk_svm_loss(
+        x64,
+        y,
+        k=k,
+        tau=tau,
+        alpha=alpha,
+        weight=w64,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
     (grad,) = torch.autograd.grad(out, x64, grad_out.double())
     return out.detach(), grad
 
@@ -167,8 +177,17 @@ def _ce_case(name):
     return x, y, weight
 
 
-CE_CASES = ("plain", "masked classes", "only the target finite", "target ruled out",
-            "all -inf", "weight", "ignored", "ignored with a NaN weight", "all ignored")
+CE_CASES = (
+    "plain",
+    "masked classes",
+    "only the target finite",
+    "target ruled out",
+    "all -inf",
+    "weight",
+    "ignored",
+    "ignored with a NaN weight",
+    "all ignored",
+)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -178,18 +197,31 @@ def test_k1_is_cross_entropy(name, reduction, dtype):
     x, y, weight = _ce_case(name)
     ignore_index = 7 if name == "all ignored" else -100
     x = x.to(dtype).double().to(dtype)
-    grad_out = torch.linspace(0.5, 2.0, 7, dtype=torch.float64) if reduction == "none" else (
-        torch.tensor(0.75, dtype=torch.float64))
+    grad_out = (
+        torch.linspace(0.5, 2.0, 7, dtype=torch.float64)
+        if reduction == "none"
+        else (torch.tensor(0.75, dtype=torch.float64))
+    )
     ref, ref_grad = cross_entropy_reference(x, y, weight, ignore_index, reduction, grad_out)
-    out, grad = kernel_call(x, y, 1, 1.0, 0.0, weight, ignore_index, reduction,
-                            grad_out.to(torch.float64 if dtype == torch.float64 else torch.float32))
+    out, grad = kernel_call(
+        x,
+        y,
+        1,
+        1.0,
+        0.0,
+        weight,
+        ignore_index,
+        reduction,
+        grad_out.to(torch.float64 if dtype == torch.float64 else torch.float32),
+    )
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert out.shape == ref.shape and grad.dtype == dtype
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
     torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance, equal_nan=True)
     ignored = y == ignore_index  # cross-entropy's gradient is NaN there for NaN scores
-    torch.testing.assert_close(grad[~ignored].double(), ref_grad[~ignored], rtol=tolerance,
-                               atol=tolerance, equal_nan=True)
+    torch.testing.assert_close(
+        grad[~ignored].double(), ref_grad[~ignored], rtol=tolerance, atol=tolerance, equal_nan=True
+    )
     assert (grad[ignored] == 0).all() and (reduction != "none" or (out[ignored] == 0).all())
 
 
@@ -234,8 +266,9 @@ def test_ruled_out_classes(name, dtype):
     else:
         ref, ref_grad = torch.full((1,), expected, dtype=torch.float64), torch.zeros(x.shape)
     torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-12)
-    torch.testing.assert_close(grad.double(), ref_grad.double(), rtol=1e-2 if dtype ==
-                               torch.bfloat16 else 1e-6, atol=1e-12)
+    torch.testing.assert_close(
+        grad.double(), ref_grad.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-12
+    )
     assert torch.isfinite(grad).all()
 
 
@@ -264,8 +297,9 @@ def test_target_ruled_out_gives_inf_as_cross_entropy():
     x = torch.tensor([[-INF, 0.0, 1.0, 2.0]], dtype=torch.float64)
     out, grad = kernel_call(x, torch.tensor([0]), 2)
     assert out.item() == INF
-    ref, ref_grad = log_space_loss_and_grad(torch.tensor([[-1e4, 0.0, 1.0, 2.0]]),
-                                            torch.tensor([0]), 2, 1.0, 1.0)
+    ref, ref_grad = log_space_loss_and_grad(
+        torch.tensor([[-1e4, 0.0, 1.0, 2.0]]), torch.tensor([0]), 2, 1.0, 1.0
+    )
     torch.testing.assert_close(grad, ref_grad)
 
 
@@ -282,10 +316,22 @@ def _hard_loss_gradient(scores, target, k, alpha):
 OVERFLOW_CASES = {
     # the contract's examples: alpha / tau and |s| / (k tau) far beyond the double range
     "alpha 1e300, tau 1e-30 (contract)": ([0.5, 0.3], 1, 1, 1e-30, 1e300, torch.float64),
-    "float32 1e30 score, tau 1e-30 (contract)": ([1077.4, 1e30, -645.2], 2, 2, 1e-30, 0.5,
-                                                 torch.float32),
-    "float32, tau below float's range": ([3.0, -1.0, 2.0, 0.5, 1.5], 1, 2, 1e-40, 1.0,
-                                         torch.float32),
+    "float32 1e30 score, tau 1e-30 (contract)": (
+        [1077.4, 1e30, -645.2],
+        2,
+        2,
+        1e-30,
+        0.5,
+        torch.float32,
+    ),
+    "float32, tau below float's range": (
+        [3.0, -1.0, 2.0, 0.5, 1.5],
+        1,
+        2,
+        1e-40,
+        1.0,
+        torch.float32,
+    ),
     "float64, tau 1e-300": ([3.0, -1.0, 2.0, 0.5, 1.5], 1, 3, 1e-300, 2.0, torch.float64),
     "hinge inactive, tau 1e-30": ([10.0, 0.0, 1.0], 0, 1, 1e-30, 1.0, torch.float32),
 }
@@ -300,7 +346,9 @@ def test_extreme_tau_and_alpha_give_the_hard_loss(name):
     expected = hard_loss(rounded, target, k, alpha)  # tau log C(n, k) below its rounding
     assert math.isfinite(out.item())
     assert out.item() == pytest.approx(expected, rel=1e-7)
-    expected_grad = torch.tensor(_hard_loss_gradient(rounded, target, k, alpha), dtype=torch.float64)
+    expected_grad = torch.tensor(
+        _hard_loss_gradient(rounded, target, k, alpha), dtype=torch.float64
+    )
     torch.testing.assert_close(grad[0].double(), expected_grad, rtol=1e-7, atol=0)
 
 
@@ -323,8 +371,9 @@ def test_huge_tau_against_reference(tau):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("k, tau, alpha", [(3, 1.0, 1.0), (5, 0.1, 0.5)])
-def test_weight_ignore_index_reduction_like_pytorch(reduction, weighted, dtype, k, tau, alpha,
-                                                    monkeypatch):
+def test_weight_ignore_index_reduction_like_pytorch(
+    reduction, weighted, dtype, k, tau, alpha, monkeypatch
+):
     generator = torch.Generator().manual_seed(k)
     x = (torch.randn(10, 40, generator=generator, dtype=torch.float64) * 2).to(dtype)
     y = torch.randint(0, 40, (10,), generator=generator)
@@ -332,15 +381,28 @@ def test_weight_ignore_index_reduction_like_pytorch(reduction, weighted, dtype, 
     weight = torch.rand(40, generator=generator, dtype=torch.float64) * 2 if weighted else None
     if weighted:
         weight[5] = NAN  # the ignored class's weight is never read
-    grad_out = (torch.rand(10, generator=generator, dtype=torch.float64) + 0.5
-                if reduction == "none" else torch.tensor(1.3, dtype=torch.float64))
+    grad_out = (
+        torch.rand(10, generator=generator, dtype=torch.float64) + 0.5
+        if reduction == "none"
+        else torch.tensor(1.3, dtype=torch.float64)
+    )
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    out, grad = kernel_call(x, y, k, tau, alpha, None if weight is None else weight.to(work), 5,
-                            reduction, grad_out.to(work))
+    out, grad = kernel_call(
+        x,
+        y,
+        k,
+        tau,
+        alpha,
+        None if weight is None else weight.to(work),
+        5,
+        reduction,
+        grad_out.to(work),
+    )
     if weighted:  # the reference multiplies its weights in: give it a finite one
         weight[5] = 1.0
-    ref, ref_grad = pytorch_reference(x, y, k, tau, alpha, weight, 5, reduction, grad_out,
-                                      monkeypatch)
+    ref, ref_grad = pytorch_reference(
+        x, y, k, tau, alpha, weight, 5, reduction, grad_out, monkeypatch
+    )
     tolerance = {torch.float64: 1e-12, torch.float32: 2e-6}[dtype]
     torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance)
     scale = ref_grad.abs().max()
@@ -410,8 +472,9 @@ def test_threads_do_not_change_results():
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            results.append(kernel_call(x, y, 5, weight=weight, reduction="mean",
-                                       grad_out=torch.tensor(1.0)))
+            results.append(
+                kernel_call(x, y, 5, weight=weight, reduction="mean", grad_out=torch.tensor(1.0))
+            )
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
@@ -450,8 +513,9 @@ def test_torch_compile_traces_both_operators(compiler, monkeypatch):
     assert graphs and all(  # fullgraph: one graph per compilation, with both operators
         {"smoothtopk.forward.default", "smoothtopk.backward.default"} <= graph for graph in graphs
     )
-    ref, ref_grad = pytorch_reference(x, y, 3, 0.5, 1.0, weight, -100, "mean", grad_out,
-                                      monkeypatch)
+    ref, ref_grad = pytorch_reference(
+        x, y, 3, 0.5, 1.0, weight, -100, "mean", grad_out, monkeypatch
+    )
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(grad, ref_grad)
 
@@ -468,8 +532,9 @@ assert "torch.utils.cpp_extension" not in sys.modules
 
 
 def test_import_and_cached_load_print_nothing():
-    done = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr
 
 

@@ -62,23 +62,12 @@ PORTABLE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 MAX_LOG_TERM = 700.0  # k log(2 C) bound: every intermediate sum stays below e^700 < max double
 BUILT = "built"  # marker file in a build directory: its library is complete and loadable
 AHEAD_OF_TIME = 'python -c "import smoothtopk; smoothtopk.cpu_kernel.load()"'
+BUILD = "build it first with smoothtopk.cpu_kernel.load() (or an eager call)"
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
-torch.library.define(
-    "smoothtopk::forward",
-    "(Tensor scores, Tensor target, Tensor? weight, int ignore_index, int k, float tau, "
-    "float alpha, str reduction) -> (Tensor, Tensor, Tensor)",
-)
-torch.library.define(
-    "smoothtopk::backward",
-    "(Tensor grad_out, Tensor scores, Tensor target, Tensor stats, Tensor anchor_index, "
-    "int ignore_index, int k, float tau, str reduction) -> Tensor",
-)
 
-
-@torch.library.register_fake("smoothtopk::forward")
 def _forward_fake(scores, target, weight, ignore_index, k, tau, alpha, reduction):
     rows = scores.shape[0]
     dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
@@ -87,11 +76,30 @@ def _forward_fake(scores, target, weight, ignore_index, k, tau, alpha, reduction
     return out, stats, scores.new_empty(rows, k, dtype=torch.int64)
 
 
-@torch.library.register_fake("smoothtopk::backward")
 def _backward_fake(grad_out, scores, target, stats, anchor_index, ignore_index, k, tau, reduction):
     return torch.empty_like(scores, memory_format=torch.contiguous_format)
 
 
+def _define_operators() -> None:
+    """The schemas and fake kernels, once per process (this file may be imported twice, e.g.
+    by path); the compiled library adds the CPU kernels."""
+    if hasattr(torch.ops.smoothtopk, "forward"):
+        return
+    torch.library.define(
+        "smoothtopk::forward",
+        "(Tensor scores, Tensor target, Tensor? weight, int ignore_index, int k, float tau, "
+        "float alpha, str reduction) -> (Tensor, Tensor, Tensor)",
+    )
+    torch.library.define(
+        "smoothtopk::backward",
+        "(Tensor grad_out, Tensor scores, Tensor target, Tensor stats, Tensor anchor_index, "
+        "int ignore_index, int k, float tau, str reduction) -> Tensor",
+    )
+    torch.library.register_fake("smoothtopk::forward")(_forward_fake)
+    torch.library.register_fake("smoothtopk::backward")(_backward_fake)
+
+
+_define_operators()
 _forward_op = torch.ops.smoothtopk.forward.default
 _backward_op = torch.ops.smoothtopk.backward.default
 
@@ -108,7 +116,9 @@ def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alph
     """dL/dscores ``(M, C)`` in the scores' dtype; ignored rows exactly 0. The weight and the
     mean's ``1 / sum w`` were folded into the saved factors by :func:`forward`."""
     stats, anchor_index = saved
-    return _backward_op(grad_out, scores, target, stats, anchor_index, ignore_index, k, tau, reduction)
+    return _backward_op(
+        grad_out, scores, target, stats, anchor_index, ignore_index, k, tau, reduction
+    )
 
 
 def fits(classes: int, k: int) -> bool:
@@ -126,13 +136,16 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     if scores.dim() != 2:
         return f"scores have {scores.dim()} dimensions, the fused kernel takes (rows, classes)"
     if not fits(scores.shape[1], k):
-        return f"k log(2 C) > {MAX_LOG_TERM:g} (k={k}, C={scores.shape[1]}): float64 sums could overflow"
+        classes = scores.shape[1]
+        return f"k log(2 C) > {MAX_LOG_TERM:g} at k={k}, C={classes}: float64 sums could overflow"
     if not enabled():
         return f"the fused CPU kernel is turned off ({ENV_SWITCH}=0)"
     if _state.get("ops") is not None:
         return None
     if torch.compiler.is_compiling():
-        return f"the fused CPU kernel is not built in this process (a trace never builds it: {AHEAD_OF_TIME})"
+        return (
+            f"the fused CPU kernel is not built in this process; a trace never builds it: {BUILD}"
+        )
     if load() is None:
         return f"the fused CPU kernel could not be built ({_state.get('error')})"
     return None

@@ -17,6 +17,13 @@
 //   * the rest's gradient u_j sum_m (-u_j)^m D_m by Horner's rule (alternating terms bounded by
 //     binomials in k because u_j <= 1), evaluated in float64.
 // The backward recomputes u_j from the scores instead of storing an (N, C) buffer.
+//
+// The operators (schemas and fake kernels defined in smoothtopk/cpu_kernel.py) fold in the
+// calling convention of F.cross_entropy: forward(scores, target, weight?, ignore_index, k, tau,
+// alpha, reduction) -> (out, stats, anchor_index) with out = weight[t] * L per row ("none"),
+// their row-order sum ("sum") or that sum over the sum of weight[t] ("mean"); rows whose target
+// is ignore_index are never read and give 0 (and a zero gradient row). backward(grad_out, ...)
+// scales each row by grad_out (scalar or per row) and the weight folded into stats.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
