@@ -173,7 +173,7 @@ struct Workspace {
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
         e(k + 1),
-        product(k + 1),
+        product((k + 1) * kLanes),
         top(k),
         top_index(k),
         w(k),
@@ -189,7 +189,7 @@ struct Workspace {
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
   std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
   std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
-  std::vector<double> lanes, e, product, top;
+  std::vector<double> lanes, e, product, top;  // product: scratch of merge_lanes
   std::vector<int64_t> top_index;
   std::vector<double> w, sigma, shifted, messages, prefix, inclusion_a, inclusion_b;
   std::vector<double> from_a, from_b;
@@ -393,15 +393,34 @@ __attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, i
   return 4;
 }
 
-// product[b] = sum_{c <= b} p[b - c] q[c * stride], b = 0..k (vectorised over b).
-__attribute__((noinline)) void multiply_truncated(const double* __restrict p,
-                                                  const double* __restrict q, int64_t stride,
-                                                  int64_t k, double* __restrict product) {
-  std::fill(product, product + k + 1, 0.0);
-  for (int64_t c = 0; c <= k; ++c) {
-    const double factor = q[c * stride];
-    for (int64_t b = c; b <= k; ++b) product[b] += factor * p[b - c];
+// One round of the lanes' product: lane l (< W) times lane l + W, truncated to degree k, for
+// the W pairs at once (one vector of W); in and out hold degree b of lane l at b * kLanes + l.
+template <int W>
+void multiply_lane_pairs(const double* __restrict in, int64_t k, double* __restrict out) {
+  for (int64_t b = 0; b <= k; ++b) {
+    double sum[W] = {};
+    for (int64_t c = 0; c <= b; ++c) {
+      const double* low = in + (b - c) * kLanes;
+      const double* high = in + c * kLanes + W;
+      for (int l = 0; l < W; ++l) sum[l] += low[l] * high[l];
+    }
+    for (int l = 0; l < W; ++l) out[b * kLanes + l] = sum[l];
   }
+}
+
+// e_b, b = 0..k, of the product of the `used` (8 or 4) lane polynomials: a tree of pairwise
+// products (all terms non-negative, so the order of the sums does not matter to the error).
+__attribute__((noinline)) void merge_lanes(double* __restrict lanes, int64_t used, int64_t k,
+                                           double* __restrict scratch, double* __restrict e) {
+  double* in = lanes;
+  double* out = scratch;
+  if (used == 8) {
+    multiply_lane_pairs<4>(in, k, out);
+    std::swap(in, out);
+  }
+  multiply_lane_pairs<2>(in, k, out);
+  multiply_lane_pairs<1>(out, k, in);
+  for (int64_t b = 0; b <= k; ++b) e[b] = in[b * kLanes];
 }
 
 // 1/(k tau) for which the exponents of float, half and bfloat16 rows are formed in float: there
@@ -451,11 +470,7 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   const int64_t used =
       lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
   double* e = ws.e.data();
-  for (int64_t b = 0; b <= k; ++b) e[b] = lanes[b * kLanes];
-  for (int64_t l = 1; l < used; ++l) {
-    multiply_truncated(e, lanes + l, kLanes, k, ws.product.data());
-    std::copy(ws.product.begin(), ws.product.end(), ws.e.begin());
-  }
+  merge_lanes(lanes, used, k, ws.product.data(), e);
 
   // sigma_b(w) over T; log w_i <= 0 (NaN from 0 * inf or -inf - -inf means w_i = 1).
   for (int64_t i = 0; i < k; ++i) {
