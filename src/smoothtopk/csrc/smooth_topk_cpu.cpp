@@ -157,18 +157,21 @@ inline float exp_nonpositive(float x) {
 template <typename scalar_t>
 using real_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// Classes are searched in `groups` interleaved groups (class j in group j mod groups), about 8
-// classes each: the maxima of all groups take one vectorised pass over the row.
-int64_t group_count(int64_t classes) {
-  return 8 * std::clamp<int64_t>(classes / 64, 1, 512);
+// Classes are searched in `groups` interleaved groups (class j in group j mod groups): the
+// maxima of all groups take one vectorised pass over the row, then about G insertions of group
+// maxima and (k + 1) n / G of classes: G ~ sqrt((k + 1) n), a multiple of 8, at most 4096.
+int64_t group_count(int64_t classes, int64_t k) {
+  const double balanced = std::sqrt(static_cast<double>(k + 1) * static_cast<double>(classes));
+  const int64_t eighths = static_cast<int64_t>(balanced / 8.0 + 0.5);
+  return 8 * std::clamp<int64_t>(std::min(eighths, classes / 8), 1, 512);
 }
 
 // Scratch space of one thread, sized once per call.
 struct Workspace {
   explicit Workspace(int64_t classes, int64_t k)
       : rest(((classes + kLanes - 1) / kLanes) * kLanes, 0.0),
-        group_max_float(group_count(classes)),
-        group_max_double(group_count(classes)),
+        group_max_float(group_count(classes, k)),
+        group_max_double(group_count(classes, k)),
         order(k + 1),
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
@@ -222,7 +225,7 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
 template <typename scalar_t>
 void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
                           Workspace& ws) {
-  const int64_t groups = group_count(classes);
+  const int64_t groups = group_count(classes, k);
   real_t<scalar_t>* maxima;
   if constexpr (std::is_same_v<scalar_t, double>) {
     maxima = ws.group_max_double.data();
