@@ -129,14 +129,14 @@ def fits(classes: int, k: int) -> bool:
 def unavailable(scores: torch.Tensor, k: int) -> str | None:
     """None if the kernel computes this call (building it on first use, outside a
     torch.compile trace); otherwise why not, in one line."""
-    if scores.device.type != "cpu":
+    if not scores.is_cpu:
         return f"scores are on {scores.device}, the fused kernel runs on the CPU"
     if scores.dtype not in DTYPES:
         return f"scores are {scores.dtype}, the fused kernel reads float32/64, float16, bfloat16"
     if scores.dim() != 2:
         return f"scores have {scores.dim()} dimensions, the fused kernel takes (rows, classes)"
-    if not fits(scores.shape[1], k):
-        classes = scores.shape[1]
+    classes = scores.shape[1]
+    if not (k <= 48 and classes <= 1_000_000) and not fits(classes, k):  # 48 log(2e6) < 700
         return f"k log(2 C) > {MAX_LOG_TERM:g} at k={k}, C={classes}: float64 sums could overflow"
     if not enabled():
         return f"the fused CPU kernel is turned off ({ENV_SWITCH}=0)"
