@@ -1,18 +1,76 @@
-"""The fused CPU kernel (smoothtopk.cpu_kernel): built, used where it applies, equal to the
-PyTorch implementation, and replaced by it (with a warning) when it cannot be built.
-
-Its exactness against the extended-precision references is tested by the grids of
-test_exactness.py and the properties of test_properties.py, which run on both implementations.
+"""The fused CPU kernel as the "cpu" backend (smoothtopk.cpu_kernel): its contract, called
+directly through ``cpu_kernel.forward`` / ``backward``, against independent references:
+``F.cross_entropy`` (k = 1, alpha = 0, tau = 1), the extended-precision references of
+reference.py, the hard loss (tau -> 0), and the PyTorch implementation in float64 for weight,
+ignore_index and the reductions. Its build: quiet import, quiet cached load, one notice on a
+first build, and the portable fallback.
 """
 
+import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from reference import log_space_loss_and_grad
+from reference import hard_loss, log_space_loss_and_grad
 from smoothtopk import cpu_kernel, smooth_topk_svm_loss
+
+INF, NAN = float("inf"), float("nan")
+REDUCTIONS = ("none", "sum", "mean")
+
+
+@pytest.fixture(autouse=True)
+def kernel():
+    # Needs a C++ compiler (and ninja, a dependency); without one the library still works,
+    # slower, and test_kernel_builds_on_this_machine says why.
+    if cpu_kernel.load() is None:
+        pytest.skip("the fused CPU kernel could not be built")
+
+
+def kernel_call(
+    x, y, k, tau=1.0, alpha=1.0, weight=None, ignore_index=-100, reduction="none", grad_out=None
+):
+    """``(out, dL/dx)`` of the backend, with ``grad_out`` (default: ones) as upstream gradient."""
+    out, saved = cpu_kernel.forward(x, y, weight, ignore_index, k, tau, alpha, reduction)
+    if grad_out is None:
+        grad_out = torch.ones_like(out)
+    grad = cpu_kernel.backward(
+        grad_out, x, y, weight, ignore_index, saved, k, tau, alpha, reduction
+    )
+    return out, grad
+
+
+def pytorch_reference(x, y, k, tau, alpha, weight, ignore_index, reduction, grad_out, monkeypatch):
+    """The PyTorch implementation of the public function, in float64."""
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = None if weight is None else weight.double()
+    out = smooth_topk_svm_loss(
+        x64,
+        y,
+        k=k,
+        tau=tau,
+        alpha=alpha,
+        weight=w64,
+        ignore_index=ignore_index,
+        reduction=reduction,
+    )
+    (grad,) = torch.autograd.grad(out, x64, grad_out.double())
+    return out.detach(), grad
+
+
+def cross_entropy_reference(x, y, weight, ignore_index, reduction, grad_out):
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = None if weight is None else weight.double()
+    out = F.cross_entropy(x64, y, weight=w64, ignore_index=ignore_index, reduction=reduction)
+    (grad,) = torch.autograd.grad(out, x64, grad_out.double())
+    return out.detach(), grad
 
 
 class _RecordOps(TorchDispatchMode):
@@ -33,112 +91,374 @@ class _RecordOps(TorchDispatchMode):
         return out
 
 
-def _loss_and_grad(x, y, **kwargs):
-    x = x.detach().clone().requires_grad_(True)
-    loss = smooth_topk_svm_loss(x, y, reduction="none", **kwargs)
-    loss.sum().backward()
-    return loss.detach(), x.grad
-
-
-def _both(x, y, monkeypatch, **kwargs):
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "1")
-    fused = _loss_and_grad(x, y, **kwargs)
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
-    pytorch = _loss_and_grad(x, y, **kwargs)
-    return fused, pytorch
-
-
 def test_kernel_builds_on_this_machine():
-    # Needs a C++ compiler (and ninja, a dependency); without one the library still works,
-    # slower, and this test says why.
     assert cpu_kernel.load() is not None
+    assert cpu_kernel.NAME == "cpu"
 
 
-def test_kernel_computes_forward_and_backward_unless_switched_off(monkeypatch):
-    x, y = torch.randn(6, 50, requires_grad=True), torch.randint(0, 50, (6,))
-    with _RecordOps() as ops:
-        smooth_topk_svm_loss(x, y, k=5).backward()
-    assert {"smoothtopk.forward.default", "smoothtopk.backward.default"} <= ops.names
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
-    with _RecordOps() as ops:
-        smooth_topk_svm_loss(x, y, k=5).backward()
-    assert not any(name.startswith("smoothtopk.") for name in ops.names)
+def test_one_operator_per_direction():
+    x, y = torch.randn(6, 50), torch.tensor([1, 2, -100, 4, 5, 6])
+    weight = torch.rand(50)
+    for reduction in REDUCTIONS:
+        with _RecordOps() as ops:
+            out, saved = cpu_kernel.forward(x, y, weight, -100, 5, 1.0, 1.0, reduction)
+        assert ops.names == {"smoothtopk.forward.default"}
+        grad_out = torch.ones_like(out)
+        with _RecordOps() as ops:
+            cpu_kernel.backward(grad_out, x, y, weight, -100, saved, 5, 1.0, 1.0, reduction)
+        assert ops.names == {"smoothtopk.backward.default"}
 
 
-def test_compiled_graphs_call_the_kernel():
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
-    targets = []
-
-    def record(graph_module, example_inputs):
-        targets.extend(str(node.target) for node in graph_module.graph.nodes)
-        return make_boxed_func(graph_module.forward)
-
-    torch._dynamo.reset()
-    assert cpu_kernel.load() is not None  # built by an eager call, then traced as an operator
-    x, y = torch.randn(8, 40, requires_grad=True), torch.randint(0, 40, (8,))
-    step = torch.compile(
-        lambda a, b: smooth_topk_svm_loss(a, b, k=3),
-        backend=aot_autograd(fw_compiler=record, bw_compiler=record),
-        fullgraph=True,
-    )
-    compiled = step(x, y)
-    (grad,) = torch.autograd.grad(compiled, x)
-    assert "smoothtopk.forward.default" in targets and "smoothtopk.backward.default" in targets
-    eager = smooth_topk_svm_loss(x, y, k=3)
-    (eager_grad,) = torch.autograd.grad(eager, x)
-    torch.testing.assert_close(compiled, eager)
-    torch.testing.assert_close(grad, eager_grad)
-
-
-def test_applies_only_where_float64_sums_cannot_overflow():
+def test_unavailable_says_why_in_one_line():
     assert cpu_kernel.fits(1_000_000, 48) and not cpu_kernel.fits(1_000_000, 49)
-    assert cpu_kernel.applies(torch.zeros(2, 1000), 5)
-    assert not cpu_kernel.applies(torch.zeros(2, 300), 150)  # 150 log(600) > 700
-    assert not cpu_kernel.applies(torch.zeros(2, 1000, device="meta"), 5)
+    for dtype in cpu_kernel.DTYPES:
+        assert cpu_kernel.unavailable(torch.zeros(2, 1000, dtype=dtype), 5) is None
+    refused = {
+        "meta": cpu_kernel.unavailable(torch.zeros(2, 1000, device="meta"), 5),
+        "int": cpu_kernel.unavailable(torch.zeros(2, 1000, dtype=torch.int32), 5),
+        "3-D": cpu_kernel.unavailable(torch.zeros(2, 10, 3), 5),
+        "k": cpu_kernel.unavailable(torch.zeros(2, 300), 150),  # 150 log(600) > 700
+    }
+    for key, reason in refused.items():
+        assert isinstance(reason, str) and reason and "\n" not in reason, key
 
 
-def test_beyond_the_kernel_the_pytorch_code_is_exact():
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 300, generator=generator, dtype=torch.float64)
-    y = torch.randint(0, 300, (3,), generator=generator)
-    loss, grad = _loss_and_grad(x, y, k=150, tau=0.5)
-    ref_loss, ref_grad = log_space_loss_and_grad(x, y, 150, 0.5, 1.0)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
+def test_unavailable_when_switched_off(monkeypatch):
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
+    assert cpu_kernel.ENV_SWITCH in cpu_kernel.unavailable(torch.zeros(2, 10), 2)
+
+
+def test_failed_build_warns_once_and_says_why(monkeypatch):
+    def broken():
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpu_kernel, "_state", {})
+    monkeypatch.setattr(cpu_kernel, "_load_or_build", broken)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        assert cpu_kernel.load() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reason = cpu_kernel.unavailable(torch.zeros(2, 10), 2)
+    assert "no compiler here" in reason
+
+
+# --- values and gradients against F.cross_entropy: k = 1, alpha = 0, tau = 1 ----------------
+
+
+def _ce_case(name):
+    generator = torch.Generator().manual_seed(len(name))
+    x = torch.randn(7, 9, generator=generator, dtype=torch.float64) * 3
+    y = torch.randint(0, 9, (7,), generator=generator)
+    weight = None
+    if name == "masked classes":
+        x[:, 5:] = -INF  # a restricted label set
+        y = y % 5
+    elif name == "only the target finite":
+        x[0, 1:] = -INF
+        y[0] = 0
+    elif name == "target ruled out":
+        x[1, 2] = -INF
+        y[1] = 2
+    elif name == "all -inf":
+        x[2] = -INF
+    elif name == "weight":
+        weight = torch.rand(9, generator=generator, dtype=torch.float64) + 0.1
+    elif name == "ignored":
+        y[[1, 4]] = -100
+        x[1, 3], x[4] = NAN, INF  # an ignored row contributes nothing, whatever its scores
+    elif name == "ignored with a NaN weight":
+        weight = torch.rand(9, generator=generator, dtype=torch.float64)
+        y[y == 0] = 3
+        y[[1, 5]] = -100
+        weight[0] = NAN  # never read: the class of no counted row (and often the placeholder)
+        x[5, 0] = -INF
+    elif name == "all ignored":
+        y[:] = 7
+    return x, y, weight
+
+
+CE_CASES = (
+    "plain",
+    "masked classes",
+    "only the target finite",
+    "target ruled out",
+    "all -inf",
+    "weight",
+    "ignored",
+    "ignored with a NaN weight",
+    "all ignored",
+)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", CE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_k1_is_cross_entropy(name, reduction, dtype):
+    x, y, weight = _ce_case(name)
+    ignore_index = 7 if name == "all ignored" else -100
+    x = x.to(dtype).double().to(dtype)
+    grad_out = (
+        torch.linspace(0.5, 2.0, 7, dtype=torch.float64)
+        if reduction == "none"
+        else (torch.tensor(0.75, dtype=torch.float64))
+    )
+    ref, ref_grad = cross_entropy_reference(x, y, weight, ignore_index, reduction, grad_out)
+    out, grad = kernel_call(
+        x,
+        y,
+        1,
+        1.0,
+        0.0,
+        weight,
+        ignore_index,
+        reduction,
+        grad_out.to(torch.float64 if dtype == torch.float64 else torch.float32),
+    )
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert out.shape == ref.shape and grad.dtype == dtype
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance, equal_nan=True)
+    ignored = y == ignore_index  # cross-entropy's gradient is NaN there for NaN scores
+    torch.testing.assert_close(
+        grad[~ignored].double(), ref_grad[~ignored], rtol=tolerance, atol=tolerance, equal_nan=True
+    )
+    assert (grad[ignored] == 0).all() and (reduction != "none" or (out[ignored] == 0).all())
+
+
+def test_contract_example_nan_weight_of_ignored_class():
+    x = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    y, weight = torch.tensor([-100, 1]), torch.tensor([NAN, 1.0, 1.0])
+    out, grad = kernel_call(x, y, 1, 1.0, 0.0, weight, -100, "mean", torch.tensor(1.0))
+    ref, ref_grad = cross_entropy_reference(x, y, weight, -100, "mean", torch.tensor(1.0))
+    torch.testing.assert_close(out.double(), ref)  # 1.4076
+    torch.testing.assert_close(grad.double(), ref_grad)
+    assert abs(out.item() - 1.4076) < 1e-4 and torch.equal(grad[0], torch.zeros(3))
+
+
+# --- edge cases for any k against the references -----------------------------------------------
+
+
+def _finite_rows_reference(x, y, k, tau, alpha):
+    """log_space reference; rows given as (scores, target)."""
+    return log_space_loss_and_grad(x.double(), y, k, tau, alpha)
+
+
+EDGE_CASES = {
+    # name: (scores, target, k, tau, alpha, expected loss or "reference")
+    "fewer than k finite others (contract)": ([[0.0, 1.0, -INF, -INF]], [0], 3, 1.0, 1.0, 0.0),
+    "k=1 single finite class (contract)": ([[0.0, -INF, -INF]], [0], 1, 1.0, 0.0, 0.0),
+    "k-1 finite others, large alpha": ([[5.0, 1.0, 2.0, -INF, -INF, -INF]], [0], 3, 0.1, 30.0, 0.0),
+    "exactly k finite others": ([[0.0, 1.0, 2.0, -INF, -INF]], [0], 2, 1.0, 1.0, "reference"),
+    "some ruled out": ([[0.3, 1.0, -INF, 2.0, -INF, 0.5]], [5], 2, 0.5, 1.0, "reference"),
+}
+
+
+@pytest.mark.parametrize("name", EDGE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_ruled_out_classes(name, dtype):
+    scores, target, k, tau, alpha, expected = EDGE_CASES[name]
+    x, y = torch.tensor(scores, dtype=dtype), torch.tensor(target)
+    out, grad = kernel_call(x, y, k, tau, alpha)
+    if expected == "reference":
+        # -inf as a score far below the others: the reference's limit
+        finite = torch.where(torch.isinf(x.double()), -1e4, x.double())
+        ref, ref_grad = _finite_rows_reference(finite, y, k, tau, alpha)
+    else:
+        ref, ref_grad = torch.full((1,), expected, dtype=torch.float64), torch.zeros(x.shape)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(
+        grad.double(), ref_grad.double(), rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-12
+    )
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_nan_and_inf_poison_only_their_row(dtype):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 12, generator=generator, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    x[0, 3] = NAN
+    x[1, 7] = INF
+    x[2, 2] = INF  # on the target
+    x[3, 3] = NAN  # on the target
+    x[4, :] = -INF  # target and every other class ruled out: NaN, as cross-entropy
+    x = x.to(dtype)
+    out, grad = kernel_call(x, y, 3, 1.0, 1.0)
+    assert out[:5].isnan().all() and grad[:5].isnan().all()
+    ref, ref_grad = log_space_loss_and_grad(x[5:].double(), y[5:], 3, 1.0, 1.0)
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(out[5:].double(), ref, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(grad[5:].double(), ref_grad, rtol=tolerance, atol=tolerance)
+    for reduction in ("sum", "mean"):
+        assert kernel_call(x, y, 3, reduction=reduction)[0].isnan()
+
+
+def test_target_ruled_out_gives_inf_as_cross_entropy():
+    x = torch.tensor([[-INF, 0.0, 1.0, 2.0]], dtype=torch.float64)
+    out, grad = kernel_call(x, torch.tensor([0]), 2)
+    assert out.item() == INF
+    ref, ref_grad = log_space_loss_and_grad(
+        torch.tensor([[-1e4, 0.0, 1.0, 2.0]]), torch.tensor([0]), 2, 1.0, 1.0
+    )
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def _hard_loss_gradient(scores, target, k, alpha):
+    """The gradient of the hard loss ``alpha + (k-th largest other - s_y) / k`` away from its
+    kinks (the k-th largest other score unique, the hinge not at 0)."""
+    others = sorted((j for j in range(len(scores)) if j != target), key=lambda j: -scores[j])
+    grad = [0.0] * len(scores)
+    if alpha + (scores[others[k - 1]] - scores[target]) / k > 0:
+        grad[others[k - 1]], grad[target] = 1.0 / k, -1.0 / k
+    return grad
+
+
+OVERFLOW_CASES = {
+    # the contract's examples: alpha / tau and |s| / (k tau) far beyond the double range
+    "alpha 1e300, tau 1e-30 (contract)": ([0.5, 0.3], 1, 1, 1e-30, 1e300, torch.float64),
+    "float32 1e30 score, tau 1e-30 (contract)": (
+        [1077.4, 1e30, -645.2],
+        2,
+        2,
+        1e-30,
+        0.5,
+        torch.float32,
+    ),
+    "float32, tau below float's range": (
+        [3.0, -1.0, 2.0, 0.5, 1.5],
+        1,
+        2,
+        1e-40,
+        1.0,
+        torch.float32,
+    ),
+    "float64, tau 1e-300": ([3.0, -1.0, 2.0, 0.5, 1.5], 1, 3, 1e-300, 2.0, torch.float64),
+    "hinge inactive, tau 1e-30": ([10.0, 0.0, 1.0], 0, 1, 1e-30, 1.0, torch.float32),
+}
+
+
+@pytest.mark.parametrize("name", OVERFLOW_CASES)
+def test_extreme_tau_and_alpha_give_the_hard_loss(name):
+    scores, target, k, tau, alpha, dtype = OVERFLOW_CASES[name]
+    x, y = torch.tensor([scores], dtype=dtype), torch.tensor([target])
+    out, grad = kernel_call(x, y, k, tau, alpha)
+    rounded = x[0].double().tolist()
+    expected = hard_loss(rounded, target, k, alpha)  # tau log C(n, k) below its rounding
+    assert math.isfinite(out.item())
+    assert out.item() == pytest.approx(expected, rel=1e-7)
+    expected_grad = torch.tensor(
+        _hard_loss_gradient(rounded, target, k, alpha), dtype=torch.float64
+    )
+    torch.testing.assert_close(grad[0].double(), expected_grad, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("tau", [1e30, 1e37])
+def test_huge_tau_against_reference(tau):
+    # k tau = 2e37: the exponent is formed in double; float32 differences of 6e38 overflow
+    x = torch.tensor([[3e38, -3e38, 1e38, 0.0, -2e38]], dtype=torch.float32)
+    y = torch.tensor([3])
+    out, grad = kernel_call(x, y, 2, tau, 1.0)
+    ref, ref_grad = log_space_loss_and_grad(x.double(), y, 2, tau, 1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=0)
+    # class 1: u = e^{-20} at tau = 1e37 (its float32 difference to the anchor overflows)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-30)
+
+
+# --- weight, ignore_index and the reductions against the PyTorch implementation in float64 ---
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k, tau, alpha", [(3, 1.0, 1.0), (5, 0.1, 0.5)])
+def test_weight_ignore_index_reduction_like_pytorch(
+    reduction, weighted, dtype, k, tau, alpha, monkeypatch
+):
+    generator = torch.Generator().manual_seed(k)
+    x = (torch.randn(10, 40, generator=generator, dtype=torch.float64) * 2).to(dtype)
+    y = torch.randint(0, 40, (10,), generator=generator)
+    y[[2, 7]] = 5  # ignore_index 5 is also a class: those rows count nothing
+    weight = torch.rand(40, generator=generator, dtype=torch.float64) * 2 if weighted else None
+    if weighted:
+        weight[5] = NAN  # the ignored class's weight is never read
+    grad_out = (
+        torch.rand(10, generator=generator, dtype=torch.float64) + 0.5
+        if reduction == "none"
+        else torch.tensor(1.3, dtype=torch.float64)
+    )
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    out, grad = kernel_call(
+        x,
+        y,
+        k,
+        tau,
+        alpha,
+        None if weight is None else weight.to(work),
+        5,
+        reduction,
+        grad_out.to(work),
+    )
+    if weighted:  # the reference multiplies its weights in: give it a finite one
+        weight[5] = 1.0
+    ref, ref_grad = pytorch_reference(
+        x, y, k, tau, alpha, weight, 5, reduction, grad_out, monkeypatch
+    )
+    tolerance = {torch.float64: 1e-12, torch.float32: 2e-6}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance)
+    scale = ref_grad.abs().max()
+    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, rtol=0, atol=tolerance)
+    assert (grad[[2, 7]] == 0).all()
+
+
+def test_expanded_upstream_gradient():
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 30, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 30, (5,), generator=generator)
+    grad_out = torch.tensor(2.0, dtype=torch.float64).expand(5)  # as from out.sum().backward()
+    _, grad = kernel_call(x, y, 4, grad_out=grad_out)
+    _, ref_grad = log_space_loss_and_grad(x, y, 4, 1.0, 1.0)
+    torch.testing.assert_close(grad, 2.0 * ref_grad, rtol=1e-12, atol=1e-14)
+
+
+def test_empty_batch():
+    x, y = torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64)
+    for reduction, expected in (("none", []), ("sum", 0.0)):
+        out, grad = kernel_call(x, y, 2, reduction=reduction)
+        assert out.tolist() == expected and grad.shape == (0, 5)
+    assert kernel_call(x, y, 2, reduction="mean")[0].isnan()  # as F.cross_entropy
+
+
+# --- the algorithm: dtypes, sizes, threads, torch.compile -------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k, tau", [(1, 1.0), (5, 1.0), (5, 0.01), (20, 0.5)])
-def test_fused_equals_pytorch(dtype, k, tau, monkeypatch):
+def test_against_extended_precision_reference(dtype, k, tau):
     generator = torch.Generator().manual_seed(k)
-    x = (torch.randn(32, 700, generator=generator, dtype=torch.float64) * 3).to(dtype)
+    x = (torch.randn(12, 300, generator=generator, dtype=torch.float64) * 3).to(dtype)
     x[0, :40] = x[0, 40]  # ties across the anchor
-    y = torch.randint(0, 700, (32,), generator=generator)
-    (loss, grad), (ref_loss, ref_grad) = _both(x, y, monkeypatch, k=k, tau=tau)
+    y = torch.randint(0, 300, (12,), generator=generator)
+    out, grad = kernel_call(x, y, k, tau, 1.0)
+    ref, ref_grad = log_space_loss_and_grad(x.double(), y, k, tau, 1.0)
     tolerance = {torch.float32: 2e-6, torch.float64: 1e-12}[dtype]
-    torch.testing.assert_close(loss, ref_loss, rtol=tolerance, atol=tolerance)
-    scale = ref_grad.abs().max()
-    torch.testing.assert_close(grad / scale, ref_grad / scale, rtol=0, atol=tolerance)
+    torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance)
+    scale = ref_grad.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_read_directly_and_computed_exactly(dtype, monkeypatch):
+def test_half_precision_is_read_directly_and_computed_exactly(dtype):
     generator = torch.Generator().manual_seed(0)
     x = (torch.randn(16, 300, generator=generator) * 4).to(dtype)
     y = torch.randint(0, 300, (16,), generator=generator)
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "1")
-    with _RecordOps() as ops:
-        loss, grad = _loss_and_grad(x, y, k=5)
-    assert ops.largest.get("aten._to_copy.default", 0) < x.numel()  # no float32 copy of x
-    assert loss.dtype == grad.dtype == dtype
-    # the exact loss and gradient of the same (rounded) scores, to one unit in the last place
-    # of the dtype (rounding a float32 result to the dtype may differ from rounding the exact)
-    ref_loss, ref_grad = log_space_loss_and_grad(x.double(), y, 5, 1.0, 1.0)
+    out, grad = kernel_call(x, y, 5)
+    assert out.dtype == torch.float32 and grad.dtype == dtype
+    # the exact loss and gradient of the same (rounded) scores; the gradient to one unit in the
+    # last place of the dtype (rounding a float32 result may differ from rounding the exact)
+    ref, ref_grad = log_space_loss_and_grad(x.double(), y, 5, 1.0, 1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=0)
     info = torch.finfo(dtype)
     ulp = {"rtol": info.eps, "atol": info.smallest_normal * info.eps}
-    torch.testing.assert_close(loss, ref_loss.to(dtype), **ulp)
     torch.testing.assert_close(grad, ref_grad.to(dtype), **ulp)
 
 
@@ -146,105 +466,115 @@ def test_threads_do_not_change_results():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(64, 2000, generator=generator)
     y = torch.randint(0, 2000, (64,), generator=generator)
+    weight = torch.rand(2000, generator=generator)
     threads = torch.get_num_threads()
+    results = []
     try:
-        torch.set_num_threads(1)
-        one = _loss_and_grad(x, y, k=5)
-        torch.set_num_threads(2)
-        two = _loss_and_grad(x, y, k=5)
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(
+                kernel_call(x, y, 5, weight=weight, reduction="mean", grad_out=torch.tensor(1.0))
+            )
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
-def test_non_contiguous_and_large_rows(monkeypatch):
+def test_non_contiguous_and_large_rows():
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(50_021, 3, generator=generator).t()  # (3, 50021), not contiguous
     y = torch.tensor([0, 25_000, 50_020])
-    (loss, grad), (ref_loss, ref_grad) = _both(x, y, monkeypatch, k=5)
-    exact_loss, exact_grad = log_space_loss_and_grad(x.double(), y, 5, 1.0, 1.0)
-    # float32: the fused kernel is exact to a few ulps per element; the PyTorch code to a few
-    # ulps of the row's largest gradient (its float32 tree rounds small elements more).
-    torch.testing.assert_close(loss.double(), exact_loss, rtol=1e-6, atol=0)
-    torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-6, atol=1e-30)
-    torch.testing.assert_close(ref_loss.double(), exact_loss, rtol=1e-6, atol=0)
-    scale = exact_grad.abs().amax(dim=1, keepdim=True)
-    torch.testing.assert_close(ref_grad.double() / scale, exact_grad / scale, rtol=0, atol=1e-6)
+    out, grad = kernel_call(x, y, 5)
+    ref, ref_grad = log_space_loss_and_grad(x.double(), y, 5, 1.0, 1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-6, atol=1e-30)
 
 
-def test_non_finite_scores_like_the_pytorch_code(monkeypatch):
-    x = torch.randn(5, 12, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 4])
-    x[0, 3] = float("nan")
-    x[1, 7] = float("inf")
-    x[2, 5:] = float("-inf")  # ruled-out classes: a finite loss, no gradient there
-    x[3, 3] = float("-inf")  # the target itself ruled out: infinite loss, as cross-entropy
-    (loss, grad), (ref_loss, ref_grad) = _both(x, y, monkeypatch, k=3)
-    torch.testing.assert_close(loss, ref_loss, equal_nan=True)
-    assert loss[0].isnan() and loss[1].isnan() and loss[2].isfinite() and loss[3] == float("inf")
-    assert (grad[2, 5:] == 0).all() and torch.isfinite(grad[2]).all()
-    torch.testing.assert_close(grad[2:], ref_grad[2:], equal_nan=True)
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_traces_both_operators(compiler, monkeypatch):
+    torch._dynamo.reset()
+    x = torch.randn(8, 40, dtype=torch.float64)
+    y = torch.tensor([1, 2, 3, -100, 5, 6, 7, 8])
+    weight = torch.rand(40, dtype=torch.float64)
+    grad_out = torch.tensor(1.0, dtype=torch.float64)
+
+    def step(scores, target, w, g):
+        assert cpu_kernel.unavailable(scores, 3) is None
+        out, saved = cpu_kernel.forward(scores, target, w, -100, 3, 0.5, 1.0, "mean")
+        return out, cpu_kernel.backward(g, scores, target, w, -100, saved, 3, 0.5, 1.0, "mean")
+
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append({str(node.target) for node in graph_module.graph.nodes})
+        return torch._dynamo.lookup_backend(compiler)(graph_module, example_inputs)
+
+    out, grad = torch.compile(step, backend=record, fullgraph=True)(x, y, weight, grad_out)
+    assert graphs and all(  # fullgraph: one graph per compilation, with both operators
+        {"smoothtopk.forward.default", "smoothtopk.backward.default"} <= graph for graph in graphs
+    )
+    ref, ref_grad = pytorch_reference(
+        x, y, 3, 0.5, 1.0, weight, -100, "mean", grad_out, monkeypatch
+    )
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, ref_grad)
 
 
-def test_failed_build_warns_once_and_falls_back(monkeypatch):
-    def broken():
-        raise RuntimeError("no compiler here")
+# --- the build: quiet import, quiet cached load, one notice on a first build ------------------
 
-    monkeypatch.setattr(cpu_kernel, "_state", {})
-    monkeypatch.setattr(cpu_kernel, "_build", broken)
-    x, y = torch.randn(4, 30), torch.randint(0, 30, (4,))
-    with pytest.warns(RuntimeWarning, match="no compiler here"):
-        first = smooth_topk_svm_loss(x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        second = smooth_topk_svm_loss(x, y)
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
-    torch.testing.assert_close(first, smooth_topk_svm_loss(x, y))
-    assert torch.equal(first, second)
+QUIET = """
+import sys
+import smoothtopk
+assert "torch.utils.cpp_extension" not in sys.modules
+assert smoothtopk.cpu_kernel.load() is not None  # built by this session: loaded, not compiled
+assert "torch.utils.cpp_extension" not in sys.modules
+"""
 
 
-def test_double_backward_of_float32_large_k_is_computed_in_float64():
-    # create_graph=True recomputes with recorded PyTorch operations, which for k > 10 must run
-    # in float64 (float32 sums of ~1/b! underflow from b = 34 on).
-    generator = torch.Generator().manual_seed(5)
-    x64 = torch.randn(4, 200, generator=generator, dtype=torch.float64)
-    y = torch.randint(0, 200, (4,), generator=generator)
-    penalties = []
-    for x in (x64.float(), x64.float().double()):
-        x = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(smooth_topk_svm_loss(x, y, k=40), x, create_graph=True)
-        (second,) = torch.autograd.grad(grad.pow(2).sum(), x)
-        penalties.append(second.double())
-    scale = penalties[1].abs().max()
-    torch.testing.assert_close(penalties[0] / scale, penalties[1] / scale, rtol=0, atol=1e-5)
+def test_import_and_cached_load_print_nothing():
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr
 
 
-PORTABLE_BUILD = """
+FIRST_BUILD = """
 import torch
-from smoothtopk import cpu_kernel, smooth_topk_svm_loss
+from smoothtopk import cpu_kernel
 
 real_compile = cpu_kernel._compile
-def native_refused(name, flags, ldflags):
-    if name != "smoothtopk_cpu_portable":
+def native_refused(name, root, flags, ldflags):
+    if "portable" not in name:
         raise RuntimeError("no -march=native here")
-    real_compile(name, flags, ldflags)
+    real_compile(name, root, flags, ldflags)
 cpu_kernel._compile = native_refused
 assert cpu_kernel.load() is not None
+"""
+
+CHECK = """
+import torch
+from reference import log_space_loss_and_grad
+from smoothtopk import cpu_kernel
+assert cpu_kernel.load() is not None
 x, y = torch.randn(6, 300, dtype=torch.float64), torch.randint(0, 300, (6,))
-fused = smooth_topk_svm_loss(x, y, k=5, reduction="none")
-cpu_kernel.os.environ[cpu_kernel.ENV_SWITCH] = "0"
-torch.testing.assert_close(fused, smooth_topk_svm_loss(x, y, k=5, reduction="none"))
+out, saved = cpu_kernel.forward(x, y, None, -100, 5, 1.0, 1.0, "none")
+torch.testing.assert_close(out, log_space_loss_and_grad(x, y, 5, 1.0, 1.0)[0])
 print("portable ok")
 """
 
 
 @pytest.mark.slow
-def test_portable_build_when_native_flags_are_refused():
-    # A separate process: the operators of one process can be registered only once.
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", PORTABLE_BUILD], capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0 and "portable ok" in done.stdout, done.stderr[-3000:]
+def test_first_build_says_so_once_and_falls_back_to_portable_flags(tmp_path):
+    # A fresh build directory: one process builds (native flags refused: the portable
+    # build), saying so once on stderr; the next loads the library without a word.
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    run = dict(capture_output=True, text=True, timeout=900, env=env)
+    first = subprocess.run([sys.executable, "-c", FIRST_BUILD], **run)
+    assert first.returncode == 0, first.stderr[-3000:]
+    notices = [line for line in first.stderr.splitlines() if line.startswith("smoothtopk:")]
+    assert len(notices) == 1 and str(tmp_path) in notices[0], first.stderr
+    assert "once per machine" in notices[0] and cpu_kernel.AHEAD_OF_TIME in notices[0]
+    second = subprocess.run([sys.executable, "-c", CHECK], **run)
+    assert second.returncode == 0 and "portable ok" in second.stdout, second.stderr[-3000:]
+    assert second.stderr == ""

@@ -20,7 +20,7 @@ _REDUCTIONS = ("none", "mean", "sum")
 def check_k(k, num_classes: int | None, name: str = "k") -> int:
     """``k`` must be an integer with ``1 <= k < num_classes`` (``k >= 1`` when the number of
     classes is not known yet, as in a Module's constructor)."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+    if type(k) is not int and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
         raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     k = int(k)
     if num_classes is None:
@@ -61,6 +61,8 @@ def check_non_negative(value, name: str) -> float:
 
 
 def _check_real(value, name: str) -> float:
+    if type(value) is float and abs(value) < math.inf:  # the common case, without ABC checks
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -75,6 +77,8 @@ def _check_real(value, name: str) -> float:
 
 def check_ignore_index(ignore_index) -> int:
     """An int (not a bool, float or tensor) in the range of int64, as target values are."""
+    if type(ignore_index) is int and -(2**63) <= ignore_index < 2**63:
+        return ignore_index
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     if not -(2**63) <= ignore_index < 2**63:

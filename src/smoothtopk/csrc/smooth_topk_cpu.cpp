@@ -17,6 +17,13 @@
 //   * the rest's gradient u_j sum_m (-u_j)^m D_m by Horner's rule (alternating terms bounded by
 //     binomials in k because u_j <= 1), evaluated in float64.
 // The backward recomputes u_j from the scores instead of storing an (N, C) buffer.
+//
+// The operators (schemas and fake kernels defined in smoothtopk/cpu_kernel.py) fold in the
+// calling convention of F.cross_entropy: forward(scores, target, weight?, ignore_index, k, tau,
+// alpha, reduction) -> (out, stats, anchor_index) with out = weight[t] * L per row ("none"),
+// their row-order sum ("sum") or that sum over the sum of weight[t] ("mean"); rows whose target
+// is ignore_index are never read and give 0 (and a zero gradient row). backward(grad_out, ...)
+// scales each row by grad_out (scalar or per row) and the weight folded into stats.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -24,6 +31,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/string_view.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -32,6 +40,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -148,23 +157,26 @@ inline float exp_nonpositive(float x) {
 template <typename scalar_t>
 using real_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// Classes are searched in `groups` interleaved groups (class j in group j mod groups), about 8
-// classes each: the maxima of all groups take one vectorised pass over the row.
-int64_t group_count(int64_t classes) {
-  return 8 * std::clamp<int64_t>(classes / 64, 1, 512);
+// Classes are searched in `groups` interleaved groups (class j in group j mod groups): the
+// maxima of all groups take one vectorised pass over the row, then about G insertions of group
+// maxima and (k + 1) n / G of classes: G ~ sqrt((k + 1) n), a multiple of 8, at most 4096.
+int64_t group_count(int64_t classes, int64_t k) {
+  const double balanced = std::sqrt(static_cast<double>(k + 1) * static_cast<double>(classes));
+  const int64_t eighths = static_cast<int64_t>(balanced / 8.0 + 0.5);
+  return 8 * std::clamp<int64_t>(std::min(eighths, classes / 8), 1, 512);
 }
 
 // Scratch space of one thread, sized once per call.
 struct Workspace {
   explicit Workspace(int64_t classes, int64_t k)
       : rest(((classes + kLanes - 1) / kLanes) * kLanes, 0.0),
-        group_max_float(group_count(classes)),
-        group_max_double(group_count(classes)),
+        group_max_float(group_count(classes, k)),
+        group_max_double(group_count(classes, k)),
         order(k + 1),
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
         e(k + 1),
-        product(k + 1),
+        product((k + 1) * kLanes),
         top(k),
         top_index(k),
         w(k),
@@ -180,7 +192,7 @@ struct Workspace {
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
   std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
   std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
-  std::vector<double> lanes, e, product, top;
+  std::vector<double> lanes, e, product, top;  // product: scratch of merge_lanes
   std::vector<int64_t> top_index;
   std::vector<double> w, sigma, shifted, messages, prefix, inclusion_a, inclusion_b;
   std::vector<double> from_a, from_b;
@@ -213,7 +225,7 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
 template <typename scalar_t>
 void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
                           Workspace& ws) {
-  const int64_t groups = group_count(classes);
+  const int64_t groups = group_count(classes, k);
   real_t<scalar_t>* maxima;
   if constexpr (std::is_same_v<scalar_t, double>) {
     maxima = ws.group_max_double.data();
@@ -283,16 +295,15 @@ double anchor_inclusions(const double* E, int64_t k, Workspace& ws, double* incl
 
 // u_j = e^{min(s_j - a, 0) / (k tau)} for every j; returns the number of NaN and +inf scores
 // (-inf is a legitimate score: a class ruled out).
-template <typename scalar_t>
+template <typename scalar_t, typename real>
 __attribute__((noinline)) int64_t rest_weights(const scalar_t* __restrict s, double* __restrict u,
                                                int64_t classes, double a, double scale) {
-  using real = real_t<scalar_t>;
   const real anchor = static_cast<real>(a), factor = static_cast<real>(scale);
   int64_t bad = 0;
   for (int64_t j = 0; j < classes; ++j) {
     const real v = static_cast<real>(to_double(s[j]));
     bad += v <= std::numeric_limits<real>::max() ? 0 : 1;
-    const real x = (v - anchor) * factor;
+    const real x = (v - anchor) * factor;  // NaN only for v == anchor with factor = inf: u = 1
     u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
   }
   return bad;
@@ -385,30 +396,74 @@ __attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, i
   return 4;
 }
 
-// product[b] = sum_{c <= b} p[b - c] q[c * stride], b = 0..k (vectorised over b).
-__attribute__((noinline)) void multiply_truncated(const double* __restrict p,
-                                                  const double* __restrict q, int64_t stride,
-                                                  int64_t k, double* __restrict product) {
-  std::fill(product, product + k + 1, 0.0);
-  for (int64_t c = 0; c <= k; ++c) {
-    const double factor = q[c * stride];
-    for (int64_t b = c; b <= k; ++b) product[b] += factor * p[b - c];
+// One round of the lanes' product: lane l (< W) times lane l + W, truncated to degree k, for
+// the W pairs at once (one vector of W); in and out hold degree b of lane l at b * kLanes + l.
+template <int W>
+void multiply_lane_pairs(const double* __restrict in, int64_t k, double* __restrict out) {
+  for (int64_t b = 0; b <= k; ++b) {
+    double sum[W] = {};
+    for (int64_t c = 0; c <= b; ++c) {
+      const double* low = in + (b - c) * kLanes;
+      const double* high = in + c * kLanes + W;
+      for (int l = 0; l < W; ++l) sum[l] += low[l] * high[l];
+    }
+    for (int l = 0; l < W; ++l) out[b * kLanes + l] = sum[l];
   }
 }
 
+// e_b, b = 0..k, of the product of the `used` (8 or 4) lane polynomials: a tree of pairwise
+// products (all terms non-negative, so the order of the sums does not matter to the error).
+__attribute__((noinline)) void merge_lanes(double* __restrict lanes, int64_t used, int64_t k,
+                                           double* __restrict scratch, double* __restrict e) {
+  double* in = lanes;
+  double* out = scratch;
+  if (used == 8) {
+    multiply_lane_pairs<4>(in, k, out);
+    std::swap(in, out);
+  }
+  multiply_lane_pairs<2>(in, k, out);
+  multiply_lane_pairs<1>(out, k, in);
+  for (int64_t b = 0; b <= k; ++b) e[b] = in[b * kLanes];
+}
+
+// 1/(k tau) for which the exponents of float, half and bfloat16 rows are formed in float: there
+// the factor is a finite float and a float difference s_j - a that overflows means
+// |x| > 87, u_j = 0 as it should. Outside (tau below ~3e-39/k, k tau above ~1e36) in double.
+constexpr double kMinFloatScale = 1e-36;
+
+template <typename scalar_t>
+bool exponent_in_double(double scale) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    return !(scale >= kMinFloatScale && scale <= std::numeric_limits<float>::max());
+  }
+}
+
+struct RowResult {
+  double loss, slope;
+};
+
 // One row: the loss and the factors of its gradient.
 //   stats = [a, slope, D_0 .. D_{k-1}, G_0 .. G_{k-1}]: dL/ds_j = slope u_j sum_m (-u_j)^m D_m on
-//   the rest, slope G_i on the anchors, -slope on the target (slope = sigmoid(argument) / k).
+//   the rest, slope G_i on the anchors, -slope on the target (the caller stores the slope,
+//   scaled by the row's weight). With z' = tau (argument of the softplus), formed without
+//   dividing by tau so that alpha / tau or |s| / (k tau) beyond the double range cannot overflow,
+//     z' = alpha + (a - s_y) / k + tau (log A - log B),
+//     L = relu(z') + tau log1p(e^{-|z'| / tau}),   slope = sigmoid(z' / tau) / k.
+//   Fewer than k finite other scores (a = -inf, s_y finite): z' = -inf, so L = 0 and slope = 0,
+//   the limit. NaN or +inf anywhere in the row (or a = s_y = -inf): L and slope are NaN.
 template <typename scalar_t>
-void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, double scale,
-                 double margin, double tau, Workspace& ws, double* loss, double* stats,
-                 int64_t* anchor_index) {
+RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
+                      double scale, double alpha, double tau, bool wide, Workspace& ws,
+                      double* stats, int64_t* anchor_index) {
   top_k_without_target(s, classes, target, k, ws);
   const double a = ws.top[k - 1];
 
   // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
   double* u = ws.rest.data();
-  const int64_t bad = rest_weights(s, u, classes, a, scale);
+  const int64_t bad = wide ? rest_weights<scalar_t, double>(s, u, classes, a, scale)
+                           : rest_weights<scalar_t, real_t<scalar_t>>(s, u, classes, a, scale);
   for (int64_t i = 0; i < k; ++i) u[ws.top_index[i]] = 0.0;
   u[target] = 0.0;
   for (int64_t i = 0; i < k; ++i) anchor_index[i] = ws.top_index[i];
@@ -418,20 +473,19 @@ void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, 
   const int64_t used =
       lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
   double* e = ws.e.data();
-  for (int64_t b = 0; b <= k; ++b) e[b] = lanes[b * kLanes];
-  for (int64_t l = 1; l < used; ++l) {
-    multiply_truncated(e, lanes + l, kLanes, k, ws.product.data());
-    std::copy(ws.product.begin(), ws.product.end(), ws.e.begin());
-  }
+  merge_lanes(lanes, used, k, ws.product.data(), e);
 
-  // sigma_b(w) over T.
-  for (int64_t i = 0; i < k; ++i) ws.w[i] = exp_nonpositive((a - ws.top[i]) * scale);
+  // sigma_b(w) over T; log w_i <= 0 (NaN from 0 * inf or -inf - -inf means w_i = 1).
+  for (int64_t i = 0; i < k; ++i) {
+    const double log_w = (a - ws.top[i]) * scale;
+    ws.w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
+  }
   std::fill(ws.sigma.begin(), ws.sigma.end(), 0.0);
   ws.sigma[0] = 1.0;
   for (int64_t i = 0; i < k; ++i)
     for (int64_t b = i + 1; b >= 1; --b) ws.sigma[b] += ws.w[i] * ws.sigma[b - 1];
 
-  // A with E = e, B with E' = (0, e_0, ..., e_{k-1}); their inclusions on T.
+  // A with E = e, B with E' = (0, e_0, ..., e_{k-1}); their inclusions on T. A, B >= 1.
   double* shifted = ws.shifted.data();
   shifted[0] = 0.0;
   for (int64_t b = 1; b <= k; ++b) shifted[b] = e[b - 1];
@@ -439,16 +493,17 @@ void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, 
   const double total_b = anchor_inclusions(shifted, k, ws, ws.inclusion_b.data());
 
   const double true_score = to_double(s[target]);
-  const double argument =
-      margin + (a - true_score) * scale + (std::log(total_a) - std::log(total_b));
-  const double softplus =
-      std::max(argument, 0.0) + std::log1p(std::exp(-std::abs(argument)));
-  const double sigmoid = argument >= 0.0 ? 1.0 / (1.0 + std::exp(-argument))
-                                         : std::exp(argument) / (1.0 + std::exp(argument));
-  const bool poisoned = bad > 0 || a == -kInf || std::isnan(argument);
-  *loss = poisoned ? kNaN : tau * softplus;
+  const double kd = static_cast<double>(k);
+  const double gap = a - true_score;  // overflows only for float64 scores near the range's ends
+  const double step = std::isinf(gap) && std::isfinite(a) && std::isfinite(true_score)
+                          ? a / kd - true_score / kd
+                          : gap / kd;
+  const double z = alpha + step + tau * (std::log(total_a) - std::log(total_b));
+  const double loss = std::max(z, 0.0) + tau * std::log1p(std::exp(-std::abs(z) / tau));
+  const double t = z / tau;
+  const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + std::exp(-t)) : std::exp(t) / (1.0 + std::exp(t));
+  const bool poisoned = bad > 0 || std::isnan(z);
   stats[0] = a;
-  stats[1] = poisoned ? kNaN : sigmoid / static_cast<double>(k);
 
   // D_m = sum_{b > m} sigma_b e_{b-1-m} / A - sum_{b > m} sigma_b E'_{b-1-m} / B.
   double* rest_coefficients = stats + 2;
@@ -468,16 +523,17 @@ void forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, 
   // d/dz_i (log A - log B) = -w_i d/dw_i log A + w_i d/dw_i log B on T.
   double* anchor_gradient = stats + 2 + k;
   for (int64_t i = 0; i < k; ++i) anchor_gradient[i] = ws.inclusion_b[i] - ws.inclusion_a[i];
+  if (poisoned) return {kNaN, kNaN};
+  return {loss, sigmoid / kd};
 }
 
 // dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
-template <typename scalar_t>
+template <typename scalar_t, typename real>
 __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
                                              scalar_t* __restrict grad, int64_t count, double a,
                                              double scale, double factor,
                                              const double* __restrict coefficients, int64_t k,
                                              double* __restrict u, double* __restrict horner) {
-  using real = real_t<scalar_t>;
   const real anchor = static_cast<real>(a), factor_x = static_cast<real>(scale);
   for (int64_t j = 0; j < count; ++j) {
     const real x = (static_cast<real>(to_double(s[j])) - anchor) * factor_x;
@@ -511,7 +567,7 @@ __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
 
 template <typename scalar_t>
 void backward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, double scale,
-                  double grad_loss, const double* stats, const int64_t* anchor_index,
+                  bool wide, double grad_loss, const double* stats, const int64_t* anchor_index,
                   scalar_t* grad) {
   const double a = stats[0];
   const double factor = stats[1] * grad_loss;
@@ -519,8 +575,14 @@ void backward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
   const double* anchor_gradient = stats + 2 + k;
   double u[kChunk], horner[kChunk];
   for (int64_t start = 0; start < classes; start += kChunk) {
-    rest_gradient(s + start, grad + start, std::min(kChunk, classes - start), a, scale, factor,
-                  coefficients, k, u, horner);
+    const int64_t count = std::min(kChunk, classes - start);
+    if (wide) {
+      rest_gradient<scalar_t, double>(s + start, grad + start, count, a, scale, factor,
+                                      coefficients, k, u, horner);
+    } else {
+      rest_gradient<scalar_t, real_t<scalar_t>>(s + start, grad + start, count, a, scale,
+                                                factor, coefficients, k, u, horner);
+    }
   }
   for (int64_t i = 0; i < k; ++i)
     grad[anchor_index[i]] = static_cast<scalar_t>(factor * anchor_gradient[i]);
@@ -558,6 +620,15 @@ int64_t grain_rows(int64_t classes) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(classes, 1));
 }
 
+enum class Reduction { kNone, kSum, kMean };
+
+Reduction parse_reduction(c10::string_view reduction) {
+  if (reduction == "none") return Reduction::kNone;
+  if (reduction == "sum") return Reduction::kSum;
+  TORCH_CHECK(reduction == "mean", "smoothtopk: reduction must be 'none', 'sum' or 'mean'");
+  return Reduction::kMean;
+}
+
 void check_arguments(const at::Tensor& scores, const at::Tensor& target, int64_t k) {
   TORCH_CHECK(scores.dim() == 2, "smoothtopk: scores must be (rows, classes)");
   TORCH_CHECK(target.dim() == 1 && target.size(0) == scores.size(0),
@@ -566,66 +637,177 @@ void check_arguments(const at::Tensor& scores, const at::Tensor& target, int64_t
   TORCH_CHECK(k >= 1 && k < scores.size(1), "smoothtopk: need 1 <= k < classes");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(const at::Tensor& scores_in,
-                                                                   const at::Tensor& target_in,
-                                                                   int64_t k, double tau,
-                                                                   double alpha) {
+// row_weight[r] = weight[target[r]] (1 without weight) for the rows that are not ignored; the
+// weight of an ignored row's class is never read. Returns their sum, in row order.
+double gather_row_weights(const std::optional<at::Tensor>& weight, const int64_t* y,
+                          int64_t rows, int64_t classes, int64_t ignore_index,
+                          double* row_weight) {
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < classes),
+                "smoothtopk: target ", y[r], " is neither in [0, ", classes,
+                ") nor ignore_index ", ignore_index);
+  }
+  double total = 0.0;
+  if (!weight.has_value()) {
+    for (int64_t r = 0; r < rows; ++r) {
+      row_weight[r] = y[r] == ignore_index ? 0.0 : 1.0;
+      total += row_weight[r];
+    }
+    return total;
+  }
+  const at::Tensor& w = *weight;
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == classes && w.device().is_cpu(),
+              "smoothtopk: weight must be a CPU tensor of shape (classes,)");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "weight", [&] {
+    const scalar_t* p = w.const_data_ptr<scalar_t>();
+    const int64_t stride = w.stride(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (y[r] == ignore_index) {
+        row_weight[r] = 0.0;
+        continue;
+      }
+      row_weight[r] = static_cast<double>(p[y[r] * stride]);
+      total += row_weight[r];
+    }
+  });
+  return total;
+}
+
+// out: (rows,) of weight[t_r] l_r for "none", else the row-order sum (divided by the sum of the
+// weights for "mean": NaN when no row counts), in float64 for float64 scores, else float32.
+at::Tensor reduce_rows(const std::vector<double>& losses, Reduction reduction, double total_weight,
+                       const at::TensorOptions& options) {
+  const int64_t rows = static_cast<int64_t>(losses.size());
+  at::Tensor out = reduction == Reduction::kNone ? at::empty({rows}, options)
+                                                 : at::empty({}, options);
+  std::vector<double> sum(1, 0.0);
+  const double* values = losses.data();
+  if (reduction != Reduction::kNone) {
+    for (int64_t r = 0; r < rows; ++r) sum[0] += losses[r];
+    if (reduction == Reduction::kMean) sum[0] /= total_weight;
+    values = sum.data();
+  }
+  const int64_t count = out.numel();
+  if (out.scalar_type() == at::kDouble) {
+    std::copy(values, values + count, out.mutable_data_ptr<double>());
+  } else {
+    float* p = out.mutable_data_ptr<float>();
+    for (int64_t r = 0; r < count; ++r) p[r] = static_cast<float>(values[r]);
+  }
+  return out;
+}
+
+// The loss (reduced) and, per row, stats = [a, slope * weight[t] (/ W for "mean"), D, G] and the
+// anchors' classes. Ignored rows: loss 0, stats 0, never read.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
+    const at::Tensor& scores_in, const at::Tensor& target_in,
+    const std::optional<at::Tensor>& weight, int64_t ignore_index, int64_t k, double tau,
+    double alpha, c10::string_view reduction_name) {
   check_arguments(scores_in, target_in, k);
+  const Reduction reduction = parse_reduction(reduction_name);
   const at::Tensor scores = scores_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const int64_t rows = scores.size(0), classes = scores.size(1);
-  const auto f64 = scores.options().dtype(at::kDouble);
-  at::Tensor loss = at::empty({rows}, f64);
-  at::Tensor stats = at::empty({rows, 2 + 2 * k}, f64);
+  const int64_t* y = target.const_data_ptr<int64_t>();
+  std::vector<double> row_weight(rows), losses(rows);
+  const double total_weight =
+      gather_row_weights(weight, y, rows, classes, ignore_index, row_weight.data());
+  const double slope_scale = reduction == Reduction::kMean ? 1.0 / total_weight : 1.0;
+  const int64_t width = 2 + 2 * k;
+  at::Tensor stats = at::empty({rows, width}, scores.options().dtype(at::kDouble));
   at::Tensor anchor_index = at::empty({rows, k}, scores.options().dtype(at::kLong));
   const double scale = 1.0 / (static_cast<double>(k) * tau);
-  const double margin = alpha / tau;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, scores.scalar_type(), "smoothtopk_forward", [&] {
         const scalar_t* s = scores.const_data_ptr<scalar_t>();
-        const int64_t* y = target.const_data_ptr<int64_t>();
-        double* loss_out = loss.mutable_data_ptr<double>();
         double* stats_out = stats.mutable_data_ptr<double>();
         int64_t* index_out = anchor_index.mutable_data_ptr<int64_t>();
+        const bool wide = exponent_in_double<scalar_t>(scale);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
-          for (int64_t r = begin; r < end; ++r)
-            forward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
-                        margin, tau, ws, loss_out + r, stats_out + r * (2 + 2 * k),
-                        index_out + r * k);
+          for (int64_t r = begin; r < end; ++r) {
+            double* row_stats = stats_out + r * width;
+            if (y[r] == ignore_index) {
+              losses[r] = 0.0;
+              std::fill(row_stats, row_stats + width, 0.0);
+              std::fill(index_out + r * k, index_out + (r + 1) * k, int64_t{0});
+              continue;
+            }
+            const RowResult row =
+                forward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k,
+                            scale, alpha, tau, wide, ws, row_stats, index_out + r * k);
+            losses[r] = row_weight[r] * row.loss;
+            row_stats[1] = row.slope * (row_weight[r] * slope_scale);
+          }
         });
       });
-  return {loss, stats, anchor_index};
+  const auto out_dtype = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out =
+      reduce_rows(losses, reduction, total_weight, scores.options().dtype(out_dtype));
+  return {out, stats, anchor_index};
 }
 
-at::Tensor smooth_topk_backward(const at::Tensor& grad_loss_in, const at::Tensor& scores_in,
+// grad_out: () for "sum" / "mean", (rows,) for "none" (any strides), float32 or float64.
+struct UpstreamGradient {
+  explicit UpstreamGradient(const at::Tensor& g)
+      : values(g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble
+                   ? g
+                   : g.to(at::kDouble)),
+        is_double(values.scalar_type() == at::kDouble),
+        stride(values.dim() == 0 ? 0 : values.stride(0)),
+        data(values.const_data_ptr()) {}
+  double operator[](int64_t r) const {
+    return is_double ? static_cast<const double*>(data)[r * stride]
+                     : static_cast<double>(static_cast<const float*>(data)[r * stride]);
+  }
+  at::Tensor values;
+  bool is_double;
+  int64_t stride;
+  const void* data;
+};
+
+at::Tensor smooth_topk_backward(const at::Tensor& grad_out, const at::Tensor& scores_in,
                                 const at::Tensor& target_in, const at::Tensor& stats_in,
-                                const at::Tensor& anchor_index_in, int64_t k, double tau) {
+                                const at::Tensor& anchor_index_in, int64_t ignore_index,
+                                int64_t k, double tau, c10::string_view reduction_name) {
   check_arguments(scores_in, target_in, k);
+  const Reduction reduction = parse_reduction(reduction_name);
   const at::Tensor scores = scores_in.contiguous();
   const at::Tensor target = target_in.contiguous();
-  const at::Tensor grad_loss = grad_loss_in.to(at::kDouble).contiguous();
   const at::Tensor stats = stats_in.contiguous();
   const at::Tensor anchor_index = anchor_index_in.contiguous();
   const int64_t rows = scores.size(0), classes = scores.size(1);
-  TORCH_CHECK(grad_loss.numel() == rows, "smoothtopk::backward: grad_loss must be (rows,)");
+  TORCH_CHECK(reduction == Reduction::kNone
+                  ? grad_out.dim() == 1 && grad_out.size(0) == rows
+                  : grad_out.dim() == 0,
+              "smoothtopk::backward: grad_out must have the shape of the loss");
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == rows && stats.size(1) == 2 + 2 * k &&
+                  stats.scalar_type() == at::kDouble && anchor_index.dim() == 2 &&
+                  anchor_index.size(0) == rows && anchor_index.size(1) == k,
+              "smoothtopk::backward: stats and anchor_index must come from smoothtopk::forward");
+  const UpstreamGradient g(grad_out);
+  const int64_t step = reduction == Reduction::kNone ? 1 : 0;
   at::Tensor grad = at::empty({rows, classes}, scores.options());
   const double scale = 1.0 / (static_cast<double>(k) * tau);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, scores.scalar_type(), "smoothtopk_backward", [&] {
         const scalar_t* s = scores.const_data_ptr<scalar_t>();
         const int64_t* y = target.const_data_ptr<int64_t>();
-        const double* g = grad_loss.const_data_ptr<double>();
         const double* st = stats.const_data_ptr<double>();
         const int64_t* idx = anchor_index.const_data_ptr<int64_t>();
         scalar_t* out = grad.mutable_data_ptr<scalar_t>();
+        const bool wide = exponent_in_double<scalar_t>(scale);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? 2 * classes : 0);
           for (int64_t r = begin; r < end; ++r) {
+            if (y[r] == ignore_index) {  // exactly 0, whatever the row's scores
+              std::fill(out + r * classes, out + (r + 1) * classes, scalar_t(0));
+              continue;
+            }
             auto* row_grad = row_gradient(out + r * classes, classes, staged);
             backward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
-                         g[r], st + r * (2 + 2 * k), idx + r * k, row_grad);
+                         wide, g[r * step], st + r * (2 + 2 * k), idx + r * k, row_grad);
             store_gradient(row_grad, out + r * classes, classes);
           }
         });
@@ -635,13 +817,7 @@ at::Tensor smooth_topk_backward(const at::Tensor& grad_loss_in, const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY(smoothtopk, m) {
-  m.def("forward(Tensor scores, Tensor target, int k, float tau, float alpha) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("backward(Tensor grad_loss, Tensor scores, Tensor target, Tensor stats, "
-        "Tensor anchor_index, int k, float tau) -> Tensor");
-}
-
+// The schemas are defined from Python (smoothtopk/cpu_kernel.py), with their fake kernels.
 TORCH_LIBRARY_IMPL(smoothtopk, CPU, m) {
   m.impl("forward", TORCH_FN(smooth_topk_forward));
   m.impl("backward", TORCH_FN(smooth_topk_backward));
