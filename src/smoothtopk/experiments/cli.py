@@ -185,20 +185,18 @@ def _train(args, parser) -> int:
     given = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k != "preset"}
     prepare_ok = False
     try:
-        yaml_values = config_mod.load_yaml(args.config) if args.config else {}
-        if args.resume and args.out and is_run_dir(args.out):
-            explicit = {**yaml_values, **given}
-            if args.preset:
-                explicit["preset"] = args.preset
-            cfg = config_mod.resume_config(saved_config(args.out), explicit)
-        else:
-            cfg = config_mod.resolve(args.preset, yaml_values, given)
-        run_dir = args.out or default_run_dir(cfg)
+        yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
+        preset = config_mod.pick_preset(args.preset, yaml_values.pop("preset", None))
+        cfg = config_mod.resolve(preset, yaml_values, given)
+        run_dir = args.out if args.out is not None else default_run_dir(cfg)
+        if args.resume and is_run_dir(run_dir):
+            explicit = {**yaml_values, **given, "preset": preset}
+            cfg = config_mod.resume_config(saved_config(run_dir), explicit)
         init_distributed(cfg.device)  # under torchrun: join the process group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
         prepare_ok = True
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
+    except (ValueError, TypeError, OSError) as err:
+        parser.error(str(err).splitlines()[0] if str(err) else repr(err))
     finally:
         if not prepare_ok:
             finish_distributed()
@@ -221,6 +219,8 @@ def _report(args, parser) -> int:
 
     try:
         out = args.out
+        if out == "":
+            raise ValueError("the report directory (--out) must not be empty")
         if out is None:
             parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in args.runs}
             base = args.runs[0] if len(args.runs) == 1 else os.path.commonpath(sorted(parents))

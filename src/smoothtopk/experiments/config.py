@@ -2,7 +2,9 @@
 
 Resolution order (later wins): the dataclass defaults, the preset (``--preset`` or ``preset:`` in
 the YAML file), the preset's per-loss settings (e.g. the ImageNet recipe uses lr 1 and tau 0.1
-for the smooth loss), the YAML file (``--config``), the command-line options.
+for the smooth loss), the YAML file (``--config``), the command-line options. A ``preset:`` key
+in the file and ``--preset`` must name the same preset (an error otherwise): neither is
+silently dropped.
 """
 
 from __future__ import annotations
@@ -157,11 +159,21 @@ def _coerce(name: str, value):
 
 
 def load_yaml(path: str) -> dict:
+    """The mapping in the YAML file ``path``; ValueError naming the file if it cannot be read,
+    is not UTF-8 text, not YAML or not a mapping."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ValueError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a directory, not a YAML file") from None
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); expected YAML"
+        ) from None
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
     if data is None:
@@ -186,8 +198,7 @@ def resolve(
     _check_keys(yaml_values, "the config file")
     _check_keys(cli_values, "the command line")
     yaml_values = {k: _coerce(k, v) for k, v in yaml_values.items()}
-    preset = cli_values.pop("preset", None) or preset or yaml_values.pop("preset", None)
-    yaml_values.pop("preset", None)
+    preset = pick_preset(cli_values.pop("preset", None) or preset, yaml_values.pop("preset", None))
     values: dict = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -202,6 +213,15 @@ def resolve(
     cfg = Config(**values)
     validate(cfg)
     return cfg
+
+
+def pick_preset(given: str | None, in_file: str | None) -> str | None:
+    """The preset of a run: ``--preset`` or the file's ``preset:``; both must agree."""
+    if given is not None and in_file is not None and given != in_file:
+        raise ValueError(
+            f"--preset {given} and 'preset: {in_file}' in the config file disagree; give one"
+        )
+    return given if given is not None else in_file
 
 
 def validate(cfg: Config) -> Config:

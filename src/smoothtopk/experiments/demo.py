@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_write_json
 from .config import Config, resolve
 from .report import write_report
-from .train import Prepared, check_run_dir, execute, prepare
+from .train import Prepared, check_run_dir, check_writable, execute, prepare
 
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 LOSSES = (("ce", {}), ("smooth-svm", {"k": 5, "tau": 1.0, "alpha": 1.0}))
@@ -38,6 +38,7 @@ def plan(
     """Validate the whole sweep and load its data; writes nothing."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    check_writable(out, "demo directory")
     if os.path.isdir(out) and os.listdir(out):
         if not os.path.isfile(os.path.join(out, MARKER)):
             raise ValueError(f"{out} exists and is not a demo directory; choose another --out")
@@ -46,8 +47,6 @@ def plan(
                 f"demo directory {out} already exists; pass --resume to continue it "
                 "or --overwrite to replace it"
             )
-    elif os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{out} exists and is not a directory")
     runs = []
     for noise in noise_levels:
         for loss, extra in LOSSES:

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .checkpoint import atomic_write_json
-from .config import FIELDS, PRESETS, RESUMABLE, Config, _coerce, resolve
+from .config import FIELDS, PRESETS, RESUMABLE, Config, _coerce, pick_preset, resolve
 from .demo import NOISE_LEVELS, train_all
 from .losses import LOSSES, check_loss, loss_params, loss_slug
 from .report import write_report
-from .train import RESULTS, Prepared, prepare, saved_config
+from .train import RESULTS, Prepared, check_writable, prepare, saved_config
 
 #: options that take a list of values, one run per value
 SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing")
@@ -81,8 +81,7 @@ def expand(
     unknown = sorted(set(axes) - set(SWEPT))
     if unknown:
         raise ValueError(f"these options cannot be swept: {', '.join(unknown)}")
-    if preset is None and yaml_values.get("preset") in SWEEP_PRESETS:
-        preset = yaml_values.pop("preset")
+    preset = pick_preset(preset, yaml_values.pop("preset", None))
     if preset in SWEEP_PRESETS:
         for name, values in SWEEP_PRESETS[preset]["axes"].items():
             axes.setdefault(name, list(values))
@@ -134,8 +133,7 @@ def _same_settings(saved: Config, cfg: Config) -> list[str]:
 def plan(out: str, configs: list[Config], overwrite: bool = False) -> list[SweepRun]:
     """Check the sweep directory and every run, load the data of the runs still to train;
     writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{out} exists and is not a directory")
+    check_writable(out, "sweep directory")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
         raise ValueError(f"{out} exists and is not a sweep directory; choose another --out")
     runs = []

@@ -155,12 +155,32 @@ def saved_config(run_dir: str) -> Config:
     return from_saved(load_yaml(os.path.join(run_dir, CONFIG)))
 
 
+def check_writable(path: str, what: str = "run directory") -> None:
+    """ValueError naming ``path`` unless a directory can be created (or written) there: an
+    empty path, a file or a dangling symbolic link at ``path`` or above it, or a read-only or
+    unwritable parent are refused before anything is written."""
+    if not path:
+        raise ValueError(f"the {what} (--out) must not be empty")
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(f"{what} {path} is a dangling symbolic link (to {os.readlink(path)})")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path} exists and is not a directory")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        if os.path.islink(probe):
+            raise ValueError(f"cannot create {what} {path}: {probe} is a dangling symbolic link")
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"cannot create {what} {path}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what} {path}: {probe} is read-only or not writable")
+
+
 def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
     """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"run directory {run_dir} exists and is not a directory")
+    check_writable(run_dir)
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return False
     if not is_run_dir(run_dir):
@@ -195,7 +215,11 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
             f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
             f"number of processes ({num_replicas})"
         )
+    if not launched_distributed():
+        pick_device(cfg.device)  # CUDA requested but missing: refused before anything is written
     num_classes = check_available(cfg.dataset, cfg.data_dir, cfg.download)
+    if not 1 <= cfg.k < num_classes:  # every loss: k is recorded and names the run
+        raise ValueError(f"k must satisfy 1 <= k < number of classes ({num_classes}), got {cfg.k}")
     check_loss_args(
         cfg.loss, cfg.k, cfg.tau, cfg.alpha, num_classes, cfg.epsilon, cfg.label_smoothing
     )
@@ -217,6 +241,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     state = None
     if resume_from is not None:
         state = ckpt_io.load_checkpoint(resume_from, map_location="cpu")
+        _check_fits(state, resume_from, cfg, data.num_classes)
         saved_world = int(state.get("world_size", 1))
         if int(state.get("step", 0)) and saved_world != num_replicas:
             raise ValueError(
@@ -228,12 +253,38 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     )
 
 
+def _check_fits(state: dict, path: str, cfg: Config, num_classes: int) -> None:
+    """ValueError naming ``path`` unless its model and optimizer states load into this run's
+    model (same names and shapes) and optimizer; checked before anything is written."""
+    with torch.random.fork_rng(devices=[]):
+        net = build_model(cfg.model, num_classes)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    try:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(f"checkpoint {path} does not fit this run's model ({reason})") from None
+    for param in net.parameters():
+        buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None and buffer.shape != param.shape:
+            raise ValueError(
+                f"checkpoint {path} does not fit this run's model (a momentum buffer of shape "
+                f"{tuple(buffer.shape)} for a parameter of shape {tuple(param.shape)})"
+            )
+
+
 def pick_device(name: str) -> torch.device:
+    """The device of a single-process run; ValueError if CUDA is requested but unavailable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available")
+        raise ValueError(f"device {name} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+        )
     return device
 
 
