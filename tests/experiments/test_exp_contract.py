@@ -216,3 +216,47 @@ def test_bad_checkpoint_is_refused_before_anything_is_written(tmp_path, capsys, 
     line = refuse(capsys, argv, tmp_path, pattern)
     assert str(last) in line
     assert not [n for n in os.listdir(run_dir) if n.startswith("env-resume")]
+
+
+# -- resume needs something to resume ----------------------------------------------------------
+
+
+def _no_last_pt(run_dir, finished_run):
+    shutil.copytree(finished_run, run_dir)
+    os.remove(run_dir / "last.pt")  # best.pt and results.json stay: they must not be replaced
+
+
+RESUME_CASES = {
+    "missing directory": (lambda d, f: None, "does not exist"),
+    "empty directory": (lambda d, f: d.mkdir(), "is empty"),
+    "run without last.pt": (_no_last_pt, "has no last.pt"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_refuses_when_there_is_nothing_to_resume(tmp_path, capsys, finished_run, case):
+    make, pattern = RESUME_CASES[case]
+    run_dir = tmp_path / "run"
+    make(run_dir, finished_run)
+    argv = ["train", "--out", str(run_dir), "--resume", "--epochs", "2"]
+    line = refuse(capsys, argv, tmp_path, pattern)
+    assert "nothing to resume" in line and str(run_dir) in line
+
+
+def test_demo_resume_refuses_a_missing_directory(tmp_path, capsys):
+    refuse(
+        capsys, ["demo", "--out", str(tmp_path / "d"), "--resume"], tmp_path, "nothing to resume"
+    )
+
+
+def test_sweep_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, finished_run):
+    from smoothtopk.experiments import sweep
+
+    out = tmp_path / "sweep"
+    configs = sweep.expand(None, None, {"loss": ["ce"]}, FAST)
+    (out / sweep.run_name(configs[0])).mkdir(parents=True)
+    (out / sweep.MARKER).write_text("{}")
+    shutil.copy(finished_run / "config.yaml", out / sweep.run_name(configs[0]) / "config.yaml")
+    (planned,) = sweep.plan(str(out), configs)
+    assert planned.status == "new" and planned.prepared.overwrite
+    assert planned.prepared.resume_from is None

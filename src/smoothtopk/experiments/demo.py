@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_write_json
 from .config import Config, resolve
 from .report import write_report
-from .train import Prepared, check_run_dir, check_writable, execute, prepare
+from .train import Prepared, check_writable, execute, prepare, prepare_member
 
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 LOSSES = (("ce", {}), ("smooth-svm", {"k": 5, "tau": 1.0, "alpha": 1.0}))
@@ -39,6 +39,8 @@ def plan(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(out, "demo directory")
+    if resume and not (os.path.isdir(out) and os.listdir(out)):
+        raise ValueError(f"nothing to resume: {out} does not hold a demo; run it without --resume")
     if os.path.isdir(out) and os.listdir(out):
         if not os.path.isfile(os.path.join(out, MARKER)):
             raise ValueError(f"{out} exists and is not a demo directory; choose another --out")
@@ -53,9 +55,7 @@ def plan(
             cli = {**(overrides or {}), "loss": loss, "noise": noise, **extra}
             cfg = resolve("demo", None, cli)
             run_dir = os.path.join(out, run_name(loss, noise))
-            if overwrite:
-                check_run_dir(run_dir, False, True)
-            runs.append(prepare(cfg, run_dir, resume=resume, overwrite=overwrite))
+            runs.append(prepare_member(cfg, run_dir, overwrite=overwrite))
     return runs
 
 
@@ -64,14 +64,23 @@ def default_jobs(num_runs: int) -> int:
     return max(1, min(num_runs, os.cpu_count() or 1))
 
 
-def _run_one(cfg_values: dict, run_dir: str, threads: int) -> tuple[str, dict, float]:
-    """A worker process: one run with ``threads`` intra-op threads, no progress bars."""
+def _run_one(
+    cfg_values: dict, run_dir: str, resume: bool, overwrite: bool, threads: int
+) -> tuple[str, dict, float]:
+    """A worker process: one run, prepared as the parent planned it (``resume``,
+    ``overwrite``), with ``threads`` intra-op threads and no progress bars."""
     torch.set_num_threads(threads)
     cfg = Config(**cfg_values)
     cfg.progress = False
     t0 = time.perf_counter()
-    summary = execute(prepare(cfg, run_dir, resume=True), log=None)
+    summary = execute(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), log=None)
     return run_dir, summary, time.perf_counter() - t0
+
+
+def _job(prepared: Prepared) -> tuple:
+    """What a worker needs to prepare the run again as it was planned."""
+    resume = prepared.resume_from is not None
+    return prepared.cfg.to_dict(), prepared.run_dir, resume, prepared.overwrite
 
 
 def _line(run_dir: str, summary: dict, seconds: float) -> str:
@@ -116,7 +125,7 @@ def train_all(
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(_run_one, r.cfg.to_dict(), r.run_dir, threads) for r in runs]
+            futures = [pool.submit(_run_one, *_job(r), threads) for r in runs]
             for future in as_completed(futures):
                 done.append(future.result())
                 write(_line(*done[-1]))
@@ -144,8 +153,6 @@ def run(
          "losses": [loss for loss, _ in LOSSES], "runs": [r.run_dir for r in runs]},
     )  # fmt: skip
     start = time.perf_counter()
-    for prepared in runs:
-        prepared.overwrite = False  # the whole directory was replaced above
     train_all(runs, jobs=jobs, progress=progress, log=log, desc="demo runs")
     report = write_report([r.run_dir for r in runs], os.path.join(out, "report"))
     report["seconds"] = time.perf_counter() - start

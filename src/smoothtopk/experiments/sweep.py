@@ -24,7 +24,7 @@ from .config import FIELDS, PRESETS, RESUMABLE, Config, _coerce, pick_preset, re
 from .demo import NOISE_LEVELS, train_all
 from .losses import LOSSES, check_loss, loss_params, loss_slug
 from .report import write_report
-from .train import RESULTS, Prepared, check_writable, prepare, saved_config
+from .train import RESULTS, Prepared, check_writable, prepare_member, saved_config
 
 #: options that take a list of values, one run per value
 SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing")
@@ -148,9 +148,9 @@ def plan(out: str, configs: list[Config], overwrite: bool = False) -> list[Sweep
                 )
             runs.append(SweepRun(cfg, run_dir, "complete"))
             continue
-        resuming = not overwrite and os.path.isdir(run_dir) and bool(os.listdir(run_dir))
-        prepared = prepare(cfg, run_dir, resume=not overwrite, overwrite=overwrite)
-        runs.append(SweepRun(cfg, run_dir, "resume" if resuming else "new", prepared))
+        prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
+        status = "new" if prepared.resume_from is None else "resume"
+        runs.append(SweepRun(cfg, run_dir, status, prepared))
     return runs
 
 
@@ -180,7 +180,6 @@ def run(
             log(f"skip   {os.path.basename(r.run_dir)} (complete)")
             continue
         log(f"{'resume' if r.status == 'resume' else 'train '} {os.path.basename(r.run_dir)}")
-        r.prepared.overwrite = False  # with --overwrite the whole directory was replaced above
         todo.append(r.prepared)
     log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to train")
     if todo:

@@ -177,17 +177,28 @@ def check_writable(path: str, what: str = "run directory") -> None:
 
 
 def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
-    """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used."""
+    """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used.
+
+    ``resume`` needs a run with a checkpoint (``last.pt``): a missing or empty directory, or a
+    run without ``last.pt``, is refused (starting afresh is ``overwrite``'s job)."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(run_dir)
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        if resume:
+            state = "is empty" if os.path.isdir(run_dir) else "does not exist"
+            raise ValueError(f"nothing to resume: {run_dir} {state}; start it without --resume")
         return False
     if not is_run_dir(run_dir):
         raise ValueError(
             f"{run_dir} exists and is not a smoothtopk run (no {CONFIG}); choose another --out"
         )
     if resume:
+        if not os.path.isfile(os.path.join(run_dir, LAST)):
+            raise ValueError(
+                f"nothing to resume: {run_dir} has no {LAST} (no epoch or checkpoint finished); "
+                "pass --overwrite to start it over"
+            )
         return True
     if overwrite:
         return False
@@ -195,6 +206,14 @@ def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
         f"run directory {run_dir} already exists; pass --resume to continue it "
         "or --overwrite to replace it"
     )
+
+
+def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False) -> Prepared:
+    """:func:`prepare` for one run of a sweep or the demo: a run with a checkpoint is resumed,
+    a started run without one (killed in its first epoch) starts over, a new one starts."""
+    started = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
+    resume = started and not overwrite and os.path.isfile(os.path.join(run_dir, LAST))
+    return prepare(cfg, run_dir, resume=resume, overwrite=started and not resume)
 
 
 def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = False) -> Prepared:
@@ -236,8 +255,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     )
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
-    last = os.path.join(run_dir, LAST)
-    resume_from = last if resuming and os.path.isfile(last) else None
+    resume_from = os.path.join(run_dir, LAST) if resuming else None
     state = None
     if resume_from is not None:
         state = ckpt_io.load_checkpoint(resume_from, map_location="cpu")
