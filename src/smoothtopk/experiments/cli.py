@@ -245,9 +245,14 @@ def _demo(args, parser) -> int:
         parser.error(str(err))
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    result = demo.run(
-        args.out, runs, overwrite=args.overwrite, progress=args.progress, jobs=args.jobs
-    )
+    from .train import Busy
+
+    try:
+        result = demo.run(
+            args.out, runs, overwrite=args.overwrite, progress=args.progress, jobs=args.jobs
+        )
+    except Busy as err:  # another demo took the directory after this one's check
+        parser.error(str(err))
     print()
     print(result["table"], end="")
     for path in result["files"].values():
@@ -258,6 +263,7 @@ def _demo(args, parser) -> int:
 
 def _sweep(args, parser) -> int:
     from . import sweep
+    from .train import Busy
 
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -273,9 +279,12 @@ def _sweep(args, parser) -> int:
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     progress = all(r.cfg.progress for r in runs)
-    result = sweep.run(
-        args.out, runs, overwrite=args.overwrite, jobs=args.jobs, progress=progress, log=_log
-    )
+    try:
+        result = sweep.run(
+            args.out, runs, overwrite=args.overwrite, jobs=args.jobs, progress=progress, log=_log
+        )
+    except Busy as err:  # another sweep took the directory after this one's check
+        parser.error(str(err))
     print()
     print(result["table"], end="")
     for path in result["files"].values():

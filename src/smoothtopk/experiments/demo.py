@@ -4,9 +4,12 @@ same recipe (the ``demo`` preset); nothing is tuned per loss."""
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
-import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -17,7 +20,17 @@ from tqdm import tqdm
 from .checkpoint import atomic_write_json
 from .config import Config, resolve
 from .report import write_report
-from .train import Prepared, check_writable, execute, prepare, prepare_member
+from .train import (
+    LOCK,
+    Prepared,
+    check_unlocked,
+    check_writable,
+    clear_directory,
+    execute,
+    locked,
+    prepare,
+    prepare_member,
+)
 
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 LOSSES = (("ce", {}), ("smooth-svm", {"k": 5, "tau": 1.0, "alpha": 1.0}))
@@ -39,9 +52,10 @@ def plan(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(out, "demo directory")
+    check_unlocked(out, "demo")
     if resume and not (os.path.isdir(out) and os.listdir(out)):
         raise ValueError(f"nothing to resume: {out} does not hold a demo; run it without --resume")
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK}:
         if not os.path.isfile(os.path.join(out, MARKER)):
             raise ValueError(f"{out} exists and is not a demo directory; choose another --out")
         if not (resume or overwrite):
@@ -75,6 +89,32 @@ def _run_one(
     t0 = time.perf_counter()
     summary = execute(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), log=None)
     return run_dir, summary, time.perf_counter() - t0
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this process when the parent ``parent`` dies, even by SIGKILL.
+
+    Linux: the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``). Elsewhere,
+    and as a second guard, a daemon thread checks once a second whether the parent is still
+    ours (an orphan is adopted by another process) and exits if not."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _job(prepared: Prepared) -> tuple:
@@ -124,7 +164,13 @@ def train_all(
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=context,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
+        with pool:
             futures = [pool.submit(_run_one, *_job(r), threads) for r in runs]
             for future in as_completed(futures):
                 done.append(future.result())
@@ -144,9 +190,13 @@ def run(
 ) -> dict:
     """Train every run of the plan (finished ones are skipped on resume), then report.
     ``jobs``: see :func:`train_all`."""
-    if overwrite and os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+    with locked(out, "demo"):
+        if overwrite:
+            clear_directory(out)
+        return _run_locked(out, runs, log, progress, jobs)
+
+
+def _run_locked(out, runs, log, progress, jobs) -> dict:
     atomic_write_json(
         os.path.join(out, MARKER),
         {"noise_levels": sorted({r.cfg.noise for r in runs}),

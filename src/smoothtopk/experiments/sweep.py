@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,17 @@ from .config import FIELDS, PRESETS, RESUMABLE, Config, _coerce, pick_preset, re
 from .demo import NOISE_LEVELS, train_all
 from .losses import LOSSES, check_loss, loss_params, loss_slug
 from .report import write_report
-from .train import RESULTS, Prepared, check_writable, prepare_member, saved_config
+from .train import (
+    LOCK,
+    RESULTS,
+    Prepared,
+    check_unlocked,
+    check_writable,
+    clear_directory,
+    locked,
+    prepare_member,
+    saved_config,
+)
 
 #: options that take a list of values, one run per value
 SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing")
@@ -134,7 +143,9 @@ def plan(out: str, configs: list[Config], overwrite: bool = False) -> list[Sweep
     """Check the sweep directory and every run, load the data of the runs still to train;
     writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``."""
     check_writable(out, "sweep directory")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
+    check_unlocked(out)
+    entries = set(os.listdir(out)) - {LOCK} if os.path.isdir(out) else set()
+    if entries and not os.path.isfile(os.path.join(out, MARKER)):
         raise ValueError(f"{out} exists and is not a sweep directory; choose another --out")
     runs = []
     for cfg in configs:
@@ -164,13 +175,18 @@ def run(
 ) -> dict:
     """Train the runs not yet complete (``jobs`` worker processes, see
     :func:`.demo.train_all`), then write the report to ``OUT/report``. Returns the report with
-    ``trained`` and ``skipped`` (run directories) and ``seconds``."""
+    ``trained`` and ``skipped`` (run directories) and ``seconds``. ``OUT`` stays locked
+    (:func:`.train.locked`) while the sweep runs: a second sweep there raises Busy."""
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    with locked(out):
+        return _run_locked(out, runs, overwrite, jobs, progress, log)
+
+
+def _run_locked(out, runs, overwrite, jobs, progress, log) -> dict:
     start = time.perf_counter()
-    if overwrite and os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+    if overwrite:
+        clear_directory(out)
     atomic_write_json(
         os.path.join(out, MARKER), {"runs": [os.path.basename(r.run_dir) for r in runs]}
     )

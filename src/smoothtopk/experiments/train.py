@@ -23,6 +23,7 @@ after a crash, even mid-epoch, repeats what an uninterrupted run would have done
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -37,6 +38,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
+try:
+    import fcntl
+except ImportError:  # Windows: no directory locks
+    fcntl = None
+
 from . import checkpoint as ckpt_io
 from .config import RESUMABLE, Config, from_saved, load_yaml, lr_at, to_yaml
 from .datasets import DataBundle, build_data, check_available
@@ -49,6 +55,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 CONFIG = "config.yaml"
 RESULTS = "results.json"
+LOCK = ".lock"  #: held by a running sweep or demo (flock)
 
 
 @dataclass
@@ -174,6 +181,60 @@ def check_writable(path: str, what: str = "run directory") -> None:
         raise ValueError(f"cannot create {what} {path}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {what} {path}: {probe} is read-only or not writable")
+
+
+class Busy(ValueError):
+    """Another sweep (or demo) holds the lock of the directory."""
+
+
+def _try_lock(fd: int, mode: int, directory: str, what: str) -> None:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Busy(
+            f"{directory} is in use by another {what} (it holds {os.path.join(directory, LOCK)}); "
+            "wait for it to end or choose another --out"
+        ) from None
+
+
+def check_unlocked(directory: str, what: str = "sweep") -> None:
+    """Busy if a running sweep holds ``directory``'s lock; writes nothing."""
+    path = os.path.join(directory, LOCK)
+    if fcntl is None or not os.path.isfile(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    _try_lock(fd, fcntl.LOCK_SH, directory, what)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(directory: str, what: str = "sweep"):
+    """Create ``directory`` and hold an exclusive ``flock`` on its lock file until the block
+    ends (the kernel releases it when the process dies); Busy if another process holds it.
+    Without ``fcntl`` (Windows) there is no lock."""
+    os.makedirs(directory, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    _try_lock(fd, fcntl.LOCK_EX, directory, what)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def clear_directory(directory: str) -> None:
+    """Delete everything in ``directory`` but its lock file (``--overwrite`` of a sweep)."""
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name == LOCK:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
