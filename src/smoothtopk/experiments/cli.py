@@ -52,6 +52,8 @@ HELP = {
     "checkpoint_every": "also save last.pt every N training steps, for mid-epoch --resume "
     "(0: at epoch ends only)",
     "progress": "tqdm progress bars (shown on a terminal only)",
+    "dist_timeout": "seconds a torchrun process waits for the others in a collective before "
+    "the job fails (default 600)",
 }
 
 
@@ -171,6 +173,10 @@ def _log(message: str) -> None:
 
 
 def _train(args, parser) -> int:
+    import torch.distributed as dist
+
+    timed_out = getattr(dist, "DistBackendError", ())  # (): matches nothing
+
     from .train import (
         barrier,
         execute,
@@ -192,7 +198,7 @@ def _train(args, parser) -> int:
         if args.resume and is_run_dir(run_dir):
             explicit = {**yaml_values, **given, "preset": preset}
             cfg = config_mod.resume_config(saved_config(run_dir), explicit)
-        init_distributed(cfg.device)  # under torchrun: join the process group
+        init_distributed(cfg.device, cfg.dist_timeout)  # under torchrun: join the group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
         prepare_ok = True
     except (ValueError, TypeError, OSError) as err:
@@ -204,6 +210,15 @@ def _train(args, parser) -> int:
         barrier()  # every process has checked the run directory before rank 0 writes to it
         rank = world()[0]
         summary = execute(prepared, log=_log)
+    except RuntimeError as err:  # a collective timed out: another process hung or died
+        text = str(err).strip()
+        if world()[1] == 1 or not (isinstance(err, timed_out) or "timed out" in text.lower()):
+            raise
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise RuntimeError(
+            f"a torch.distributed collective failed or waited more than --dist-timeout "
+            f"{cfg.dist_timeout:g} s for another process ({first})"
+        ) from None
     finally:
         finish_distributed()
     if rank == 0 and summary.get("best_epoch") is not None:

@@ -63,6 +63,7 @@ class Config:
     workers: int = 0
     device: str = "auto"
     checkpoint_every: int = 0  #: also save last.pt every N training steps (0: epoch ends only)
+    dist_timeout: float = 600.0  #: seconds a torchrun process waits for the others in a collective
     progress: bool = True
     preset: str | None = None
 
@@ -249,7 +250,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
-    for name in ("lr", "tau"):
+    for name in ("lr", "tau", "dist_timeout"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value}")
@@ -286,7 +287,8 @@ def from_saved(values: dict) -> Config:
 
 
 # options that may differ when a run is resumed
-RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "checkpoint_every")
+RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "checkpoint_every",
+             "dist_timeout")  # fmt: skip
 
 
 def resume_config(saved: Config, explicit: dict) -> Config:

@@ -24,6 +24,7 @@ after a crash, even mid-epoch, repeats what an uninterrupted run would have done
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import os
 import random
@@ -82,10 +83,14 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def init_distributed(device_name: str) -> torch.device | None:
+def init_distributed(device_name: str, timeout: float = 600.0) -> torch.device | None:
     """Join the process group described by torchrun's environment variables (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL with one GPU per process (cuda:LOCAL_RANK) on
-    CUDA, Gloo on CPU. Returns this process's device, or None for a single process."""
+    CUDA, Gloo on CPU. Returns this process's device, or None for a single process.
+
+    ``timeout``: seconds a collective (and the rendezvous) waits for the other processes before
+    it fails with an error, so that a hung or stopped process ends the job instead of hanging
+    it forever (``--dist-timeout``)."""
     if not launched_distributed():
         return None
     if not dist.is_available():
@@ -113,7 +118,9 @@ def init_distributed(device_name: str) -> torch.device | None:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://")
+        dist.init_process_group(
+            backend=backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout)
+        )
     return device
 
 
