@@ -115,3 +115,19 @@ def test_python_dash_m_entry_point():
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == "smoothtopk: error: noise level must be in [0, 1], got 7.0"
+
+
+@pytest.mark.parametrize(
+    "loss, option, a, b",
+    [("smooth-svm", "alpha", 0.0, 1.0), ("hard-svm", "alpha", 0.0, 1.0),
+     ("smooth-svm", "tau", 0.1, 1.0), ("hinge-alpha", "k", 2, 5),
+     ("smoothed-calibrated-hinge", "epsilon", 0.5, 1.0),
+     ("ce-label-smoothing", "label_smoothing", 0.1, 0.2)],
+)  # fmt: skip
+def test_default_run_directories_differ_in_every_option_of_the_loss(loss, option, a, b):
+    from smoothtopk.experiments.cli import default_run_dir
+    from smoothtopk.experiments.config import resolve
+
+    first = default_run_dir(resolve(None, None, {"loss": loss, option: a}))
+    second = default_run_dir(resolve(None, None, {"loss": loss, option: b}))
+    assert first != second

@@ -153,14 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_run_dir(cfg: config_mod.Config) -> str:
-    if cfg.loss == "ce":
-        loss = cfg.loss
-    elif cfg.loss in ("smooth-svm", "hard-svm"):
-        loss = f"{cfg.loss}-k{cfg.k}-tau{cfg.tau:g}"
-    else:
-        from .losses import loss_slug
+    """``runs/<dataset>-<loss and the options it uses>-noise<P>-<subset>-seed<S>``."""
+    from .losses import loss_slug
 
-        loss = loss_slug(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
+    loss = loss_slug(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
     return os.path.join(
         "runs", f"{cfg.dataset}-{loss}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
     )
