@@ -125,9 +125,32 @@ def test_python_dash_m_entry_point():
      ("ce-label-smoothing", "label_smoothing", 0.1, 0.2)],
 )  # fmt: skip
 def test_default_run_directories_differ_in_every_option_of_the_loss(loss, option, a, b):
-    from smoothtopk.experiments.cli import default_run_dir
     from smoothtopk.experiments.config import resolve
+    from smoothtopk.experiments.rundir import default_run_dir
 
     first = default_run_dir(resolve(None, None, {"loss": loss, option: a}))
     second = default_run_dir(resolve(None, None, {"loss": loss, option: b}))
     assert first != second
+
+
+def test_default_run_directory_changes_with_every_option_that_changes_a_result():
+    from smoothtopk.experiments.config import resolve
+    from smoothtopk.experiments.rundir import RESUMABLE, default_run_dir
+
+    base = default_run_dir(resolve())
+    changed = {
+        "lr": 0.05,
+        "weight_decay": 0.0,
+        "data_seed": 1,
+        "batch_size": 32,
+        "milestones": [5],
+        "augment": False,
+        "noise_seed": 3,
+        "model": "resnet18-cifar",
+    }
+    for name, value in changed.items():  # fmt: skip
+        assert default_run_dir(resolve(None, None, {name: value})) != base, name
+    kept = {"workers": 2, "device": "cpu", "progress": False, "checkpoint_every": 5}
+    assert set(kept) <= set(RESUMABLE)  # these may change on resume, so the run keeps its home
+    for name, value in kept.items():
+        assert default_run_dir(resolve(None, None, {name: value})) == base, name

@@ -9,7 +9,7 @@ import torch
 
 from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
-from smoothtopk.experiments.train import execute, prepare
+from smoothtopk.experiments.train import fit, prepare
 
 FAST = {"epochs": 1, "subset": "1000", "val_size": 200, "progress": False, "device": "cpu"}
 
@@ -161,7 +161,7 @@ def test_report_out_must_not_be_empty(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    execute(prepare(resolve("demo", None, FAST), str(run_dir)))
+    fit(prepare(resolve("demo", None, FAST), str(run_dir)))
     return run_dir
 
 
@@ -250,13 +250,13 @@ def test_demo_resume_refuses_a_missing_directory(tmp_path, capsys):
 
 
 def test_sweep_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, finished_run):
-    from smoothtopk.experiments import sweep
+    from smoothtopk.experiments import rundir, sweep
 
     out = tmp_path / "sweep"
     configs = sweep.expand(None, None, {"loss": ["ce"]}, FAST)
-    (out / sweep.run_name(configs[0])).mkdir(parents=True)
-    (out / sweep.MARKER).write_text("{}")
-    shutil.copy(finished_run / "config.yaml", out / sweep.run_name(configs[0]) / "config.yaml")
+    (out / rundir.run_name(configs[0])).mkdir(parents=True)
+    (out / rundir.SWEEP).write_text("{}")
+    shutil.copy(finished_run / "config.yaml", out / rundir.run_name(configs[0]) / "config.yaml")
     (planned,) = sweep.plan(str(out), configs)
     assert planned.status == "new" and planned.prepared.overwrite
     assert planned.prepared.resume_from is None

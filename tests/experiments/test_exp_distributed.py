@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from smoothtopk.experiments.train import shard
+from smoothtopk.experiments.distributed import shard
 
 # the processes run in tmp_path: a relative PYTHONPATH (PYTHONPATH=src) is made absolute
 PATHS = os.pathsep.join(
@@ -89,7 +89,7 @@ def test_dist_timeout_reaches_init_process_group(monkeypatch):
 
     import torch.distributed as dist
 
-    from smoothtopk.experiments import train
+    from smoothtopk.experiments import distributed
 
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
@@ -97,7 +97,7 @@ def test_dist_timeout_reaches_init_process_group(monkeypatch):
     for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    assert train.init_distributed("cpu", 42.5) == torch.device("cpu")
+    assert distributed.init("cpu", 42.5) == torch.device("cpu")
     assert calls == [{"backend": "gloo", "init_method": "env://",
                       "timeout": datetime.timedelta(seconds=42.5)}]  # fmt: skip
     from smoothtopk.experiments.config import resolve

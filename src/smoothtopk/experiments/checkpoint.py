@@ -16,6 +16,8 @@ import tempfile
 
 import torch
 
+from . import distributed
+
 FORMAT = 1
 
 
@@ -91,7 +93,7 @@ def rng_state() -> dict:
     process touches another process's GPU."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        if _distributed():
+        if distributed.active():
             state["cuda_current"] = torch.cuda.get_rng_state()
         else:
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -105,13 +107,8 @@ def set_rng_state(state: dict) -> None:
     if torch.cuda.is_available():
         if "cuda_current" in state:
             torch.cuda.set_rng_state(state["cuda_current"])
-        elif "cuda" in state and not _distributed():
+        elif "cuda" in state and not distributed.active():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _distributed() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized()
 
 
 def save_checkpoint(
