@@ -154,3 +154,14 @@ def test_default_run_directory_changes_with_every_option_that_changes_a_result()
     assert set(kept) <= set(RESUMABLE)  # these may change on resume, so the run keeps its home
     for name, value in kept.items():
         assert default_run_dir(resolve(None, None, {name: value})) == base, name
+
+
+def test_every_option_takes_its_help_from_its_config_field():
+    from smoothtopk.experiments import config
+    from smoothtopk.experiments.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions if a.dest in config.FIELDS}
+    assert set(helps) == set(config.FIELDS)
+    for name, text in helps.items():
+        assert text == config.help_of(name) and text, name

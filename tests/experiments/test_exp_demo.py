@@ -25,3 +25,22 @@ def test_demo_sweep_in_worker_processes_then_resume(tmp_path):
     # running a finished demo again trains nothing and reports the same table
     again = sweep.run(out, sweep.plan(out, configs), progress=False, log=lambda _: None, jobs=1)
     assert again["trained"] == [] and again["table"] == result["table"]
+
+
+def test_demo_command_is_the_demo_sweep_preset(tmp_path, monkeypatch, capsys):
+    from smoothtopk.experiments.cli import main
+
+    seen = {}
+
+    def fake_run(out, runs, **kw):
+        seen.update(out=out, runs=runs, **kw)
+        return {"table": "", "files": {}, "trained": [], "skipped": [], "seconds": 0.0}
+
+    monkeypatch.setattr(sweep, "run", fake_run)
+    out = str(tmp_path / "demo")
+    assert main(["demo", "--out", out, "--noise", "0.5", "0.5", "--epochs", "1"]) == 0
+    names = [os.path.basename(r.run_dir) for r in seen["runs"]]
+    assert names == ["ce-noise0.5-all-seed0", "smooth-svm-k5-tau1-alpha1-noise0.5-all-seed0"]
+    assert {(r.cfg.epochs, r.cfg.preset) for r in seen["runs"]} == {(1, "demo")}
+    assert seen["jobs"] is None  # one worker per core
+    assert not os.path.exists(out)  # only sweep.run (replaced here) writes
