@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .datasets import check_dataset
+from .distributed import DEFAULT_TIMEOUT
 from .losses import build_loss, check_loss, check_loss_args, loss_label, loss_slug
 from .models import DEFAULT_MODEL, check_model
 from .noise import GROUPINGS, check_rate
@@ -127,8 +128,9 @@ class Config:
     )
     checkpoint_every: int = option(0, "also save last.pt every N training steps, for mid-epoch "
                                    "--resume (0: at epoch ends only)")  # fmt: skip
-    dist_timeout: float = option(600.0, "seconds a torchrun process waits for the others in a "
-                                 "collective before the job fails (default 600)")  # fmt: skip
+    dist_timeout: float = option(DEFAULT_TIMEOUT, "seconds a torchrun process waits for the "
+                                 "others in a collective before the job fails "
+                                 f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     progress: bool = option(True, "tqdm progress bars (shown on a terminal only)")
     preset: str | None = option(None, "a recipe of the paper (or the demo)")
 
