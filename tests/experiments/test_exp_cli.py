@@ -115,3 +115,53 @@ def test_python_dash_m_entry_point():
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == "smoothtopk: error: noise level must be in [0, 1], got 7.0"
+
+
+@pytest.mark.parametrize(
+    "loss, option, a, b",
+    [("smooth-svm", "alpha", 0.0, 1.0), ("hard-svm", "alpha", 0.0, 1.0),
+     ("smooth-svm", "tau", 0.1, 1.0), ("hinge-alpha", "k", 2, 5),
+     ("smoothed-calibrated-hinge", "epsilon", 0.5, 1.0),
+     ("ce-label-smoothing", "label_smoothing", 0.1, 0.2)],
+)  # fmt: skip
+def test_default_run_directories_differ_in_every_option_of_the_loss(loss, option, a, b):
+    from smoothtopk.experiments.config import resolve
+    from smoothtopk.experiments.rundir import default_run_dir
+
+    first = default_run_dir(resolve(None, None, {"loss": loss, option: a}))
+    second = default_run_dir(resolve(None, None, {"loss": loss, option: b}))
+    assert first != second
+
+
+def test_default_run_directory_changes_with_every_option_that_changes_a_result():
+    from smoothtopk.experiments.config import resolve
+    from smoothtopk.experiments.rundir import RESUMABLE, default_run_dir
+
+    base = default_run_dir(resolve())
+    changed = {
+        "lr": 0.05,
+        "weight_decay": 0.0,
+        "data_seed": 1,
+        "batch_size": 32,
+        "milestones": [5],
+        "augment": False,
+        "noise_seed": 3,
+        "model": "resnet18-cifar",
+    }
+    for name, value in changed.items():  # fmt: skip
+        assert default_run_dir(resolve(None, None, {name: value})) != base, name
+    kept = {"workers": 2, "device": "cpu", "progress": False, "checkpoint_every": 5}
+    assert set(kept) <= set(RESUMABLE)  # these may change on resume, so the run keeps its home
+    for name, value in kept.items():
+        assert default_run_dir(resolve(None, None, {name: value})) == base, name
+
+
+def test_every_option_takes_its_help_from_its_config_field():
+    from smoothtopk.experiments import config
+    from smoothtopk.experiments.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train._actions if a.dest in config.FIELDS}
+    assert set(helps) == set(config.FIELDS)
+    for name, text in helps.items():
+        assert text == config.help_of(name) and text, name

@@ -15,7 +15,8 @@ def test_resolution_order(tmp_path):
     )  # fmt: skip
     assert cfg.epochs == 3 and cfg.lr == 0.05  # CLI > YAML > preset
     assert resolve(None, {"preset": "demo"}).preset == "demo"
-    assert resolve("demo", {"preset": "cifar100-noise"}).dataset == "embedded"  # CLI preset wins
+    with pytest.raises(ValueError, match="disagree"):  # neither preset is silently dropped
+        resolve("demo", {"preset": "cifar100-noise"})
 
 
 def test_per_loss_settings_of_the_imagenet_preset():

@@ -11,11 +11,10 @@ import time
 import pytest
 import torch
 
-from smoothtopk.experiments import train as train_mod
 from smoothtopk.experiments.checkpoint import load_checkpoint
 from smoothtopk.experiments.cli import main
-from smoothtopk.experiments.config import resolve
-from smoothtopk.experiments.train import execute, prepare
+from smoothtopk.experiments.config import LossSpec, resolve
+from smoothtopk.experiments.train import fit, prepare
 
 # 1000 training images in batches of 16: 63 steps per epoch, a checkpoint every 5 steps
 ARGS = ["train", "--loss", "smooth-svm", "--noise", "0.4", "--epochs", "2", "--milestones", "1",
@@ -88,7 +87,7 @@ FAST = {"epochs": 1, "subset": "1000", "val_size": 200, "progress": False, "devi
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupted_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, capsys, damage):
     run_dir = tmp_path / "run"
-    execute(prepare(resolve("demo", None, FAST), str(run_dir)))
+    fit(prepare(resolve("demo", None, FAST), str(run_dir)))
     last = run_dir / "last.pt"
     data = last.read_bytes()
     last.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00junk" * 100,
@@ -115,12 +114,12 @@ class _NanAtCall(torch.nn.Module):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = train_mod.build_loss
-    monkeypatch.setattr(train_mod, "build_loss", lambda *a: _NanAtCall(real(*a), bad=16 + 7))
+    real = LossSpec.build
+    monkeypatch.setattr(LossSpec, "build", lambda spec: _NanAtCall(real(spec), bad=16 + 7))
     run_dir = tmp_path / "run"
     cfg = resolve("demo", None, {**FAST, "epochs": 2, "batch_size": 64, "checkpoint_every": 3})
     with pytest.raises(FloatingPointError) as exc:  # 16 steps per epoch: epoch 2, step 7
-        execute(prepare(cfg, str(run_dir)))
+        fit(prepare(cfg, str(run_dir)))
     message = str(exc.value)
     assert "\n" not in message
     assert "non-finite training loss at epoch 2, step 7" in message

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from smoothtopk.experiments.checkpoint import load_checkpoint
-from smoothtopk.experiments.config import resolve, resume_config
+from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.datasets import embedded
-from smoothtopk.experiments.train import execute, prepare, saved_config
+from smoothtopk.experiments.rundir import resume_config, saved_config
+from smoothtopk.experiments.train import fit, prepare
 
 # a balanced 10-per-class subset of the training split keeps the test fast
 FAST = {"epochs": 2, "milestones": [1], "subset": "1000", "val_size": 200, "progress": False}
@@ -20,7 +21,7 @@ def _train(run_dir, resume=False, **options):
     cfg = resolve("demo", None, {**FAST, **options})
     if resume and os.path.isdir(run_dir):
         cfg = resume_config(saved_config(run_dir), {"epochs": options.get("epochs", 2)})
-    return execute(prepare(cfg, str(run_dir), resume=resume))
+    return fit(prepare(cfg, str(run_dir), resume=resume))
 
 
 @pytest.fixture(scope="module")

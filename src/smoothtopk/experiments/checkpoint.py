@@ -16,6 +16,8 @@ import tempfile
 
 import torch
 
+from . import distributed
+
 FORMAT = 1
 
 
@@ -91,7 +93,7 @@ def rng_state() -> dict:
     process touches another process's GPU."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        if _distributed():
+        if distributed.active():
             state["cuda_current"] = torch.cuda.get_rng_state()
         else:
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -105,13 +107,8 @@ def set_rng_state(state: dict) -> None:
     if torch.cuda.is_available():
         if "cuda_current" in state:
             torch.cuda.set_rng_state(state["cuda_current"])
-        elif "cuda" in state and not _distributed():
+        elif "cuda" in state and not distributed.active():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _distributed() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized()
 
 
 def save_checkpoint(
@@ -170,4 +167,57 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     missing = [k for k in ("epoch", "model", "optimizer", "rng", "history") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete (no {', '.join(missing)})")
+    problem = _field_problem(ckpt)
+    if problem:
+        raise ValueError(f"checkpoint {path} is damaged ({problem}); delete it or restore a copy")
     return ckpt
+
+
+def _count(value, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _field_problem(ckpt: dict) -> str | None:
+    """What is wrong with the fields of a loaded checkpoint (None: nothing). The tensors of the
+    model are checked against the model by the trainer."""
+    epoch, step = ckpt["epoch"], ckpt.get("step", 0)
+    if not _count(epoch) or not _count(step):
+        return f"epoch {epoch!r} and step {step!r} must be integers >= 0"
+    history, best = ckpt["history"], ckpt.get("best")
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        return "history is not a list of records"
+    if len(history) != epoch:
+        return f"{len(history)} history records for {epoch} finished epochs"
+    if best is not None and not (isinstance(best, dict) and "val_top5" in best):
+        return f"best is {best!r}"
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["optimizer"], dict):
+        return "model or optimizer is not a state dict"
+    ranks = ckpt.get("ranks") or [{"rng": ckpt["rng"]}]
+    if not isinstance(ranks, list) or not _count(ckpt.get("world_size", len(ranks)), 1):
+        return "ranks is not a list of process states"
+    for rank in ranks:
+        if not isinstance(rank, dict) or _rng_problem(rank.get("rng")):
+            return f"a random state is damaged ({_rng_problem(rank.get('rng'))})"
+        partial = rank.get("partial")
+        if step and not (isinstance(partial, dict) and _partial_ok(partial)):
+            return "a mid-epoch checkpoint without the partial sums of every process"
+    return None
+
+
+def _rng_problem(state) -> str | None:
+    if not isinstance(state, dict) or not isinstance(state.get("torch"), torch.Tensor):
+        return "no torch state"
+    try:
+        torch.Generator().set_state(state["torch"])
+        version, internal, gauss = state["python"]
+        random.Random().setstate((version, tuple(internal), gauss))
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    return None
+
+
+def _partial_ok(partial: dict) -> bool:
+    tensors = [partial.get(k) for k in ("loss_sum", "correct", "total")]
+    return all(isinstance(t, torch.Tensor) for t in tensors) and isinstance(
+        partial.get("seconds"), int | float
+    )

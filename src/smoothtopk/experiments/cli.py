@@ -15,45 +15,6 @@ from . import config as config_mod
 
 PROG = "smoothtopk"
 
-HELP = {
-    "dataset": "embedded (default, generated), cifar100, imagenet or folder",
-    "data_dir": "where the data set lives (cifar100: the folder holding cifar-100-python/)",
-    "download": "download CIFAR-100 with torchvision if it is missing",
-    "data_seed": "seed of the embedded data, the train/validation split and the subsets",
-    "val_size": "validation images split off the training set (cifar100 5000, embedded 500)",
-    "val_per_class": "validation images per class held out (imagenet, folder)",
-    "subset": "balanced training subset, e.g. 64k, 128k, 320k, 640k or all (not cifar100)",
-    "image_size": "crop size for imagenet/folder data",
-    "augment": "training augmentation (random crop and flip)",
-    "noise": "label noise level p in [0, 1] (training labels only)",
-    "noise_groups": "consecutive (as the public code) or superclass (cifar100's semantic groups)",
-    "group_size": "classes per group for consecutive noise groups",
-    "noise_seed": "seed of the label noise draw",
-    "model": "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)",
-    "loss": "ce, smooth-svm, hard-svm or a comparator: hinge-alpha, hinge-beta, trunc-entropy, "
-    "calibrated-hinge, smoothed-calibrated-hinge, ce-label-smoothing (difftopk if installed)",
-    "k": "k of the top-k losses",
-    "tau": "temperature of smooth-svm",
-    "alpha": "margin of the SVM and hinge losses",
-    "epsilon": "noise scale of smoothed-calibrated-hinge",
-    "label_smoothing": "smoothing of ce-label-smoothing, in [0, 1]",
-    "epochs": "number of epochs",
-    "batch_size": "global training batch size (split evenly across torchrun processes)",
-    "eval_batch_size": "evaluation batch size",
-    "lr": "initial learning rate",
-    "momentum": "Nesterov momentum",
-    "nesterov": "use Nesterov momentum",
-    "weight_decay": "weight decay",
-    "milestones": "epochs after which the learning rate is multiplied by gamma",
-    "gamma": "learning rate factor at each milestone",
-    "seed": "seed of model initialisation, data order and augmentation",
-    "workers": "data loading worker processes",
-    "device": "auto, cpu, cuda or cuda:N (under torchrun: each process uses cuda:LOCAL_RANK)",
-    "checkpoint_every": "also save last.pt every N training steps, for mid-epoch --resume "
-    "(0: at epoch ends only)",
-    "progress": "tqdm progress bars (shown on a terminal only)",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2."""
@@ -69,8 +30,8 @@ def _add_config_options(parser: argparse.ArgumentParser, lists: tuple[str, ...] 
         if name == "preset":
             continue
         flag = "--" + name.replace("_", "-")
-        hint = config_mod._HINTS[name]
-        kw = {"dest": name, "default": argparse.SUPPRESS, "help": HELP.get(name)}
+        hint = config_mod.TYPES[name]
+        kw = {"dest": name, "default": argparse.SUPPRESS, "help": config_mod.help_of(name)}
         if name in lists:
             kw["help"] = f"{kw['help']}; a comma-separated list sweeps over the values"
             group.add_argument(flag, type=str, metavar="V[,V...]", **kw)
@@ -98,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one model", description="Train one model.")
     train.add_argument("--preset", choices=sorted(config_mod.PRESETS), default=None,
-                       help="a recipe of the paper (or the demo)")  # fmt: skip
+                       help=config_mod.help_of("preset"))  # fmt: skip
     train.add_argument("--config", metavar="YAML", help="options from a YAML file")
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<name>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -114,13 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="the demo sweep on the embedded data",
-        description="CE vs L_{5,1} at noise 0 ... 0.8 on the embedded data.",
+        description="CE vs L_{5,1} at noise 0 ... 0.8 on the embedded data: the sweep preset "
+        "demo-sweep (running it again continues it, as any sweep).",
     )
     demo.add_argument("--out", default=os.path.join("runs", "demo"), metavar="DIR")
     demo.add_argument("--noise", type=float, nargs="+", default=None, metavar="P",
                       help="noise levels (default: 0 0.2 0.4 0.6 0.8)")  # fmt: skip
     demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
-    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    demo.add_argument("--resume", action="store_true",
+                      help="continue an interrupted demo (refused if there is none)")  # fmt: skip
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     demo.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -138,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with mean ± std over seeds in OUT/report.",
     )
     sweep.add_argument("--preset", choices=sorted({*config_mod.PRESETS, *SWEEP_PRESETS}),
-                       default=None, help="a recipe, or demo-full: every loss x noise 0 ... 0.8 "
-                       "x seeds 0,1,2 on the embedded data")  # fmt: skip
+                       default=None, help="a recipe, or demo-sweep (the demo), or demo-full: "
+                       "every loss x noise 0 ... 0.8 x seeds 0,1,2 (embedded data)")  # fmt: skip
     sweep.add_argument("--config", metavar="YAML",
                        help="options from a YAML file (a list for a swept option)")  # fmt: skip
     sweep.add_argument("--out", default=os.path.join("runs", "sweep"), metavar="DIR")
@@ -150,65 +113,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def default_run_dir(cfg: config_mod.Config) -> str:
-    if cfg.loss == "ce":
-        loss = cfg.loss
-    elif cfg.loss in ("smooth-svm", "hard-svm"):
-        loss = f"{cfg.loss}-k{cfg.k}-tau{cfg.tau:g}"
-    else:
-        from .losses import loss_slug
-
-        loss = loss_slug(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
-    return os.path.join(
-        "runs", f"{cfg.dataset}-{loss}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
-    )
-
-
 def _log(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(message)
 
 
-def _train(args, parser) -> int:
-    from .train import (
-        barrier,
-        execute,
-        finish_distributed,
-        init_distributed,
-        is_run_dir,
-        prepare,
-        saved_config,
-        world,
-    )
+def _train_config(args):
+    """The config and run directory of ``train``: defaults < preset < file < command line, or,
+    with --resume of an existing run, its saved config with the options that may change."""
+    from . import rundir
 
     given = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k != "preset"}
-    prepare_ok = False
+    yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
+    preset = config_mod.pick_preset(args.preset, yaml_values.pop("preset", None))
+    cfg = config_mod.resolve(preset, yaml_values, given)
+    run_dir = args.out if args.out is not None else rundir.default_run_dir(cfg)
+    if args.resume and rundir.is_run_dir(run_dir):
+        explicit = {**yaml_values, **given, "preset": preset}
+        cfg = rundir.resume_config(rundir.saved_config(run_dir), explicit)
+    return cfg, run_dir
+
+
+def _train(args, parser) -> int:
+    from . import distributed
+    from .train import fit, prepare
+
     try:
-        yaml_values = config_mod.load_yaml(args.config) if args.config else {}
-        if args.resume and args.out and is_run_dir(args.out):
-            explicit = {**yaml_values, **given}
-            if args.preset:
-                explicit["preset"] = args.preset
-            cfg = config_mod.resume_config(saved_config(args.out), explicit)
-        else:
-            cfg = config_mod.resolve(args.preset, yaml_values, given)
-        run_dir = args.out or default_run_dir(cfg)
-        init_distributed(cfg.device)  # under torchrun: join the process group
+        cfg, run_dir = _train_config(args)
+        distributed.init(cfg.device, cfg.dist_timeout)  # under torchrun: join the group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
-        prepare_ok = True
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
-    finally:
-        if not prepare_ok:
-            finish_distributed()
+    except (ValueError, TypeError, OSError) as err:
+        distributed.finish()
+        parser.error(str(err).splitlines()[0] if str(err) else repr(err))
     try:
-        barrier()  # every process has checked the run directory before rank 0 writes to it
-        rank = world()[0]
-        summary = execute(prepared, log=_log)
+        distributed.barrier()  # every process has checked the run directory before rank 0 writes
+        summary = fit(prepared, log=_log)
+    except RuntimeError as err:
+        if not distributed.is_timeout(err):
+            raise
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise RuntimeError(
+            f"a torch.distributed collective failed or waited more than --dist-timeout "
+            f"{cfg.dist_timeout:g} s for another process ({first})"
+        ) from None
     finally:
-        finish_distributed()
-    if rank == 0 and summary.get("best_epoch") is not None:
+        writer = distributed.is_writer()
+        distributed.finish()
+    if writer and summary.get("best_epoch") is not None:
         print(
             f"{run_dir}: best validation top-5 at epoch {summary['best_epoch']}: "
             f"test top-1 {100 * summary['test_top1']:.2f}%, top-5 {100 * summary['test_top5']:.2f}%"
@@ -221,6 +173,8 @@ def _report(args, parser) -> int:
 
     try:
         out = args.out
+        if out == "":
+            raise ValueError("the report directory (--out) must not be empty")
         if out is None:
             parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in args.runs}
             base = args.runs[0] if len(args.runs) == 1 else os.path.commonpath(sorted(parents))
@@ -235,47 +189,49 @@ def _report(args, parser) -> int:
 
 
 def _demo(args, parser) -> int:
-    from . import demo
-
-    try:
-        overrides = {"epochs": args.epochs} if args.epochs is not None else {}
-        noise = tuple(args.noise) if args.noise else demo.NOISE_LEVELS
-        runs = demo.plan(args.out, noise, args.resume, args.overwrite, overrides)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    result = demo.run(
-        args.out, runs, overwrite=args.overwrite, progress=args.progress, jobs=args.jobs
-    )
-    print()
-    print(result["table"], end="")
-    for path in result["files"].values():
-        print(f"wrote {path}")
-    print(f"demo finished in {result['seconds']:.0f} s")
-    return 0
+    """``demo`` = ``sweep --preset demo-sweep`` with one worker per core by default."""
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    if args.resume and not (os.path.isdir(args.out) and os.listdir(args.out)):
+        parser.error(f"nothing to resume: {args.out} does not hold a demo; run it without --resume")
+    axes = {"noise": list(dict.fromkeys(args.noise))} if args.noise else {}
+    fixed = {"progress": args.progress}
+    if args.epochs is not None:
+        fixed["epochs"] = args.epochs
+    return _run_sweep(parser, "demo-sweep", {}, axes, fixed, args.out, args.overwrite, args.jobs)
 
 
 def _sweep(args, parser) -> int:
     from . import sweep
 
-    if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     try:
         axes = {n: sweep.parse_list(n, getattr(args, n)) for n in sweep.SWEPT if hasattr(args, n)}
-        fixed = {
-            k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k not in sweep.SWEPT
-        }
-        fixed.pop("preset", None)
-        yaml_values = config_mod.load_yaml(args.config) if args.config else {}
-        configs = sweep.expand(args.preset, yaml_values, axes, fixed)
-        runs = sweep.plan(args.out, configs, overwrite=args.overwrite)
+        yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
+    except ValueError as err:
+        parser.error(str(err))
+    fixed = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS}
+    fixed = {k: v for k, v in fixed.items() if k not in sweep.SWEPT and k != "preset"}
+    return _run_sweep(parser, args.preset, yaml_values, axes, fixed, args.out, args.overwrite,
+                      args.jobs)  # fmt: skip
+
+
+def _run_sweep(parser, preset, yaml_values, axes, fixed, out, overwrite, jobs) -> int:
+    """Expand, plan (bad input: exit 2, nothing written), train and report a sweep."""
+    from . import sweep
+    from .rundir import Busy
+
+    if jobs is not None and jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {jobs}")
+    try:
+        configs = sweep.expand(preset, yaml_values, axes, fixed)
+        runs = sweep.plan(out, configs, overwrite=overwrite)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     progress = all(r.cfg.progress for r in runs)
-    result = sweep.run(
-        args.out, runs, overwrite=args.overwrite, jobs=args.jobs, progress=progress, log=_log
-    )
+    try:
+        result = sweep.run(out, runs, overwrite=overwrite, jobs=jobs, progress=progress, log=_log)
+    except Busy as err:  # another sweep took the directory after this one's check
+        parser.error(str(err))
     print()
     print(result["table"], end="")
     for path in result["files"].values():

@@ -2,7 +2,9 @@
 
 Resolution order (later wins): the dataclass defaults, the preset (``--preset`` or ``preset:`` in
 the YAML file), the preset's per-loss settings (e.g. the ImageNet recipe uses lr 1 and tau 0.1
-for the smooth loss), the YAML file (``--config``), the command-line options.
+for the smooth loss), the YAML file (``--config``), the command-line options. A ``preset:`` key
+in the file and ``--preset`` must name the same preset (an error otherwise): neither is
+silently dropped.
 """
 
 from __future__ import annotations
@@ -16,56 +18,129 @@ from dataclasses import dataclass, field
 import yaml
 
 from .datasets import check_dataset
-from .losses import build_loss, check_loss
+from .distributed import DEFAULT_TIMEOUT
+from .losses import build_loss, check_loss, check_loss_args, loss_label, loss_slug
 from .models import DEFAULT_MODEL, check_model
 from .noise import GROUPINGS, check_rate
+
+
+def option(default=None, help: str = "", factory=None):
+    """A config field with its command-line help (the one place the help is written)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The loss of a run and all its options (those it does not use are ignored): the one
+    object that travels from the config to :mod:`.losses`."""
+
+    name: str
+    k: int
+    tau: float
+    alpha: float
+    epsilon: float
+    label_smoothing: float
+
+    def _options(self) -> dict:
+        return {"k": self.k, "tau": self.tau, "alpha": self.alpha, "epsilon": self.epsilon,
+                "label_smoothing": self.label_smoothing}  # fmt: skip
+
+    def build(self):
+        """The loss module (:func:`.losses.build_loss`)."""
+        return build_loss(self.name, **self._options())
+
+    def label(self) -> str:
+        """A short human label, e.g. ``L_{5,1} (alpha=1)``."""
+        return loss_label(self.name, **self._options())
+
+    def slug(self) -> str:
+        """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
+        return loss_slug(self.name, **self._options())
+
+    def check(self, num_classes: int) -> None:
+        """ValueError unless the options suit ``num_classes`` classes (k < C for every loss:
+        k is recorded with the run and names the top-k metric)."""
+        if not 1 <= self.k < num_classes:
+            raise ValueError(
+                f"k must satisfy 1 <= k < number of classes ({num_classes}), got {self.k}"
+            )
+        opts = self._options()
+        check_loss_args(self.name, opts.pop("k"), opts.pop("tau"), opts.pop("alpha"),
+                        num_classes, **opts)  # fmt: skip
 
 
 @dataclass
 class Config:
     # data
-    dataset: str = "embedded"
-    data_dir: str | None = None
-    download: bool = False
-    data_seed: int = 0  #: generation of the embedded data, train/validation split, subsets
-    val_size: int | None = None  #: random validation split size (cifar100: 5000, embedded: 500)
-    val_per_class: int = 50  #: held-out validation images per class (imagenet, folder)
-    subset: str = "all"  #: balanced training subset (not cifar100): 64k, 128k, ..., all
-    image_size: int = 224  #: crop size (imagenet, folder)
-    augment: bool = True
+    dataset: str = option("embedded", "embedded (default, generated), cifar100, imagenet or folder")
+    data_dir: str | None = option(
+        None, "where the data set lives (cifar100: the folder holding cifar-100-python/)"
+    )
+    download: bool = option(False, "download CIFAR-100 with torchvision if it is missing")
+    data_seed: int = option(0, "seed of the embedded data, the train/validation split and subsets")
+    val_size: int | None = option(
+        None, "validation images split off the training set (cifar100 5000, embedded 500)"
+    )
+    val_per_class: int = option(50, "validation images per class held out (imagenet, folder)")
+    subset: str = option("all", "balanced training subset, e.g. 64k, 128k, 320k, 640k or all "
+                         "(not cifar100)")  # fmt: skip
+    image_size: int = option(224, "crop size for imagenet/folder data")
+    augment: bool = option(True, "training augmentation (random crop and flip)")
     # label noise (training split only)
-    noise: float = 0.0
-    noise_groups: str = "consecutive"
-    group_size: int = 5
-    noise_seed: int = 0
+    noise: float = option(0.0, "label noise level p in [0, 1] (training labels only)")
+    noise_groups: str = option(
+        "consecutive", "consecutive (as the public code) or superclass (cifar100's semantic groups)"
+    )
+    group_size: int = option(5, "classes per group for consecutive noise groups")
+    noise_seed: int = option(0, "seed of the label noise draw")
     # model and loss
-    model: str | None = None  #: None: the data set's default model
-    loss: str = "ce"
-    k: int = 5
-    tau: float = 1.0
-    alpha: float = 1.0
-    epsilon: float = 1.0  #: noise scale of smoothed-calibrated-hinge
-    label_smoothing: float = 0.1  #: smoothing of ce-label-smoothing
-    # optimisation: SGD, Nesterov momentum, lr divided by 1/gamma at each milestone
-    epochs: int = 15
-    batch_size: int = 64
-    eval_batch_size: int = 500
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    milestones: list[int] = field(default_factory=lambda: [8, 12])
-    gamma: float = 0.1
-    seed: int = 0  #: model initialisation, data order, augmentation
+    model: str | None = option(
+        None, "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)"
+    )
+    loss: str = option("ce", "ce, smooth-svm, hard-svm or a comparator: hinge-alpha, hinge-beta, "
+                       "trunc-entropy, calibrated-hinge, smoothed-calibrated-hinge, "
+                       "ce-label-smoothing (difftopk if installed)")  # fmt: skip
+    k: int = option(5, "k of the top-k losses (below the number of classes)")
+    tau: float = option(1.0, "temperature of smooth-svm")
+    alpha: float = option(1.0, "margin of the SVM and hinge losses")
+    epsilon: float = option(1.0, "noise scale of smoothed-calibrated-hinge")
+    label_smoothing: float = option(0.1, "smoothing of ce-label-smoothing, in [0, 1]")
+    # optimisation: SGD, Nesterov momentum, lr multiplied by gamma at each milestone
+    epochs: int = option(15, "number of epochs")
+    batch_size: int = option(64, "global training batch size (split evenly across torchrun "
+                             "processes)")  # fmt: skip
+    eval_batch_size: int = option(500, "evaluation batch size")
+    lr: float = option(0.1, "initial learning rate")
+    momentum: float = option(0.9, "Nesterov momentum")
+    nesterov: bool = option(True, "use Nesterov momentum")
+    weight_decay: float = option(1e-4, "weight decay")
+    milestones: list[int] = option(
+        help="epochs after which the learning rate is multiplied by gamma", factory=lambda: [8, 12]
+    )
+    gamma: float = option(0.1, "learning rate factor at each milestone")
+    seed: int = option(0, "seed of model initialisation, data order and augmentation")
     # execution
-    workers: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 0  #: also save last.pt every N training steps (0: epoch ends only)
-    progress: bool = True
-    preset: str | None = None
+    workers: int = option(0, "data loading worker processes")
+    device: str = option(
+        "auto", "auto, cpu, cuda or cuda:N (under torchrun: each process uses cuda:LOCAL_RANK)"
+    )
+    checkpoint_every: int = option(0, "also save last.pt every N training steps, for mid-epoch "
+                                   "--resume (0: at epoch ends only)")  # fmt: skip
+    dist_timeout: float = option(DEFAULT_TIMEOUT, "seconds a torchrun process waits for the "
+                                 "others in a collective before the job fails "
+                                 f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    progress: bool = option(True, "tqdm progress bars (shown on a terminal only)")
+    preset: str | None = option(None, "a recipe of the paper (or the demo)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def loss_spec(self) -> LossSpec:
+        return LossSpec(self.loss, self.k, self.tau, self.alpha, self.epsilon,
+                        self.label_smoothing)  # fmt: skip
 
 
 PRESETS: dict[str, dict] = {
@@ -119,12 +194,17 @@ PRESETS: dict[str, dict] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_HINTS = typing.get_type_hints(Config)
+TYPES = typing.get_type_hints(Config)  #: field name -> its type (``int | None``, ...)
 
 
-def _coerce(name: str, value):
+def help_of(name: str) -> str:
+    """The command-line help of config field ``name``."""
+    return FIELDS[name].metadata["help"]
+
+
+def coerce(name: str, value):
     """Check (and widen int -> float) a value from a YAML file against the field's type."""
-    hint = _HINTS[name]
+    hint = TYPES[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     if value is None:
@@ -157,11 +237,21 @@ def _coerce(name: str, value):
 
 
 def load_yaml(path: str) -> dict:
+    """The mapping in the YAML file ``path``; ValueError naming the file if it cannot be read,
+    is not UTF-8 text, not YAML or not a mapping."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ValueError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a directory, not a YAML file") from None
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); expected YAML"
+        ) from None
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
     if data is None:
@@ -185,9 +275,8 @@ def resolve(
     cli_values = dict(cli_values or {})
     _check_keys(yaml_values, "the config file")
     _check_keys(cli_values, "the command line")
-    yaml_values = {k: _coerce(k, v) for k, v in yaml_values.items()}
-    preset = cli_values.pop("preset", None) or preset or yaml_values.pop("preset", None)
-    yaml_values.pop("preset", None)
+    yaml_values = {k: coerce(k, v) for k, v in yaml_values.items()}
+    preset = pick_preset(cli_values.pop("preset", None) or preset, yaml_values.pop("preset", None))
     values: dict = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -202,6 +291,15 @@ def resolve(
     cfg = Config(**values)
     validate(cfg)
     return cfg
+
+
+def pick_preset(given: str | None, in_file: str | None) -> str | None:
+    """The preset of a run: ``--preset`` or the file's ``preset:``; both must agree."""
+    if given is not None and in_file is not None and given != in_file:
+        raise ValueError(
+            f"--preset {given} and 'preset: {in_file}' in the config file disagree; give one"
+        )
+    return given if given is not None else in_file
 
 
 def validate(cfg: Config) -> Config:
@@ -229,7 +327,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
-    for name in ("lr", "tau"):
+    for name in ("lr", "tau", "dist_timeout"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value}")
@@ -241,7 +339,7 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"epsilon must be > 0, got {cfg.epsilon}")
     if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing <= 1):
         raise ValueError(f"label_smoothing must be in [0, 1], got {cfg.label_smoothing}")
-    build_loss(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
+    cfg.loss_spec.build()  # the loss's own checks
     if cfg.nesterov and cfg.momentum == 0:
         raise ValueError("Nesterov momentum needs momentum > 0")
     if sorted(cfg.milestones) != list(cfg.milestones) or any(m < 1 for m in cfg.milestones):
@@ -262,26 +360,4 @@ def to_yaml(cfg: Config) -> str:
 
 def from_saved(values: dict) -> Config:
     _check_keys(values, "the saved config")
-    return Config(**{k: _coerce(k, v) for k, v in values.items()})
-
-
-# options that may differ when a run is resumed
-RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "checkpoint_every")
-
-
-def resume_config(saved: Config, explicit: dict) -> Config:
-    """The saved config of a run with the explicitly given options that may change on resume
-    (:data:`RESUMABLE`); any other option must equal the saved value."""
-    _check_keys(explicit, "the command line")
-    values = saved.to_dict()
-    changed = []
-    for key, value in explicit.items():
-        if key == "preset" and value is None:
-            continue
-        if key in RESUMABLE:
-            values[key] = value
-        elif value != values[key] and not (key == "preset" and value == values.get("preset")):
-            changed.append(f"{key} ({values[key]!r} saved, {value!r} given)")
-    if changed:
-        raise ValueError("--resume cannot change " + ", ".join(changed))
-    return validate(Config(**values))
+    return Config(**{k: coerce(k, v) for k, v in values.items()})

@@ -1,5 +1,5 @@
-"""What a run writes besides checkpoints: per-epoch metrics (CSV and JSON lines), the
-environment, and a rank-0 guard for writers (for the distributed trainer to come)."""
+"""What a run writes besides checkpoints: per-epoch metrics (CSV and JSON lines) and the
+environment it ran in."""
 
 from __future__ import annotations
 
@@ -20,12 +20,6 @@ METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_top1", "train_top5", "val_top1", "val_top5",
     "test_top1", "test_top5", "epoch_seconds",
 )  # fmt: skip
-
-
-def is_writer() -> bool:
-    """True on the process that writes files (rank 0; the only process without DDP)."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def write_metrics(run_dir: str, history: list[dict]) -> None:

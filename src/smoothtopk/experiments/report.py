@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import Config
-from .losses import loss_label
 from .records import read_metrics
-from .train import CONFIG, is_run_dir, saved_config
+from .rundir import CONFIG, is_run_dir, saved_config
 
 
 @dataclass
@@ -36,7 +35,7 @@ class RunResult:
 
     def __post_init__(self):
         c = self.cfg
-        self.label = loss_label(c.loss, c.k, c.tau, c.alpha, c.epsilon, c.label_smoothing)
+        self.label = c.loss_spec.label()
 
     @property
     def complete(self) -> bool:

@@ -2,37 +2,44 @@
 loss hyper-parameters, one run directory per combination, then a report with mean ± std over
 seeds.
 
-Each run lives in ``OUT/<name>``, the name built from its settings (:func:`run_name`). Running
-the same sweep again skips every run whose ``results.json`` exists and continues unfinished
-ones from their last checkpoint, so an interrupted sweep resumes where it stopped. A
+Each run lives in ``OUT/<name>``, the name built from its settings (:func:`.rundir.run_name`).
+Running the same sweep again skips every run whose ``results.json`` exists and continues
+unfinished ones from their last checkpoint, so an interrupted sweep resumes where it stopped. A
 hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``) multiplies
 only the losses that use it (:func:`.losses.loss_params`): ``--tau 0.1,1`` gives two
 ``smooth-svm`` runs per setting but one ``ce`` run.
+
+The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import rundir
 from .checkpoint import atomic_write_json
-from .config import FIELDS, PRESETS, RESUMABLE, Config, _coerce, resolve
-from .demo import NOISE_LEVELS, train_all
-from .losses import LOSSES, check_loss, loss_params, loss_slug
+from .config import FIELDS, PRESETS, Config, coerce, pick_preset, resolve
+from .losses import LOSSES, check_loss, loss_params
 from .report import write_report
-from .train import RESULTS, Prepared, prepare, saved_config
+from .train import Prepared, prepare_member
+from .workers import train_all
 
 #: options that take a list of values, one run per value
 SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing")
 HYPER = ("k", "tau", "alpha", "epsilon", "label_smoothing")
-MARKER = "sweep.json"
+NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
+    # the demo: CE against L_{5,1} at noise 0 ... 0.8 on the embedded data, one seed
+    "demo-sweep": {
+        "preset": "demo",
+        "axes": {"loss": ["ce", "smooth-svm"], "noise": list(NOISE_LEVELS)},
+    },
     # every loss x noise 0 ... 0.8 x 3 seeds on the embedded data, the demo's recipe
     "demo-full": {
         "preset": "demo",
@@ -43,7 +50,7 @@ SWEEP_PRESETS: dict[str, dict] = {
 
 def parse_list(name: str, text: str) -> list:
     """``"0,0.2,0.4"`` -> ``[0.0, 0.2, 0.4]``, typed as the config option ``name``."""
-    hint = FIELDS[name].type
+    hint = FIELDS[name].type  # the annotation as written: "int", "int | None", "float", ...
     items = [t.strip() for t in str(text).split(",")]
     if not items or any(not t for t in items):
         raise ValueError(f"--{name.replace('_', '-')} needs comma-separated values, got {text!r}")
@@ -57,13 +64,6 @@ def parse_list(name: str, text: str) -> list:
             raise ValueError(f"--{name.replace('_', '-')}: bad value {item!r}") from None
         values.append(value)
     return list(dict.fromkeys(values))
-
-
-def run_name(cfg: Config) -> str:
-    """``smooth-svm-k5-tau1-alpha1-noise0.2-all-seed0``: the loss with the options it uses, the
-    noise level, the training subset and the seed."""
-    slug = loss_slug(cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
-    return f"{slug}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
 
 
 def expand(
@@ -81,8 +81,7 @@ def expand(
     unknown = sorted(set(axes) - set(SWEPT))
     if unknown:
         raise ValueError(f"these options cannot be swept: {', '.join(unknown)}")
-    if preset is None and yaml_values.get("preset") in SWEEP_PRESETS:
-        preset = yaml_values.pop("preset")
+    preset = pick_preset(preset, yaml_values.pop("preset", None))
     if preset in SWEEP_PRESETS:
         for name, values in SWEEP_PRESETS[preset]["axes"].items():
             axes.setdefault(name, list(values))
@@ -94,7 +93,7 @@ def expand(
         value = yaml_values.get(name)
         if isinstance(value, list) and name not in ("milestones",):
             yaml_values.pop(name)
-            axes.setdefault(name, [_coerce(name, v) for v in value])
+            axes.setdefault(name, [coerce(name, v) for v in value])
     for name, values in axes.items():
         if not values:
             raise ValueError(f"the list of values of {name} is empty")
@@ -111,11 +110,14 @@ def expand(
             configs.append(resolve(preset, yaml_values, cli))
     seen: dict[str, Config] = {}
     for cfg in configs:
-        name = run_name(cfg)
+        name = rundir.run_name(cfg)
         if name in seen:
             raise ValueError(f"two runs of the sweep would share the directory name {name}")
         seen[name] = cfg
     return configs
+
+
+STATUS_VERB = {"complete": "skip  ", "resume": "resume", "new": "train "}
 
 
 @dataclass
@@ -126,23 +128,15 @@ class SweepRun:
     prepared: Prepared | None = None
 
 
-def _same_settings(saved: Config, cfg: Config) -> list[str]:
-    a, b = saved.to_dict(), cfg.to_dict()
-    return [k for k in a if k not in RESUMABLE and a[k] != b[k]]
-
-
 def plan(out: str, configs: list[Config], overwrite: bool = False) -> list[SweepRun]:
     """Check the sweep directory and every run, load the data of the runs still to train;
     writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"{out} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
-        raise ValueError(f"{out} exists and is not a sweep directory; choose another --out")
+    rundir.check_sweep_dir(out)
     runs = []
     for cfg in configs:
-        run_dir = os.path.join(out, run_name(cfg))
-        if not overwrite and os.path.isfile(os.path.join(run_dir, RESULTS)):
-            changed = _same_settings(saved_config(run_dir), cfg)
+        run_dir = os.path.join(out, rundir.run_name(cfg))
+        if not overwrite and rundir.is_finished(run_dir):
+            changed = rundir.incompatible(rundir.saved_config(run_dir), cfg)
             if changed:
                 raise ValueError(
                     f"{run_dir} was finished with other settings ({', '.join(changed)}); "
@@ -150,9 +144,9 @@ def plan(out: str, configs: list[Config], overwrite: bool = False) -> list[Sweep
                 )
             runs.append(SweepRun(cfg, run_dir, "complete"))
             continue
-        resuming = not overwrite and os.path.isdir(run_dir) and bool(os.listdir(run_dir))
-        prepared = prepare(cfg, run_dir, resume=not overwrite, overwrite=overwrite)
-        runs.append(SweepRun(cfg, run_dir, "resume" if resuming else "new", prepared))
+        prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
+        status = "new" if prepared.resume_from is None else "resume"
+        runs.append(SweepRun(cfg, run_dir, status, prepared))
     return runs
 
 
@@ -165,29 +159,25 @@ def run(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train the runs not yet complete (``jobs`` worker processes, see
-    :func:`.demo.train_all`), then write the report to ``OUT/report``. Returns the report with
-    ``trained`` and ``skipped`` (run directories) and ``seconds``."""
+    :func:`.workers.train_all`), then write the report to ``OUT/report``. Returns the report
+    with ``trained`` and ``skipped`` (run directories) and ``seconds``. ``OUT`` stays locked
+    (:func:`.rundir.locked`) while the sweep runs: a second sweep there raises Busy."""
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
-    if overwrite and os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(
-        os.path.join(out, MARKER), {"runs": [os.path.basename(r.run_dir) for r in runs]}
-    )
-    todo = []
-    for r in runs:
-        if r.status == "complete":
-            log(f"skip   {os.path.basename(r.run_dir)} (complete)")
-            continue
-        log(f"{'resume' if r.status == 'resume' else 'train '} {os.path.basename(r.run_dir)}")
-        r.prepared.overwrite = False  # with --overwrite the whole directory was replaced above
-        todo.append(r.prepared)
-    log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to train")
-    if todo:
-        train_all(todo, jobs=jobs, progress=progress, log=log, desc="sweep runs")
-    report = write_report([r.run_dir for r in runs], os.path.join(out, "report"))
+    with rundir.locked(out):
+        if overwrite:
+            rundir.clear_directory(out)
+        names = [os.path.basename(r.run_dir) for r in runs]
+        atomic_write_json(os.path.join(out, rundir.SWEEP), {"runs": names})
+        todo = [r.prepared for r in runs if r.status != "complete"]
+        for r in runs:
+            note = " (complete)" if r.status == "complete" else ""
+            log(f"{STATUS_VERB[r.status]} {os.path.basename(r.run_dir)}{note}")
+        log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to train")
+        if todo:
+            train_all(todo, jobs=jobs, progress=progress, log=log, desc="sweep runs")
+        report = write_report([r.run_dir for r in runs], os.path.join(out, "report"))
     report["trained"] = [p.run_dir for p in todo]
     report["skipped"] = [r.run_dir for r in runs if r.status == "complete"]
     report["seconds"] = time.perf_counter() - start

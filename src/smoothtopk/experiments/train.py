@@ -5,15 +5,17 @@ A run is split in two steps so that bad input never leaves a trace:
 
 * :func:`prepare` checks everything (options, data on disk, the run directory) and loads the
   data, writing nothing; it raises ``ValueError`` with a one-line message on bad input;
-* :func:`execute` creates the run directory and trains.
+* :func:`fit` creates the run directory and trains: :func:`restore` continues from a
+  checkpoint, :func:`train_one_epoch` runs the steps of one epoch (with mid-epoch checkpoints),
+  :func:`evaluate` counts top-1/top-5 on a split.
 
 Multi-process training: launched by ``torchrun``, every process joins the process group from
-torchrun's environment (:func:`init_distributed`: NCCL on CUDA, Gloo on CPU), the model is
+torchrun's environment (:func:`.distributed.init`: NCCL on CUDA, Gloo on CPU), the model is
 wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (with SyncBatchNorm on CUDA), the
 training data is split by a :class:`~torch.utils.data.DistributedSampler` reshuffled each epoch
 (``set_epoch``), ``--batch-size`` is the global batch, split evenly across the processes, and
-the evaluation sets are sharded without padding (:func:`shard`) so that every sample is counted
-exactly once; metrics are exact integer counts summed over the processes
+the evaluation sets are sharded without padding (:func:`.distributed.shard`) so that every
+sample is counted exactly once; metrics are exact integer counts summed over the processes
 (:meth:`smoothtopk.TopkAccuracy.all_reduce`). Only rank 0 writes files.
 
 Checkpoints (``last.pt`` at every epoch's end and, with ``--checkpoint-every N``, every N
@@ -29,26 +31,22 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from smoothtopk import TopkAccuracy
+
 from . import checkpoint as ckpt_io
-from .config import RESUMABLE, Config, from_saved, load_yaml, lr_at, to_yaml
+from . import distributed, rundir
+from .config import Config, lr_at, to_yaml
 from .datasets import DataBundle, build_data, check_available
-from .losses import build_loss, check_loss_args, loss_label
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
-from .records import environment, is_writer, write_metrics
-
-LAST = "last.pt"
-BEST = "best.pt"
-CONFIG = "config.yaml"
-RESULTS = "results.json"
+from .records import environment, write_metrics
 
 
 @dataclass
@@ -61,71 +59,6 @@ class Prepared:
     resume_from: str | None = None
     overwrite: bool = False
     resume_state: dict | None = None  #: the loaded checkpoint ``resume_from``
-
-
-def world() -> tuple[int, int]:
-    """(rank, number of processes): (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def launched_distributed() -> bool:
-    """Whether torchrun (or another env:// launcher) started more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
-def init_distributed(device_name: str) -> torch.device | None:
-    """Join the process group described by torchrun's environment variables (RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL with one GPU per process (cuda:LOCAL_RANK) on
-    CUDA, Gloo on CPU. Returns this process's device, or None for a single process."""
-    if not launched_distributed():
-        return None
-    if not dist.is_available():
-        raise ValueError("this PyTorch build has no torch.distributed; run a single process")
-    needed = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    missing = [v for v in needed if v not in os.environ]
-    if missing:
-        raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} not; launch with torchrun")
-    if device_name.startswith("cuda:"):
-        raise ValueError(
-            f"--device {device_name} cannot be used under torchrun; use --device cuda "
-            "(each process uses cuda:LOCAL_RANK)"
-        )
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("device cuda requested but CUDA is not available")
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible; "
-                "lower --nproc_per_node"
-            )
-        device, backend = torch.device("cuda", local_rank), "nccl"
-        torch.cuda.set_device(device)
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://")
-    return device
-
-
-def finish_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if world()[1] > 1:
-        dist.barrier()
-
-
-def shard(dataset, rank: int, num_replicas: int):
-    """Samples ``rank, rank + num_replicas, ...``: disjoint shards covering the data set once,
-    without the padding of DistributedSampler (which would count repeated samples)."""
-    if num_replicas == 1:
-        return dataset
-    return Subset(dataset, range(rank, len(dataset), num_replicas))
 
 
 class _SkipFirst(Sampler):
@@ -142,81 +75,40 @@ class _SkipFirst(Sampler):
         return max(len(self.sampler) - self.skip, 0)
 
 
-def _loss_options(cfg: Config) -> tuple:
-    """The positional arguments of :func:`.losses.build_loss` / :func:`.losses.loss_label`."""
-    return cfg.loss, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing
-
-
-def is_run_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CONFIG))
-
-
-def saved_config(run_dir: str) -> Config:
-    return from_saved(load_yaml(os.path.join(run_dir, CONFIG)))
-
-
-def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
-    """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used."""
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise ValueError(f"run directory {run_dir} exists and is not a directory")
-    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
-        return False
-    if not is_run_dir(run_dir):
-        raise ValueError(
-            f"{run_dir} exists and is not a smoothtopk run (no {CONFIG}); choose another --out"
-        )
-    if resume:
-        return True
-    if overwrite:
-        return False
-    raise ValueError(
-        f"run directory {run_dir} already exists; pass --resume to continue it "
-        "or --overwrite to replace it"
-    )
+# -- prepare: every check, no writes --------------------------------------------------------------
 
 
 def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = False) -> Prepared:
     """Validate everything and load the data; writes nothing. Raises ValueError on bad input.
 
     With ``resume`` and an existing run, ``cfg`` must be the run's saved config (see
-    :func:`.config.resume_config`)."""
-    resuming = check_run_dir(run_dir, resume, overwrite)
+    :func:`.rundir.resume_config`)."""
+    resuming = rundir.check_run_dir(run_dir, resume, overwrite)
     if resuming:
-        saved = saved_config(run_dir).to_dict()
-        given = cfg.to_dict()
-        changed = [k for k in saved if k not in RESUMABLE and saved[k] != given[k]]
+        changed = rundir.incompatible(rundir.saved_config(run_dir), cfg)
         if changed:
             raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
-    _, num_replicas = world()
+    _, num_replicas = distributed.world()
     if cfg.batch_size % num_replicas:
         raise ValueError(
             f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
             f"number of processes ({num_replicas})"
         )
-    num_classes = check_available(cfg.dataset, cfg.data_dir, cfg.download)
-    check_loss_args(
-        cfg.loss, cfg.k, cfg.tau, cfg.alpha, num_classes, cfg.epsilon, cfg.label_smoothing
-    )
+    if not distributed.launched():
+        pick_device(cfg.device)  # CUDA requested but missing: refused before anything is written
+    cfg.loss_spec.check(check_available(cfg.dataset, cfg.data_dir, cfg.download))
     data = build_data(
-        cfg.dataset,
-        cfg.data_dir,
-        cfg.download,
-        seed=cfg.data_seed,
-        val_size=cfg.val_size,
-        val_per_class=cfg.val_per_class,
-        subset=cfg.subset,
-        image_size=cfg.image_size,
+        cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
+        val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
         augment=cfg.augment,
-    )
+    )  # fmt: skip
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
-    last = os.path.join(run_dir, LAST)
-    resume_from = last if resuming and os.path.isfile(last) else None
+    resume_from = os.path.join(run_dir, rundir.LAST) if resuming else None
     state = None
     if resume_from is not None:
         state = ckpt_io.load_checkpoint(resume_from, map_location="cpu")
+        _check_fits(state, resume_from, cfg, data.num_classes)
         saved_world = int(state.get("world_size", 1))
         if int(state.get("step", 0)) and saved_world != num_replicas:
             raise ValueError(
@@ -228,12 +120,45 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     )
 
 
+def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False) -> Prepared:
+    """:func:`prepare` for one run of a sweep (:func:`.rundir.member_mode`): resumed with a
+    checkpoint, started over if killed in its first epoch, else new."""
+    resume, replace = rundir.member_mode(run_dir, overwrite)
+    return prepare(cfg, run_dir, resume=resume, overwrite=replace)
+
+
+def _check_fits(state: dict, path: str, cfg: Config, num_classes: int) -> None:
+    """ValueError naming ``path`` unless its model and optimizer states load into this run's
+    model (same names and shapes) and optimizer; checked before anything is written."""
+    with torch.random.fork_rng(devices=[]):
+        net = build_model(cfg.model, num_classes)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    try:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise ValueError(f"checkpoint {path} does not fit this run's model ({reason})") from None
+    for param in net.parameters():
+        buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None and buffer.shape != param.shape:
+            raise ValueError(
+                f"checkpoint {path} does not fit this run's model (a momentum buffer of shape "
+                f"{tuple(buffer.shape)} for a parameter of shape {tuple(param.shape)})"
+            )
+
+
 def pick_device(name: str) -> torch.device:
+    """The device of a single-process run; ValueError if CUDA is requested but unavailable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but CUDA is not available")
+        raise ValueError(f"device {name} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+        )
     return device
 
 
@@ -244,14 +169,13 @@ def topk_ks(num_classes: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def evaluate(model, loader, device, ks) -> dict:
-    """Top-1/top-5 fractions and the exact counts behind them."""
-    from smoothtopk import TopkAccuracy
-
+    """Top-1/top-5 fractions on a (sharded) split and the exact counts behind them, summed
+    over the processes."""
     model.eval()
     meter = TopkAccuracy(k=ks)
     for x, y in loader:
         meter.update(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
-    if world()[1] > 1:
+    if distributed.world()[1] > 1:
         meter.all_reduce(device=device)  # exact counts summed over the processes
     correct, total = meter.counts()
     correct = [int(c) for c in correct]
@@ -300,7 +224,7 @@ def run_summary(cfg: Config, history: list[dict], best: dict | None, noisy_rate:
         "dataset": cfg.dataset,
         "model": cfg.model,
         "loss": cfg.loss,
-        "loss_label": loss_label(*_loss_options(cfg)),
+        "loss_label": cfg.loss_spec.label(),
         "k": cfg.k,
         "tau": cfg.tau,
         "alpha": cfg.alpha,
@@ -325,238 +249,282 @@ def run_summary(cfg: Config, history: list[dict], best: dict | None, noisy_rate:
     return out
 
 
-def _gather(entry: dict) -> list[dict]:
-    """``entry`` of every process, in rank order (a collective: every process must call it)."""
-    rank, num_replicas = world()
-    if num_replicas == 1:
-        return [entry]
-    out: list = [None] * num_replicas
-    dist.all_gather_object(out, entry)
-    return out
+# -- fit: the run ---------------------------------------------------------------------------------
 
 
-def _describe(epoch: int, step: int) -> str:
-    return f"epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+@dataclass
+class Loop:
+    """What the epochs of one run share: the model (``net``; ``model`` is ``net`` or its DDP
+    wrapper), its optimizer and loss, the data, and the run's progress so far."""
+
+    cfg: Config
+    run_dir: str
+    device: torch.device
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: torch.nn.Module
+    ks: tuple[int, int]
+    writer: bool
+    model: torch.nn.Module | None = None
+    train_set: object = None
+    sampler: DistributedSampler | None = None
+    val_loader: DataLoader | None = None
+    test_loader: DataLoader | None = None
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    last_saved: str = "none yet"  #: what ``last.pt`` holds, for error messages
+    position: int = 0  #: of the progress bar
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.run_dir, rundir.LAST)
+
+    def train_loader(self, skip_batches: int = 0) -> DataLoader:
+        """The training batches of this process, after the first ``skip_batches``."""
+        local_batch = self.cfg.batch_size // distributed.world()[1]
+        order = (
+            _SkipFirst(self.sampler, skip_batches * local_batch) if skip_batches else self.sampler
+        )
+        pin = self.device.type == "cuda"
+        return DataLoader(self.train_set, local_batch, sampler=order,
+                          num_workers=self.cfg.workers, pin_memory=pin)  # fmt: skip
+
+    def save(self, path: str, epoch_done: int, step: int, extra: dict | None = None) -> None:
+        """A checkpoint with every process's random states (a collective; rank 0 writes)."""
+        ranks = distributed.gather({"rng": ckpt_io.rng_state(), **(extra or {})})
+        if self.writer:
+            ckpt_io.save_checkpoint(
+                path, epoch=epoch_done, step=step, model=self.net, optimizer=self.optimizer,
+                history=self.history, best=self.best, config=self.cfg.to_dict(), ranks=ranks,
+            )  # fmt: skip
 
 
-def execute(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0):
+def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0) -> dict:
     """Train (or continue) the run; returns the summary also written to ``results.json``.
 
     Under torch.distributed every process calls this after :func:`prepare` and a barrier."""
-    cfg, run_dir = prepared.cfg, prepared.run_dir
-    writer = is_writer()
-    rank, num_replicas = world()
-    if num_replicas > 1:
-        nccl = dist.get_backend() == "nccl"
-        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-    else:
-        device = pick_device(cfg.device)
+    cfg = prepared.cfg
+    rank, num_replicas = distributed.world()
+    device = distributed.device() if num_replicas > 1 else pick_device(cfg.device)
+    writer = distributed.is_writer()
     log = log if writer else None
     if writer:
-        if prepared.overwrite and os.path.isdir(run_dir):
-            shutil.rmtree(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
-        ckpt_io.remove_stale_temporaries(run_dir)
-        ckpt_io.atomic_write_text(os.path.join(run_dir, CONFIG), to_yaml(cfg))
-        env_name = (
-            "env.json" if prepared.resume_from is None else f"env-resume-{time.time():.0f}.json"
-        )
-        env = environment(device)
-        env["world_size"] = num_replicas
-        ckpt_io.atomic_write_json(os.path.join(run_dir, env_name), env)
-        _save_noise(run_dir, prepared)
+        _start_files(prepared, device, num_replicas)
+    loop = _build(prepared, device, writer, position)
+    start, skip, partial, rng = restore(loop, prepared.resume_state, log)
+    _feed(loop, prepared)
+    if log and start == 0 and skip == 0:
+        log(_intro(loop, prepared))
+    for epoch in range(start, cfg.epochs):
+        resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
+        train = train_one_epoch(loop, epoch, *resumed)
+        val = evaluate(loop.net, loop.val_loader, device, loop.ks)
+        test = evaluate(loop.net, loop.test_loader, device, loop.ks)
+        _end_epoch(loop, _record(epoch, train, val, test), log)
+    summary = run_summary(cfg, loop.history, loop.best, prepared.noisy.effective_rate)
+    if writer:
+        ckpt_io.atomic_write_json(os.path.join(prepared.run_dir, rundir.RESULTS), summary)
+    return summary
 
+
+def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) -> None:
+    """Rank 0 (re)creates the run directory: config, environment, noisy labels."""
+    run_dir = prepared.run_dir
+    if prepared.overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    ckpt_io.remove_stale_temporaries(run_dir)
+    ckpt_io.atomic_write_text(os.path.join(run_dir, rundir.CONFIG), to_yaml(prepared.cfg))
+    name = "env.json" if prepared.resume_from is None else f"env-resume-{time.time():.0f}.json"
+    env = environment(device)
+    env["world_size"] = num_replicas
+    ckpt_io.atomic_write_json(os.path.join(run_dir, name), env)
+    _save_noise(run_dir, prepared)
+
+
+def _build(prepared: Prepared, device: torch.device, writer: bool, position: int) -> Loop:
+    """The seeded model (SyncBatchNorm across GPUs), its loss and its optimizer."""
+    cfg, rank = prepared.cfg, distributed.world()[0]
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    data = prepared.data
-    net = build_model(cfg.model, data.num_classes)
-    if num_replicas > 1 and device.type == "cuda":
+    net = build_model(cfg.model, prepared.data.num_classes)
+    if distributed.world()[1] > 1 and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # statistics of the global batch
     net = net.to(device)
     if rank:  # augmentation draws of the other processes: their own streams
         torch.manual_seed(cfg.seed + rank)
         random.seed(cfg.seed + rank)
-    criterion = build_loss(*_loss_options(cfg)).to(device)
-    optimizer = torch.optim.SGD(
-        net.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
-    history: list[dict] = []
-    best: dict | None = None
-    start, skip, partial, pending_rng = 0, 0, None, None
-    last_saved = "none yet"
-    state = prepared.resume_state
-    if state is None and prepared.resume_from is not None:
-        state = ckpt_io.load_checkpoint(prepared.resume_from, map_location="cpu")
-    if state is not None:
-        # on CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, best, start = list(state["history"]), state["best"], int(state["epoch"])
-        skip = int(state.get("step", 0))
-        ranks = state.get("ranks") or [{"rng": state["rng"]}]
-        mine = ranks[rank] if rank < len(ranks) else None
-        if skip:
-            partial = mine["partial"]
-            pending_rng = mine["rng"]  # restored once the resumed epoch's loader exists
-        elif mine is not None:
-            ckpt_io.set_rng_state(mine["rng"])
-        last_saved = _describe(start, skip)
-        if log:
-            log(f"resuming {run_dir} after {last_saved}")
-    if log and start == 0 and skip == 0:
-        log(
-            f"{run_dir}: {cfg.model} ({count_parameters(net):,} parameters), "
-            f"{loss_label(*_loss_options(cfg))}, noise {cfg.noise:g}, "
-            f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {device}"
-            + (f", {num_replicas} processes" if num_replicas > 1 else "")
-        )
-    model = net
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
+    criterion = cfg.loss_spec.build().to(device)
+    ks = topk_ks(prepared.data.num_classes)
+    return Loop(cfg, prepared.run_dir, device, net, optimizer, criterion, ks, writer,
+                position=position)  # fmt: skip
+
+
+def restore(loop: Loop, state: dict | None, log=None) -> tuple[int, int, dict | None, dict | None]:
+    """Load a checkpoint into ``loop`` (model, optimizer, history, best). Returns (epoch to
+    start, batches of it already done, this process's partial sums, random states to restore
+    once that epoch's loader exists); at an epoch's end the random states are restored now."""
+    if state is None:
+        return 0, 0, None, None
+    loop.net.load_state_dict(state["model"])  # RNG states stay CPU tensors; the rest moves
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.history, loop.best = list(state["history"]), state["best"]
+    start, skip = int(state["epoch"]), int(state.get("step", 0))
+    rank = distributed.world()[0]
+    ranks = state.get("ranks") or [{"rng": state["rng"]}]
+    mine = ranks[rank] if rank < len(ranks) else None
+    partial = rng = None
+    if skip:
+        partial, rng = mine["partial"], mine["rng"]
+    elif mine is not None:
+        ckpt_io.set_rng_state(mine["rng"])
+    loop.last_saved = _describe(start, skip)
+    if log:
+        log(f"resuming {loop.run_dir} after {loop.last_saved}")
+    return start, skip, partial, rng
+
+
+def _feed(loop: Loop, prepared: Prepared) -> None:
+    """DDP around the model, the training sampler and the sharded evaluation loaders."""
+    rank, num_replicas = distributed.world()
+    loop.model = loop.net
     if num_replicas > 1:
-        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-
-    train_set = data.train.with_targets(prepared.noisy.labels)
-    sampler = DistributedSampler(
-        train_set, num_replicas=num_replicas, rank=rank, shuffle=True, seed=cfg.seed
-    )
-    local_batch = cfg.batch_size // num_replicas
-    pin = device.type == "cuda"
-
-    def train_loader(skip_batches: int = 0) -> DataLoader:
-        order = _SkipFirst(sampler, skip_batches * local_batch) if skip_batches else sampler
-        return DataLoader(
-            train_set, local_batch, sampler=order, num_workers=cfg.workers, pin_memory=pin
-        )
-
-    def eval_loader(dataset) -> DataLoader:
-        return DataLoader(
-            shard(dataset, rank, num_replicas),
-            cfg.eval_batch_size,
-            num_workers=cfg.workers,
+        ids = [loop.device] if loop.device.type == "cuda" else None
+        loop.model = DistributedDataParallel(loop.net, device_ids=ids)
+    data = prepared.data
+    loop.train_set = data.train.with_targets(prepared.noisy.labels)
+    loop.sampler = DistributedSampler(loop.train_set, num_replicas=num_replicas, rank=rank,
+                                      shuffle=True, seed=loop.cfg.seed)  # fmt: skip
+    pin = loop.device.type == "cuda"
+    loop.val_loader, loop.test_loader = (
+        DataLoader(
+            distributed.shard(split, rank, num_replicas),
+            loop.cfg.eval_batch_size,
+            num_workers=loop.cfg.workers,
             pin_memory=pin,
+        )  # fmt: skip
+        for split in (data.val, data.test)
+    )
+
+
+def _intro(loop: Loop, prepared: Prepared) -> str:
+    cfg, data, num_replicas = loop.cfg, prepared.data, distributed.world()[1]
+    return (
+        f"{loop.run_dir}: {cfg.model} ({count_parameters(loop.net):,} parameters), "
+        f"{cfg.loss_spec.label()}, noise {cfg.noise:g}, "
+        f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {loop.device}"
+        + (f", {num_replicas} processes" if num_replicas > 1 else "")
+    )
+
+
+def train_one_epoch(
+    loop: Loop, epoch: int, first: int = 0, partial: dict | None = None, rng: dict | None = None
+) -> dict:
+    """The training steps of (0-based) ``epoch`` from step ``first`` (a resumed epoch: with the
+    ``partial`` sums of the steps done and the random states ``rng``), saving ``last.pt``
+    every ``checkpoint_every`` steps. Returns lr, loss sum, top-k counts and the start time,
+    summed over the processes. A non-finite loss on any process raises FloatingPointError
+    before its step is applied."""
+    cfg, device = loop.cfg, loop.device
+    t0, lr = time.perf_counter(), lr_at(cfg, epoch)
+    for group in loop.optimizer.param_groups:
+        group["lr"] = lr
+    loop.sampler.set_epoch(epoch)
+    loop.model.train()
+    meter = TopkAccuracy(k=loop.ks)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loader = loop.train_loader(first)
+    if partial is not None:
+        loss_sum += partial["loss_sum"].to(device)
+        meter.correct, meter.total = partial["correct"].to(device), partial["total"].to(device)
+        t0 -= float(partial["seconds"])
+    batches = iter(loader)
+    if rng is not None:  # after the loader drew its seeds, as the uninterrupted run did
+        ckpt_io.set_rng_state(rng)
+    steps = first + len(loader)
+    for step, (x, y) in enumerate(_bar(loop, batches, len(loader), epoch), start=first):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        scores = loop.model(x)
+        loss = loop.criterion(scores, y)
+        _stop_if_not_finite(loop, loss, epoch, step)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loss_sum += loss.detach().double() * y.numel()
+        meter.update(scores.detach(), y)
+        done = step + 1
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
+            _save_mid_epoch(loop, epoch, done, loss_sum, meter, t0)
+    if distributed.world()[1] > 1:  # exact sums over the processes
+        meter.all_reduce(device=device)
+    correct, total = meter.counts()
+    return {"lr": lr, "loss_sum": float(distributed.all_sum(loss_sum)), "correct": correct,
+            "total": int(total), "t0": t0}  # fmt: skip
+
+
+def _bar(loop: Loop, batches, total: int, epoch: int):
+    return tqdm(
+        batches, total=total, desc=f"epoch {epoch + 1}/{loop.cfg.epochs}",
+        disable=None if loop.cfg.progress and loop.writer else True,  # None: on a terminal only
+        leave=False, position=loop.position, dynamic_ncols=True,
+    )  # fmt: skip
+
+
+def _stop_if_not_finite(loop: Loop, loss: torch.Tensor, epoch: int, step: int) -> None:
+    bad = distributed.all_max((~torch.isfinite(loss.detach())).to(torch.int32))
+    if bool(bad):
+        raise FloatingPointError(
+            f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
+            f"(loss {float(loss.detach()):g} on rank {distributed.world()[0]}); stopped without "
+            f"saving; the last good checkpoint is {loop.last_path} ({loop.last_saved})"
         )
 
-    loader = train_loader()
-    steps_per_epoch = len(loader)
-    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
-    ks = topk_ks(data.num_classes)
-    last_path = os.path.join(run_dir, LAST)
-    from smoothtopk import TopkAccuracy
 
-    def save(path: str, epoch_done: int, step: int, extra: dict | None = None) -> None:
-        ranks = _gather({"rng": ckpt_io.rng_state(), **(extra or {})})  # on every process
-        if writer:
-            ckpt_io.save_checkpoint(
-                path, epoch=epoch_done, step=step, model=net, optimizer=optimizer,
-                history=history, best=best, config=cfg.to_dict(), ranks=ranks,
-            )  # fmt: skip
+def _save_mid_epoch(loop: Loop, epoch: int, done: int, loss_sum, meter, t0: float) -> None:
+    correct, total = meter.counts()
+    part = {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
+            "total": total.detach().cpu(), "seconds": time.perf_counter() - t0}  # fmt: skip
+    loop.save(loop.last_path, epoch, done, {"partial": part})
+    loop.last_saved = _describe(epoch, done)
 
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = lr_at(cfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sampler.set_epoch(epoch)
-        model.train()
-        meter = TopkAccuracy(k=ks)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        first, epoch_loader = 0, loader
-        if epoch == start and skip:
-            first, epoch_loader = skip, train_loader(skip)
-            loss_sum += partial["loss_sum"].to(device)
-            meter.correct = partial["correct"].to(device)
-            meter.total = partial["total"].to(device)
-            t0 -= float(partial["seconds"])
-        batches = iter(epoch_loader)
-        if pending_rng is not None:
-            ckpt_io.set_rng_state(pending_rng)
-            pending_rng = None
-        bar = tqdm(
-            batches,
-            total=len(epoch_loader),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=None if cfg.progress and writer else True,  # None: only on a terminal
-            leave=False,
-            position=position,
-            dynamic_ncols=True,
+
+def _record(epoch: int, train: dict, val: dict, test: dict) -> dict:
+    """One row of ``metrics.jsonl``."""
+    correct, total = [int(c) for c in train["correct"]], max(train["total"], 1)
+    return {
+        "epoch": epoch + 1, "lr": train["lr"], "train_loss": train["loss_sum"] / total,
+        "train_top1": correct[0] / total, "train_top5": correct[1] / total,
+        "val_top1": val["top1"], "val_top5": val["top5"],
+        "test_top1": test["top1"], "test_top5": test["top5"],
+        "epoch_seconds": time.perf_counter() - train["t0"],
+        "train_correct": correct, "train_total": train["total"],
+        "val_correct": val["correct"], "val_total": val["total"],
+        "test_correct": test["correct"], "test_total": test["total"],
+    }  # fmt: skip
+
+
+def _end_epoch(loop: Loop, record: dict, log) -> None:
+    """History, best epoch (``best.pt``), ``last.pt``, the metric files and the log line."""
+    loop.history.append(record)
+    epoch = record["epoch"]
+    if loop.best is None or record["val_top5"] > loop.best["val_top5"]:
+        keys = ("epoch", "val_top1", "val_top5", "test_top1", "test_top5")
+        loop.best = {k: record[k] for k in keys}
+        loop.save(os.path.join(loop.run_dir, rundir.BEST), epoch, 0)
+    loop.save(loop.last_path, epoch, 0)
+    loop.last_saved = _describe(epoch, 0)
+    if loop.writer:
+        write_metrics(loop.run_dir, loop.history)
+    if log:
+        log(
+            f"epoch {epoch:3d}/{loop.cfg.epochs} lr {record['lr']:.3g} "
+            f"loss {record['train_loss']:.4f} val top1 {record['val_top1']:.4f} "
+            f"top5 {record['val_top5']:.4f} | test top1 {record['test_top1']:.4f} "
+            f"top5 {record['test_top5']:.4f} ({record['epoch_seconds']:.1f}s)"
         )
-        for step, (x, y) in enumerate(bar, start=first):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            scores = model(x)
-            loss = criterion(scores, y)
-            bad = (~torch.isfinite(loss.detach())).to(torch.int32)
-            if num_replicas > 1:
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            if bool(bad):
-                raise FloatingPointError(
-                    f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
-                    f"(loss {float(loss.detach()):g} on rank {rank}); stopped without saving; "
-                    f"the last good checkpoint is {last_path} ({last_saved})"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach().double() * y.numel()
-            meter.update(scores.detach(), y)
-            done = step + 1
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps_per_epoch:
-                correct, total = meter.counts()
-                part = {
-                    "loss_sum": loss_sum.detach().cpu(),
-                    "correct": correct.detach().cpu(),
-                    "total": total.detach().cpu(),
-                    "seconds": time.perf_counter() - t0,
-                }
-                save(last_path, epoch, done, {"partial": part})
-                last_saved = _describe(epoch, done)
-        if num_replicas > 1:  # exact sums over the processes
-            meter.all_reduce(device=device)
-            dist.all_reduce(loss_sum)
-        correct, total = meter.counts()
-        train_loss = float(loss_sum) / max(int(total), 1)
-        val = evaluate(net, val_loader, device, ks)
-        test = evaluate(net, test_loader, device, ks)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_top1": int(correct[0]) / max(int(total), 1),
-            "train_top5": int(correct[1]) / max(int(total), 1),
-            "val_top1": val["top1"],
-            "val_top5": val["top5"],
-            "test_top1": test["top1"],
-            "test_top5": test["top5"],
-            "epoch_seconds": time.perf_counter() - t0,
-            "train_correct": [int(c) for c in correct],
-            "train_total": int(total),
-            "val_correct": val["correct"],
-            "val_total": val["total"],
-            "test_correct": test["correct"],
-            "test_total": test["total"],
-        }
-        history.append(record)
-        improved = best is None or record["val_top5"] > best["val_top5"]
-        if improved:
-            best = {
-                k: record[k] for k in ("epoch", "val_top1", "val_top5", "test_top1", "test_top5")
-            }
-            save(os.path.join(run_dir, BEST), epoch + 1, 0)
-        save(last_path, epoch + 1, 0)
-        last_saved = _describe(epoch + 1, 0)
-        if writer:
-            write_metrics(run_dir, history)
-        if log:
-            log(
-                f"epoch {epoch + 1:3d}/{cfg.epochs} lr {lr:.3g} loss {train_loss:.4f} "
-                f"val top1 {val['top1']:.4f} top5 {val['top5']:.4f} | "
-                f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} "
-                f"({record['epoch_seconds']:.1f}s)"
-            )
 
-    summary = run_summary(cfg, history, best, prepared.noisy.effective_rate)
-    if writer:
-        ckpt_io.atomic_write_json(os.path.join(run_dir, RESULTS), summary)
-    return summary
+
+def _describe(epoch: int, step: int) -> str:
+    return f"epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"

@@ -1,0 +1,122 @@
+"""Training several prepared runs: in this process, or in worker processes that die with the
+parent (a sweep killed by SIGKILL or SIGTERM leaves no orphan training on).
+
+Tiny models use cores better as separate single-threaded processes than as one multi-threaded
+one, so :func:`train_all` gives each of ``jobs`` spawned workers ``cpu_count // jobs`` threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import torch
+from tqdm import tqdm
+
+from .config import Config
+from .train import Prepared, fit, prepare
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def default_jobs(num_runs: int) -> int:
+    """One single-threaded worker process per CPU core (at most one per run)."""
+    return max(1, min(num_runs, os.cpu_count() or 1))
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this process when the parent ``parent`` dies, even by SIGKILL.
+
+    Linux: the kernel's parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``). Elsewhere,
+    and as a second guard, a daemon thread checks once a second whether the parent is still
+    ours (an orphan is adopted by another process) and exits if not."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _job(prepared: Prepared) -> tuple:
+    """What a worker needs to prepare the run again as it was planned."""
+    resume = prepared.resume_from is not None
+    return prepared.cfg.to_dict(), prepared.run_dir, resume, prepared.overwrite
+
+
+def _run_one(
+    cfg_values: dict, run_dir: str, resume: bool, overwrite: bool, threads: int
+) -> tuple[str, dict, float]:
+    """A worker process: one run, prepared as the parent planned it (``resume``,
+    ``overwrite``), with ``threads`` intra-op threads and no progress bars."""
+    torch.set_num_threads(threads)
+    cfg = Config(**cfg_values)
+    cfg.progress = False
+    t0 = time.perf_counter()
+    summary = fit(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), log=None)
+    return run_dir, summary, time.perf_counter() - t0
+
+
+def _line(run_dir: str, summary: dict, seconds: float) -> str:
+    return (
+        f"{os.path.basename(run_dir):22s} best epoch {summary['best_epoch']:3d}: "
+        f"test top-1 {100 * summary['test_top1']:5.1f}%  "
+        f"top-5 {100 * summary['test_top5']:5.1f}%  ({seconds:.0f}s)"
+    )
+
+
+def train_all(
+    runs: list[Prepared],
+    jobs: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    desc: str = "runs",
+) -> list[tuple[str, dict, float]]:
+    """Train every prepared run, in this process (``jobs == 1``) or in ``jobs`` worker processes
+    (spawned; ``None``: :func:`default_jobs`); returns ``(run_dir, summary, seconds)`` per run,
+    in the order the runs finished."""
+    jobs = default_jobs(len(runs)) if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    done = []
+    bar = tqdm(total=len(runs), desc=desc, disable=None if progress else True, position=0,
+               dynamic_ncols=True)  # fmt: skip
+    write = bar.write if progress else log
+    if jobs == 1:
+        for prepared in runs:
+            prepared.cfg.progress = progress
+            t0 = time.perf_counter()
+            summary = fit(prepared, log=None, position=1)
+            done.append((prepared.run_dir, summary, time.perf_counter() - t0))
+            write(_line(*done[-1]))
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool:
+            futures = [pool.submit(_run_one, *_job(r), threads) for r in runs]
+            for future in as_completed(futures):
+                done.append(future.result())
+                write(_line(*done[-1]))
+                bar.update()
+    bar.close()
+    return done

@@ -1,0 +1,262 @@
+"""The command line's contract on bad input, case by case: one line ``smoothtopk: error: ...``
+on stderr, exit status 2, and nothing written (every file of the tree keeps its bytes)."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from smoothtopk.experiments.cli import main
+from smoothtopk.experiments.config import resolve
+from smoothtopk.experiments.train import fit, prepare
+
+FAST = {"epochs": 1, "subset": "1000", "val_size": 200, "progress": False, "device": "cpu"}
+
+
+def snapshot(root) -> dict:
+    """Every path under ``root`` (links as links) with its bytes: what "nothing written" keeps."""
+    out = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(here, name)
+            if os.path.islink(path):
+                out[path] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                with open(path, "rb") as f:
+                    out[path] = f.read()
+            else:
+                out[path] = "dir"
+    return out
+
+
+def refuse(capsys, argv, root, pattern):
+    """Run the CLI; assert the one-line error holding ``pattern`` and an untouched ``root``."""
+    before = snapshot(root)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exc.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("smoothtopk: error: "), err
+    assert pattern in lines[0], lines[0]
+    assert snapshot(root) == before
+    return lines[0]
+
+
+# -- options and config files ---------------------------------------------------------------
+
+
+def _yaml(tmp, text):
+    path = tmp / "c.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+OPTION_CASES = {
+    "k >= C with ce": (lambda t: ["--loss", "ce", "--k", "100"], "k must satisfy 1 <= k <"),
+    "k >= C, loss without k": (
+        lambda t: ["--loss", "ce-label-smoothing", "--k", "100"],
+        "number of classes (100), got 100",
+    ),
+    "unknown preset in the file beside --preset": (
+        lambda t: ["--preset", "demo", "--config", _yaml(t, "preset: nope\n")],
+        "'preset: nope' in the config file disagree",
+    ),
+    "preset of the file differs from --preset": (
+        lambda t: ["--preset", "demo", "--config", _yaml(t, "preset: cifar100-noise\n")],
+        "--preset demo and 'preset: cifar100-noise'",
+    ),
+    "unknown preset in the file alone": (
+        lambda t: ["--config", _yaml(t, "preset: nope\n")],
+        "unknown preset 'nope'",
+    ),
+    "config is a directory": (lambda t: ["--config", str(t)], "is a directory"),
+    "binary config": (
+        lambda t: ["--config", _yaml(t, b"\xff\xfe\x00\x01binary")],
+        "c.yaml is not UTF-8 text",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_bad_options_and_config_files(tmp_path, capsys, case):
+    make, pattern = OPTION_CASES[case]
+    argv = make(tmp_path)
+    refuse(capsys, ["train", "--out", str(tmp_path / "run"), *argv], tmp_path, pattern)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "run"), "--device", "cuda"]
+    refuse(capsys, argv, tmp_path, "CUDA is not available")
+
+
+def test_preset_of_the_file_is_honoured_and_may_repeat_the_command_line():
+    in_file = {"preset": "cifar100-noise", "noise": 0.2}
+    cfg = resolve(None, dict(in_file), {})
+    assert (cfg.preset, cfg.model, cfg.epochs) == ("cifar100-noise", "densenet-bc", 300)
+    assert cfg.noise == 0.2  # the file wins over the preset
+    assert resolve("cifar100-noise", dict(in_file), {"epochs": 3}).epochs == 3  # command line wins
+
+
+# -- the output directory --------------------------------------------------------------------
+
+
+def _under_a_file(t):
+    (t / "file").write_text("x")
+    return str(t / "file" / "run")
+
+
+def _dangling(t):
+    os.symlink(str(t / "gone"), str(t / "link"))
+    return str(t / "link")
+
+
+def _dangling_parent(t):
+    os.symlink(str(t / "gone"), str(t / "link"))
+    return str(t / "link" / "run")
+
+
+def _read_only(t):
+    ro = t / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root ignores modes: a read-only mount does the job
+        if os.access("/proc/sys", os.W_OK) or not os.path.isdir("/proc/sys"):
+            pytest.skip("no unwritable directory available")
+        return "/proc/sys/smoothtopk-run"
+    return str(ro / "run")
+
+
+OUT_CASES = {
+    "under a file": (_under_a_file, "is a file, not a directory"),
+    "dangling symlink": (_dangling, "is a dangling symbolic link"),
+    "under a dangling symlink": (_dangling_parent, "is a dangling symbolic link"),
+    "read-only": (_read_only, "is read-only or not writable"),
+    "empty": (lambda t: "", "must not be empty"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "demo"])
+@pytest.mark.parametrize("case", list(OUT_CASES))
+def test_unusable_out_is_named(tmp_path, capsys, case, command):
+    make, pattern = OUT_CASES[case]
+    out = make(tmp_path)
+    line = refuse(capsys, [command, "--out", out, "--epochs", "1"], tmp_path, pattern)
+    assert out in line
+    try:
+        os.chmod(tmp_path / "ro", 0o755)
+    except FileNotFoundError:
+        pass
+
+
+def test_report_out_must_not_be_empty(tmp_path, capsys):
+    refuse(capsys, ["report", str(tmp_path), "--out", ""], tmp_path, "must not be empty")
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    fit(prepare(resolve("demo", None, FAST), str(run_dir)))
+    return run_dir
+
+
+def _edit(key, value):
+    def edit(ckpt):
+        ckpt[key] = value
+
+    return edit
+
+
+def _shape(ckpt):
+    name = next(n for n, t in ckpt["model"].items() if t.ndim == 2)
+    ckpt["model"][name] = torch.zeros(3, 3)
+
+
+def _missing_tensor(ckpt):
+    ckpt["model"].pop(next(iter(ckpt["model"])))
+
+
+def _momentum_shape(ckpt):
+    state = ckpt["optimizer"]["state"]
+    state[next(iter(state))]["momentum_buffer"] = torch.zeros(2)
+
+
+def _mid_epoch_without_sums(ckpt):
+    ckpt["step"] = 3
+
+
+CHECKPOINT_CASES = {
+    "epoch='one'": (_edit("epoch", "one"), "epoch 'one'"),
+    "negative step": (_edit("step", -1), "must be integers >= 0"),
+    "history not a list": (_edit("history", "x"), "history is not a list"),
+    "history of another length": (_edit("history", []), "0 history records for 1"),
+    "rng state damaged": (_edit("ranks", [{"rng": {"torch": torch.zeros(3)}}]), "random state"),
+    "mid-epoch without partial sums": (_mid_epoch_without_sums, "partial sums"),
+    "wrong-shaped tensor": (_shape, "does not fit this run's model"),
+    "missing tensor": (_missing_tensor, "does not fit this run's model"),
+    "wrong-shaped momentum": (_momentum_shape, "momentum buffer of shape (2,)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_CASES))
+def test_bad_checkpoint_is_refused_before_anything_is_written(tmp_path, capsys, finished_run, case):
+    edit, pattern = CHECKPOINT_CASES[case]
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    last = run_dir / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, last)
+    argv = ["train", "--out", str(run_dir), "--resume", "--epochs", "2"]
+    line = refuse(capsys, argv, tmp_path, pattern)
+    assert str(last) in line
+    assert not [n for n in os.listdir(run_dir) if n.startswith("env-resume")]
+
+
+# -- resume needs something to resume ----------------------------------------------------------
+
+
+def _no_last_pt(run_dir, finished_run):
+    shutil.copytree(finished_run, run_dir)
+    os.remove(run_dir / "last.pt")  # best.pt and results.json stay: they must not be replaced
+
+
+RESUME_CASES = {
+    "missing directory": (lambda d, f: None, "does not exist"),
+    "empty directory": (lambda d, f: d.mkdir(), "is empty"),
+    "run without last.pt": (_no_last_pt, "has no last.pt"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_refuses_when_there_is_nothing_to_resume(tmp_path, capsys, finished_run, case):
+    make, pattern = RESUME_CASES[case]
+    run_dir = tmp_path / "run"
+    make(run_dir, finished_run)
+    argv = ["train", "--out", str(run_dir), "--resume", "--epochs", "2"]
+    line = refuse(capsys, argv, tmp_path, pattern)
+    assert "nothing to resume" in line and str(run_dir) in line
+
+
+def test_demo_resume_refuses_a_missing_directory(tmp_path, capsys):
+    refuse(
+        capsys, ["demo", "--out", str(tmp_path / "d"), "--resume"], tmp_path, "nothing to resume"
+    )
+
+
+def test_sweep_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, finished_run):
+    from smoothtopk.experiments import rundir, sweep
+
+    out = tmp_path / "sweep"
+    configs = sweep.expand(None, None, {"loss": ["ce"]}, FAST)
+    (out / rundir.run_name(configs[0])).mkdir(parents=True)
+    (out / rundir.SWEEP).write_text("{}")
+    shutil.copy(finished_run / "config.yaml", out / rundir.run_name(configs[0]) / "config.yaml")
+    (planned,) = sweep.plan(str(out), configs)
+    assert planned.status == "new" and planned.prepared.overwrite
+    assert planned.prepared.resume_from is None
