@@ -217,7 +217,7 @@ def _rng_problem(state) -> str | None:
 
 
 def _partial_ok(partial: dict) -> bool:
-    tensors = [partial.get(k) for k in ("loss_sum", "correct", "total")]
+    tensors = [partial.get(k) for k in ("loss_sum", "correct", "partial", "total")]
     return all(isinstance(t, torch.Tensor) for t in tensors) and isinstance(
         partial.get("seconds"), int | float
     )

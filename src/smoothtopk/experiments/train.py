@@ -177,8 +177,8 @@ def evaluate(model, loader, device, ks) -> dict:
         meter.update(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
     if distributed.world()[1] > 1:
         meter.all_reduce(device=device)  # exact counts summed over the processes
-    correct, total = meter.counts()
-    correct = [int(c) for c in correct]
+    credit, total = meter.counts()  # ties get their shared credit: fractions of a sample
+    correct = [float(c) for c in credit]
     total = int(total)
     return {
         "top1": correct[0] / max(total, 1),
@@ -438,7 +438,9 @@ def train_one_epoch(
     loader = loop.train_loader(first)
     if partial is not None:
         loss_sum += partial["loss_sum"].to(device)
-        meter.correct, meter.total = partial["correct"].to(device), partial["total"].to(device)
+        meter.correct, meter.partial, meter.total = (
+            partial[name].to(device) for name in ("correct", "partial", "total")
+        )
         t0 -= float(partial["seconds"])
     batches = iter(loader)
     if rng is not None:  # after the loader drew its seeds, as the uninterrupted run did
@@ -483,16 +485,17 @@ def _stop_if_not_finite(loop: Loop, loss: torch.Tensor, epoch: int, step: int) -
 
 
 def _save_mid_epoch(loop: Loop, epoch: int, done: int, loss_sum, meter, t0: float) -> None:
-    correct, total = meter.counts()
-    part = {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu(),
-            "total": total.detach().cpu(), "seconds": time.perf_counter() - t0}  # fmt: skip
+    state = meter.state()  # the exact counts (shared tie credit as integer numerators)
+    part = {"loss_sum": loss_sum.detach().cpu(), "correct": state.correct.cpu(),
+            "partial": state.partial.cpu(), "total": state.total.cpu(),
+            "seconds": time.perf_counter() - t0}  # fmt: skip
     loop.save(loop.last_path, epoch, done, {"partial": part})
     loop.last_saved = _describe(epoch, done)
 
 
 def _record(epoch: int, train: dict, val: dict, test: dict) -> dict:
     """One row of ``metrics.jsonl``."""
-    correct, total = [int(c) for c in train["correct"]], max(train["total"], 1)
+    correct, total = [float(c) for c in train["correct"]], max(train["total"], 1)
     return {
         "epoch": epoch + 1, "lr": train["lr"], "train_loss": train["loss_sum"] / total,
         "train_top1": correct[0] / total, "train_top5": correct[1] / total,
