@@ -1,6 +1,10 @@
 """The contenders: one table, name -> (builder of a loss ``fn(scores, target) -> scalar``,
 description, the suites that run it by default).
 
+The package's own losses are built from its registry, :data:`smoothtopk.losses.LOSSES`, with
+their registered default options (:func:`_package`); the external baselines (PyTorch's
+cross-entropy, compiled or not, Liger-Kernel, pytopk, difftopk) have their own builders here.
+
 A builder takes ``(n, k, device, dtype)`` and returns the loss function for ``n`` classes and
 top-``k``; everything a contender needs to construct (modules, sorting networks, a compiled
 graph) is built there or on its first call, and the harness makes that first call (and, for
@@ -127,32 +131,32 @@ def _pinned(backend: str, fn: LossFn) -> LossFn:
     return call
 
 
-def _smooth_topk(backend: str) -> Builder:
+def _package(name: str, backend: str = "auto") -> Builder:
+    """Loss ``name`` of the package's registry (:data:`smoothtopk.losses.LOSSES`): its
+    functional with ``k`` set to the configuration's top-k (where the loss takes ``k``) and its
+    other options at their registered defaults, run with ``SMOOTHTOPK_BACKEND=backend``."""
+
     def build(n, k, device, dtype) -> LossFn:
-        from smoothtopk import _backend, smooth_topk_svm_loss
+        from smoothtopk import _backend
+        from smoothtopk.losses import get
+
+        spec = get(name)
+        options = {"k": k} if "k" in spec.options else {}
 
         def loss(x, y):
-            return smooth_topk_svm_loss(x, y, k=k, tau=1.0, alpha=1.0)
+            return spec.functional(x, y, **options)
 
         fn = _pinned(backend, loss)
+        if name == "smooth-svm":  # the one loss with backends
 
-        def backend_of(x):
-            os.environ[BACKEND_ENV] = backend
-            return _backend.select(x.detach().reshape(-1, x.shape[-1]), k).NAME
+            def backend_of(x):
+                os.environ[BACKEND_ENV] = backend
+                return _backend.select(x.detach().reshape(-1, x.shape[-1]), k).NAME
 
-        fn.backend_of = backend_of
+            fn.backend_of = backend_of
         return fn
 
     return build
-
-
-def _hard_topk(n, k, device, dtype) -> LossFn:
-    from smoothtopk import topk_svm_loss
-
-    def fn(x, y):
-        return topk_svm_loss(x, y, k=k, alpha=1.0)
-
-    return _pinned("auto", fn)
 
 
 def _pytopk(n, k, device, dtype) -> LossFn:
@@ -235,19 +239,19 @@ CONTENDERS: dict[str, Contender] = {
     ),
     "liger_ce": _c(_liger_ce, _LIGER, *_GPU),
     "smooth_topk": _c(
-        _smooth_topk("auto"),
+        _package("smooth-svm"),
         "`smoothtopk.smooth_topk_svm_loss(x, y, k=k, tau=1.0, alpha=1.0)` (ours, "
         "`SMOOTHTOPK_BACKEND=auto`: the fused CPU kernel on CPU, the Triton kernel on CUDA)",
         *_ALL,
     ),
     "smooth_topk_pytorch": _c(
-        _smooth_topk("pytorch"),
+        _package("smooth-svm", "pytorch"),
         "the same with `SMOOTHTOPK_BACKEND=pytorch` (ours, PyTorch operations: what the fused "
         "kernels replace)",
         *_GPU,
     ),
     "hard_topk": _c(
-        _hard_topk,
+        _package("hard-svm"),
         "`smoothtopk.topk_svm_loss(x, y, k=k, alpha=1.0)` (ours, tau -> 0 limit)",
         *_CPU,
         "overhead",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from reference import brute_force_loss
-from smoothtopk import SmoothTopkSVMLoss, TopkSVMLoss, smooth_topk_svm_loss, topk_svm_loss
+from smoothtopk import smooth_topk_svm_loss, topk_svm_loss
 
 INF, NAN = math.inf, math.nan
 RULED_OUT = -1.0e4  # stands for -inf in the brute force: e^(-1e4 / (k tau)) is 0 to 1e-400
@@ -146,33 +146,3 @@ def test_extreme_tau_and_alpha_give_the_finite_value(backend):
 def test_temperature_whose_scale_overflows_is_rejected():
     with pytest.raises(ValueError, match="tau"):
         smooth_topk_svm_loss(torch.zeros(2, 4), torch.tensor([0, 1]), k=2, tau=1e-310)
-
-
-BAD_IGNORE_INDEX = [(None, TypeError), ("a", TypeError), (1.5, TypeError), (True, TypeError),
-                    (torch.tensor(1), TypeError), (2**70, ValueError)]  # fmt: skip
-
-
-@pytest.mark.parametrize("ignore_index, error", BAD_IGNORE_INDEX)
-@pytest.mark.parametrize("call", [smooth_topk_svm_loss, topk_svm_loss])
-def test_ignore_index_is_checked(call, ignore_index, error):
-    with pytest.raises(error, match="ignore_index"):
-        call(torch.zeros(2, 4), torch.tensor([0, 1]), k=2, ignore_index=ignore_index)
-    module = SmoothTopkSVMLoss if call is smooth_topk_svm_loss else TopkSVMLoss
-    with pytest.raises(error, match="ignore_index"):
-        module(k=2, ignore_index=ignore_index)
-
-
-@pytest.mark.parametrize("module", [SmoothTopkSVMLoss, TopkSVMLoss])
-@pytest.mark.parametrize("k, error", [(0, ValueError), (-3, ValueError), ("a", TypeError),
-                                      (2.0, TypeError), (True, TypeError)])  # fmt: skip
-def test_modules_check_k_at_construction(module, k, error):
-    with pytest.raises(error, match="k"):
-        module(k=k)
-
-
-@pytest.mark.parametrize("call", [smooth_topk_svm_loss, topk_svm_loss])
-def test_hyper_parameters_are_keyword_only(call):
-    x, y = torch.zeros(2, 4), torch.tensor([0, 1])
-    with pytest.raises(TypeError, match="keyword"):
-        call(x, y, torch.ones(4))  # F.cross_entropy(x, y, weight) habit: not k
-    assert call(x, y, k=2).shape == ()

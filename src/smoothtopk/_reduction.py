@@ -18,6 +18,7 @@ the other losses are written once as a per-sample function of valid rows and wra
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -96,7 +97,7 @@ def prepare(input, target, k, weight, ignore_index, reduction) -> Rows:
     check_weight(weight, num_classes, input.device)
     if k is not None:
         check_k(k, num_classes)
-    autocast = torch.is_autocast_enabled(input.device.type)
+    autocast = input.device.type != "meta" and torch.is_autocast_enabled(input.device.type)
     if autocast:
         input = input.float()
     scores, flat_target = rows(input, target)
@@ -131,7 +132,8 @@ def classification_loss(
     safe = torch.where(valid, call.target, 0)
     # an ignored row's scores never reach the loss: no NaN of theirs in value or gradient
     scores = torch.where(valid[:, None], call.scores.to(dtype), 0.0)
-    with torch.autocast(call.scores.device.type, enabled=False):
+    off = torch.autocast(call.scores.device.type, enabled=False) if call.autocast else nullcontext()
+    with off:
         weights = row_weights(weight, safe, valid, dtype)
         losses = torch.where(valid, per_sample(scores, safe) * weights, 0.0)
         out = reduce(losses, weights, reduction)

@@ -24,11 +24,11 @@ def calibrated_hinge(s, y, k, alpha=1.0):
     return max(0.0, alpha + sorted(s, reverse=True)[k] - s[y])
 
 
-def label_smoothing_ce(s, y, eps):
+def label_smoothing_ce(s, y, label_smoothing):
     m = max(s)
     log_z = m + math.log(sum(math.exp(v - m) for v in s))
     nll = [log_z - v for v in s]
-    return (1.0 - eps) * nll[y] + eps * sum(nll) / len(s)
+    return (1.0 - label_smoothing) * nll[y] + label_smoothing * sum(nll) / len(s)
 
 
 def smoothed_calibrated_hinge(s, y, k, eps, z, margin=1.0, scale=1.0):

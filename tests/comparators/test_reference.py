@@ -8,22 +8,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smoothtopk.comparators import (
+    SmoothedTopkCalibratedHingeLoss,
     label_smoothing_cross_entropy,
+    ldam_class_margins,
     smoothed_topk_calibrated_hinge_loss,
-    topk_calibrated_hinge_loss,
     topk_hinge_alpha_loss,
     topk_hinge_beta_loss,
     truncated_topk_entropy_loss,
 )
+from smoothtopk.losses import LOSSES
 
 from . import references as ref
 
-# (functional, reference, extra keyword arguments); every reference takes (s, y, k, ...).
+
+def _case(spec):
+    """(functional, reference, extra keyword arguments) of a registered top-k comparator."""
+    module, function = spec.reference.split(":")
+    assert module == "comparators.references"
+    extra = {"alpha": 0.7} if "alpha" in spec.options else {}
+    return spec.functional, getattr(ref, function), extra
+
+
+# the comparators with a reference and a k (every reference takes (s, y, k, ...))
 CASES = {
-    "hinge-alpha": (topk_hinge_alpha_loss, ref.hinge_alpha, {"alpha": 0.7}),
-    "hinge-beta": (topk_hinge_beta_loss, ref.hinge_beta, {"alpha": 0.7}),
-    "trunc-entropy": (truncated_topk_entropy_loss, ref.truncated_entropy, {}),
-    "calibrated-hinge": (topk_calibrated_hinge_loss, ref.calibrated_hinge, {"alpha": 0.7}),
+    name: _case(spec)
+    for name, spec in LOSSES.items()
+    if spec.comparator and spec.reference and "k" in spec.options
 }
 
 
@@ -32,7 +42,7 @@ def _check_rows(name, rows, targets, k):
     s = torch.tensor(rows, dtype=torch.float64)
     y = torch.tensor(targets)
     got = fn(s, y, k=k, reduction="none", **kwargs)
-    expected = [reference(r, t, k, *kwargs.values()) for r, t in zip(rows, targets, strict=True)]
+    expected = [reference(r, t, k, **kwargs) for r, t in zip(rows, targets, strict=True)]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
 
 
@@ -116,7 +126,10 @@ def test_label_smoothing_matches_reference(eps):
     rows = (torch.randn(5, 4, dtype=torch.float64) * 3).tolist()
     targets = [0, 3, 1, 2, 3]
     got = label_smoothing_cross_entropy(
-        torch.tensor(rows, dtype=torch.float64), torch.tensor(targets), eps, reduction="none"
+        torch.tensor(rows, dtype=torch.float64),
+        torch.tensor(targets),
+        label_smoothing=eps,
+        reduction="none",
     )
     expected = [ref.label_smoothing_ce(r, t, eps) for r, t in zip(rows, targets, strict=True)]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
@@ -142,3 +155,31 @@ def test_smoothed_hinge_matches_reference_with_same_noise(margins):
             )  # fmt: skip
         )
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_label_smoothing_equals_torch_without_weight():
+    x = torch.randn(9, 6, dtype=torch.float64)
+    y = torch.randint(0, 6, (9,))
+    y[0] = -100
+    for reduction in ("none", "mean", "sum"):
+        torch.testing.assert_close(
+            label_smoothing_cross_entropy(x, y, label_smoothing=0.2, reduction=reduction),
+            torch.nn.functional.cross_entropy(x, y, reduction=reduction, label_smoothing=0.2),
+        )
+
+
+def test_ldam_class_margins():
+    margins = ldam_class_margins([1, 16, 81], max_margin=0.6)  # 0.6 * (1, 1/2, 1/3)
+    torch.testing.assert_close(margins, torch.tensor([0.6, 0.3, 0.2]))
+    module = SmoothedTopkCalibratedHingeLoss(k=1, class_margins=margins, scale=2.0)
+    assert "class_margins" in dict(module.named_buffers()) and "scale=2.0" in repr(module)
+    assert torch.isfinite(module(torch.randn(9, 3), torch.randint(0, 3, (9,))))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"class_counts": [0, 3]}, "class_counts"),
+                          ({"class_counts": [1, 3], "max_margin": 0.0}, "max_margin")],
+)  # fmt: skip
+def test_ldam_class_margins_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ldam_class_margins(**kwargs)

@@ -2,8 +2,9 @@
 
 Every loss has a functional form with the calling convention of
 ``torch.nn.functional.cross_entropy`` (shapes, ``weight``, ``ignore_index``, ``reduction``,
-half precision computed in float32) and a thin ``nn.Module``. :data:`LOSSES` maps a short name
-to the Module class, so that an experiment can build any of them by name::
+half precision computed in float32; hyper-parameters keyword-only) and a thin ``nn.Module``.
+They are registered, with the package's other losses, in :data:`smoothtopk.losses.LOSSES`;
+:data:`LOSSES` here is the comparators' part of it, name -> Module class::
 
     >>> from smoothtopk.comparators import LOSSES
     >>> criterion = LOSSES["hinge-alpha"](k=5, alpha=1.0)
@@ -13,8 +14,6 @@ installed. See ``docs/comparators.md`` for the formulas and references.
 """
 
 from __future__ import annotations
-
-from torch import nn
 
 from .calibrated import (
     SmoothedTopkCalibratedHingeLoss,
@@ -37,16 +36,16 @@ from .hinge import (
 )
 from .label_smoothing import LabelSmoothingCrossEntropyLoss, label_smoothing_cross_entropy
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "hinge-alpha": TopkHingeAlphaLoss,
-    "hinge-beta": TopkHingeBetaLoss,
-    "trunc-entropy": TruncatedTopkEntropyLoss,
-    "calibrated-hinge": TopkCalibratedHingeLoss,
-    "smoothed-calibrated-hinge": SmoothedTopkCalibratedHingeLoss,
-    "ce-label-smoothing": LabelSmoothingCrossEntropyLoss,
-}
-if difftopk_available():
-    LOSSES["difftopk"] = DiffTopkCrossEntropyLoss
+
+def __getattr__(name: str):
+    # LOSSES is read from the registry on first use: smoothtopk.losses imports this package.
+    if name == "LOSSES":
+        from ..losses import comparators
+
+        globals()["LOSSES"] = comparators()
+        return globals()["LOSSES"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LOSSES",

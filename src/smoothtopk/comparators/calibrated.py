@@ -36,7 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from .._reduction import classification_loss
-from .._validation import check_k, check_non_negative, check_positive, check_positive_int
+from .._validation import (
+    check_k,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    keyword_only,
+)
 from ..modules import _WeightedLoss
 
 __all__ = [
@@ -48,9 +54,11 @@ __all__ = [
 ]
 
 
+@keyword_only
 def topk_calibrated_hinge_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     alpha: float = 1.0,
     weight: torch.Tensor | None = None,
@@ -126,9 +134,11 @@ def _check_generator(generator) -> None:
         )
 
 
+@keyword_only
 def smoothed_topk_calibrated_hinge_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     epsilon: float = 1.0,
     n_samples: int = 5,
@@ -219,7 +229,7 @@ class TopkCalibratedHingeLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call
         self.alpha = check_non_negative(alpha, "alpha")
 
 
@@ -252,7 +262,7 @@ class SmoothedTopkCalibratedHingeLoss(_WeightedLoss):
                 f"class_margins must be a torch.Tensor or None, got {type(class_margins).__name__}"
             )
         _check_generator(generator)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call
         self.epsilon = check_positive(epsilon, "epsilon")
         self.n_samples = check_positive_int(n_samples, "n_samples")
         self.alpha = check_non_negative(alpha, "alpha")

@@ -31,7 +31,7 @@ import numbers
 import torch
 
 from .._reduction import classification_loss
-from .._validation import check_k, check_positive
+from .._validation import check_k, check_positive, keyword_only
 from ..modules import _WeightedLoss
 
 __all__ = ["DiffTopkCrossEntropyLoss", "difftopk_available", "difftopk_cross_entropy_loss"]
@@ -117,9 +117,11 @@ def _check_m(m, k: int, num_classes: int) -> int | None:
     return int(m)
 
 
+@keyword_only
 def difftopk_cross_entropy_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     p_k=None,
     diffsort_method: str = "odd_even",

@@ -14,15 +14,17 @@ from __future__ import annotations
 import torch
 
 from .._reduction import classification_loss
-from .._validation import check_k
+from .._validation import check_k, keyword_only
 from ..modules import _WeightedLoss
 
 __all__ = ["TruncatedTopkEntropyLoss", "truncated_topk_entropy_loss"]
 
 
+@keyword_only
 def truncated_topk_entropy_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
@@ -71,4 +73,4 @@ class TruncatedTopkEntropyLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .._reduction import classification_loss
-from .._validation import check_k, check_non_negative
+from .._validation import check_k, check_non_negative, keyword_only
 from ..modules import _WeightedLoss
 
 __all__ = [
@@ -46,9 +46,11 @@ def _top_k_margins(scores: torch.Tensor, target: torch.Tensor, k: int, alpha: fl
     return margins.topk(k, dim=1).values
 
 
+@keyword_only
 def topk_hinge_alpha_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     alpha: float = 1.0,
     weight: torch.Tensor | None = None,
@@ -79,9 +81,11 @@ def topk_hinge_alpha_loss(
     return classification_loss(per_sample, input, target, weight, ignore_index, reduction)
 
 
+@keyword_only
 def topk_hinge_beta_loss(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     k: int = 5,
     alpha: float = 1.0,
     weight: torch.Tensor | None = None,
@@ -123,7 +127,7 @@ class TopkHingeAlphaLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call
         self.alpha = check_non_negative(alpha, "alpha")
 
 
@@ -142,5 +146,5 @@ class TopkHingeBetaLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.k = k
+        self.k = check_k(k, None)  # against the number of classes at each call
         self.alpha = check_non_negative(alpha, "alpha")

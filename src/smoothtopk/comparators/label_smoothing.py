@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._reduction import classification_loss
-from .._validation import check_non_negative
+from .._validation import check_non_negative, keyword_only
 from ..modules import _WeightedLoss
 
 __all__ = ["LabelSmoothingCrossEntropyLoss", "label_smoothing_cross_entropy"]
@@ -31,9 +31,11 @@ def _check_label_smoothing(label_smoothing) -> float:
     return value
 
 
+@keyword_only
 def label_smoothing_cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
+    *,
     label_smoothing: float = 0.1,
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,

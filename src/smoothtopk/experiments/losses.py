@@ -1,42 +1,33 @@
-"""Losses by name: ``ce`` (cross-entropy), ``smooth-svm`` (the paper's L_{k,tau} with margin
-alpha), ``hard-svm`` (its tau -> 0 limit), all from :mod:`smoothtopk` / :mod:`torch`, and every
-comparator of :data:`smoothtopk.comparators.LOSSES` (``hinge-alpha``, ``trunc-entropy``, ...).
+"""Losses by name, as the registry :data:`smoothtopk.losses.LOSSES` lists them: ``ce``
+(cross-entropy), ``smooth-svm`` (the paper's L_{k,tau} with margin alpha), ``hard-svm`` (its
+tau -> 0 limit) and every comparator (``hinge-alpha``, ``trunc-entropy``, ...).
 
-A comparator receives those of the run options ``k``, ``alpha``, ``epsilon`` and
-``label_smoothing`` that its constructor accepts (:func:`loss_params`); the other constructor
-arguments keep their defaults.
+A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon`` and
+``label_smoothing`` that are among its registered options (:func:`loss_params`); its other
+options keep their defaults.
 """
 
 from __future__ import annotations
 
-import inspect
-
 from torch import nn
 
-from smoothtopk.comparators import LOSSES as COMPARATORS
+from smoothtopk import losses as registry
 
-BUILTIN = ("ce", "smooth-svm", "hard-svm")
-LOSSES = BUILTIN + tuple(COMPARATORS)
+LOSSES = tuple(registry.LOSSES)
 
-#: run options that may be handed to a comparator's constructor
-COMPARATOR_OPTIONS = ("k", "alpha", "epsilon", "label_smoothing")
-_BUILTIN_PARAMS = {"ce": (), "smooth-svm": ("k", "tau", "alpha"), "hard-svm": ("k", "alpha")}
+#: run options that may be handed to a loss's constructor
+RUN_OPTIONS = ("k", "tau", "alpha", "epsilon", "label_smoothing")
 _SHORT = {"k": "k", "tau": "tau", "alpha": "alpha", "epsilon": "eps", "label_smoothing": "ls"}
 
 
 def check_loss(name: str) -> str:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-    return name
+    return registry.get(name).name
 
 
 def loss_params(name: str) -> tuple[str, ...]:
     """The run options (among k, tau, alpha, epsilon, label_smoothing) that loss ``name`` uses."""
-    check_loss(name)
-    if name in _BUILTIN_PARAMS:
-        return _BUILTIN_PARAMS[name]
-    accepted = inspect.signature(COMPARATORS[name]).parameters
-    return tuple(p for p in COMPARATOR_OPTIONS if p in accepted)
+    options = registry.get(name).options
+    return tuple(p for p in RUN_OPTIONS if p in options)
 
 
 def check_loss_args(
@@ -67,16 +58,7 @@ def build_loss(
     epsilon: float = 1.0,
     label_smoothing: float = 0.1,
 ) -> nn.Module:
-    check_loss(name)
-    if name == "ce":
-        return nn.CrossEntropyLoss()
-    import smoothtopk
-
-    if name == "smooth-svm":
-        return smoothtopk.SmoothTopkSVMLoss(k=k, tau=tau, alpha=alpha)
-    if name == "hard-svm":
-        return smoothtopk.TopkSVMLoss(k=k, alpha=alpha)
-    return COMPARATORS[name](**_used_options(name, k, tau, alpha, epsilon, label_smoothing))
+    return registry.get(name).build(**_used_options(name, k, tau, alpha, epsilon, label_smoothing))
 
 
 def _used_options(name, k, tau, alpha, epsilon, label_smoothing) -> dict:
@@ -102,7 +84,7 @@ def loss_label(
         return f"L_{{{k},{tau:g}}} (alpha={alpha:g})"
     if name == "hard-svm":
         return f"hard top-{k} SVM (alpha={alpha:g})"
-    if name not in COMPARATORS:
+    if name not in registry.LOSSES:
         return name
     used = _used_options(name, k, tau, alpha, epsilon, label_smoothing)
     params = ", ".join(f"{p}={v:g}" for p, v in used.items())
