@@ -19,7 +19,7 @@ import yaml
 
 from .datasets import check_dataset
 from .distributed import DEFAULT_TIMEOUT
-from .losses import build_loss, check_loss, check_loss_args, loss_label, loss_slug
+from .losses import LOSSES, build_loss, check_loss, check_loss_args, loss_label, loss_slug
 from .models import DEFAULT_MODEL, check_model
 from .noise import GROUPINGS, check_rate
 
@@ -99,9 +99,8 @@ class Config:
     model: str | None = option(
         None, "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)"
     )
-    loss: str = option("ce", "ce, smooth-svm, hard-svm or a comparator: hinge-alpha, hinge-beta, "
-                       "trunc-entropy, calibrated-hinge, smoothed-calibrated-hinge, "
-                       "ce-label-smoothing (difftopk if installed)")  # fmt: skip
+    loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES: "
+                       + ", ".join(LOSSES))  # fmt: skip
     k: int = option(5, "k of the top-k losses (below the number of classes)")
     tau: float = option(1.0, "temperature of smooth-svm")
     alpha: float = option(1.0, "margin of the SVM and hinge losses")
