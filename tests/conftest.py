@@ -1,8 +1,18 @@
 """Shared fixtures: the backends of the smooth loss that run on this machine's CPU."""
 
+import os
+import tempfile
+
 import pytest
 
-from smoothtopk import _backend, cpu_kernel
+# Inductor's on-disk cache outlives a run and is keyed without our operators' schemas: a graph
+# cached by another checkout (another schema of smoothtopk::forward) would be reused. Each test
+# session compiles into a directory of its own.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = tempfile.TemporaryDirectory(prefix="smoothtopk-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE.name  # removed at exit
+
+from smoothtopk import _backend, cpu_kernel  # noqa: E402
 
 BACKENDS = ("cpu", "pytorch")
 
