@@ -74,6 +74,10 @@ def topk_calibrated_hinge_loss(
         alpha: margin ``>= 0`` (``1`` in the paper).
         weight, ignore_index, reduction: as in ``torch.nn.functional.cross_entropy``.
 
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
     Example:
         >>> import torch
         >>> topk_calibrated_hinge_loss(torch.tensor([[3.0, 2.0, 0.5]]), torch.tensor([1]), k=1)
@@ -171,6 +175,10 @@ def smoothed_topk_calibrated_hinge_loss(
             type; ``None`` uses the global RNG. The noise ``Z`` has shape ``(M, C, B)`` for the
             ``M`` flattened rows (ignored rows included) and is drawn in the working dtype.
         weight, ignore_index, reduction: as in ``torch.nn.functional.cross_entropy``.
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
 
     Example:
         >>> import torch

@@ -149,6 +149,15 @@ def difftopk_cross_entropy_loss(
 
     Raises:
         ModuleNotFoundError: if difftopk or diffsort is not installed.
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
+    Example (needs the optional packages, so not run by the doctests):
+        >>> import torch
+        >>> scores = torch.randn(4, 10, requires_grad=True)
+        >>> difftopk_cross_entropy_loss(scores, torch.tensor([0, 1, 2, 3]), k=5)  # doctest: +SKIP
     """
     if not isinstance(k, numbers.Integral) or isinstance(k, bool):
         raise TypeError(f"k must be an int, got {type(k).__name__}")

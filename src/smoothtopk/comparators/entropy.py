@@ -38,6 +38,10 @@ def truncated_topk_entropy_loss(
         k: ``1 <= k < C`` (``k − 1`` competitors are forgiven).
         weight, ignore_index, reduction: as in ``torch.nn.functional.cross_entropy``.
 
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
     Example:
         >>> import torch
         >>> s = torch.tensor([[5.0, 0.0, 0.0]])

@@ -66,6 +66,10 @@ def topk_hinge_alpha_loss(
         alpha: margin ``>= 0``.
         weight, ignore_index, reduction: as in ``torch.nn.functional.cross_entropy``.
 
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
     Example:
         >>> import torch
         >>> topk_hinge_alpha_loss(torch.tensor([[3.0, 2.0, 0.0]]), torch.tensor([2]), k=2)
@@ -96,6 +100,10 @@ def topk_hinge_beta_loss(
 
     Arguments as in :func:`topk_hinge_alpha_loss`. β ≥ α everywhere, with equality when the
     k selected margins have the same sign.
+
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
 
     Example:
         >>> import torch

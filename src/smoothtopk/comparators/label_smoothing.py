@@ -50,6 +50,10 @@ def label_smoothing_cross_entropy(
         weight, ignore_index, reduction: the package contract (see the module docstring for
             how ``weight`` differs from PyTorch's when ``ε > 0``).
 
+    Shape:
+        - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
+          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+
     Example:
         >>> import torch
         >>> s, y = torch.randn(4, 10), torch.randint(0, 10, (4,))
