@@ -262,6 +262,7 @@ SIGNATURE = dict(
     s_ptr="*fp32",
     target_ptr="*i64",
     weight_ptr="*fp32",
+    alpha_ptr="*fp32",
     loss_ptr="*fp64",
     weight_out="*fp64",
     stats_ptr="*fp64",
@@ -289,7 +290,7 @@ def test_compiles_for_sm90(name, k):
     block = triton_kernel.block_size(10**6, k)
     constexprs = dict(K=k, KP=triton_kernel._padded_k(k), BLOCK=block)
     constexprs.update(
-        dict(HAS_WEIGHT=True, LOG=block.bit_length() - 1)
+        dict(HAS_WEIGHT=True, HAS_ALPHA=True, LOG=block.bit_length() - 1)
         if name.startswith("forward")
         else dict(REDUCTION=2, FIX=True)
     )

@@ -5,6 +5,7 @@ The smooth top-k SVM loss of Berrada, Zisserman and Kumar (ICLR 2018), computed 
 """
 
 from .hard_topk import topk_svm_loss
+from .margins import ldam_margins
 from .metrics import TopkAccuracy, topk_accuracy
 from .modules import SmoothTopkSVMLoss, TopkSVMLoss
 from .smooth_topk import smooth_topk_svm_loss
@@ -13,6 +14,7 @@ __all__ = [
     "SmoothTopkSVMLoss",
     "TopkAccuracy",
     "TopkSVMLoss",
+    "ldam_margins",
     "smooth_topk_svm_loss",
     "topk_accuracy",
     "topk_svm_loss",

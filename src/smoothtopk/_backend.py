@@ -19,7 +19,9 @@ The contract of a backend module (``docs/architecture.md``)::
     forward(scores, target, weight, ignore_index, k, tau, alpha, reduction) -> (out, saved)
     backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction)
 
-``scores (M, C)``, ``target (M,)`` int64 (``ignore_index`` or a class), ``out`` the reduced
+``scores (M, C)``, ``target (M,)`` int64 (``ignore_index`` or a class), ``alpha`` a float or
+per-class margins, a ``(C,)`` floating tensor on the scores' device (row ``i`` uses
+``alpha[target_i]``; checked by the caller), ``out`` the reduced
 loss (``(M,)`` for ``"none"``; float64 for float64 scores, else float32), ``saved`` the
 backend's ``O(M k)`` tensors; ``backward`` returns ``dL/dscores`` in the scores' dtype.
 

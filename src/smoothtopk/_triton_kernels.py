@@ -15,7 +15,8 @@ entries are vectors over lanes (classes of a chunk, or anchors), so every produc
 
 Stats of a row (float64, ``2 + 2k``): ``[a, slope, D_0..D_{k-1}, G_0..G_{k-1}]``;
 ``dL/ds_j = slope u_j sum_m (-u_j)^m D_m`` on ``R``, ``slope G_i`` on ``T``, ``-slope`` on
-``y``; ``slope = weight[y] sigmoid(z'/tau)/k`` (0 for ignored rows).
+``y``; ``slope = weight[y] sigmoid(z'/tau)/k`` (0 for ignored rows). With per-class margins
+(``HAS_ALPHA``) the row's :math:`\alpha` is ``alpha[y]``, read from ``alpha_ptr``.
 
 Shape: scores ``(M, n)`` row-major; stats ``(M, 2 + 2k)``; anchors ``(M, k)``.
 """
@@ -283,10 +284,19 @@ def _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT: tl.conste
 
 
 @triton.jit
+def _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA: tl.constexpr):
+    """The row's margin: ``alpha[target]`` with per-class margins, else the scalar ``alpha``."""
+    if HAS_ALPHA:
+        alpha = tl.load(alpha_ptr + target, mask=keep, other=0.0).to(tl.float64)
+    return alpha
+
+
+@triton.jit
 def forward_row_kernel(
     s_ptr,
     target_ptr,
     weight_ptr,
+    alpha_ptr,
     loss_ptr,
     weight_out,
     stats_ptr,
@@ -297,6 +307,7 @@ def forward_row_kernel(
     alpha: tl.float64,
     scale: tl.float64,
     HAS_WEIGHT: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
     K: tl.constexpr,
     KP: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -307,6 +318,7 @@ def forward_row_kernel(
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row.to(tl.int64) * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
+    alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
     e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, KP, BLOCK, LOG)
@@ -423,6 +435,7 @@ def finish_kernel(
     s_ptr,
     target_ptr,
     weight_ptr,
+    alpha_ptr,
     top_val,
     top_idx,
     top_bad,
@@ -439,6 +452,7 @@ def finish_kernel(
     alpha: tl.float64,
     scale: tl.float64,
     HAS_WEIGHT: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
     K: tl.constexpr,
     KP: tl.constexpr,
     SP: tl.constexpr,
@@ -449,6 +463,7 @@ def finish_kernel(
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row.to(tl.int64) * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
+    alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     parts = tl.arange(0, SP)
     inside = parts < splits
     cols = tl.arange(0, KP)[None, :]

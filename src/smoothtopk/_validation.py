@@ -1,9 +1,9 @@
 """Argument checks shared by every loss: clear ``ValueError``/``TypeError`` messages.
 
-Checks that only look at Python values, shapes and dtypes cost nothing on any device. The one
-check that looks at tensor *values* (targets in range) runs eagerly on CPU tensors only; on an
-accelerator, and under ``torch.compile``, it is an asynchronous device assertion so that the hot
-path never waits for the device.
+Checks that only look at Python values, shapes and dtypes cost nothing on any device. The
+checks that look at tensor *values* (targets in range; per-class margins finite and ``>= 0``)
+run eagerly on CPU tensors only; on an accelerator, and under ``torch.compile``, they are
+asynchronous device assertions so that the hot path never waits for the device.
 """
 
 from __future__ import annotations
@@ -58,6 +58,57 @@ def check_non_negative(value, name: str) -> float:
     if not value >= 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+def check_margins(alpha, input, target):
+    """``alpha``: a finite number ``>= 0`` (returned as a float: the scalar path reads no tensor),
+    or per-class margins, a floating ``(C,)`` tensor on the input's device, finite, ``>= 0`` and
+    not requiring grad (margins are constants), returned as is. A one-element tensor is a
+    scalar. The values are read eagerly on CPU only (:func:`checks_eagerly`)."""
+    if type(alpha) is float and 0.0 <= alpha < math.inf:  # the common case: nothing else
+        return alpha
+    if not isinstance(alpha, torch.Tensor) or alpha.numel() == 1:
+        return check_non_negative(alpha, "alpha")
+    check_input_target(input, target)
+    classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    check_margin_tensor(alpha, classes)
+    if alpha.device != input.device:
+        raise ValueError(f"alpha is on {alpha.device} but input is on {input.device}")
+    check_margin_values(alpha)
+    return alpha
+
+
+def check_margin_tensor(alpha: torch.Tensor, classes: int | None) -> None:
+    """Per-class margins: floating, ``(classes,)`` (1-D when ``classes`` is not known yet, as
+    in a Module's constructor), no gradient."""
+    if not alpha.is_floating_point():
+        raise TypeError(f"alpha must be a floating-point tensor, got dtype {alpha.dtype}")
+    if alpha.dim() != 1 or (classes is not None and alpha.shape[0] != classes):
+        expected = "(C,)" if classes is None else f"({classes},)"
+        raise ValueError(
+            f"alpha must be a number or a {expected} tensor of per-class margins, "
+            f"got shape {tuple(alpha.shape)}"
+        )
+    if alpha.requires_grad:
+        raise ValueError("alpha must not require grad (margins are constants): pass alpha.detach()")
+
+
+def check_margin_values(alpha: torch.Tensor) -> None:
+    """Every margin is finite and ``>= 0``: a ValueError on CPU (outside torch.compile), an
+    asynchronous device assertion elsewhere."""
+    if not checks_eagerly(alpha):
+        good = (alpha >= 0) & (alpha < math.inf)
+        torch._assert_async(good.all(), "alpha must hold finite per-class margins >= 0")
+        return
+    lowest, highest = torch.aminmax(alpha)  # NaN propagates into both
+    if float(lowest) >= 0 and float(highest) < math.inf:
+        return
+    bad = ~((alpha >= 0) & (alpha < math.inf))
+    index = int(bad.nonzero()[0, 0])
+    raise ValueError(
+        f"alpha must hold finite per-class margins >= 0, got {float(alpha[index])} for class "
+        f"{index}"
+    )
 
 
 def _check_real(value, name: str) -> float:
@@ -155,10 +206,11 @@ def check_weight(weight, num_classes: int, device: torch.device) -> None:
         raise ValueError(f"weight is on {weight.device} but input is on {device}")
 
 
-def checks_eagerly(target: torch.Tensor) -> bool:
-    """The target range is read on the host only for CPU tensors outside torch.compile: the
-    one check of the package that reads tensor data (documented; no device ever waits)."""
-    return target.device.type == "cpu" and not torch.compiler.is_compiling()
+def checks_eagerly(tensor: torch.Tensor) -> bool:
+    """Tensor values (target range, per-class margins) are read on the host only for CPU
+    tensors outside torch.compile: the package's checks of tensor data (documented; no device
+    ever waits)."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:

@@ -14,8 +14,10 @@ overflow at extreme :math:`\tau` or :math:`\alpha`):
     \sum_i w_{t_i} l_i / \sum_i w_{t_i} & \text{mean} \end{cases}
 
 over the rows whose target is not ``ignore_index`` (ignored rows give exactly 0, and their
-class's weight is never read). A row with fewer than ``k`` finite other scores has loss and
-gradient 0 (the limit); NaN or +inf in a row gives NaN, as ``F.cross_entropy``.
+class's weight is never read). :math:`\alpha` is a float, or per-class margins: a ``(C,)``
+tensor ``alpha_per_class`` of which row ``i`` reads ``alpha_per_class[t_i]``. A row with fewer
+than ``k`` finite other scores has loss and gradient 0 (the limit); NaN or +inf in a row gives
+NaN, as ``F.cross_entropy``.
 
 The operator schemas ``smoothtopk::forward`` / ``smoothtopk::backward`` and their fake kernels are
 registered when this module is imported; the C++ file only implements them for CPU tensors.
@@ -25,8 +27,9 @@ of time by ``python -c "import smoothtopk; smoothtopk.cpu_kernel.load()"``.
 ``SMOOTHTOPK_CPU_KERNEL=0`` turns it off; if no C++ compiler is found, a warning says so once.
 
 Shape:
-    scores ``(M, C)``, target ``(M,)``, weight ``(C,)`` or None; out ``(M,)`` for ``"none"``,
-    else ``()``; saved: ``(M, 2 + 2k)`` float64 factors and ``(M, k)`` anchor classes.
+    scores ``(M, C)``, target ``(M,)``, weight and alpha_per_class ``(C,)`` or None; out
+    ``(M,)`` for ``"none"``, else ``()``; saved: ``(M, 2 + 2k)`` float64 factors and ``(M, k)``
+    anchor classes.
 
 Example:
     >>> import torch
@@ -68,7 +71,9 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def _forward_fake(scores, target, weight, ignore_index, k, tau, alpha, reduction):
+def _forward_fake(
+    scores, target, weight, ignore_index, k, tau, alpha, reduction, alpha_per_class=None
+):
     rows = scores.shape[0]
     dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
     out = scores.new_empty((rows,) if reduction == "none" else (), dtype=dtype)
@@ -88,7 +93,7 @@ def _define_operators() -> None:
     torch.library.define(
         "smoothtopk::forward",
         "(Tensor scores, Tensor target, Tensor? weight, int ignore_index, int k, float tau, "
-        "float alpha, str reduction) -> (Tensor, Tensor, Tensor)",
+        "float alpha, str reduction, Tensor? alpha_per_class=None) -> (Tensor, Tensor, Tensor)",
     )
     torch.library.define(
         "smoothtopk::backward",
@@ -105,10 +110,16 @@ _backward_op = torch.ops.smoothtopk.backward.default
 
 
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
-    """Loss (reduced; float64 for float64 scores, else float32) and the saved factors."""
-    out, stats, anchor_index = _forward_op(
-        scores, target, weight, ignore_index, k, tau, alpha, reduction
-    )
+    """Loss (reduced; float64 for float64 scores, else float32) and the saved factors.
+    ``alpha``: a float, or per-class margins ``(C,)`` (the kernel reads ``alpha[t_i]``)."""
+    if isinstance(alpha, torch.Tensor):
+        out, stats, anchor_index = _forward_op(
+            scores, target, weight, ignore_index, k, tau, 0.0, reduction, alpha
+        )
+    else:
+        out, stats, anchor_index = _forward_op(
+            scores, target, weight, ignore_index, k, tau, alpha, reduction
+        )
     return out, (stats, anchor_index)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._reduction import classification_loss
-from ._validation import check_non_negative, keyword_only
+from ._validation import check_margins, keyword_only
 
 
 @keyword_only
@@ -25,7 +25,7 @@ def topk_svm_loss(
     target: torch.Tensor,
     *,
     k: int = 5,
-    alpha: float = 1.0,
+    alpha: float | torch.Tensor = 1.0,
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -41,7 +41,8 @@ def topk_svm_loss(
         input, target, weight, ignore_index, reduction: as in ``F.cross_entropy``.
         k: the top-k of interest, ``1 <= k < C`` (keyword-only, as every argument after
             ``target``).
-        alpha: margin ``>= 0``.
+        alpha: margin ``>= 0``, or per-class margins: a floating ``(C,)`` tensor of which
+            sample ``i`` uses ``alpha[target_i]`` (as :func:`smoothtopk.smooth_topk_svm_loss`).
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
@@ -54,13 +55,15 @@ def topk_svm_loss(
         >>> topk_svm_loss(scores, torch.tensor([2]), k=2, alpha=1.0)  # 1 + (2 - 1) / 2
         tensor(1.5000)
     """
-    alpha = check_non_negative(alpha, "alpha")
+    alpha = check_margins(alpha, input, target)
+    per_class = isinstance(alpha, torch.Tensor)
 
     def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
         true_score = scores.gather(1, safe_target[:, None]).squeeze(1)
         others = scores.scatter(1, safe_target[:, None], float("-inf"))
         kth = others.topk(k, dim=1).values[:, -1]
-        return F.relu(alpha + (kth - true_score) / k) + _poison(scores)
+        margin = alpha.to(scores.dtype)[safe_target] if per_class else alpha
+        return F.relu(margin + (kth - true_score) / k) + _poison(scores)
 
     return classification_loss(per_sample, input, target, weight, ignore_index, reduction, k=k)
 

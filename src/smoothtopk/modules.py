@@ -19,6 +19,8 @@ from torch import nn
 from ._validation import (
     check_ignore_index,
     check_k,
+    check_margin_tensor,
+    check_margin_values,
     check_non_negative,
     check_positive,
     check_reduction,
@@ -58,8 +60,18 @@ class _WeightedLoss(nn.Module):
             reduction=self.reduction,
         )
 
+    def _set_alpha(self, alpha) -> None:
+        """A float margin as an attribute; per-class margins ``(C,)`` as the buffer ``alpha``
+        (it follows ``.to()`` and the state dict, as ``weight``)."""
+        if isinstance(alpha, torch.Tensor) and alpha.numel() != 1:
+            check_margin_tensor(alpha, None)  # against the number of classes at each call
+            check_margin_values(alpha)
+            self.register_buffer("alpha", alpha)
+        else:
+            self.alpha = check_non_negative(alpha, "alpha")
+
     def extra_repr(self) -> str:
-        hyper = [f"{name}={getattr(self, name)!r}" for name in self.hyper_parameters]
+        hyper = [f"{name}={_short(getattr(self, name))}" for name in self.hyper_parameters]
         return ", ".join([*hyper, self._common_repr()])
 
     def _common_repr(self) -> str:
@@ -67,14 +79,21 @@ class _WeightedLoss(nn.Module):
         if self.ignore_index != -100:
             parts.append(f"ignore_index={self.ignore_index}")
         if self.weight is not None:
-            parts.append(f"weight=<{tuple(self.weight.shape)} tensor>")
+            parts.append(f"weight={_short(self.weight)}")
         return ", ".join(parts)
+
+
+def _short(value) -> str:
+    """The repr of a hyper-parameter; a tensor (per-class margins, weights) by its shape."""
+    return f"<{tuple(value.shape)} tensor>" if isinstance(value, torch.Tensor) else repr(value)
 
 
 class SmoothTopkSVMLoss(_WeightedLoss):
     r"""Module form of :func:`smoothtopk.smooth_topk_svm_loss`, a drop-in for
     ``nn.CrossEntropyLoss``: :math:`L_{k,\tau}`, the temperature-``tau`` smoothing of the top-k
-    hinge with margin ``alpha`` (cross-entropy at ``k=1, tau=1, alpha=0``).
+    hinge with margin ``alpha`` (cross-entropy at ``k=1, tau=1, alpha=0``). Per-class margins
+    ``alpha`` (a ``(C,)`` tensor, e.g. :func:`smoothtopk.ldam_margins`) are stored as a buffer,
+    so ``.to()`` moves them with the module.
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
@@ -96,7 +115,7 @@ class SmoothTopkSVMLoss(_WeightedLoss):
         self,
         k: int = 5,
         tau: float = 1.0,
-        alpha: float = 1.0,
+        alpha: float | torch.Tensor = 1.0,
         weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
@@ -104,7 +123,7 @@ class SmoothTopkSVMLoss(_WeightedLoss):
         super().__init__(weight, ignore_index, reduction)
         self.k = check_k(k, None)  # against the number of classes at each call
         self.tau = check_positive(tau, "tau")
-        self.alpha = check_non_negative(alpha, "alpha")
+        self._set_alpha(alpha)
 
 
 class TopkSVMLoss(_WeightedLoss):
@@ -126,11 +145,11 @@ class TopkSVMLoss(_WeightedLoss):
     def __init__(
         self,
         k: int = 5,
-        alpha: float = 1.0,
+        alpha: float | torch.Tensor = 1.0,
         weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
         self.k = check_k(k, None)  # against the number of classes at each call
-        self.alpha = check_non_negative(alpha, "alpha")
+        self._set_alpha(alpha)

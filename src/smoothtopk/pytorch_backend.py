@@ -7,7 +7,8 @@ r"""The PyTorch backend of the smooth loss: the reference implementation, on eve
 
 ``x_j = e^{s_j / (k tau)}``, with ``a`` the k-th largest score other than the target and
 ``e^{a/(k tau)} A / B`` the ratio ``sigma_k(x) / sigma_{k-1}(x)`` of elementary symmetric
-polynomials over the scores without the target. ``k = 1`` is the closed form
+polynomials over the scores without the target. ``alpha`` is a float or per-class margins, a
+``(C,)`` tensor: row ``i`` then uses ``alpha[t_i]``. ``k = 1`` is the closed form
 ``tau log sum_j exp((s_j + alpha [j != y] - s_y) / tau)`` (cross-entropy when ``alpha = 0,
 tau = 1``): the tree is a plain sum and the anchor is the largest other score, so the target's
 gradient is ``-sigmoid(.)`` and never the cancelling ``softmax_y - 1``. The value is formed from
@@ -158,14 +159,16 @@ def _rest(scores, anchor, anchor_index, target, scale, differentiable):
     return rest
 
 
-def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alpha: float):
-    """Loss and gradient factors of every row.
+def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alpha):
+    """Loss and gradient factors of every row; ``alpha`` a float or per-class margins ``(C,)``.
 
     Without autograd (the forward) the large ``(M, C)`` work is done in place in one buffer;
     with autograd (double backward) the same operations run out of place.
     """
     differentiable = torch.is_grad_enabled() and scores.requires_grad
     scale = 1.0 / (k * tau)
+    if isinstance(alpha, torch.Tensor):  # per-class margins: row i's margin is alpha[t_i]
+        alpha = alpha.to(scores.dtype)[target][:, None]
     target = target[:, None]
     true_score = scores.gather(1, target)
     top, anchor_index = _anchors(scores, target, k)

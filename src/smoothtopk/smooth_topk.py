@@ -6,7 +6,7 @@ import torch
 
 from . import _backend, pytorch_backend
 from ._reduction import finish, prepare
-from ._validation import check_non_negative, check_positive, check_temperature_scale, keyword_only
+from ._validation import check_margins, check_positive, check_temperature_scale, keyword_only
 
 
 @keyword_only
@@ -16,7 +16,7 @@ def smooth_topk_svm_loss(
     *,
     k: int = 5,
     tau: float = 1.0,
-    alpha: float = 1.0,
+    alpha: float | torch.Tensor = 1.0,
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -32,7 +32,8 @@ def smooth_topk_svm_loss(
     with :math:`\sigma_d` the elementary symmetric polynomial of degree ``d`` over the classes
     other than ``y``: a temperature-``tau`` log-sum-exp over all k-subsets of classes that
     replaces the max of the hard top-k hinge (:func:`smoothtopk.topk_svm_loss`, its limit as
-    ``tau -> 0``). ``k = 1, alpha = 0, tau = 1`` is cross-entropy. Computed exactly in
+    ``tau -> 0``). ``k = 1, alpha = 0, tau = 1`` is cross-entropy. With per-class margins
+    ``alpha`` is ``alpha[y]`` in the formula, sample by sample. Computed exactly in
     ``O(C k)`` per sample by the fused CPU kernel, the Triton kernel on CUDA, or PyTorch
     operations (``SMOOTHTOPK_BACKEND``, :mod:`smoothtopk._backend`).
 
@@ -45,7 +46,9 @@ def smooth_topk_svm_loss(
         target: class indices, integer dtype; ``ignore_index`` marks elements to skip.
         k: the top-k of interest, ``1 <= k < C`` (keyword-only, as every argument below).
         tau: temperature ``> 0``; smaller is closer to the hard top-k hinge.
-        alpha: margin ``>= 0``.
+        alpha: margin ``>= 0``, or per-class margins: a floating ``(C,)`` tensor (on the
+            input's device; constants, no gradient) of which sample ``i`` uses
+            ``alpha[target_i]``, e.g. :func:`smoothtopk.ldam_margins` for long-tailed data.
         weight: ``(C,)`` per-class weights, applied as ``weight[target]``.
         ignore_index: a target value that is ignored.
         reduction: ``"mean"`` (weighted mean over non-ignored elements), ``"sum"`` or ``"none"``.
@@ -69,7 +72,7 @@ def smooth_topk_svm_loss(
         True
     """
     tau = check_positive(tau, "tau")
-    alpha = check_non_negative(alpha, "alpha")
+    alpha = check_margins(alpha, input, target)
     call = prepare(input, target, k, weight, ignore_index, reduction)
     check_temperature_scale(k, tau)
     backend = _backend.select(call.scores, k)
@@ -88,18 +91,24 @@ class _SmoothTopkSVM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, target, weight, ignore_index, k, tau, alpha, reduction, name):
-        options = (ignore_index, k, tau, alpha, reduction)
-        out, saved = _backend.module(name).forward(scores, target, weight, *options)
-        ctx.save_for_backward(scores, target, weight, *saved)
-        ctx.options, ctx.name = options, name
+        out, saved = _backend.module(name).forward(
+            scores, target, weight, ignore_index, k, tau, alpha, reduction
+        )
+        per_class = isinstance(alpha, torch.Tensor)  # per-class margins travel as a saved tensor
+        ctx.save_for_backward(scores, target, weight, alpha if per_class else None, *saved)
+        ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
+        ctx.name = name
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        scores, target, weight, *saved = ctx.saved_tensors
+        scores, target, weight, margins, *saved = ctx.saved_tensors
         ignore_index, k, tau, alpha, reduction = ctx.options
+        alpha = margins if alpha is None else alpha
         if torch.is_grad_enabled():
-            grad = pytorch_backend.recorded_backward(grad_out, scores, target, weight, *ctx.options)
+            grad = pytorch_backend.recorded_backward(
+                grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction
+            )
         else:
             backend = _backend.module(ctx.name)
             grad = backend.backward(

@@ -5,8 +5,8 @@ largest non-target scores ``T`` (anchor ``a`` their smallest), ``u_j = e^{(s_j -
 on the rest, ``e_b(u)`` by the subtraction-free products ``(1 + u_j X)`` in lanes, then
 ``sigma_b(w)``, ``A``, ``B``, the loss ``tau softplus(z)`` and the gradient factors. Rows are
 streamed in chunks (any ``n``); with few rows, several programs share a row (per-segment top-k
-candidates and polynomials in a small scratch buffer, then merged). ``weight``,
-``ignore_index`` and the reduction are folded in: each direction is one custom operator,
+candidates and polynomials in a small scratch buffer, then merged). ``weight``, per-class
+margins, ``ignore_index`` and the reduction are folded in: each direction is one custom operator,
 ``torch.ops.smoothtopk.triton_forward`` / ``triton_backward`` (registered at import, with fake
 implementations, whether or not Triton is installed; Triton itself is imported on first use).
 
@@ -121,21 +121,25 @@ def _scalars(k: int, tau: float, alpha: float) -> dict:
     return dict(tau=float(tau), alpha=float(alpha), scale=1.0 / (k * float(tau)))
 
 
-def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits, outputs):
-    """Fill ``outputs = (row losses, row weights, stats, anchors)`` (float64, int64)."""
+def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs):
+    """Fill ``outputs = (row losses, row weights, stats, anchors)`` (float64, int64);
+    ``margins``: per-class margins ``(n,)`` (then ``alpha`` is unused) or None."""
     rows, classes = scores.shape
     kern = _kernels()
     block, kp = block_size(classes, k), _padded_k(k)
     seg, splits = _segment(classes, block, max(1, splits))
-    has_weight = weight is not None
+    has_weight, has_alpha = weight is not None, margins is not None
     weight = weight if has_weight else scores
-    common = dict(HAS_WEIGHT=has_weight, K=k, KP=kp, **_scalars(k, tau, alpha))
+    margins = margins if has_alpha else scores
+    common = dict(HAS_WEIGHT=has_weight, HAS_ALPHA=has_alpha, K=k, KP=kp)
+    common.update(_scalars(k, tau, alpha))
     log = block.bit_length() - 1
     if splits == 1:
         kern.forward_row_kernel[(rows,)](
             scores,
             target,
             weight,
+            margins,
             *outputs,
             classes,
             ignore_index,
@@ -187,6 +191,7 @@ def _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits,
         scores,
         target,
         weight,
+        margins,
         top_val,
         top_idx,
         top_bad,
@@ -222,10 +227,13 @@ def triton_forward(
     alpha: float,
     reduction: str,
     splits: int,
+    alpha_per_class: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``.
+    """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``; row ``i``'s
+    margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
 
-    Shape: scores ``(M, n)``, target ``(M,)``, weight ``(n,)``; out ``(M,)`` or ``()``.
+    Shape: scores ``(M, n)``, target ``(M,)``, weight and alpha_per_class ``(n,)``; out ``(M,)``
+    or ``()``.
     """
     scores, target = scores.contiguous(), target.contiguous()
     rows = scores.shape[0]
@@ -238,13 +246,16 @@ def triton_forward(
     )
     if rows > 0:
         weight = None if weight is None else weight.contiguous()
-        _launch_forward(scores, target, weight, ignore_index, k, tau, alpha, splits, outputs)
+        margins = None if alpha_per_class is None else alpha_per_class.contiguous()
+        _launch_forward(
+            scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
+        )
     out, total = _reduce(outputs[0], outputs[1], reduction)
     return out, outputs[2], outputs[3], total
 
 
 @triton_forward.register_fake
-def _(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits):
+def _(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits, alpha_per_class=None):
     rows = scores.shape[0]
     shape = (rows,) if reduction == "none" else ()
     return (
@@ -311,9 +322,14 @@ def _(grad_out, scores, target, ignore_index, stats, anchors, total, k, tau, red
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
     """The contract's forward: ``(out, saved)``, one operator call (see module docstring)."""
     splits = plan_splits(scores, k)
-    out, stats, anchors, total = triton_forward(
-        scores, target, weight, ignore_index, k, tau, alpha, reduction, splits
-    )
+    if isinstance(alpha, torch.Tensor):  # per-class margins, read as alpha[t_i] by the kernel
+        out, stats, anchors, total = triton_forward(
+            scores, target, weight, ignore_index, k, tau, 0.0, reduction, splits, alpha
+        )
+    else:
+        out, stats, anchors, total = triton_forward(
+            scores, target, weight, ignore_index, k, tau, alpha, reduction, splits
+        )
     return out, (stats, anchors, total)
 
 

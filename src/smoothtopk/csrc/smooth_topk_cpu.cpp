@@ -20,8 +20,10 @@
 //
 // The operators (schemas and fake kernels defined in smoothtopk/cpu_kernel.py) fold in the
 // calling convention of F.cross_entropy: forward(scores, target, weight?, ignore_index, k, tau,
-// alpha, reduction) -> (out, stats, anchor_index) with out = weight[t] * L per row ("none"),
-// their row-order sum ("sum") or that sum over the sum of weight[t] ("mean"); rows whose target
+// alpha, reduction, alpha_per_class?) -> (out, stats, anchor_index) with out = weight[t] * L per
+// row ("none"),
+// their row-order sum ("sum") or that sum over the sum of weight[t] ("mean"); the margin of row r
+// is alpha_per_class[t_r] when that (classes,) tensor is given, else alpha; rows whose target
 // is ignore_index are never read and give 0 (and a zero gradient row). backward(grad_out, ...)
 // scales each row by grad_out (scalar or per row) and the weight folded into stats.
 
@@ -673,6 +675,26 @@ double gather_row_weights(const std::optional<at::Tensor>& weight, const int64_t
   return total;
 }
 
+// row_margin[r] = alpha_per_class[target[r]] for the rows that are not ignored (per-class margins),
+// or alpha for every row when alpha_per_class is absent. An ignored row's margin is never read.
+void gather_row_margins(const std::optional<at::Tensor>& alpha_per_class, double alpha,
+                        const int64_t* y, int64_t rows, int64_t classes, int64_t ignore_index,
+                        double* row_margin) {
+  if (!alpha_per_class.has_value()) {
+    std::fill(row_margin, row_margin + rows, alpha);
+    return;
+  }
+  const at::Tensor& m = *alpha_per_class;
+  TORCH_CHECK(m.dim() == 1 && m.size(0) == classes && m.device().is_cpu(),
+              "smoothtopk: alpha_per_class must be a CPU tensor of shape (classes,)");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "alpha", [&] {
+    const scalar_t* p = m.const_data_ptr<scalar_t>();
+    const int64_t stride = m.stride(0);
+    for (int64_t r = 0; r < rows; ++r)
+      row_margin[r] = y[r] == ignore_index ? 0.0 : static_cast<double>(p[y[r] * stride]);
+  });
+}
+
 // out: (rows,) of weight[t_r] l_r for "none", else the row-order sum (divided by the sum of the
 // weights for "mean": NaN when no row counts), in float64 for float64 scores, else float32.
 at::Tensor reduce_rows(const std::vector<double>& losses, Reduction reduction, double total_weight,
@@ -702,16 +724,18 @@ at::Tensor reduce_rows(const std::vector<double>& losses, Reduction reduction, d
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
     const at::Tensor& scores_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight, int64_t ignore_index, int64_t k, double tau,
-    double alpha, c10::string_view reduction_name) {
+    double alpha, c10::string_view reduction_name,
+    const std::optional<at::Tensor>& alpha_per_class) {
   check_arguments(scores_in, target_in, k);
   const Reduction reduction = parse_reduction(reduction_name);
   const at::Tensor scores = scores_in.contiguous();
   const at::Tensor target = target_in.contiguous();
   const int64_t rows = scores.size(0), classes = scores.size(1);
   const int64_t* y = target.const_data_ptr<int64_t>();
-  std::vector<double> row_weight(rows), losses(rows);
+  std::vector<double> row_weight(rows), row_margin(rows), losses(rows);
   const double total_weight =
       gather_row_weights(weight, y, rows, classes, ignore_index, row_weight.data());
+  gather_row_margins(alpha_per_class, alpha, y, rows, classes, ignore_index, row_margin.data());
   const double slope_scale = reduction == Reduction::kMean ? 1.0 / total_weight : 1.0;
   const int64_t width = 2 + 2 * k;
   at::Tensor stats = at::empty({rows, width}, scores.options().dtype(at::kDouble));
@@ -736,7 +760,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
             }
             const RowResult row =
                 forward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k,
-                            scale, alpha, tau, wide, ws, row_stats, index_out + r * k);
+                            scale, row_margin[r], tau, wide, ws, row_stats, index_out + r * k);
             losses[r] = row_weight[r] * row.loss;
             row_stats[1] = row.slope * (row_weight[r] * slope_scale);
           }
