@@ -110,6 +110,19 @@ def test_smooth_per_class_equals_per_row_scalar_calls(backend, reduction, dtype)
 
 
 @on_cpu
+def test_margins_of_another_dtype_and_strided(backend):
+    """float64 margins with float32 scores, and margins that are a strided view, read as the
+    same numbers (the fused kernel reads any floating dtype and stride)."""
+    scores = _scores(torch.float32)
+    strided = torch.stack([MARGINS, -MARGINS], dim=1)[:, 0]  # stride 2
+    assert not strided.is_contiguous()
+    expected = smooth_topk_svm_loss(scores, TARGET, k=2, alpha=MARGINS.float(), reduction="none")
+    for margins in (MARGINS, strided):
+        out = smooth_topk_svm_loss(scores, TARGET, k=2, alpha=margins, reduction="none")
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+
+
+@on_cpu
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_hard_per_class_equals_per_row_scalar_calls(reduction):
     weight = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
@@ -236,6 +249,7 @@ BAD_MARGINS = [
     ("inf", _with(c0=math.inf), ValueError, "got inf for class 0"),
     ("requires grad", GOOD.clone().requires_grad_(True), ValueError, "alpha must not require"),
     ("other device", GOOD.to("meta"), ValueError, "alpha is on meta"),
+    ("a list", GOOD.tolist(), TypeError, "alpha must be a number or a tensor"),
 ]
 
 

@@ -67,6 +67,10 @@ def check_margins(alpha, input, target):
     scalar. The values are read eagerly on CPU only (:func:`checks_eagerly`)."""
     if type(alpha) is float and 0.0 <= alpha < math.inf:  # the common case: nothing else
         return alpha
+    if isinstance(alpha, (list, tuple)):
+        raise TypeError(
+            f"alpha must be a number or a tensor of per-class margins, got {type(alpha).__name__}"
+        )
     if not isinstance(alpha, torch.Tensor) or alpha.numel() == 1:
         return check_non_negative(alpha, "alpha")
     check_input_target(input, target)
