@@ -178,7 +178,7 @@ def test_ldam_class_margins():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"), [({"class_counts": [0, 3]}, "class_counts"),
-                          ({"class_counts": [1, 3], "max_margin": 0.0}, "max_margin")],
+                          ({"class_counts": [1, 3], "max_margin": -1.0}, "max_margin")],
 )  # fmt: skip
 def test_ldam_class_margins_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -43,6 +43,7 @@ from .._validation import (
     check_positive_int,
     keyword_only,
 )
+from ..margins import ldam_margins
 from ..modules import _WeightedLoss
 
 __all__ = [
@@ -95,22 +96,17 @@ def topk_calibrated_hinge_loss(
 
 
 def ldam_class_margins(class_counts, max_margin: float = 0.5) -> torch.Tensor:
-    """LDAM per-class margins ``m_c ∝ n_c^{-1/4}``, scaled so that the largest is ``max_margin``.
+    """LDAM per-class margins ``m_c ∝ n_c^{-1/4}``, the largest ``max_margin`` (default 0.5, as
+    in pytopk): :func:`smoothtopk.ldam_margins` in float32, the one owner of the formula.
 
     This is the margin schedule of Cao et al. (NeurIPS 2019) that Garcin et al. use for their
-    imbalanced loss: rarer classes get larger margins. ``class_counts`` is a sequence or a 1-D
-    tensor of positive counts; the result is a float32 tensor of shape ``(C,)``.
+    imbalanced loss: rarer classes get larger margins.
+
+    Example:
+        >>> ldam_class_margins([16, 1])
+        tensor([0.2500, 0.5000])
     """
-    max_margin = check_positive(max_margin, "max_margin")
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(
-            f"class_counts must be a non-empty 1-D sequence, got shape {tuple(counts.shape)}"
-        )
-    if not bool((counts > 0).all()) or not bool(torch.isfinite(counts).all()):
-        raise ValueError("class_counts must hold finite counts > 0")
-    margins = counts.pow(-0.25)
-    return (margins * (max_margin / margins.max())).float()
+    return ldam_margins(class_counts, max_margin, dtype=torch.float32)
 
 
 def _check_class_margins(class_margins, num_classes: int, device: torch.device) -> None:
