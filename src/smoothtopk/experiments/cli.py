@@ -96,13 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="losses x noise levels (or subsets) x seeds x hyper-parameters",
         description="Train the cross product of the comma-separated values of --loss, --noise, "
         "--subset, --seed, --k, --tau, --alpha, --epsilon and --label-smoothing (hyper-parameters "
-        "only for the losses that use them), one run directory each; runs already complete are "
-        "skipped, so running the same command again resumes an interrupted sweep. Then a report "
-        "with mean ± std over seeds in OUT/report.",
+        "only for the losses that use them), and of each loss's --grid, one run directory each; "
+        "runs already complete are skipped, so running the same command again resumes an "
+        "interrupted sweep. Then a report with mean ± std over seeds in OUT/report and, with a "
+        "grid, the selection table: per loss, noise level (or subset) and seed the configuration "
+        "with the best clean validation top-5, and its test accuracy.",
     )
     sweep.add_argument("--preset", choices=sorted({*config_mod.PRESETS, *SWEEP_PRESETS}),
                        default=None, help="a recipe, or demo-sweep (the demo), or demo-full: "
-                       "every loss x noise 0 ... 0.8 x seeds 0,1,2 (embedded data)")  # fmt: skip
+                       "every loss x noise 0 ... 0.8 x seeds 0,1,2 (embedded data), or "
+                       "noise-select / subsets-select: CE vs L_{5,tau} with per-loss selection "
+                       "over noise 0 ... 0.8 / balanced subsets 500 ... all")  # fmt: skip
+    sweep.add_argument("--grid", action="append", default=None,
+                       metavar="LOSS:OPTION=V,V[;OPTION=V,...]",
+                       help="options of LOSS to select from by clean validation top-5 (lr and "
+                       "weight-decay for every loss; tau, alpha, epsilon, label-smoothing where "
+                       "the loss uses them), e.g. 'smooth-svm:tau=0.1,1,10;lr=0.03,0.1'; "
+                       "once per loss; replaces the preset's or the file's grid of that "
+                       "loss")  # fmt: skip
     sweep.add_argument("--config", metavar="YAML",
                        help="options from a YAML file (a list for a swept option)")  # fmt: skip
     sweep.add_argument("--out", default=os.path.join("runs", "sweep"), metavar="DIR")
@@ -183,6 +194,9 @@ def _report(args, parser) -> int:
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     print(result["table"], end="")
+    if result.get("selection_table"):
+        print()
+        print(result["selection_table"], end="")
     for path in result["files"].values():
         print(f"wrote {path}")
     return 0
@@ -207,33 +221,41 @@ def _sweep(args, parser) -> int:
     try:
         axes = {n: sweep.parse_list(n, getattr(args, n)) for n in sweep.SWEPT if hasattr(args, n)}
         yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
+        grid = sweep.parse_grid(args.grid) if args.grid else None
     except ValueError as err:
         parser.error(str(err))
     fixed = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS}
     fixed = {k: v for k, v in fixed.items() if k not in sweep.SWEPT and k != "preset"}
     return _run_sweep(parser, args.preset, yaml_values, axes, fixed, args.out, args.overwrite,
-                      args.jobs)  # fmt: skip
+                      args.jobs, grid)  # fmt: skip
 
 
-def _run_sweep(parser, preset, yaml_values, axes, fixed, out, overwrite, jobs) -> int:
-    """Expand, plan (bad input: exit 2, nothing written), train and report a sweep."""
+def _run_sweep(parser, preset, yaml_values, axes, fixed, out, overwrite, jobs, grid=None) -> int:
+    """Expand, plan (bad input: exit 2, nothing written), train and report a sweep (with the
+    selection table when a grid is given, by the command line, the file or the preset)."""
     from . import sweep
     from .rundir import Busy
 
     if jobs is not None and jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     try:
-        configs = sweep.expand(preset, yaml_values, axes, fixed)
-        runs = sweep.plan(out, configs, overwrite=overwrite)
+        has_grid = bool(grid) or "grid" in (yaml_values or {}) or sweep.has_grid(preset)
+        named = sweep.expand_named(preset, yaml_values, axes, fixed, grid)
+        configs, names = [c for c, _ in named], [n for _, n in named]
+        runs = sweep.plan(out, configs, overwrite=overwrite, names=names)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     progress = all(r.cfg.progress for r in runs)
     try:
-        result = sweep.run(out, runs, overwrite=overwrite, jobs=jobs, progress=progress, log=_log)
+        result = sweep.run(out, runs, overwrite=overwrite, jobs=jobs, progress=progress, log=_log,
+                           select=True if has_grid else None)  # fmt: skip
     except Busy as err:  # another sweep took the directory after this one's check
         parser.error(str(err))
     print()
     print(result["table"], end="")
+    if result.get("selection_table"):
+        print()
+        print(result["selection_table"], end="")
     for path in result["files"].values():
         print(f"wrote {path}")
     print(

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import Config
+from .losses import loss_params
 from .records import read_metrics
-from .rundir import CONFIG, is_run_dir, saved_config
+from .rundir import CONFIG, RESUMABLE, is_run_dir, saved_config
 
 
 @dataclass
@@ -263,10 +264,13 @@ def plot_curves(runs: list[RunResult]):
     return data
 
 
-def write_report(paths: list[str], out_dir: str) -> dict:
+def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> dict:
     """Read the runs, then write ``results.md``, ``results.csv``, ``accuracy_vs_<axis>.png`` and
-    ``training_curves.png`` into ``out_dir``; returns the table and the paths."""
+    ``training_curves.png`` into ``out_dir``; returns the table and the paths. With ``select``
+    (``None``: when some loss has several configurations per setting and seed) also the
+    selection files of :func:`write_selection` (``selection_table``, ``selection_rows``)."""
     runs = [load_run(p) for p in find_runs(paths)]
+    label_recipes(runs)
     axis, rows = aggregate(runs)
     if not rows:
         raise ValueError("none of the runs has finished an epoch yet")
@@ -282,4 +286,233 @@ def write_report(paths: list[str], out_dir: str) -> dict:
     atomic_write_text(files["csv"], rows_csv(axis, rows))
     atomic_write_bytes(files["accuracy_plot"], plot_accuracy(axis, rows))
     atomic_write_bytes(files["curves_plot"], plot_curves(runs))
-    return {"table": table, "axis": axis, "rows": rows, "files": files}
+    result = {"table": table, "axis": axis, "rows": rows, "files": files}
+    if select or (select is None and has_choices(runs)):
+        result.update(write_selection(runs, out_dir))
+        files.update(result.pop("selection_files"))
+    return result
+
+
+def label_recipes(runs: list[RunResult]) -> None:
+    """Add ``lr=...``/``weight_decay=...`` to the labels of a loss whose runs differ in them
+    (a sweep's grid), so that the results table never averages two learning rates as seeds."""
+    for label in dict.fromkeys(r.label for r in runs):
+        mine = [r for r in runs if r.label == label]
+        varied = [o for o in ("lr", "weight_decay") if len({getattr(r.cfg, o) for r in mine}) > 1]
+        for run in mine:
+            if varied:
+                extra = ", ".join(f"{o}={getattr(run.cfg, o):g}" for o in varied)
+                run.label = f"{label} [{extra}]"
+
+
+# -- per-loss selection on clean validation --------------------------------------------------
+
+#: options selected per loss by validation (a sweep's ``--grid``): the recipe's and the losses'
+SELECTABLE = ("lr", "weight_decay", "tau", "alpha", "epsilon", "label_smoothing")
+_NOT_SETTING = {*SELECTABLE, *RESUMABLE, "preset", "seed", "loss", "k"}
+SELECTION_NOTE = (
+    "Per loss, setting and seed, the configuration with the best clean validation top-5 (at its "
+    "best epoch; ties: validation top-1, then the smaller options) is selected; the test "
+    "accuracy of that run at that epoch is reported, and never chooses anything. Δ: the "
+    "per-seed paired difference to CE (selected the same way), mean ± std over seeds, in "
+    "points.\n"
+)
+
+
+def loss_group(cfg: Config) -> str:
+    """The loss a selection chooses options for: ``ce``, ``smooth-svm (k=5)``."""
+    return f"{cfg.loss} (k={cfg.k})" if "k" in loss_params(cfg.loss) else cfg.loss
+
+
+def setting_of(cfg: Config) -> tuple:
+    """What the candidates of one choice share: every option that changes a result (data set,
+    noise, subset, epochs, ...) except the loss, the :data:`SELECTABLE` options and the seed."""
+    values = cfg.to_dict()
+    return tuple((k, json.dumps(values[k], default=str)) for k in sorted(values)
+                 if k not in _NOT_SETTING)  # fmt: skip
+
+
+def _candidates(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
+    """(loss group, setting, seed) -> the runs (with an epoch) that compete for it."""
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.best is not None:
+            groups[(loss_group(run.cfg), setting_of(run.cfg), run.cfg.seed)].append(run)
+    return groups
+
+
+def has_choices(runs: list[RunResult]) -> bool:
+    """Whether some loss has several configurations for one setting and seed."""
+    return any(len(members) > 1 for members in _candidates(runs).values())
+
+
+def select_runs(runs: list[RunResult]) -> dict[tuple, RunResult]:
+    """(loss group, setting, seed) -> the selected run.
+
+    Each run's own epoch is its best clean validation top-5 (:func:`select_best`); among the
+    candidates, the run with the highest validation top-5 at that epoch wins, ties broken by
+    validation top-1, then by the smaller :data:`SELECTABLE` options. No test metric is read.
+
+    Example:
+        >>> import dataclasses
+        >>> run = lambda lr, v: RunResult("", Config(lr=lr), [], {"val_top5": v, "val_top1": 0})
+        >>> picked = select_runs([run(0.1, 0.8), run(0.3, 0.9), run(0.03, 0.9)])
+        >>> [r.cfg.lr for r in picked.values()]
+        [0.03]
+    """
+    chosen = {}
+    for key, members in _candidates(runs).items():
+        ordered = sorted(members, key=lambda r: tuple(getattr(r.cfg, o) for o in SELECTABLE))
+        chosen[key] = max(ordered, key=lambda r: (r.best["val_top5"], r.best["val_top1"]))
+    return chosen
+
+
+def _varied(runs: list[RunResult]) -> dict[str, list[str]]:
+    """Loss group -> the :data:`SELECTABLE` options its runs differ in (what was selected)."""
+    values: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for run in runs:
+        for option in SELECTABLE:
+            values[loss_group(run.cfg)][option].add(getattr(run.cfg, option))
+    return {g: [o for o in SELECTABLE if len(v[o]) > 1] for g, v in values.items()}
+
+
+def _options_text(cfg: Config, options: list[str]) -> str:
+    return ", ".join(f"{o}={getattr(cfg, o):g}" for o in options) or "-"
+
+
+def _paired(picked: dict[int, RunResult], ce: dict[int, RunResult], metric: str) -> dict:
+    """Mean ± std over the seeds both have of 100 * (loss - CE) on ``metric``."""
+    diffs = [100 * (picked[s].best[metric] - ce[s].best[metric]) for s in sorted(picked) if s in ce]
+    if not diffs:
+        return {f"diff_{metric}": None, f"diff_{metric}_std": None}
+    mean, std = mean_std(diffs)
+    return {f"diff_{metric}": mean, f"diff_{metric}_std": std, "pairs": len(diffs)}
+
+
+def selection_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
+    """One row per (loss group, setting): the selected options per seed, test top-1/top-5 of
+    the selected runs (mean ± std over seeds, %) and the paired difference to CE."""
+    axis, varied = axis_of(runs), _varied(runs)
+    cells: dict[tuple, dict[int, RunResult]] = defaultdict(dict)
+    counts = {key: len(m) for key, m in _candidates(runs).items()}
+    for (group, setting, seed), run in select_runs(runs).items():
+        cells[(group, setting)][seed] = run
+    shown = _setting_columns(list({s for _, s in cells}), axis)
+    rows = []
+    for (group, setting), picked in cells.items():
+        seeds = sorted(picked)
+        stats: dict = {"pairs": 0}
+        for metric in ("val_top5", "test_top1", "test_top5"):
+            stats[metric], stats[f"{metric}_std"] = mean_std([100 * picked[s].best[metric]
+                                                              for s in seeds])  # fmt: skip
+        ce = cells.get(("ce", setting), {}) if group != "ce" else {}
+        for metric in ("test_top1", "test_top5"):
+            stats.update(_paired(picked, ce, metric))
+        cfg = picked[seeds[0]].cfg
+        rows.append({
+            "dataset": cfg.dataset, "loss": group, axis: getattr(cfg, axis),
+            "setting": ", ".join(f"{k}={json.loads(v)}" for k, v in setting if k in shown),
+            "n": len(seeds), **stats,
+            "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, varied[group])}"
+                                  for s in seeds),
+            "candidates": ";".join(str(counts[(group, setting, s)]) for s in seeds),
+            "complete": all(picked[s].complete for s in seeds),
+            "runs": ";".join(picked[s].path for s in seeds),
+        })  # fmt: skip
+    key = (lambda v: v) if axis == "noise" else _subset_key
+    rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
+    return axis, rows
+
+
+def _setting_columns(settings: list[tuple], axis: str) -> set[str]:
+    """The options, other than ``axis``, in which the settings differ (shown in the table)."""
+    seen: dict[str, set] = defaultdict(set)
+    for setting in settings:
+        for k, v in setting:
+            seen[k].add(v)
+    return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, "noise", "subset")}
+
+
+def _pm(mean, std, signed: bool = False) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:+.1f} ± {std:.1f}" if signed else f"{mean:.1f} ± {std:.1f}"
+
+
+def selection_table(axis: str, rows: list[dict]) -> str:
+    """The markdown selection table: one row per loss and noise level (or subset)."""
+    setting = any(r["setting"] for r in rows)
+    head = (["setting"] if setting else []) + [axis, "loss", "selected (per seed)", "n",
+            "val top-5", "test top-1", "test top-5", "Δ top-1 vs CE", "Δ top-5 vs CE"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        x = f"{r[axis]:g}" if axis == "noise" else str(r[axis])
+        mark = "" if r["complete"] else "*"
+        cells = ([r["setting"]] if setting else []) + [x, r["loss"], r["selected"], str(r["n"])]
+        cells += [_pm(r["val_top5"], r["val_top5_std"]),
+                  _pm(r["test_top1"], r["test_top1_std"]) + mark,
+                  _pm(r["test_top5"], r["test_top5_std"]) + mark,
+                  _pm(r["diff_test_top1"], r["diff_test_top1_std"], True),
+                  _pm(r["diff_test_top5"], r["diff_test_top5_std"], True)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n\n" + SELECTION_NOTE
+    if any(not r["complete"] for r in rows):
+        text += "\n\\* run not finished: best epoch so far.\n"
+    return text
+
+
+SELECTION_COLUMNS = ("val_top5", "val_top5_std", "test_top1", "test_top1_std", "test_top5",
+                     "test_top5_std", "diff_test_top1", "diff_test_top1_std", "diff_test_top5",
+                     "diff_test_top5_std")  # fmt: skip
+
+
+def selection_csv(axis: str, rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    cols = ["setting", "dataset", "loss", axis, "n", "selected", "candidates",
+            *SELECTION_COLUMNS, "pairs", "complete", "runs"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, **{m: "" if r[m] is None else f"{r[m]:.2f}"
+                                 for m in SELECTION_COLUMNS}})  # fmt: skip
+    return buffer.getvalue()
+
+
+def candidates_csv(runs: list[RunResult]) -> str:
+    """Every candidate run with what it was judged by (validation) and its test accuracy (%)."""
+    chosen = {id(r) for r in select_runs(runs).values()}
+    buffer = io.StringIO()
+    cols = ["loss", "noise", "subset", "seed", *SELECTABLE, "best_epoch", "val_top1", "val_top5",
+            "test_top1", "test_top5", "selected", "run"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=cols)
+    writer.writeheader()
+    for members in _candidates(runs).values():
+        for r in members:
+            writer.writerow({
+                "loss": loss_group(r.cfg), "noise": r.cfg.noise, "subset": r.cfg.subset,
+                "seed": r.cfg.seed, **{o: getattr(r.cfg, o) for o in SELECTABLE},
+                "best_epoch": r.best["epoch"],
+                **{m: f"{100 * r.best[m]:.2f}" for m in ("val_top1", "val_top5", "test_top1",
+                                                         "test_top5")},
+                "selected": id(r) in chosen, "run": r.path,
+            })  # fmt: skip
+    return buffer.getvalue()
+
+
+def write_selection(runs: list[RunResult], out_dir: str) -> dict:
+    """Write ``selection.md``, ``selection.csv``, ``selection_candidates.csv`` and
+    ``selection_vs_<axis>.png`` (test accuracy of the selected configurations) into
+    ``out_dir``; returns ``selection_table``, ``selection_rows`` and ``selection_files``."""
+    axis, rows = selection_rows(runs)
+    table = selection_table(axis, rows)
+    files = {
+        "selection_table": os.path.join(out_dir, "selection.md"),
+        "selection_csv": os.path.join(out_dir, "selection.csv"),
+        "selection_candidates": os.path.join(out_dir, "selection_candidates.csv"),
+        "selection_plot": os.path.join(out_dir, f"selection_vs_{axis}.png"),
+    }
+    atomic_write_text(files["selection_table"], table)
+    atomic_write_text(files["selection_csv"], selection_csv(axis, rows))
+    atomic_write_text(files["selection_candidates"], candidates_csv(runs))
+    atomic_write_bytes(files["selection_plot"], plot_accuracy(axis, rows))
+    return {"selection_table": table, "selection_rows": rows, "selection_files": files}

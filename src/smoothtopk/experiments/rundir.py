@@ -55,9 +55,15 @@ RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "chec
 # -- names ---------------------------------------------------------------------------------------
 
 
-def run_name(cfg: Config) -> str:
-    """``<loss and the options it uses>-noise<P>-<subset>-seed<S>``."""
-    return f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
+#: short names of the recipe options a sweep's ``--grid`` may add to run names
+NAME_EXTRAS = {"lr": "lr", "weight_decay": "wd"}
+
+
+def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
+    """``<loss and the options it uses>-noise<P>-<subset>-seed<S>``, then ``-lr<V>``/``-wd<V>``
+    for the options in ``extra`` (a sweep whose grid varies them, see :data:`NAME_EXTRAS`)."""
+    name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
+    return name + "".join(f"-{NAME_EXTRAS[o]}{getattr(cfg, o):g}" for o in extra)
 
 
 def config_hash(cfg: Config) -> str:

@@ -9,7 +9,14 @@ hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing`
 only the losses that use it (:func:`.losses.loss_params`): ``--tau 0.1,1`` gives two
 ``smooth-svm`` runs per setting but one ``ce`` run.
 
-The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling.
+A *grid* (``--grid 'smooth-svm:tau=0.1,1,10;lr=0.03,0.1'``, or ``grid:`` in the YAML file)
+gives each loss its own small set of options to choose from (:data:`.report.SELECTABLE`:
+``lr`` and ``weight_decay`` for every loss, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``
+where the loss uses them); the report then selects, per loss, noise level (or subset) and seed,
+the configuration with the best clean validation top-5 (:func:`.report.select_runs`).
+
+The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
+``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from . import rundir
 from .checkpoint import atomic_write_json
 from .config import FIELDS, PRESETS, Config, coerce, pick_preset, resolve
 from .losses import LOSSES, check_loss, loss_params
-from .report import write_report
+from .report import SELECTABLE, write_report
 from .train import Prepared, prepare_member
 from .workers import train_all
 
@@ -32,6 +39,13 @@ from .workers import train_all
 SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing")
 HYPER = ("k", "tau", "alpha", "epsilon", "label_smoothing")
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
+#: balanced training subsets of the embedded data (4,500 training images; 39 of the rarest class)
+SUBSETS = ("500", "1000", "2000", "3000", "all")
+#: the per-loss grid of the selection presets: tau on powers of ten, one learning-rate grid
+SELECT_GRID = {
+    "ce": {"lr": [0.03, 0.1, 0.3]},
+    "smooth-svm": {"tau": [0.1, 1.0, 10.0], "lr": [0.03, 0.1, 0.3]},
+}
 
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
@@ -44,6 +58,20 @@ SWEEP_PRESETS: dict[str, dict] = {
     "demo-full": {
         "preset": "demo",
         "axes": {"loss": list(LOSSES), "noise": list(NOISE_LEVELS), "seed": [0, 1, 2]},
+    },
+    # the noise protocol with per-loss selection on clean validation: CE against L_{5,tau},
+    # noise 0 ... 0.8 x 3 seeds x 3 (CE) + 9 (L_{5,tau}) configurations = 180 runs
+    "noise-select": {
+        "preset": "demo",
+        "axes": {"loss": ["ce", "smooth-svm"], "noise": list(NOISE_LEVELS), "seed": [0, 1, 2]},
+        "grid": SELECT_GRID,
+    },
+    # the subsets protocol (no noise): balanced training subsets of decreasing size, the same
+    # losses, grid and selection = 180 runs
+    "subsets-select": {
+        "preset": "demo",
+        "axes": {"loss": ["ce", "smooth-svm"], "subset": list(SUBSETS), "seed": [0, 1, 2]},
+        "grid": SELECT_GRID,
     },
 }
 
@@ -66,15 +94,121 @@ def parse_list(name: str, text: str) -> list:
     return list(dict.fromkeys(values))
 
 
+def has_grid(preset: str | None) -> bool:
+    """Whether ``preset`` is a sweep preset with a per-loss grid (then the report selects)."""
+    return bool(SWEEP_PRESETS.get(preset or "", {}).get("grid"))
+
+
+def grid_options(loss: str) -> tuple[str, ...]:
+    """The options a ``--grid`` may give ``loss``: ``lr``, ``weight_decay`` and those of
+    :data:`.report.SELECTABLE` the loss uses (not ``k``, which defines the loss)."""
+    return ("lr", "weight_decay") + tuple(p for p in loss_params(loss) if p in SELECTABLE)
+
+
+def _check_grid_option(loss: str, name: str) -> None:
+    if name not in grid_options(loss):
+        raise ValueError(
+            f"--grid {loss}: {name!r} is not an option of {loss} a grid may vary; "
+            f"choose from {', '.join(grid_options(loss))}"
+        )
+
+
+def parse_grid(texts: list[str]) -> dict[str, dict[str, list]]:
+    """``--grid`` values -> ``{loss: {option: values}}``.
+
+    Example:
+        >>> parse_grid(["smooth-svm:tau=0.1,1,10;lr=0.05,0.1", "ce:lr=0.1"])
+        {'smooth-svm': {'tau': [0.1, 1.0, 10.0], 'lr': [0.05, 0.1]}, 'ce': {'lr': [0.1]}}
+    """
+    grid: dict[str, dict[str, list]] = {}
+    for text in texts:
+        loss, colon, rest = (t.strip() for t in text.partition(":"))
+        if not colon or not loss or not rest:
+            raise ValueError(f"--grid needs LOSS:OPTION=V,V[;OPTION=V,...], got {text!r}")
+        check_loss(loss)
+        if loss in grid:
+            raise ValueError(f"--grid gives {loss} twice; put all its options in one --grid")
+        options: dict[str, list] = {}
+        for item in rest.split(";"):
+            name, equals, values = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not equals or not name:
+                raise ValueError(f"--grid {loss}: expected OPTION=V,V..., got {item.strip()!r}")
+            _check_grid_option(loss, name)
+            if name in options:
+                raise ValueError(f"--grid {loss}: {name} is given twice")
+            try:
+                options[name] = parse_list(name, values)
+            except ValueError as err:
+                raise ValueError(f"--grid {loss}: {err}") from None
+        grid[loss] = options
+    return grid
+
+
+def grid_from_yaml(value) -> dict[str, dict[str, list]]:
+    """The ``grid:`` mapping of a YAML file (``{loss: {option: value or list}}``), checked."""
+    if not isinstance(value, dict):
+        raise ValueError("'grid' in the config file must map losses to {option: values}")
+    grid = {}
+    for loss, options in value.items():
+        check_loss(str(loss))
+        if not isinstance(options, dict) or not options:
+            raise ValueError(f"grid: {loss} must map options to values, got {options!r}")
+        grid[loss] = {}
+        for name, values in options.items():
+            _check_grid_option(loss, str(name))
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise ValueError(f"grid: {loss}: the list of values of {name} is empty")
+            grid[loss][name] = list(dict.fromkeys(coerce(name, v) for v in values))
+    return grid
+
+
+def _grid_of(losses, preset_grid, yaml_grid, cli_grid, axes, fixed) -> dict:
+    """The grid of each loss in ``losses``: the command line's, else the file's, else the
+    preset's (a preset's entries for losses the sweep does not train are unused, a given
+    grid's are an error); an option may not be both in a grid and swept by its own flag or
+    fixed on the command line."""
+    missing = [x for x in dict.fromkeys([*(yaml_grid or {}), *(cli_grid or {})]) if x not in losses]
+    if missing:
+        raise ValueError(f"--grid gives {', '.join(missing)}, which the sweep does not train "
+                         f"(losses: {', '.join(losses)}); add it to --loss")  # fmt: skip
+    merged = {**(preset_grid or {}), **(yaml_grid or {}), **(cli_grid or {})}
+    grid = {loss: merged[loss] for loss in losses if loss in merged}
+    for loss, options in grid.items():
+        for name in options:
+            if name in axes:
+                raise ValueError(f"{name} is swept by --{name} and by --grid {loss}; give it once")
+            if name in fixed:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} is fixed but --grid {loss} varies {name}; give it once")
+    return grid
+
+
 def expand(
     preset: str | None = None,
     yaml_values: dict | None = None,
     axes: dict[str, list] | None = None,
     fixed: dict | None = None,
+    grid: dict[str, dict[str, list]] | None = None,
 ) -> list[Config]:
-    """The validated configs of the sweep. ``axes``: option -> list of values (those missing
-    come from a sweep preset, a list in the YAML file, or the single resolved value);
-    ``fixed``: single-valued options. Writes nothing."""
+    """The validated configs of the sweep (:func:`expand_named` without the names)."""
+    return [cfg for cfg, _ in expand_named(preset, yaml_values, axes, fixed, grid)]
+
+
+def expand_named(
+    preset: str | None = None,
+    yaml_values: dict | None = None,
+    axes: dict[str, list] | None = None,
+    fixed: dict | None = None,
+    grid: dict[str, dict[str, list]] | None = None,
+) -> list[tuple[Config, str]]:
+    """The validated configs of the sweep and their run names. ``axes``: option -> list of
+    values (those missing come from a sweep preset, a list in the YAML file, or the single
+    resolved value); ``fixed``: single-valued options; ``grid``: per loss, options -> values
+    (:func:`parse_grid`; it replaces the file's and the preset's grid of that loss). Runs of
+    a loss whose grid varies ``lr`` or ``weight_decay`` add them to their names. Writes
+    nothing."""
     yaml_values = dict(yaml_values or {})
     axes = {k: list(v) for k, v in (axes or {}).items()}
     fixed = dict(fixed or {})
@@ -82,9 +216,12 @@ def expand(
     if unknown:
         raise ValueError(f"these options cannot be swept: {', '.join(unknown)}")
     preset = pick_preset(preset, yaml_values.pop("preset", None))
+    yaml_grid = grid_from_yaml(yaml_values.pop("grid")) if "grid" in yaml_values else None
+    preset_grid = None
     if preset in SWEEP_PRESETS:
         for name, values in SWEEP_PRESETS[preset]["axes"].items():
             axes.setdefault(name, list(values))
+        preset_grid = SWEEP_PRESETS[preset].get("grid")
         preset = SWEEP_PRESETS[preset]["preset"]
     elif preset is not None and preset not in PRESETS:
         choices = ", ".join(sorted(PRESETS) + sorted(SWEEP_PRESETS))
@@ -100,21 +237,27 @@ def expand(
     for loss in axes.get("loss", []):
         check_loss(loss)
     base = resolve(preset, yaml_values, fixed)
-    losses = axes.get("loss", [base.loss])
-    configs = []
+    given = {**(yaml_grid or {}), **(grid or {})}
+    default = list(given) if given and "loss" not in yaml_values else [base.loss]
+    losses = axes.get("loss", default)
+    grid = _grid_of(losses, preset_grid, yaml_grid, grid, axes, fixed)
+    named = []
     for loss in losses:
+        own = grid.get(loss, {})
         names = ["noise", "subset", "seed"] + [h for h in HYPER if h in loss_params(loss)]
         names = [n for n in names if n in axes]
-        for combo in itertools.product(*(axes[n] for n in names)):
-            cli = {**fixed, "loss": loss, **dict(zip(names, combo, strict=True))}
-            configs.append(resolve(preset, yaml_values, cli))
-    seen: dict[str, Config] = {}
-    for cfg in configs:
-        name = rundir.run_name(cfg)
+        values = [axes[n] for n in names] + list(own.values())
+        extra = tuple(o for o in rundir.NAME_EXTRAS if o in own)
+        for combo in itertools.product(*values):
+            cli = {**fixed, "loss": loss, **dict(zip(names + list(own), combo, strict=True))}
+            cfg = resolve(preset, yaml_values, cli)
+            named.append((cfg, rundir.run_name(cfg, extra)))
+    seen: set[str] = set()
+    for _, name in named:
         if name in seen:
             raise ValueError(f"two runs of the sweep would share the directory name {name}")
-        seen[name] = cfg
-    return configs
+        seen.add(name)
+    return named
 
 
 STATUS_VERB = {"complete": "skip  ", "resume": "resume", "new": "train "}
@@ -128,13 +271,18 @@ class SweepRun:
     prepared: Prepared | None = None
 
 
-def plan(out: str, configs: list[Config], overwrite: bool = False) -> list[SweepRun]:
+def plan(
+    out: str, configs: list[Config], overwrite: bool = False, names: list[str] | None = None
+) -> list[SweepRun]:
     """Check the sweep directory and every run, load the data of the runs still to train;
-    writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``."""
+    writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``.
+    ``names``: the runs' directory names (:func:`expand_named`; default
+    :func:`.rundir.run_name`)."""
     rundir.check_sweep_dir(out)
+    names = names if names is not None else [rundir.run_name(cfg) for cfg in configs]
     runs = []
-    for cfg in configs:
-        run_dir = os.path.join(out, rundir.run_name(cfg))
+    for cfg, name in zip(configs, names, strict=True):
+        run_dir = os.path.join(out, name)
         if not overwrite and rundir.is_finished(run_dir):
             changed = rundir.incompatible(rundir.saved_config(run_dir), cfg)
             if changed:
@@ -157,11 +305,14 @@ def run(
     jobs: int | None = 1,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    select: bool | None = None,
 ) -> dict:
     """Train the runs not yet complete (``jobs`` worker processes, see
-    :func:`.workers.train_all`), then write the report to ``OUT/report``. Returns the report
-    with ``trained`` and ``skipped`` (run directories) and ``seconds``. ``OUT`` stays locked
-    (:func:`.rundir.locked`) while the sweep runs: a second sweep there raises Busy."""
+    :func:`.workers.train_all`), then write the report to ``OUT/report`` (with the selection
+    table if ``select``; ``None``: when some loss has several configurations, see
+    :func:`.report.write_report`). Returns the report with ``trained`` and ``skipped`` (run
+    directories) and ``seconds``. ``OUT`` stays locked (:func:`.rundir.locked`) while the
+    sweep runs: a second sweep there raises Busy."""
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
@@ -177,7 +328,7 @@ def run(
         log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to train")
         if todo:
             train_all(todo, jobs=jobs, progress=progress, log=log, desc="sweep runs")
-        report = write_report([r.run_dir for r in runs], os.path.join(out, "report"))
+        report = write_report([r.run_dir for r in runs], os.path.join(out, "report"), select)
     report["trained"] = [p.run_dir for p in todo]
     report["skipped"] = [r.run_dir for r in runs if r.status == "complete"]
     report["seconds"] = time.perf_counter() - start
