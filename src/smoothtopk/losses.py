@@ -201,5 +201,5 @@ def get(name: str) -> LossSpec:
 
 
 def comparators() -> dict[str, type[nn.Module]]:
-    """The comparators of the literature, name -> Module (:data:`smoothtopk.comparators.LOSSES`)."""
+    """The comparators of the literature (the ``comparator`` entries), name -> Module."""
     return {name: spec.module for name, spec in LOSSES.items() if spec.comparator}

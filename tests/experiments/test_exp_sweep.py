@@ -6,12 +6,14 @@ import os
 import pytest
 import torch
 
-from smoothtopk.comparators import LOSSES as COMPARATORS
 from smoothtopk.experiments import sweep
 from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.losses import LOSSES, build_loss, loss_params
 from smoothtopk.experiments.models import build_model
+from smoothtopk.losses import comparators
+
+COMPARATORS = comparators()
 
 TINY = ["--epochs", "1", "--milestones", "--subset", "200", "--val-size", "100",
         "--batch-size", "50", "--no-progress"]  # fmt: skip

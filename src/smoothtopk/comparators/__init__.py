@@ -3,11 +3,11 @@
 Every loss has a functional form with the calling convention of
 ``torch.nn.functional.cross_entropy`` (shapes, ``weight``, ``ignore_index``, ``reduction``,
 half precision computed in float32; hyper-parameters keyword-only) and a thin ``nn.Module``.
-They are registered, with the package's other losses, in :data:`smoothtopk.losses.LOSSES`;
-:data:`LOSSES` here is the comparators' part of it, name -> Module class::
+They are registered, with the package's other losses, in :data:`smoothtopk.losses.LOSSES`
+(the one table of losses; ``smoothtopk.losses.comparators()`` is its comparator part)::
 
-    >>> from smoothtopk.comparators import LOSSES
-    >>> criterion = LOSSES["hinge-alpha"](k=5, alpha=1.0)
+    >>> from smoothtopk.losses import comparators
+    >>> criterion = comparators()["hinge-alpha"](k=5, alpha=1.0)
 
 ``"difftopk"`` is registered only when the optional packages difftopk and diffsort are
 installed. See ``docs/comparators.md`` for the formulas and references.
@@ -36,19 +36,7 @@ from .hinge import (
 )
 from .label_smoothing import LabelSmoothingCrossEntropyLoss, label_smoothing_cross_entropy
 
-
-def __getattr__(name: str):
-    # LOSSES is read from the registry on first use: smoothtopk.losses imports this package.
-    if name == "LOSSES":
-        from ..losses import comparators
-
-        globals()["LOSSES"] = comparators()
-        return globals()["LOSSES"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "LOSSES",
     "DiffTopkCrossEntropyLoss",
     "LabelSmoothingCrossEntropyLoss",
     "SmoothedTopkCalibratedHingeLoss",
