@@ -1,18 +1,20 @@
 """The long-tailed protocol (``--imbalance-ratio``): CIFAR-100-LT's profile, its seeded class
 order, balanced validation and test, the per-class metrics, the sweep axis and CLI errors."""
 
+import csv
 import json
 import os
 from decimal import Decimal, getcontext
 
 import pytest
 import torch
+import yaml
 from exp_data_writers import write_cifar100
 from test_exp_cli import assert_one_line_error, run_cli
 
 from smoothtopk.experiments import sweep
 from smoothtopk.experiments.checkpoint import load_checkpoint
-from smoothtopk.experiments.config import resolve
+from smoothtopk.experiments.config import Config, resolve
 from smoothtopk.experiments.datasets import build_data, embedded
 from smoothtopk.experiments.datasets.common import (
     class_thirds,
@@ -21,6 +23,7 @@ from smoothtopk.experiments.datasets.common import (
     long_tail_order,
 )
 from smoothtopk.experiments.models import build_model
+from smoothtopk.experiments.records import write_metrics
 from smoothtopk.experiments.report import write_report
 from smoothtopk.experiments.rundir import run_name
 from smoothtopk.experiments.train import fit, prepare
@@ -226,3 +229,35 @@ def test_sweep_axis_plans_one_run_per_ratio(tmp_path):
     assert [r.status for r in runs] == ["new"] * 4
     assert len(runs[1].prepared.data.train) < len(runs[0].prepared.data.train)
     assert not out.exists() and not os.listdir(tmp_path)
+
+
+def _fake_lt_run(root, ratio, seed, head):
+    """A finished one-epoch run directory with long-tailed metrics (head top-5 ``head``)."""
+    run_dir = os.path.join(root, f"ce-lt{ratio}-seed{seed}")
+    os.makedirs(run_dir)
+    cfg = Config(loss="ce", seed=seed, epochs=1, imbalance_ratio=ratio, model="small-cnn")
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f)
+    row = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_top1": 0.1, "train_top5": 0.3,
+           "val_top1": 0.2, "val_top5": 0.5, "test_top1": 0.2, "test_top5": 0.5,
+           "epoch_seconds": 1.0, "test_macro_top1": 0.2, "test_macro_top5": 0.5,
+           "test_head_top5": head, "test_medium_top5": 0.4, "test_tail_top5": 0.1}  # fmt: skip
+    write_metrics(run_dir, [row])
+
+
+def test_report_keeps_imbalance_ratios_apart(tmp_path):
+    root = str(tmp_path / "runs")
+    for ratio, heads in ((10.0, (0.8, 0.6)), (100.0, (0.9, 0.9))):
+        for seed, head in enumerate(heads):
+            _fake_lt_run(root, ratio, seed, head)
+    result = write_report([root], str(tmp_path / "report"))
+    assert [(r["dataset"], r["n"]) for r in result["rows"]] == [
+        ("embedded LT10", 2), ("embedded LT100", 2)
+    ]  # fmt: skip
+    lines = (tmp_path / "report" / "long_tail.md").read_text().splitlines()
+    # head top-5 over two seeds: 70 ± 14.1 (sample std of 80, 60) at R = 10, 90 ± 0 at R = 100
+    assert lines[2] == ("| 10 | CE | 20.0 ± 0.0 | 50.0 ± 0.0 | 20.0 ± 0.0 | 50.0 ± 0.0 | "
+                        "70.0 ± 14.1 | 40.0 ± 0.0 | 10.0 ± 0.0 | 2 |")  # fmt: skip
+    assert lines[3].startswith("| 100 | CE |") and "| 90.0 ± 0.0 |" in lines[3]
+    with open(result["files"]["csv"]) as f:
+        assert [r["imbalance_ratio"] for r in csv.DictReader(f)] == ["10.0", "100.0"]
