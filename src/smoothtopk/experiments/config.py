@@ -89,7 +89,7 @@ class Config:
     imbalance_ratio: float | None = option(
         None,
         "long-tailed training split (CIFAR-100-LT's exponential profile, classes in a "
-        "seeded order): the largest class has R times the images of the smallest; R >= 1, "
+        "seeded order): the largest class has about R times the images of the smallest; R >= 1, "
         "validation and test stay as they are (default: none)",
     )
     image_size: int = option(224, "crop size for imagenet/folder data")
