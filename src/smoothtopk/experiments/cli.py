@@ -44,7 +44,7 @@ def _add_config_options(parser: argparse.ArgumentParser, lists: tuple[str, ...] 
             group.add_argument(flag, type=int, nargs="*", metavar="EPOCH", **kw)
         elif hint in (int, int | None):
             group.add_argument(flag, type=int, **kw)
-        elif hint is float:
+        elif hint in (float, float | None):
             group.add_argument(flag, type=float, **kw)
         else:
             group.add_argument(flag, type=str, **kw)
@@ -95,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="losses x noise levels (or subsets) x seeds x hyper-parameters",
         description="Train the cross product of the comma-separated values of --loss, --noise, "
-        "--subset, --seed, --k, --tau, --alpha, --epsilon and --label-smoothing (hyper-parameters "
-        "only for the losses that use them), and of each loss's --grid, one run directory each; "
-        "runs already complete are skipped, so running the same command again resumes an "
-        "interrupted sweep. Then a report with mean ± std over seeds in OUT/report and, with a "
-        "grid, the selection table: per loss, noise level (or subset) and seed the configuration "
-        "with the best clean validation top-5, and its test accuracy.",
+        "--subset, --imbalance-ratio, --seed, --k, --tau, --alpha, --epsilon and "
+        "--label-smoothing (hyper-parameters only for the losses that use them), and of each "
+        "loss's --grid, one run directory each; runs already complete are skipped, so running "
+        "the same command again resumes an interrupted sweep. Then a report with mean ± std over "
+        "seeds in OUT/report and, with a grid, the selection table: per loss, noise level (or "
+        "subset) and seed the configuration with the best clean validation top-5, and its test "
+        "accuracy.",
     )
     sweep.add_argument("--preset", choices=sorted({*config_mod.PRESETS, *SWEEP_PRESETS}),
                        default=None, help="a recipe, or demo-sweep (the demo), or demo-full: "

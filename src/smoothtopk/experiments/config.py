@@ -86,6 +86,12 @@ class Config:
     val_per_class: int = option(50, "validation images per class held out (imagenet, folder)")
     subset: str = option("all", "balanced training subset, e.g. 64k, 128k, 320k, 640k or all "
                          "(not cifar100)")  # fmt: skip
+    imbalance_ratio: float | None = option(
+        None,
+        "long-tailed training split (CIFAR-100-LT's exponential profile, classes in a "
+        "seeded order): the largest class has about R times the images of the smallest; R >= 1, "
+        "validation and test stay as they are (default: none)",
+    )
     image_size: int = option(224, "crop size for imagenet/folder data")
     augment: bool = option(True, "training augmentation (random crop and flip)")
     # label noise (training split only)
@@ -320,6 +326,7 @@ def validate(cfg: Config) -> Config:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    check_imbalance_ratio(cfg.imbalance_ratio)
     if cfg.val_size is not None and cfg.val_size < 1:
         raise ValueError(f"val_size must be >= 1, got {cfg.val_size}")
     if cfg.checkpoint_every < 0:
@@ -346,6 +353,17 @@ def validate(cfg: Config) -> Config:
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     return cfg
+
+
+def check_imbalance_ratio(ratio) -> float | None:
+    """``None`` (no long tail) or a finite number >= 1; ValueError naming the option."""
+    if ratio is None:
+        return None
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+        raise ValueError(f"imbalance_ratio must be a finite number >= 1, got {ratio!r}")
+    if not (math.isfinite(ratio) and ratio >= 1):
+        raise ValueError(f"imbalance_ratio must be a finite number >= 1, got {ratio}")
+    return float(ratio)
 
 
 def lr_at(cfg: Config, epoch: int) -> float:

@@ -19,6 +19,9 @@ from .checkpoint import atomic_write_text
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_top1", "train_top5", "val_top1", "val_top5",
     "test_top1", "test_top5", "epoch_seconds",
+    # per class (macro averages; head/medium/tail thirds in long-tailed runs): empty if absent
+    "val_macro_top5", "test_macro_top1", "test_macro_top5", "test_head_top5", "test_medium_top5",
+    "test_tail_top5",
 )  # fmt: skip
 
 

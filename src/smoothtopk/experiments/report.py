@@ -5,7 +5,10 @@ Everything is read from the run directories (``config.yaml``, ``metrics.jsonl``,
 (ties: the earliest), and the table shows its *test* top-1/top-5. Runs with the same data set,
 loss and noise level (or subset size) but different seeds are averaged (column ``n``): the
 tables give mean ± sample standard deviation over seeds, the accuracy plot error bars of one
-standard deviation.
+standard deviation. Long-tailed runs (``--imbalance-ratio R``) count as their own data set
+(``embedded LT10``), and when runs carry the per-class metrics of the long-tailed protocol a
+second table (``long_tail.md``, :func:`long_tail_table`) shows micro and macro top-1/top-5 and
+the macro top-5 of the head, medium and tail thirds of the classes.
 """
 
 from __future__ import annotations
@@ -103,6 +106,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
+def data_label(cfg: Config) -> str:
+    """The data set of a run as the tables show it: ``embedded``, or ``embedded LT10`` for the
+    long-tailed protocol with imbalance ratio 10."""
+    if cfg.imbalance_ratio is None:
+        return cfg.dataset
+    return f"{cfg.dataset} LT{cfg.imbalance_ratio:g}"
+
+
 def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
     """One row per (data set, loss, x) with mean test top-1/top-5 over seeds, in percent."""
     axis = axis_of(runs)
@@ -111,7 +122,7 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
         if run.best is None:
             continue
         x = run.cfg.noise if axis == "noise" else run.cfg.subset
-        groups[(run.cfg.dataset, run.label, x)].append(run)
+        groups[(data_label(run.cfg), run.label, x)].append(run)
     rows = []
     for (dataset, label, x), members in groups.items():
         stats = {}
@@ -124,6 +135,7 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
                 "loss": label,
                 axis: x,
                 "n": len(members),
+                "imbalance_ratio": members[0].cfg.imbalance_ratio,
                 **stats,
                 "best_epoch": ";".join(str(r.best["epoch"]) for r in members),
                 "complete": all(r.complete for r in members),
@@ -176,12 +188,65 @@ def rows_csv(axis: str, rows: list[dict]) -> str:
     metrics = ("test_top1", "test_top1_std", "test_top5", "test_top5_std", "val_top5",
                "val_top5_std")  # fmt: skip
     cols = ["dataset", "loss", axis, "n", *metrics, "best_epoch", "complete", "runs"]
+    cols.insert(3, "imbalance_ratio")
     writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         rounded = {m: f"{r[m]:.2f}" for m in metrics}
         writer.writerow({**r, **rounded})
     return buffer.getvalue()
+
+
+#: the columns of the long-tailed table: (field of the best epoch's record, header)
+LONG_TAIL_COLUMNS = (
+    ("test_top1", "top-1"), ("test_top5", "top-5"), ("test_macro_top1", "macro top-1"),
+    ("test_macro_top5", "macro top-5"), ("test_head_top5", "head top-5"),
+    ("test_medium_top5", "medium top-5"), ("test_tail_top5", "tail top-5"),
+)  # fmt: skip
+
+
+def long_tail_rows(runs: list[RunResult]) -> list[dict]:
+    """One row per (data set, imbalance ratio, noise, subset, loss) over the runs whose best
+    epoch has macro metrics: mean and std over seeds (%) of :data:`LONG_TAIL_COLUMNS`, the
+    means of the values present (a balanced run has no head/medium/tail)."""
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.best is not None and run.best.get("test_macro_top5") is not None:
+            c = run.cfg
+            groups[(c.dataset, c.imbalance_ratio, c.noise, c.subset, run.label)].append(run)
+    rows = []
+    for (dataset, ratio, noise, subset, label), members in groups.items():
+        row = {"dataset": dataset, "imbalance_ratio": ratio, "noise": noise, "subset": subset,
+               "loss": label, "n": len(members)}  # fmt: skip
+        for key, _ in LONG_TAIL_COLUMNS:
+            values = [100 * r.best[key] for r in members if r.best.get(key) is not None]
+            row[key] = mean_std(values) if values else None
+        rows.append(row)
+    rows.sort(key=lambda r: (r["dataset"], r["imbalance_ratio"] or 0, r["noise"],
+                             _subset_key(r["subset"]), r["loss"]))  # fmt: skip
+    return rows
+
+
+def long_tail_table(rows: list[dict]) -> str:
+    """The long-tailed table (markdown): test accuracies (%) at the best validation top-5
+    epoch, ``mean ± std`` over seeds when some row has several; columns that do not vary
+    (data set, noise, subset) are left out."""
+    many = any(r["n"] > 1 for r in rows)
+    varying = [c for c in ("dataset", "noise", "subset") if len({r[c] for r in rows}) > 1]
+    head = [*varying, "imbalance R", "loss", *(h for _, h in LONG_TAIL_COLUMNS)]
+    head += ["n"] if many else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ratio = "none" if r["imbalance_ratio"] is None else f"{r['imbalance_ratio']:g}"
+        cells = [f"{r[c]:g}" if c == "noise" else str(r[c]) for c in varying] + [ratio, r["loss"]]
+        for key, _ in LONG_TAIL_COLUMNS:
+            value = r[key]
+            if value is None:
+                cells.append("")
+            else:
+                cells.append(f"{value[0]:.1f} ± {value[1]:.1f}" if many else f"{value[0]:.1f}")
+        lines.append("| " + " | ".join(cells + ([str(r["n"])] if many else [])) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _png(fig) -> bytes:
@@ -197,13 +262,14 @@ def plot_accuracy(axis: str, rows: list[dict]):
     import matplotlib.pyplot as plt
 
     fig, panels = plt.subplots(1, 2, figsize=(10, 4))
-    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    lines = list(dict.fromkeys((r["dataset"], r["loss"]) for r in rows))
+    several = len({d for d, _ in lines}) > 1  # e.g. imbalance ratios: one line per data set
     for panel, metric, title in (
         (panels[0], "test_top1", "top-1"),
         (panels[1], "test_top5", "top-5"),
     ):
-        for loss in losses:
-            mine = [r for r in rows if r["loss"] == loss]
+        for dataset, loss in lines:
+            mine = [r for r in rows if r["loss"] == loss and r["dataset"] == dataset]
             if axis == "noise":
                 mine.sort(key=lambda r: r["noise"])
                 xs = [r["noise"] for r in mine]
@@ -213,7 +279,8 @@ def plot_accuracy(axis: str, rows: list[dict]):
                 panel.set_xticks(xs, [r["subset"] for r in mine])
             errors = [r[f"{metric}_std"] for r in mine]
             panel.errorbar(xs, [r[metric] for r in mine], yerr=errors if any(errors) else None,
-                           marker="o", capsize=3, label=loss)  # fmt: skip
+                           marker="o", capsize=3,
+                           label=f"{loss}, {dataset}" if several else loss)  # fmt: skip
         panel.set_xlabel("label noise level p" if axis == "noise" else "training subset")
         panel.set_ylabel(f"test {title} accuracy (%)")
         many = any(r["n"] > 1 for r in rows)
@@ -266,15 +333,21 @@ def plot_curves(runs: list[RunResult]):
 
 def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> dict:
     """Read the runs, then write ``results.md``, ``results.csv``, ``accuracy_vs_<axis>.png`` and
-    ``training_curves.png`` into ``out_dir``; returns the table and the paths. With ``select``
-    (``None``: when some loss has several configurations per setting and seed) also the
-    selection files of :func:`write_selection` (``selection_table``, ``selection_rows``)."""
+    ``training_curves.png`` (and ``long_tail.md`` for long-tailed runs) into ``out_dir``;
+    returns the table and the paths. With ``select`` (``None``: when some loss has several
+    configurations per setting and seed) also the selection files of :func:`write_selection`
+    (``selection_table``, ``selection_rows``)."""
     runs = [load_run(p) for p in find_runs(paths)]
     label_recipes(runs)
     axis, rows = aggregate(runs)
     if not rows:
         raise ValueError("none of the runs has finished an epoch yet")
     table = markdown_table(axis, rows)
+    tail_rows = long_tail_rows(runs)
+    long_tail = any(r["test_head_top5"] is not None for r in tail_rows)
+    if long_tail:  # the long-tailed protocol: micro, macro and per-third accuracies
+        tail = long_tail_table(tail_rows)
+        table += "\nLong-tailed protocol (test %, macro = mean over classes):\n\n" + tail
     os.makedirs(out_dir, exist_ok=True)
     files = {
         "table": os.path.join(out_dir, "results.md"),
@@ -286,6 +359,9 @@ def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> 
     atomic_write_text(files["csv"], rows_csv(axis, rows))
     atomic_write_bytes(files["accuracy_plot"], plot_accuracy(axis, rows))
     atomic_write_bytes(files["curves_plot"], plot_curves(runs))
+    if long_tail:
+        files["long_tail_table"] = os.path.join(out_dir, "long_tail.md")
+        atomic_write_text(files["long_tail_table"], tail)
     result = {"table": table, "axis": axis, "rows": rows, "files": files}
     if select or (select is None and has_choices(runs)):
         result.update(write_selection(runs, out_dir))

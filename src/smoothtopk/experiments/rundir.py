@@ -2,7 +2,8 @@
 a run may be resumed, and the lock of a sweep. Every command (train, sweep, demo) asks here.
 
 * **Names.** A run is called :func:`run_name`: the loss with the options it uses, the noise
-  level, the training subset and the seed (``smooth-svm-k5-tau1-alpha1-noise0.4-all-seed0``).
+  level, the training subset, the imbalance ratio (when given) and the seed
+  (``smooth-svm-k5-tau1-alpha1-noise0.4-all-seed0``).
   Inside a sweep directory that is the whole name (the sweep's other options are shared, and
   a finished run with other settings is refused); the default directory of ``train`` adds the
   data set and :func:`config_hash`, a short hash of every option that changes a result, so two
@@ -60,9 +61,12 @@ NAME_EXTRAS = {"lr": "lr", "weight_decay": "wd"}
 
 
 def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
-    """``<loss and the options it uses>-noise<P>-<subset>-seed<S>``, then ``-lr<V>``/``-wd<V>``
-    for the options in ``extra`` (a sweep whose grid varies them, see :data:`NAME_EXTRAS`)."""
-    name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}-seed{cfg.seed}"
+    """``<loss and the options it uses>-noise<P>-<subset>[-lt<R>]-seed<S>``, then
+    ``-lr<V>``/``-wd<V>`` for the options in ``extra`` (a sweep whose grid varies them, see
+    :data:`NAME_EXTRAS`); ``-lt<R>``: the long-tailed protocol's ``--imbalance-ratio``, absent
+    without it."""
+    tail = "" if cfg.imbalance_ratio is None else f"-lt{cfg.imbalance_ratio:g}"
+    name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}{tail}-seed{cfg.seed}"
     return name + "".join(f"-{NAME_EXTRAS[o]}{getattr(cfg, o):g}" for o in extra)
 
 

@@ -1,6 +1,6 @@
-"""``smoothtopk sweep``: the cross product of losses x noise levels (or subset sizes) x seeds x
-loss hyper-parameters, one run directory per combination, then a report with mean ± std over
-seeds.
+"""``smoothtopk sweep``: the cross product of losses x noise levels (or subset sizes, or
+imbalance ratios of the long-tailed protocol) x seeds x loss hyper-parameters, one run
+directory per combination, then a report with mean ± std over seeds.
 
 Each run lives in ``OUT/<name>``, the name built from its settings (:func:`.rundir.run_name`).
 Running the same sweep again skips every run whose ``results.json`` exists and continues
@@ -36,7 +36,10 @@ from .train import Prepared, prepare_member
 from .workers import train_all
 
 #: options that take a list of values, one run per value
-SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing")
+SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing",
+         "imbalance_ratio")  # fmt: skip
+#: the axes of the data protocol (every loss gets each value), in run-name order
+DATA_AXES = ("noise", "subset", "imbalance_ratio", "seed")
 HYPER = ("k", "tau", "alpha", "epsilon", "label_smoothing")
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 #: balanced training subsets of the embedded data (4,500 training images; 39 of the rarest class)
@@ -86,7 +89,7 @@ def parse_list(name: str, text: str) -> list:
     for item in items:
         try:
             value = int(item) if hint in ("int", "int | None") else item
-            if hint == "float":
+            if hint in ("float", "float | None"):
                 value = float(item)
         except ValueError:
             raise ValueError(f"--{name.replace('_', '-')}: bad value {item!r}") from None
@@ -244,7 +247,7 @@ def expand_named(
     named = []
     for loss in losses:
         own = grid.get(loss, {})
-        names = ["noise", "subset", "seed"] + [h for h in HYPER if h in loss_params(loss)]
+        names = list(DATA_AXES) + [h for h in HYPER if h in loss_params(loss)]
         names = [n for n in names if n in axes]
         values = [axes[n] for n in names] + list(own.values())
         extra = tuple(o for o in rundir.NAME_EXTRAS if o in own)

@@ -43,7 +43,7 @@ from smoothtopk import TopkAccuracy
 from . import checkpoint as ckpt_io
 from . import distributed, rundir
 from .config import Config, lr_at, to_yaml
-from .datasets import DataBundle, build_data, check_available
+from .datasets import THIRDS, DataBundle, build_data, check_available
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
 from .records import environment, write_metrics
@@ -100,7 +100,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     data = build_data(
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
         val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
-        augment=cfg.augment,
+        augment=cfg.augment, imbalance_ratio=cfg.imbalance_ratio,
     )  # fmt: skip
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
@@ -168,24 +168,57 @@ def topk_ks(num_classes: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, ks) -> dict:
+def evaluate(model, loader, device, ks, num_classes: int | None = None, thirds=None) -> dict:
     """Top-1/top-5 fractions on a (sharded) split and the exact counts behind them, summed
-    over the processes."""
+    over the processes. With ``num_classes``, also the macro averages (:func:`macro_top`);
+    with ``thirds`` (``(C,)`` head/medium/tail index of each class), macro top-5 per third."""
     model.eval()
     meter = TopkAccuracy(k=ks)
+    macro = None if num_classes is None else TopkAccuracy(ks, average="macro",
+                                                          num_classes=num_classes)  # fmt: skip
     for x, y in loader:
-        meter.update(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
-    if distributed.world()[1] > 1:
-        meter.all_reduce(device=device)  # exact counts summed over the processes
+        scores, y = model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        meter.update(scores, y)
+        if macro is not None:
+            macro.update(scores, y)
+    if distributed.world()[1] > 1:  # exact counts summed over the processes
+        for m in (meter, macro) if macro is not None else (meter,):
+            m.all_reduce(device=device)
     credit, total = meter.counts()  # ties get their shared credit: fractions of a sample
     correct = [float(c) for c in credit]
     total = int(total)
-    return {
+    out = {
         "top1": correct[0] / max(total, 1),
         "top5": correct[1] / max(total, 1),
         "correct": correct,
         "total": total,
     }
+    if macro is not None:
+        out.update(macro_top(*macro.counts(), thirds))
+    return out
+
+
+def macro_top(credit: torch.Tensor, total: torch.Tensor, thirds=None) -> dict:
+    r"""Macro top-1/top-5 :math:`\frac{1}{|P|}\sum_{c \in P} \mathrm{credit}_c / n_c` over the
+    classes ``P`` present in the split (as :class:`smoothtopk.TopkAccuracy`), and with
+    ``thirds`` the macro top-5 over the present classes of each third (None if it has none).
+
+    Shape:
+        - credit: ``(2, C)`` float64 (top-1, top-5 rows); total: ``(C,)``; thirds: ``(C,)``.
+
+    Example:
+        >>> macro_top(torch.tensor([[1.0, 0.0], [2.0, 1.0]]), torch.tensor([2, 4]))
+        {'macro_top1': 0.25, 'macro_top5': 0.625}
+    """
+    credit, total = credit.double().cpu(), total.cpu()
+    present = total > 0
+    acc = credit / total.clamp(min=1).double()
+    out = {f"macro_top{k}": float(acc[i][present].mean()) for i, k in enumerate((1, 5))}
+    if thirds is not None:
+        for index, name in enumerate(THIRDS):
+            mine = present & (torch.as_tensor(thirds).cpu() == index)
+            out[f"{name}_top5"] = float(acc[1][mine].mean()) if mine.any() else None
+    return out
 
 
 def _save_noise(run_dir: str, prepared: Prepared) -> None:
@@ -232,6 +265,7 @@ def run_summary(cfg: Config, history: list[dict], best: dict | None, noisy_rate:
         "noise_groups": cfg.noise_groups,
         "effective_flip_rate": noisy_rate,
         "subset": cfg.subset,
+        "imbalance_ratio": cfg.imbalance_ratio,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "epochs_done": len(history),
@@ -244,6 +278,7 @@ def run_summary(cfg: Config, history: list[dict], best: dict | None, noisy_rate:
             test_top1=best["test_top1"],
             test_top5=best["test_top5"],
         )
+        out.update({k: v for k, v in best.items() if k.endswith(PER_CLASS_FIELDS)})
     if history:
         out["final"] = {k: history[-1][k] for k in ("epoch", "test_top1", "test_top5")}
     return out
@@ -272,6 +307,8 @@ class Loop:
     test_loader: DataLoader | None = None
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    #: (num_classes, thirds or None): what :func:`evaluate` needs for the macro averages
+    per_class: tuple = (None, None)
     last_saved: str = "none yet"  #: what ``last.pt`` holds, for error messages
     position: int = 0  #: of the progress bar
 
@@ -318,10 +355,11 @@ def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: 
     for epoch in range(start, cfg.epochs):
         resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
         train = train_one_epoch(loop, epoch, *resumed)
-        val = evaluate(loop.net, loop.val_loader, device, loop.ks)
-        test = evaluate(loop.net, loop.test_loader, device, loop.ks)
+        val = evaluate(loop.net, loop.val_loader, device, loop.ks, *loop.per_class)
+        test = evaluate(loop.net, loop.test_loader, device, loop.ks, *loop.per_class)
         _end_epoch(loop, _record(epoch, train, val, test), log)
     summary = run_summary(cfg, loop.history, loop.best, prepared.noisy.effective_rate)
+    summary["train_images"] = len(prepared.data.train)
     if writer:
         ckpt_io.atomic_write_json(os.path.join(prepared.run_dir, rundir.RESULTS), summary)
     return summary
@@ -340,6 +378,24 @@ def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) ->
     env["world_size"] = num_replicas
     ckpt_io.atomic_write_json(os.path.join(run_dir, name), env)
     _save_noise(run_dir, prepared)
+    if prepared.data.class_order is not None:
+        _save_long_tail(run_dir, prepared.data)
+
+
+def _save_long_tail(run_dir: str, data: DataBundle) -> None:
+    """``long_tail.json``: the profile's class order, the training images per class and the
+    head/medium/tail third of each class (what the per-third metrics average over)."""
+    counts, thirds = data.train_counts(), data.thirds()
+    ckpt_io.atomic_write_json(
+        os.path.join(run_dir, "long_tail.json"),
+        {
+            "class_order": data.class_order.tolist(),
+            "train_counts": counts.tolist(),
+            "thirds": {n: (thirds == i).nonzero().flatten().tolist() for i, n in enumerate(THIRDS)},
+            "train_images": int(counts.sum()),
+            "measured_ratio": int(counts.max()) / int(counts.min()),
+        },
+    )
 
 
 def _build(prepared: Prepared, device: torch.device, writer: bool, position: int) -> Loop:
@@ -358,8 +414,10 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
     criterion = cfg.loss_spec.build().to(device)
     ks = topk_ks(prepared.data.num_classes)
+    data = prepared.data
+    thirds = data.thirds() if data.class_order is not None else None  # long-tailed runs
     return Loop(cfg, prepared.run_dir, device, net, optimizer, criterion, ks, writer,
-                position=position)  # fmt: skip
+                per_class=(data.num_classes, thirds), position=position)  # fmt: skip
 
 
 def restore(loop: Loop, state: dict | None, log=None) -> tuple[int, int, dict | None, dict | None]:
@@ -414,7 +472,8 @@ def _intro(loop: Loop, prepared: Prepared) -> str:
     return (
         f"{loop.run_dir}: {cfg.model} ({count_parameters(loop.net):,} parameters), "
         f"{cfg.loss_spec.label()}, noise {cfg.noise:g}, "
-        f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {loop.device}"
+        + (f"long-tailed R={cfg.imbalance_ratio:g}, " if cfg.imbalance_ratio is not None else "")
+        + f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {loop.device}"
         + (f", {num_replicas} processes" if num_replicas > 1 else "")
     )
 
@@ -505,7 +564,16 @@ def _record(epoch: int, train: dict, val: dict, test: dict) -> dict:
         "train_correct": correct, "train_total": train["total"],
         "val_correct": val["correct"], "val_total": val["total"],
         "test_correct": test["correct"], "test_total": test["total"],
+        **_per_class_fields("val", val), **_per_class_fields("test", test),
     }  # fmt: skip
+
+
+#: the per-class fields of a record, when measured (macro; head/medium/tail in long-tailed runs)
+PER_CLASS_FIELDS = ("macro_top1", "macro_top5", *(f"{name}_top5" for name in THIRDS))
+
+
+def _per_class_fields(split: str, result: dict) -> dict:
+    return {f"{split}_{key}": result[key] for key in PER_CLASS_FIELDS if key in result}
 
 
 def _end_epoch(loop: Loop, record: dict, log) -> None:
@@ -514,7 +582,8 @@ def _end_epoch(loop: Loop, record: dict, log) -> None:
     epoch = record["epoch"]
     if loop.best is None or record["val_top5"] > loop.best["val_top5"]:
         keys = ("epoch", "val_top1", "val_top5", "test_top1", "test_top5")
-        loop.best = {k: record[k] for k in keys}
+        keys += tuple(f"{s}_{f}" for s in ("val", "test") for f in PER_CLASS_FIELDS)
+        loop.best = {k: record[k] for k in keys if k in record}
         loop.save(os.path.join(loop.run_dir, rundir.BEST), epoch, 0)
     loop.save(loop.last_path, epoch, 0)
     loop.last_saved = _describe(epoch, 0)

@@ -1,7 +1,9 @@
 """Data sets by name: ``embedded`` (the default), ``cifar100``, ``imagenet`` and ``folder``.
 
 :func:`build_data` returns a :class:`DataBundle` with clean labels everywhere; label noise is
-added afterwards to the training split only (see :mod:`..noise`).
+added afterwards to the training split only (see :mod:`..noise`). With ``imbalance_ratio``,
+the training split of every data set is then made long-tailed by one function,
+:func:`.common.long_tail_indices` (CIFAR-100-LT's profile); validation and test are untouched.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from torch.utils.data import Dataset
 
 from . import cifar, embedded, imagefolder
 from .common import (
+    THIRDS,
     LabeledSubset,
     TensorImages,
     balanced_split_indices,
+    class_thirds,
+    long_tail_indices,
     parse_subset,
     random_split_indices,
 )
@@ -33,6 +38,16 @@ class DataBundle:
     class_names: list[str]
     #: semantic superclass of each class, where the data set defines them (CIFAR-100, embedded)
     superclasses: torch.Tensor | None = None
+    #: the long-tailed protocol's class order (rank 0 keeps the most images), when it is used
+    class_order: torch.Tensor | None = None
+
+    def train_counts(self) -> torch.Tensor:
+        """``(C,)`` int64: training images per class (clean labels)."""
+        return torch.bincount(self.train.targets, minlength=self.num_classes)
+
+    def thirds(self) -> torch.Tensor:
+        """``(C,)`` head/medium/tail (0/1/2) by training count: :func:`.common.class_thirds`."""
+        return class_thirds(self.train_counts(), self.class_order)
 
 
 def check_dataset(name: str) -> str:
@@ -67,8 +82,24 @@ def build_data(
     subset: str | int | None = None,
     image_size: int = 224,
     augment: bool = True,
+    imbalance_ratio: float | None = None,
 ) -> DataBundle:
-    """Load (or generate) a data set and split it; ``seed`` fixes generation and splits."""
+    """Load (or generate) a data set and split it; ``seed`` fixes generation and splits (and
+    the long-tailed subsample of the training split when ``imbalance_ratio`` is given)."""
+    bundle = _load(name, data_dir, download, seed, val_size, val_per_class, subset, image_size,
+                   augment)  # fmt: skip
+    if imbalance_ratio is None:
+        return bundle
+    train = bundle.train
+    keep, order = long_tail_indices(train.targets, bundle.num_classes, imbalance_ratio, seed)
+    bundle.train = LabeledSubset(train.base, train.indices[keep], train.targets[keep],
+                                 train.transform)  # fmt: skip
+    bundle.class_order = order
+    return bundle
+
+
+def _load(name, data_dir, download, seed, val_size, val_per_class, subset, image_size,
+          augment) -> DataBundle:  # fmt: skip
     num_classes = check_available(name, data_dir, download)
     if name == "embedded":
         gen = embedded.generate(seed)
@@ -98,4 +129,4 @@ def build_data(
     return DataBundle(name, train, val, test, len(names), names, None)
 
 
-__all__ = ["DATASETS", "DataBundle", "build_data", "check_available", "check_dataset"]
+__all__ = ["DATASETS", "THIRDS", "DataBundle", "build_data", "check_available", "check_dataset"]
