@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from smoothtopk.comparators import (
-    LOSSES,
     DiffTopkCrossEntropyLoss,
     difftopk_available,
     difftopk_cross_entropy_loss,
 )
+from smoothtopk.losses import comparators
 
 pytestmark = pytest.mark.skipif(
     not difftopk_available(),
@@ -25,7 +25,7 @@ def _published(**kwargs):
 
 
 def test_registered():
-    assert LOSSES["difftopk"] is DiffTopkCrossEntropyLoss
+    assert comparators()["difftopk"] is DiffTopkCrossEntropyLoss
 
 
 @pytest.mark.parametrize("m", [None, 6])
