@@ -57,7 +57,8 @@ def ldam_margins(class_counts, max_margin: float = 1.0, *, dtype=None) -> torch.
 
 
 def _check_counts(class_counts) -> torch.Tensor:
-    """The counts as a float64 ``(C,)`` tensor, all finite and ``> 0``."""
+    """The counts as a float64 ``(C,)`` tensor, all finite and ``> 0`` (checked on the host,
+    except under torch.compile, where it is an asynchronous assertion)."""
     if isinstance(class_counts, torch.Tensor):
         counts = class_counts
     elif isinstance(class_counts, (list, tuple)) and all(
@@ -77,6 +78,9 @@ def _check_counts(class_counts) -> torch.Tensor:
         )
     counts = counts.to(torch.float64)
     bad = ~((counts > 0) & (counts < float("inf")))
+    if torch.compiler.is_compiling():  # no host read inside a graph: a device assertion
+        torch._assert_async(~bad.any(), "class_counts must be finite and > 0")
+        return counts
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
         raise ValueError(

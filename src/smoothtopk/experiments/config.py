@@ -47,9 +47,10 @@ class LossSpec:
         return {"k": self.k, "tau": self.tau, "alpha": self.alpha, "epsilon": self.epsilon,
                 "label_smoothing": self.label_smoothing}  # fmt: skip
 
-    def build(self):
-        """The loss module (:func:`.losses.build_loss`)."""
-        return build_loss(self.name, **self._options())
+    def build(self, class_counts=None):
+        """The loss module (:func:`.losses.build_loss`); ``class_counts``, the training
+        samples per class, reach the losses that need them (logit adjustment, LDAM margins)."""
+        return build_loss(self.name, **self._options(), class_counts=class_counts)
 
     def label(self) -> str:
         """A short human label, e.g. ``L_{5,1} (alpha=1)``."""

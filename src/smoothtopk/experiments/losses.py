@@ -4,7 +4,10 @@ tau -> 0 limit) and every comparator (``hinge-alpha``, ``trunc-entropy``, ...).
 
 A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon`` and
 ``label_smoothing`` that are among its registered options (:func:`loss_params`); its other
-options keep their defaults.
+options keep their defaults. A loss that needs the training-set class counts
+(:attr:`smoothtopk.losses.LossSpec.needs_class_counts`: ``ce-logit-adjusted``,
+``smooth-svm-ldam``, ``smoothed-calibrated-hinge-ldam``) receives them as ``class_counts``
+(:func:`build_loss`; the runner gives the counts of the labels it trains on).
 """
 
 from __future__ import annotations
@@ -57,8 +60,16 @@ def build_loss(
     alpha: float = 1.0,
     epsilon: float = 1.0,
     label_smoothing: float = 0.1,
+    *,
+    class_counts=None,
 ) -> nn.Module:
-    return registry.get(name).build(**_used_options(name, k, tau, alpha, epsilon, label_smoothing))
+    """The loss module; ``class_counts`` (``(C,)``, training samples per class) goes to the
+    losses that need them and is ignored by the others (``None``: balanced classes)."""
+    spec = registry.get(name)
+    options = _used_options(name, k, tau, alpha, epsilon, label_smoothing)
+    if spec.needs_class_counts and class_counts is not None:
+        options["class_counts"] = class_counts
+    return spec.build(**options)
 
 
 def _used_options(name, k, tau, alpha, epsilon, label_smoothing) -> dict:
