@@ -63,7 +63,11 @@ def test_sweep_plans_the_long_tail_losses():
     [(["--loss", "ce-logit-adjustd"], "unknown loss 'ce-logit-adjustd'"),
      (["--loss", "smooth-svm-ldam", "--tau", "0"], "tau must be > 0"),
      (["--loss", "smooth-svm-ldam", "--k", "100"], "k must satisfy"),
-     (["--loss", "smoothed-calibrated-hinge-ldam", "--epsilon", "0"], "epsilon must be > 0")],
+     (["--loss", "smoothed-calibrated-hinge-ldam", "--epsilon", "0"], "epsilon must be > 0"),
+     (["--loss", "ce-logit-adjusted", "--tau-la", "-1"], "tau_la must be >= 0, got -1"),
+     (["--loss", "ce-logit-adjusted", "--tau-la", "nan"], "tau_la must be >= 0, got nan"),
+     (["--loss", "smooth-svm-ldam", "--max-margin", "-0.5"], "max_margin must be >= 0"),
+     (["--loss", "smooth-svm-ldam", "--max-margin", "big"], "invalid float value: 'big'")],
 )  # fmt: skip
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, argv, pattern):
     out = tmp_path / "run"
@@ -81,3 +85,34 @@ def test_cli_one_epoch_long_tailed_run(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete" and results["loss"] == "ce-logit-adjusted"
     assert (out / "long_tail.json").exists()
+
+
+def test_tau_la_and_max_margin_reach_the_loss_and_the_run_name():
+    cfg = resolve("demo", None, {"loss": "smooth-svm-ldam", "max_margin": 0.25})
+    assert cfg.loss_spec.build().max_margin == 0.25 and "-mm0.25-" in run_name(cfg)
+    cfg = resolve("demo", None, {"loss": "smoothed-calibrated-hinge-ldam"})
+    assert cfg.loss_spec.build().max_margin == LOSSES[cfg.loss].options["max_margin"]
+    cfg = resolve("demo", None, {"loss": "ce-logit-adjusted", "tau_la": 2.0})
+    assert cfg.loss_spec.build().tau_la == 2.0 and "-tla2-" in run_name(cfg)
+    named = sweep.expand_named(None, axes={"loss": ["ce-logit-adjusted", "ce"],
+                                           "tau_la": [0.5, 1.0]})  # fmt: skip
+    assert sorted(c.tau_la for c, _ in named if c.loss == "ce-logit-adjusted") == [0.5, 1.0]
+    assert len([c for c, _ in named if c.loss == "ce"]) == 1  # ce takes no tau_la
+
+
+def test_bad_swept_value_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, _, err = run_cli(capsys, "sweep", "--out", str(out), "--loss", "ce-logit-adjusted",
+                           "--tau-la", "0.5,-1")  # fmt: skip
+    assert_one_line_error(code, err, "tau_la must be >= 0, got -1")
+    assert not out.exists()
+
+
+def test_grid_selects_tau_la_and_max_margin_per_loss():
+    grid = sweep.parse_grid(["ce-logit-adjusted:tau_la=0.5,2", "smooth-svm-ldam:max_margin=0.5,1"])
+    named = sweep.expand_named(None, axes={"loss": list(LONG_TAIL[:2])}, grid=grid)
+    assert sorted(n for _, n in named) == [
+        "ce-logit-adjusted-tla0.5-noise0-all-seed0", "ce-logit-adjusted-tla2-noise0-all-seed0",
+        "smooth-svm-ldam-k5-tau1-mm0.5-noise0-all-seed0",
+        "smooth-svm-ldam-k5-tau1-mm1-noise0-all-seed0",
+    ]  # fmt: skip
