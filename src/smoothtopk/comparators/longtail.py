@@ -19,7 +19,8 @@ r"""Losses for long-tailed training data, built from the training-set class coun
 
 ``class_counts=None`` means balanced classes: the prior is uniform (a constant shift, so plain
 cross-entropy) and every LDAM margin is ``max_margin``. Counts may be a tensor on any device or
-a list of numbers, each finite and ``> 0``; they are read on the host outside torch.compile.
+a list of numbers, each finite and ``> 0`` (checked on the host for CPU counts outside
+torch.compile, by an asynchronous device assertion otherwise: no device waits).
 """
 
 from __future__ import annotations
