@@ -99,3 +99,14 @@ def hard_loss(scores, target: int, k: int, alpha: float) -> float:
     """``max(0, alpha + ((s without y)_[k] - s_y) / k)`` by sorting."""
     others = sorted((float(s) for j, s in enumerate(scores) if j != target), reverse=True)
     return max(0.0, alpha + (others[k - 1] - float(scores[target])) / k)
+
+
+def ldam_brute_force_loss(
+    scores, target: int, k: int, tau: float, max_margin: float, class_counts=None
+) -> float:
+    """:func:`brute_force_loss` with the target's LDAM margin ``m (min n / n_y)^(1/4)``."""
+    if class_counts is None:
+        return brute_force_loss(scores, target, k, tau, max_margin)
+    counts = [EXTENDED(float(n)) for n in class_counts]
+    margin = EXTENDED(max_margin) * (min(counts) / counts[target]) ** EXTENDED(0.25)
+    return brute_force_loss(scores, target, k, tau, float(margin))

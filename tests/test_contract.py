@@ -26,7 +26,8 @@ C = 7
 NAN, INF = math.nan, math.inf
 #: the hyper-parameters of the small case, for the losses that take them
 SMALL = {"k": 3, "tau": 0.5, "alpha": 0.7, "epsilon": 0.3, "n_samples": 3,
-         "label_smoothing": 0.2}  # fmt: skip
+         "label_smoothing": 0.2, "tau_la": 1.5, "max_margin": 0.6,
+         "class_counts": torch.tensor([40, 3, 17, 1, 8, 60, 2])}  # fmt: skip
 COMMON = ("weight", "ignore_index", "reduction")
 
 
@@ -292,6 +293,8 @@ def test_matches_its_reference(spec, num_classes):
     options = {p: v for p, v in Case(spec.name).options.items()}
     if "k" in options:
         options["k"] = min(options["k"], num_classes - 1)
+    if "class_counts" in options:
+        options["class_counts"] = options["class_counts"][:num_classes]
     generator = torch.Generator().manual_seed(num_classes)
     x = torch.randn(5, num_classes, generator=generator, dtype=torch.float64) * 2
     y = torch.randint(0, num_classes, (5,), generator=generator)
@@ -349,6 +352,7 @@ BAD = [
     *[_bad(f"{p} {v!r}", error, p, option=p, **{p: v})
       for p, values in {"tau": [0.0, -1.0, INF, NAN, "1"], "alpha": [-0.1, NAN, INF, "1"],
                         "epsilon": [0.0, -1.0], "scale": [-1.0], "n_samples": [0, 2.0],
+                        "tau_la": [-1.0, NAN, INF, "1"], "max_margin": [-0.1, NAN, INF, "1"],
                         "generator": [0], "label_smoothing": [1.5, -0.1, "x"]}.items()
       for v in values
       for error in [TypeError if isinstance(v, str) or p in ("generator",)
@@ -359,6 +363,16 @@ BAD = [
          class_margins=torch.ones(C, dtype=torch.long), at_construction=False),
     _bad("class_margins list", TypeError, "class_margins", option="class_margins",
          class_margins=[0.1] * C),
+    *[_bad(f"class_counts {d}", ValueError, "class_counts", option="class_counts",
+           class_counts=torch.tensor(v)) for d, v in {"zero": [5, 0, 1, 1, 1, 1, 1],
+           "negative": [5, 1, -2, 1, 1, 1, 1], "nan": [5, 1, 1, NAN, 1, 1, 1],
+           "inf": [5, 1, 1, 1, INF, 1, 1], "2-D": [[1] * C]}.items()],
+    _bad("class_counts shape", ValueError, "class_counts", option="class_counts",
+         class_counts=torch.ones(C - 1), at_construction=False),
+    _bad("class_counts bool", TypeError, "class_counts", option="class_counts",
+         class_counts=torch.ones(C, dtype=torch.bool)),
+    _bad("class_counts str", TypeError, "class_counts", option="class_counts",
+         class_counts="balanced"),
 ]  # fmt: skip
 
 

@@ -12,7 +12,11 @@ defaults, and the independent reference the tests check it against.
   :math:`L_{k,\\tau}`, and ``hard-svm``: :func:`~smoothtopk.topk_svm_loss` (``k=5, alpha=1``);
 * the comparators of :mod:`smoothtopk.comparators`: ``hinge-alpha``, ``hinge-beta``,
   ``trunc-entropy``, ``calibrated-hinge``, ``smoothed-calibrated-hinge``,
-  ``ce-label-smoothing`` and ``difftopk``.
+  ``ce-label-smoothing`` and ``difftopk``;
+* for long-tailed data, the losses built from the training class counts (``class_counts``,
+  ``None`` meaning balanced; :attr:`LossSpec.needs_class_counts`): ``ce-logit-adjusted``
+  (Menon et al. 2021), ``smooth-svm-ldam`` (:math:`L_{k,\tau}` with LDAM margins) and
+  ``smoothed-calibrated-hinge-ldam`` (pytopk's imbalanced margins).
 
 ``difftopk`` is registered only when the optional packages difftopk and diffsort are installed.
 To add a loss: write its functional (a per-sample function of valid rows under
@@ -65,6 +69,14 @@ from .comparators.label_smoothing import (
     LabelSmoothingCrossEntropyLoss,
     label_smoothing_cross_entropy,
 )
+from .comparators.longtail import (
+    LDAMSmoothedTopkCalibratedHingeLoss,
+    LDAMSmoothTopkSVMLoss,
+    LogitAdjustedCrossEntropyLoss,
+    ldam_smooth_topk_svm_loss,
+    ldam_smoothed_topk_calibrated_hinge_loss,
+    logit_adjusted_cross_entropy,
+)
 from .hard_topk import topk_svm_loss
 from .modules import SmoothTopkSVMLoss, TopkSVMLoss
 from .smooth_topk import smooth_topk_svm_loss
@@ -110,6 +122,12 @@ class LossSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def needs_class_counts(self) -> bool:
+        """It takes the training-set class counts (option ``class_counts``, ``None`` meaning
+        balanced classes): the runner hands it the counts of the labels it trains on."""
+        return "class_counts" in self.options
 
     def build(self, **options) -> nn.Module:
         """The Module with the given options (the others keep their defaults)."""
@@ -164,6 +182,26 @@ _SPECS = [
         "ce-label-smoothing", label_smoothing_cross_entropy, LabelSmoothingCrossEntropyLoss,
         {"label_smoothing": 0.1}, "comparators.references:label_smoothing_ce",
         "cross-entropy with label smoothing (Szegedy et al. 2016)", **_COMPARATOR,
+    ),
+    LossSpec(
+        "ce-logit-adjusted", logit_adjusted_cross_entropy, LogitAdjustedCrossEntropyLoss,
+        {"tau_la": 1.0, "class_counts": None}, "comparators.references:logit_adjusted_ce",
+        "cross-entropy with logit adjustment, CE(s + tau log prior) (Menon et al. 2021)",
+        **_COMPARATOR,
+    ),
+    LossSpec(
+        "smooth-svm-ldam", ldam_smooth_topk_svm_loss, LDAMSmoothTopkSVMLoss,
+        {"k": 5, "tau": 1.0, "max_margin": 1.0, "class_counts": None},
+        "reference:ldam_brute_force_loss",
+        "L_{k,tau} with LDAM margins alpha_c = m (min n / n_c)^(1/4) (Cao et al. 2019)",
+    ),
+    LossSpec(
+        "smoothed-calibrated-hinge-ldam", ldam_smoothed_topk_calibrated_hinge_loss,
+        LDAMSmoothedTopkCalibratedHingeLoss,
+        {"k": 5, "epsilon": 1.0, "n_samples": 5, "max_margin": 0.5, "class_counts": None,
+         "scale": 1.0, "generator": None},
+        None, "smoothed calibrated hinge with LDAM class margins (pytopk ImbalNoisedTopK)",
+        stochastic=True, **_COMPARATOR,
     ),
 ]  # fmt: skip
 if difftopk_available():

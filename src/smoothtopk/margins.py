@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-from ._validation import check_non_negative
+from ._validation import check_non_negative, checks_eagerly
 
 
 def ldam_margins(class_counts, max_margin: float = 1.0, *, dtype=None) -> torch.Tensor:
@@ -31,7 +31,8 @@ def ldam_margins(class_counts, max_margin: float = 1.0, *, dtype=None) -> torch.
                  = \text{max\_margin} \cdot \Big(\frac{\min_{c'} n_{c'}}{n_c}\Big)^{1/4},
 
     so the rarest class gets ``max_margin`` and a class 16 times as frequent half of it.
-    Computed in float64 (the counts are read on the host: a set-up step, not a training step).
+    Computed in float64. The counts' values are checked on the host for CPU tensors outside
+    torch.compile, by an asynchronous device assertion otherwise (no device waits).
 
     Args:
         class_counts: the number of training samples of each class, ``(C,)``: a tensor or a
@@ -57,7 +58,9 @@ def ldam_margins(class_counts, max_margin: float = 1.0, *, dtype=None) -> torch.
 
 
 def _check_counts(class_counts) -> torch.Tensor:
-    """The counts as a float64 ``(C,)`` tensor, all finite and ``> 0``."""
+    """The counts as a float64 ``(C,)`` tensor, all finite and ``> 0``: a ValueError for CPU
+    counts outside torch.compile, an asynchronous device assertion elsewhere
+    (:func:`._validation.checks_eagerly`, as the package's other checks of tensor values)."""
     if isinstance(class_counts, torch.Tensor):
         counts = class_counts
     elif isinstance(class_counts, (list, tuple)) and all(
@@ -77,6 +80,9 @@ def _check_counts(class_counts) -> torch.Tensor:
         )
     counts = counts.to(torch.float64)
     bad = ~((counts > 0) & (counts < float("inf")))
+    if not checks_eagerly(counts):  # no device waits: an asynchronous assertion
+        torch._assert_async(~bad.any(), "class_counts must be finite and > 0")
+        return counts
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
         raise ValueError(

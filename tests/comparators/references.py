@@ -38,3 +38,12 @@ def smoothed_calibrated_hinge(s, y, k, eps, z, margin=1.0, scale=1.0):
         sorted((s[j] + eps * z[j][b] for j in range(len(s))), reverse=True)[k] for b in range(draws)
     ]
     return scale * max(0.0, margin + sum(kth) / draws - s[y])
+
+
+def logit_adjusted_ce(s, y, tau_la=1.0, class_counts=None):
+    """Cross-entropy of the shifted scores ``s_j + tau log(n_j / sum n)``, by hand."""
+    counts = [1.0] * len(s) if class_counts is None else [float(n) for n in class_counts]
+    total = sum(counts)
+    shifted = [v + tau_la * math.log(n / total) for v, n in zip(s, counts, strict=True)]
+    m = max(shifted)
+    return m + math.log(sum(math.exp(v - m) for v in shifted)) - shifted[y]

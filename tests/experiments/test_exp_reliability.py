@@ -115,7 +115,8 @@ class _NanAtCall(torch.nn.Module):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = LossSpec.build
-    monkeypatch.setattr(LossSpec, "build", lambda spec: _NanAtCall(real(spec), bad=16 + 7))
+    nan_at = lambda spec, **kw: _NanAtCall(real(spec, **kw), bad=16 + 7)  # noqa: E731
+    monkeypatch.setattr(LossSpec, "build", nan_at)
     run_dir = tmp_path / "run"
     cfg = resolve("demo", None, {**FAST, "epochs": 2, "batch_size": 64, "checkpoint_every": 3})
     with pytest.raises(FloatingPointError) as exc:  # 16 steps per epoch: epoch 2, step 7

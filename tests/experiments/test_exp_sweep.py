@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from smoothtopk import losses as registry
 from smoothtopk.experiments import sweep
 from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
@@ -127,7 +128,9 @@ def test_each_comparator_builds_by_name_and_trains_one_step(name):
     criterion = build_loss(name, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
     assert isinstance(criterion, COMPARATORS[name])
     for param in loss_params(name):
-        assert getattr(criterion, param) == getattr(cfg, param)
+        given = getattr(cfg, param)  # None (max_margin): the registry's default of the loss
+        expected = registry.LOSSES[name].options[param] if given is None else given
+        assert getattr(criterion, param) == expected
     torch.manual_seed(0)
     model = build_model("small-cnn", 100)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

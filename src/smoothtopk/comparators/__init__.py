@@ -35,10 +35,21 @@ from .hinge import (
     topk_hinge_beta_loss,
 )
 from .label_smoothing import LabelSmoothingCrossEntropyLoss, label_smoothing_cross_entropy
+from .longtail import (
+    LDAMSmoothedTopkCalibratedHingeLoss,
+    LDAMSmoothTopkSVMLoss,
+    LogitAdjustedCrossEntropyLoss,
+    ldam_smooth_topk_svm_loss,
+    ldam_smoothed_topk_calibrated_hinge_loss,
+    logit_adjusted_cross_entropy,
+)
 
 __all__ = [
     "DiffTopkCrossEntropyLoss",
+    "LDAMSmoothTopkSVMLoss",
+    "LDAMSmoothedTopkCalibratedHingeLoss",
     "LabelSmoothingCrossEntropyLoss",
+    "LogitAdjustedCrossEntropyLoss",
     "SmoothedTopkCalibratedHingeLoss",
     "TopkCalibratedHingeLoss",
     "TopkHingeAlphaLoss",
@@ -48,6 +59,9 @@ __all__ = [
     "difftopk_cross_entropy_loss",
     "label_smoothing_cross_entropy",
     "ldam_class_margins",
+    "ldam_smooth_topk_svm_loss",
+    "ldam_smoothed_topk_calibrated_hinge_loss",
+    "logit_adjusted_cross_entropy",
     "smoothed_topk_calibrated_hinge_loss",
     "topk_calibrated_hinge_loss",
     "topk_hinge_alpha_loss",

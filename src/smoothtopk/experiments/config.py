@@ -42,14 +42,18 @@ class LossSpec:
     alpha: float
     epsilon: float
     label_smoothing: float
+    tau_la: float = 1.0
+    max_margin: float | None = None
 
     def _options(self) -> dict:
         return {"k": self.k, "tau": self.tau, "alpha": self.alpha, "epsilon": self.epsilon,
-                "label_smoothing": self.label_smoothing}  # fmt: skip
+                "label_smoothing": self.label_smoothing, "tau_la": self.tau_la,
+                "max_margin": self.max_margin}  # fmt: skip
 
-    def build(self):
-        """The loss module (:func:`.losses.build_loss`)."""
-        return build_loss(self.name, **self._options())
+    def build(self, class_counts=None):
+        """The loss module (:func:`.losses.build_loss`); ``class_counts``, the training
+        samples per class, reach the losses that need them (logit adjustment, LDAM margins)."""
+        return build_loss(self.name, **self._options(), class_counts=class_counts)
 
     def label(self) -> str:
         """A short human label, e.g. ``L_{5,1} (alpha=1)``."""
@@ -112,6 +116,11 @@ class Config:
     alpha: float = option(1.0, "margin of the SVM and hinge losses")
     epsilon: float = option(1.0, "noise scale of smoothed-calibrated-hinge")
     label_smoothing: float = option(0.1, "smoothing of ce-label-smoothing, in [0, 1]")
+    tau_la: float = option(1.0, "logit-adjustment strength of ce-logit-adjusted, >= 0")
+    max_margin: float | None = option(
+        None, "largest LDAM margin (rarest class) of smooth-svm-ldam and "
+        "smoothed-calibrated-hinge-ldam, >= 0 (default: the loss's, 1 and 0.5)",
+    )  # fmt: skip
     # optimisation: SGD, Nesterov momentum, lr multiplied by gamma at each milestone
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global training batch size (split evenly across torchrun "
@@ -145,7 +154,7 @@ class Config:
     @property
     def loss_spec(self) -> LossSpec:
         return LossSpec(self.loss, self.k, self.tau, self.alpha, self.epsilon,
-                        self.label_smoothing)  # fmt: skip
+                        self.label_smoothing, self.tau_la, self.max_margin)  # fmt: skip
 
 
 PRESETS: dict[str, dict] = {
@@ -337,8 +346,10 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value}")
-    for name in ("alpha", "weight_decay", "momentum", "gamma"):
+    for name in ("alpha", "weight_decay", "momentum", "gamma", "tau_la", "max_margin"):
         value = getattr(cfg, name)
+        if value is None and name == "max_margin":
+            continue
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
     if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):

@@ -2,9 +2,13 @@
 (cross-entropy), ``smooth-svm`` (the paper's L_{k,tau} with margin alpha), ``hard-svm`` (its
 tau -> 0 limit) and every comparator (``hinge-alpha``, ``trunc-entropy``, ...).
 
-A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon`` and
-``label_smoothing`` that are among its registered options (:func:`loss_params`); its other
-options keep their defaults.
+A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon``,
+``label_smoothing``, ``tau_la`` and ``max_margin`` that are among its registered options
+(:func:`loss_params`; ``max_margin=None`` keeps each loss's default); its other options keep
+their defaults. A loss that needs the training-set class counts
+(:attr:`smoothtopk.losses.LossSpec.needs_class_counts`: ``ce-logit-adjusted``,
+``smooth-svm-ldam``, ``smoothed-calibrated-hinge-ldam``) receives them as ``class_counts``
+(:func:`build_loss`; the runner gives the counts of the labels it trains on).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from smoothtopk import losses as registry
 LOSSES = tuple(registry.LOSSES)
 
 #: run options that may be handed to a loss's constructor
-RUN_OPTIONS = ("k", "tau", "alpha", "epsilon", "label_smoothing")
-_SHORT = {"k": "k", "tau": "tau", "alpha": "alpha", "epsilon": "eps", "label_smoothing": "ls"}
+RUN_OPTIONS = ("k", "tau", "alpha", "epsilon", "label_smoothing", "tau_la", "max_margin")
+_SHORT = {"k": "k", "tau": "tau", "alpha": "alpha", "epsilon": "eps", "label_smoothing": "ls",
+          "tau_la": "tla", "max_margin": "mm"}  # fmt: skip
 
 
 def check_loss(name: str) -> str:
@@ -25,7 +30,7 @@ def check_loss(name: str) -> str:
 
 
 def loss_params(name: str) -> tuple[str, ...]:
-    """The run options (among k, tau, alpha, epsilon, label_smoothing) that loss ``name`` uses."""
+    """The run options (:data:`RUN_OPTIONS`) that loss ``name`` uses."""
     options = registry.get(name).options
     return tuple(p for p in RUN_OPTIONS if p in options)
 
@@ -38,6 +43,8 @@ def check_loss_args(
     num_classes: int,
     epsilon: float = 1.0,
     label_smoothing: float = 0.1,
+    tau_la: float = 1.0,
+    max_margin: float | None = None,
 ) -> None:
     """Argument checks that need the number of classes (done before anything is written)."""
     params = loss_params(name)
@@ -47,7 +54,7 @@ def check_loss_args(
         raise ValueError(f"tau must be > 0, got {tau}")
     if "alpha" in params and not alpha >= 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    build_loss(name, k, tau, alpha, epsilon, label_smoothing)  # the loss's own checks
+    build_loss(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)  # its checks
 
 
 def build_loss(
@@ -57,15 +64,26 @@ def build_loss(
     alpha: float = 1.0,
     epsilon: float = 1.0,
     label_smoothing: float = 0.1,
+    tau_la: float = 1.0,
+    max_margin: float | None = None,
+    *,
+    class_counts=None,
 ) -> nn.Module:
-    return registry.get(name).build(**_used_options(name, k, tau, alpha, epsilon, label_smoothing))
+    """The loss module; ``class_counts`` (``(C,)``, training samples per class) goes to the
+    losses that need them and is ignored by the others (``None``: balanced classes)."""
+    spec = registry.get(name)
+    options = _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)
+    if spec.needs_class_counts and class_counts is not None:
+        options["class_counts"] = class_counts
+    return spec.build(**options)
 
 
-def _used_options(name, k, tau, alpha, epsilon, label_smoothing) -> dict:
-    """The options that loss ``name`` takes, with their values."""
+def _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la=1.0, max_margin=None):
+    """The options that loss ``name`` takes, with their values (``None``: its default)."""
     values = {"k": k, "tau": tau, "alpha": alpha, "epsilon": epsilon,
-              "label_smoothing": label_smoothing}  # fmt: skip
-    return {p: values[p] for p in loss_params(name)}
+              "label_smoothing": label_smoothing, "tau_la": tau_la,
+              "max_margin": max_margin}  # fmt: skip
+    return {p: values[p] for p in loss_params(name) if values[p] is not None}
 
 
 def loss_label(
@@ -75,6 +93,8 @@ def loss_label(
     alpha: float = 1.0,
     epsilon: float = 1.0,
     label_smoothing: float = 0.1,
+    tau_la: float = 1.0,
+    max_margin: float | None = None,
 ) -> str:
     """A short human label: ``CE``, ``L_{5,1} (alpha=1)``, ``hard top-5 SVM (alpha=1)``,
     ``hinge-alpha (k=5, alpha=1)``, ``ce-label-smoothing (label_smoothing=0.1)``."""
@@ -86,7 +106,7 @@ def loss_label(
         return f"hard top-{k} SVM (alpha={alpha:g})"
     if name not in registry.LOSSES:
         return name
-    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing)
+    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)
     params = ", ".join(f"{p}={v:g}" for p, v in used.items())
     return f"{name} ({params})" if params else name
 
@@ -98,7 +118,9 @@ def loss_slug(
     alpha: float = 1.0,
     epsilon: float = 1.0,
     label_smoothing: float = 0.1,
+    tau_la: float = 1.0,
+    max_margin: float | None = None,
 ) -> str:
     """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
-    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing)
+    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)
     return "-".join([name] + [f"{_SHORT[p]}{v:g}" for p, v in used.items()])

@@ -369,6 +369,12 @@ def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> 
     return result
 
 
+def _smaller_options(run: RunResult) -> tuple:
+    """The ties' order: the smaller options first (``None``, a loss's default, before any)."""
+    values = (getattr(run.cfg, o) for o in SELECTABLE)
+    return tuple((v is not None, 0.0 if v is None else v) for v in values)
+
+
 def label_recipes(runs: list[RunResult]) -> None:
     """Add ``lr=...``/``weight_decay=...`` to the labels of a loss whose runs differ in them
     (a sweep's grid), so that the results table never averages two learning rates as seeds."""
@@ -384,7 +390,8 @@ def label_recipes(runs: list[RunResult]) -> None:
 # -- per-loss selection on clean validation --------------------------------------------------
 
 #: options selected per loss by validation (a sweep's ``--grid``): the recipe's and the losses'
-SELECTABLE = ("lr", "weight_decay", "tau", "alpha", "epsilon", "label_smoothing")
+SELECTABLE = ("lr", "weight_decay", "tau", "alpha", "epsilon", "label_smoothing", "tau_la",
+              "max_margin")  # fmt: skip
 _NOT_SETTING = {*SELECTABLE, *RESUMABLE, "preset", "seed", "loss", "k"}
 SELECTION_NOTE = (
     "Per loss, setting and seed, the configuration with the best clean validation top-5 (at its "
@@ -438,7 +445,7 @@ def select_runs(runs: list[RunResult]) -> dict[tuple, RunResult]:
     """
     chosen = {}
     for key, members in _candidates(runs).items():
-        ordered = sorted(members, key=lambda r: tuple(getattr(r.cfg, o) for o in SELECTABLE))
+        ordered = sorted(members, key=_smaller_options)
         chosen[key] = max(ordered, key=lambda r: (r.best["val_top5"], r.best["val_top1"]))
     return chosen
 

@@ -5,15 +5,16 @@ directory per combination, then a report with mean ± std over seeds.
 Each run lives in ``OUT/<name>``, the name built from its settings (:func:`.rundir.run_name`).
 Running the same sweep again skips every run whose ``results.json`` exists and continues
 unfinished ones from their last checkpoint, so an interrupted sweep resumes where it stopped. A
-hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``) multiplies
-only the losses that use it (:func:`.losses.loss_params`): ``--tau 0.1,1`` gives two
-``smooth-svm`` runs per setting but one ``ce`` run.
+hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``, ``tau_la``,
+``max_margin``) multiplies only the losses that use it (:func:`.losses.loss_params`):
+``--tau 0.1,1`` gives two ``smooth-svm`` runs per setting but one ``ce`` run.
 
 A *grid* (``--grid 'smooth-svm:tau=0.1,1,10;lr=0.03,0.1'``, or ``grid:`` in the YAML file)
 gives each loss its own small set of options to choose from (:data:`.report.SELECTABLE`:
-``lr`` and ``weight_decay`` for every loss, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``
-where the loss uses them); the report then selects, per loss, noise level (or subset) and seed,
-the configuration with the best clean validation top-5 (:func:`.report.select_runs`).
+``lr`` and ``weight_decay`` for every loss, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``,
+``tau_la``, ``max_margin`` where the loss uses them); the report then selects, per loss, noise
+level (or subset) and seed, the configuration with the best clean validation top-5
+(:func:`.report.select_runs`).
 
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection.
@@ -37,10 +38,10 @@ from .workers import train_all
 
 #: options that take a list of values, one run per value
 SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing",
-         "imbalance_ratio")  # fmt: skip
+         "tau_la", "max_margin", "imbalance_ratio")  # fmt: skip
 #: the axes of the data protocol (every loss gets each value), in run-name order
 DATA_AXES = ("noise", "subset", "imbalance_ratio", "seed")
-HYPER = ("k", "tau", "alpha", "epsilon", "label_smoothing")
+HYPER = ("k", "tau", "alpha", "epsilon", "label_smoothing", "tau_la", "max_margin")
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 #: balanced training subsets of the embedded data (4,500 training images; 39 of the rarest class)
 SUBSETS = ("500", "1000", "2000", "3000", "all")

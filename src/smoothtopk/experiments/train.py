@@ -398,6 +398,14 @@ def _save_long_tail(run_dir: str, data: DataBundle) -> None:
     )
 
 
+def training_counts(prepared: Prepared) -> torch.Tensor:
+    """``(C,)`` int64: the training labels per class *as trained on* (after the long-tailed
+    subsampling and the label noise), for the losses built from class counts. A class left
+    with no label counts as 1, so that its prior and its margin stay finite."""
+    counts = torch.bincount(prepared.noisy.labels, minlength=prepared.data.num_classes)
+    return counts.clamp_min(1)
+
+
 def _build(prepared: Prepared, device: torch.device, writer: bool, position: int) -> Loop:
     """The seeded model (SyncBatchNorm across GPUs), its loss and its optimizer."""
     cfg, rank = prepared.cfg, distributed.world()[0]
@@ -412,7 +420,7 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
         random.seed(cfg.seed + rank)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
-    criterion = cfg.loss_spec.build().to(device)
+    criterion = cfg.loss_spec.build(class_counts=training_counts(prepared)).to(device)
     ks = topk_ks(prepared.data.num_classes)
     data = prepared.data
     thirds = data.thirds() if data.class_order is not None else None  # long-tailed runs
