@@ -61,7 +61,7 @@ def _forward_backward_ops(n):  # of the PyTorch implementation (see the callers)
 
 
 def test_no_python_loop_over_classes(monkeypatch):
-    monkeypatch.setenv("SMOOTHTOPK_CPU_KERNEL", "0")
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
     # The tree adds a few operations per doubling of n; a loop over classes would add
     # thousands.
     small, large = _forward_backward_ops(64), _forward_backward_ops(8192)

@@ -185,7 +185,7 @@ def test_ignored_rows_and_nan_weight():
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_weight_ignore_index_reduction(reduction, monkeypatch):
     """Against the PyTorch implementation in float64."""
-    monkeypatch.setenv("SMOOTHTOPK_CPU_KERNEL", "0")
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
     generator = torch.Generator().manual_seed(5)
     scores = torch.randn(6, 30, generator=generator).double()
     target = torch.tensor([3, 7, 0, 29, 5, 11])
@@ -313,7 +313,7 @@ def test_cuda_exactness_grid(n, k, tau, alpha):
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_matches_pytorch_float64(dtype, monkeypatch):
-    monkeypatch.setenv("SMOOTHTOPK_CPU_KERNEL", "0")
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
     generator = torch.Generator().manual_seed(6)
     scores = (torch.randn(64, 1000, generator=generator) * 3).to(dtype)
     target = torch.randint(0, 1000, (64,), generator=generator)
