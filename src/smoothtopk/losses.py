@@ -1,7 +1,7 @@
 """Every loss of the package, by name: the one table that the experiment runner (``--loss``),
 the benchmark contenders and the contract tests read.
 
-Each entry, a :class:`LossSpec`, gives the loss's name, its functional (the calling convention
+Each entry, a :class:`LossEntry`, gives the loss's name, its functional (the calling convention
 of ``torch.nn.functional.cross_entropy``: ``loss(input, target, *, <options>, weight=None,
 ignore_index=-100, reduction="mean")``), its ``nn.Module`` (the same options as constructor
 arguments, plus ``weight``, ``ignore_index`` and ``reduction``), its hyper-parameters with their
@@ -14,7 +14,7 @@ defaults, and the independent reference the tests check it against.
   ``trunc-entropy``, ``calibrated-hinge``, ``smoothed-calibrated-hinge``,
   ``ce-label-smoothing`` and ``difftopk``;
 * for long-tailed data, the losses built from the training class counts (``class_counts``,
-  ``None`` meaning balanced; :attr:`LossSpec.needs_class_counts`): ``ce-logit-adjusted``
+  ``None`` meaning balanced; :attr:`LossEntry.needs_class_counts`): ``ce-logit-adjusted``
   (Menon et al. 2021), ``smooth-svm-ldam`` (:math:`L_{k,\tau}` with LDAM margins) and
   ``smoothed-calibrated-hinge-ldam`` (pytopk's imbalanced margins).
 
@@ -22,7 +22,7 @@ defaults, and the independent reference the tests check it against.
 To add a loss: write its functional (a per-sample function of valid rows under
 :func:`smoothtopk._reduction.classification_loss`, keyword-only after ``target`` through
 :func:`smoothtopk._validation.keyword_only`) and its Module (a ``modules._WeightedLoss``), add
-one :class:`LossSpec` below, and its brute-force reference to the tests; the contract suite
+one :class:`LossEntry` below, and its brute-force reference to the tests; the contract suite
 ``tests/test_contract.py`` then runs over it.
 
 Example:
@@ -81,11 +81,11 @@ from .hard_topk import topk_svm_loss
 from .modules import SmoothTopkSVMLoss, TopkSVMLoss
 from .smooth_topk import smooth_topk_svm_loss
 
-__all__ = ["LOSSES", "LossSpec", "comparators", "get"]
+__all__ = ["LOSSES", "LossEntry", "comparators", "get"]
 
 
 @dataclass(frozen=True)
-class LossSpec:
+class LossEntry:
     """One loss of the package.
 
     Attributes:
@@ -139,38 +139,38 @@ class LossSpec:
 
 _COMPARATOR = {"comparator": True}
 _SPECS = [
-    LossSpec(
+    LossEntry(
         "ce", F.cross_entropy, nn.CrossEntropyLoss,
         summary="cross-entropy, torch.nn.functional.cross_entropy", torch_contract=True,
     ),
-    LossSpec(
+    LossEntry(
         "smooth-svm", smooth_topk_svm_loss, SmoothTopkSVMLoss,
         {"k": 5, "tau": 1.0, "alpha": 1.0}, "reference:brute_force_loss",
         "the smooth top-k SVM loss L_{k,tau} (Berrada et al. 2018)",
     ),
-    LossSpec(
+    LossEntry(
         "hard-svm", topk_svm_loss, TopkSVMLoss, {"k": 5, "alpha": 1.0}, "reference:hard_loss",
         "the hard top-k SVM loss, the tau -> 0 limit of L_{k,tau}",
     ),
-    LossSpec(
+    LossEntry(
         "hinge-alpha", topk_hinge_alpha_loss, TopkHingeAlphaLoss, {"k": 5, "alpha": 1.0},
         "comparators.references:hinge_alpha", "top-k hinge alpha (Lapin et al.)", **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "hinge-beta", topk_hinge_beta_loss, TopkHingeBetaLoss, {"k": 5, "alpha": 1.0},
         "comparators.references:hinge_beta", "top-k hinge beta (Lapin et al.)", **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "trunc-entropy", truncated_topk_entropy_loss, TruncatedTopkEntropyLoss, {"k": 5},
         "comparators.references:truncated_entropy",
         "truncated top-k entropy (Lapin et al. 2016)", **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "calibrated-hinge", topk_calibrated_hinge_loss, TopkCalibratedHingeLoss,
         {"k": 5, "alpha": 1.0}, "comparators.references:calibrated_hinge",
         "top-k calibrated hinge (Yang & Koyejo 2020)", **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "smoothed-calibrated-hinge", smoothed_topk_calibrated_hinge_loss,
         SmoothedTopkCalibratedHingeLoss,
         {"k": 5, "epsilon": 1.0, "n_samples": 5, "alpha": 1.0, "class_margins": None,
@@ -178,24 +178,24 @@ _SPECS = [
         None, "Gaussian-smoothed top-k calibrated hinge (Garcin et al. 2022, pytopk)",
         stochastic=True, **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "ce-label-smoothing", label_smoothing_cross_entropy, LabelSmoothingCrossEntropyLoss,
         {"label_smoothing": 0.1}, "comparators.references:label_smoothing_ce",
         "cross-entropy with label smoothing (Szegedy et al. 2016)", **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "ce-logit-adjusted", logit_adjusted_cross_entropy, LogitAdjustedCrossEntropyLoss,
         {"tau_la": 1.0, "class_counts": None}, "comparators.references:logit_adjusted_ce",
         "cross-entropy with logit adjustment, CE(s + tau log prior) (Menon et al. 2021)",
         **_COMPARATOR,
     ),
-    LossSpec(
+    LossEntry(
         "smooth-svm-ldam", ldam_smooth_topk_svm_loss, LDAMSmoothTopkSVMLoss,
         {"k": 5, "tau": 1.0, "max_margin": 1.0, "class_counts": None},
         "reference:ldam_brute_force_loss",
         "L_{k,tau} with LDAM margins alpha_c = m (min n / n_c)^(1/4) (Cao et al. 2019)",
     ),
-    LossSpec(
+    LossEntry(
         "smoothed-calibrated-hinge-ldam", ldam_smoothed_topk_calibrated_hinge_loss,
         LDAMSmoothedTopkCalibratedHingeLoss,
         {"k": 5, "epsilon": 1.0, "n_samples": 5, "max_margin": 0.5, "class_counts": None,
@@ -206,7 +206,7 @@ _SPECS = [
 ]  # fmt: skip
 if difftopk_available():
     _SPECS.append(
-        LossSpec(
+        LossEntry(
             "difftopk",
             difftopk_cross_entropy_loss,
             DiffTopkCrossEntropyLoss,
@@ -227,11 +227,11 @@ if difftopk_available():
         )  # fmt: skip
     )
 
-#: name -> :class:`LossSpec`, every loss of the package (read-only).
-LOSSES: Mapping[str, LossSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
+#: name -> :class:`LossEntry`, every loss of the package (read-only).
+LOSSES: Mapping[str, LossEntry] = MappingProxyType({spec.name: spec for spec in _SPECS})
 
 
-def get(name: str) -> LossSpec:
+def get(name: str) -> LossEntry:
     """The entry of loss ``name``; a ``ValueError`` listing the names for an unknown one."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")

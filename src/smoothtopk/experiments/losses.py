@@ -6,7 +6,7 @@ A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon``,
 ``label_smoothing``, ``tau_la`` and ``max_margin`` that are among its registered options
 (:func:`loss_params`; ``max_margin=None`` keeps each loss's default); its other options keep
 their defaults. A loss that needs the training-set class counts
-(:attr:`smoothtopk.losses.LossSpec.needs_class_counts`: ``ce-logit-adjusted``,
+(:attr:`smoothtopk.losses.LossEntry.needs_class_counts`: ``ce-logit-adjusted``,
 ``smooth-svm-ldam``, ``smoothed-calibrated-hinge-ldam``) receives them as ``class_counts``
 (:func:`build_loss`; the runner gives the counts of the labels it trains on).
 """
