@@ -231,11 +231,13 @@ def test_sweep_axis_plans_one_run_per_ratio(tmp_path):
     assert not out.exists() and not os.listdir(tmp_path)
 
 
-def _fake_lt_run(root, ratio, seed, head):
+def _fake_lt_run(root, ratio, seed, head, noise=0.0):
     """A finished one-epoch run directory with long-tailed metrics (head top-5 ``head``)."""
-    run_dir = os.path.join(root, f"ce-lt{ratio}-seed{seed}")
+    run_dir = os.path.join(root, f"ce-lt{ratio}-seed{seed}-noise{noise}")
     os.makedirs(run_dir)
-    cfg = Config(loss="ce", seed=seed, epochs=1, imbalance_ratio=ratio, model="small-cnn")
+    cfg = Config(
+        loss="ce", seed=seed, epochs=1, imbalance_ratio=ratio, model="small-cnn", noise=noise
+    )
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg.to_dict(), f)
     row = {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_top1": 0.1, "train_top5": 0.3,
@@ -245,19 +247,139 @@ def _fake_lt_run(root, ratio, seed, head):
     write_metrics(run_dir, [row])
 
 
-def test_report_keeps_imbalance_ratios_apart(tmp_path):
+def test_report_runs_along_the_imbalance_ratio(tmp_path):
     root = str(tmp_path / "runs")
     for ratio, heads in ((10.0, (0.8, 0.6)), (100.0, (0.9, 0.9))):
         for seed, head in enumerate(heads):
             _fake_lt_run(root, ratio, seed, head)
     result = write_report([root], str(tmp_path / "report"))
-    assert [(r["dataset"], r["n"]) for r in result["rows"]] == [
-        ("embedded LT10", 2), ("embedded LT100", 2)
+    assert result["axis"] == "imbalance_ratio"
+    assert [(r["dataset"], r["imbalance_ratio"], r["n"]) for r in result["rows"]] == [
+        ("embedded", 10.0, 2), ("embedded", 100.0, 2)
     ]  # fmt: skip
+    assert result["table"].splitlines()[0] == "| imbalance_ratio | CE top-1 | CE top-5 |"
+    assert os.path.isfile(tmp_path / "report" / "accuracy_vs_imbalance_ratio.png")
     lines = (tmp_path / "report" / "long_tail.md").read_text().splitlines()
     # head top-5 over two seeds: 70 ± 14.1 (sample std of 80, 60) at R = 10, 90 ± 0 at R = 100
     assert lines[2] == ("| 10 | CE | 20.0 ± 0.0 | 50.0 ± 0.0 | 20.0 ± 0.0 | 50.0 ± 0.0 | "
                         "70.0 ± 14.1 | 40.0 ± 0.0 | 10.0 ± 0.0 | 2 |")  # fmt: skip
-    assert lines[3].startswith("| 100 | CE |") and "| 90.0 ± 0.0 |" in lines[3]
-    with open(result["files"]["csv"]) as f:
-        assert [r["imbalance_ratio"] for r in csv.DictReader(f)] == ["10.0", "100.0"]
+
+
+def test_noise_and_ratio_both_varied_keep_the_ratio_as_data_set(tmp_path):
+    root = str(tmp_path / "runs")
+    _fake_lt_run(root, 10.0, 0, 0.5)
+    _fake_lt_run(root, 100.0, 0, 0.5, noise=0.2)
+    result = write_report([root], str(tmp_path / "report"))
+    assert result["axis"] == "noise"
+    assert [(r["dataset"], r["noise"]) for r in result["rows"]] == [
+        ("embedded LT10", 0.0), ("embedded LT100", 0.2)
+    ]  # fmt: skip
+
+
+# -- per-loss selection under the long-tailed protocol (the ``longtail-select`` preset) ------
+
+
+def test_longtail_preset_is_every_long_tailed_loss_on_the_grid():
+    named = sweep.expand_named("longtail-select")
+    assert len({n for _, n in named}) == len(named)
+    configs = [c for c, _ in named]
+    assert {c.imbalance_ratio for c in configs} == {10.0, 100.0}
+    assert {c.seed for c in configs} == {0, 1, 2} and {c.noise for c in configs} == {0.0}
+    per_loss = {loss: {(c.tau, c.lr) for c in configs if c.loss == loss}
+                for loss in {c.loss for c in configs}}  # fmt: skip
+    assert set(per_loss) == {"ce", "smooth-svm", "ce-logit-adjusted", "smooth-svm-ldam",
+                             "smoothed-calibrated-hinge-ldam"}  # fmt: skip
+    lrs = {0.03, 0.1, 0.3}
+    for loss in ("smooth-svm", "smooth-svm-ldam"):  # tau on powers of ten x the learning rates
+        assert per_loss[loss] == {(t, lr) for t in (0.1, 1.0, 10.0) for lr in lrs}
+    for loss in ("ce", "ce-logit-adjusted", "smoothed-calibrated-hinge-ldam"):
+        assert {lr for _, lr in per_loss[loss]} == lrs and len(per_loss[loss]) == 3
+    assert len(configs) == 2 * 3 * (3 + 9 + 3 + 9 + 3)
+
+
+# (loss, lr, ratio, seed) -> (val top-5, test top-5, test macro top-5, test tail top-5)
+LT_CELLS = {
+    ("ce", 0.1, 10.0, 0): (0.70, 0.60, 0.61, 0.20), ("ce", 0.3, 10.0, 0): (0.65, 0.90, 0.91, 0.90),
+    ("ce", 0.1, 10.0, 1): (0.60, 0.80, 0.81, 0.80), ("ce", 0.3, 10.0, 1): (0.75, 0.50, 0.52, 0.10),
+    ("smooth-svm-ldam", 0.1, 10.0, 0): (0.80, 0.70, 0.72, 0.40),
+    ("smooth-svm-ldam", 0.3, 10.0, 0): (0.10, 0.99, 0.99, 0.99),
+    ("smooth-svm-ldam", 0.1, 10.0, 1): (0.20, 0.99, 0.99, 0.99),
+    ("smooth-svm-ldam", 0.3, 10.0, 1): (0.85, 0.60, 0.63, 0.30),
+}  # fmt: skip
+
+
+def _fake_selection_run(root, loss, lr, ratio, seed, val5, test5, macro5, tail5):
+    run_dir = os.path.join(root, f"{loss}-lt{ratio:g}-seed{seed}-lr{lr:g}")
+    os.makedirs(run_dir)
+    cfg = Config(loss=loss, seed=seed, lr=lr, epochs=1, imbalance_ratio=ratio, model="small-cnn")
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f)
+    row = {"epoch": 1, "lr": lr, "train_loss": 1.0, "train_top1": 0.1, "train_top5": 0.3,
+           "val_top1": val5 / 2, "val_top5": val5, "test_top1": test5 / 2, "test_top5": test5,
+           "epoch_seconds": 1.0, "test_macro_top1": macro5 / 2, "test_macro_top5": macro5,
+           "test_head_top5": 0.95, "test_medium_top5": 0.5, "test_tail_top5": tail5}  # fmt: skip
+    write_metrics(run_dir, [row])
+
+
+def test_selection_gives_the_macro_and_tail_accuracy_of_validations_choice(tmp_path):
+    root = str(tmp_path / "runs")
+    for (loss, lr, ratio, seed), values in LT_CELLS.items():
+        _fake_selection_run(root, loss, lr, ratio, seed, *values)
+        _fake_selection_run(root, loss, lr, 100.0, seed, *values)  # a second setting
+    result = write_report([root], str(tmp_path / "report"))
+    rows = [r for r in result["selection_rows"] if r["imbalance_ratio"] == 10.0]
+    assert [r["loss"] for r in rows] == ["ce", "smooth-svm-ldam (k=5)"]
+    assert [r["selected"] for r in rows] == ["seed 0: lr=0.1; seed 1: lr=0.3",
+                                             "seed 0: lr=0.1; seed 1: lr=0.3"]  # fmt: skip
+    # validation's choices: CE (61, 52) macro top-5 / (20, 10) tail; LDAM (72, 63) / (40, 30);
+    # macro top-1 is half the macro top-5: LDAM (36, 31.5) -> 33.75 ± 3.18
+    ce, ldam = rows
+    assert ce["test_macro_top5"] == pytest.approx(56.5)
+    assert ce["test_macro_top5_std"] == pytest.approx(9 / 2**0.5)
+    assert ldam["test_tail_top5"] == pytest.approx(35.0)
+    assert ldam["diff_test_macro_top5"] == pytest.approx(11.0)
+    assert ldam["diff_test_tail_top5"] == pytest.approx(20.0)
+    assert ldam["diff_test_tail_top5_std"] == pytest.approx(0.0)
+    assert ce["diff_test_macro_top5"] is None
+    table = (tmp_path / "report" / "selection.md").read_text()
+    assert table.splitlines()[0].startswith("| imbalance_ratio | loss | selected (per seed) |")
+    assert "| macro top-1 | macro top-5 | head top-5 | medium top-5 | tail top-5 |" in table
+    assert table.splitlines()[3].endswith(
+        "| 33.8 ± 3.2 | 67.5 ± 6.4 | 95.0 ± 0.0 | "
+        "50.0 ± 0.0 | 35.0 ± 7.1 | +11.0 ± 0.0 | +20.0 ± 0.0 |"
+    )
+    assert os.path.isfile(tmp_path / "report" / "selection_vs_imbalance_ratio.png")
+    with open(tmp_path / "report" / "selection_candidates.csv") as f:
+        candidates = list(csv.DictReader(f))
+    assert {c["imbalance_ratio"] for c in candidates} == {"10.0", "100.0"}
+
+
+def test_longtail_preset_runs_small_end_to_end(tmp_path):
+    from smoothtopk.experiments.cli import main
+
+    out = str(tmp_path / "lt")
+    args = ["sweep", "--preset", "longtail-select", "--out", out, "--loss", "ce,smooth-svm-ldam",
+            "--imbalance-ratio", "10", "--seed", "0", "--grid", "ce:lr=0.1,0.3",
+            "--grid", "smooth-svm-ldam:tau=1;lr=0.1", "--epochs", "1", "--milestones",
+            "--val-size", "100", "--batch-size", "50", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    with open(os.path.join(out, "report", "selection.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["loss"], r["candidates"]) for r in rows] == [
+        ("ce", "2"),
+        ("smooth-svm-ldam (k=5)", "1"),
+    ]
+    results = {}
+    for name in os.listdir(out):
+        if os.path.isfile(os.path.join(out, name, "results.json")):
+            with open(os.path.join(out, name, "results.json")) as f:
+                results[os.path.join(out, name)] = json.load(f)
+    ce_runs = sorted(p for p in results if os.path.basename(p).startswith("ce-"))
+    assert len(ce_runs) == 2 and all("-lt10-" in p for p in ce_runs)
+    best = max(ce_runs, key=lambda p: (results[p]["val_top5"], results[p]["val_top1"]))
+    assert rows[0]["runs"] == best
+    ldam = results[rows[1]["runs"]]
+    for metric in ("test_macro_top5", "test_tail_top5"):
+        assert float(rows[1][metric]) == pytest.approx(100 * ldam[metric], abs=0.006)
+    diff = 100 * (ldam["test_tail_top5"] - results[best]["test_tail_top5"])
+    assert float(rows[1]["diff_test_tail_top5"]) == pytest.approx(diff, abs=0.006)

@@ -85,9 +85,46 @@ def load_run(path: str) -> RunResult:
     return RunResult(path, cfg, history, select_best(history), rate)
 
 
+@dataclass(frozen=True)
+class Axis:
+    """What a report's rows run along: a config field, how its values sort, print and plot."""
+
+    name: str  #: the config field (and the rows' key)
+    title: str  #: the plots' x label
+    categorical: bool  #: plotted at equal spacing, one tick per value
+
+    def key(self, value) -> float:
+        """The sort key of a value (``subset``: ``"all"`` last; imbalance ``None``: 1)."""
+        if self.name == "subset":
+            return _subset_key(value)
+        if self.name == "imbalance_ratio":
+            return 1.0 if value is None else value
+        return value
+
+    def text(self, value) -> str:
+        """A value as the tables show it: ``0.2``, ``1000``, ``10`` (``none``: balanced)."""
+        if self.name == "subset":
+            return str(value)
+        return "none" if value is None else f"{value:g}"
+
+
+#: the axes a report knows, in the order :func:`axis_of` tries them
+AXES = {
+    "subset": Axis("subset", "training subset", True),
+    "imbalance_ratio": Axis("imbalance_ratio", "imbalance ratio R", True),
+    "noise": Axis("noise", "label noise level p", False),
+}
+
+
 def axis_of(runs: list[RunResult]) -> str:
-    """``subset`` when the runs differ in training subset, else ``noise``."""
-    return "subset" if len({r.cfg.subset for r in runs}) > 1 else "noise"
+    """``subset`` when the runs differ in training subset, else ``imbalance_ratio`` when they
+    differ in imbalance ratio and not in noise, else ``noise`` (the rule of every table and
+    plot; the value's :class:`Axis` is ``AXES[axis]``)."""
+    if len({r.cfg.subset for r in runs}) > 1:
+        return "subset"
+    if len({r.cfg.imbalance_ratio for r in runs}) > 1 and len({r.cfg.noise for r in runs}) == 1:
+        return "imbalance_ratio"
+    return "noise"
 
 
 def _subset_key(value: str) -> float:
@@ -106,10 +143,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def data_label(cfg: Config) -> str:
+def data_label(cfg: Config, axis: str = "noise") -> str:
     """The data set of a run as the tables show it: ``embedded``, or ``embedded LT10`` for the
-    long-tailed protocol with imbalance ratio 10."""
-    if cfg.imbalance_ratio is None:
+    long-tailed protocol with imbalance ratio 10 (unless the ratio is the ``axis``)."""
+    if cfg.imbalance_ratio is None or axis == "imbalance_ratio":
         return cfg.dataset
     return f"{cfg.dataset} LT{cfg.imbalance_ratio:g}"
 
@@ -121,8 +158,7 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
     for run in runs:
         if run.best is None:
             continue
-        x = run.cfg.noise if axis == "noise" else run.cfg.subset
-        groups[(data_label(run.cfg), run.label, x)].append(run)
+        groups[(data_label(run.cfg, axis), run.label, getattr(run.cfg, axis))].append(run)
     rows = []
     for (dataset, label, x), members in groups.items():
         stats = {}
@@ -142,8 +178,7 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
                 "runs": ";".join(r.path for r in members),
             }
         )
-    key = (lambda v: v) if axis == "noise" else _subset_key
-    rows.sort(key=lambda r: (r["dataset"], key(r[axis]), r["loss"]))
+    rows.sort(key=lambda r: (r["dataset"], AXES[axis].key(r[axis]), r["loss"]))
     return axis, rows
 
 
@@ -151,7 +186,7 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
     """Rows: noise levels (or subset sizes); columns: test top-1 and top-5 (%) per loss, as
     ``mean ± std (n=seeds)`` when some cell averages several seeds."""
     losses = list(dict.fromkeys(r["loss"] for r in rows))
-    key = (lambda v: v) if axis == "noise" else _subset_key
+    key = AXES[axis].key
     xs = sorted(
         dict.fromkeys((r["dataset"], r[axis]) for r in rows), key=lambda t: (t[0], key(t[1]))
     )
@@ -163,7 +198,7 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     index = {(r["dataset"], r[axis], r["loss"]): r for r in rows}
     for dataset, x in xs:
-        cells = ([dataset] if len(datasets) > 1 else []) + [f"{x:g}" if axis == "noise" else str(x)]
+        cells = ([dataset] if len(datasets) > 1 else []) + [AXES[axis].text(x)]
         for loss in losses:
             r = index.get((dataset, x, loss))
             if r is None:
@@ -188,7 +223,8 @@ def rows_csv(axis: str, rows: list[dict]) -> str:
     metrics = ("test_top1", "test_top1_std", "test_top5", "test_top5_std", "val_top5",
                "val_top5_std")  # fmt: skip
     cols = ["dataset", "loss", axis, "n", *metrics, "best_epoch", "complete", "runs"]
-    cols.insert(3, "imbalance_ratio")
+    if axis != "imbalance_ratio":
+        cols.insert(3, "imbalance_ratio")
     writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
@@ -255,40 +291,44 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+#: the panels of the accuracy plots: (row field, title); the tail panel when rows have it
+PANELS = (("test_top1", "top-1"), ("test_top5", "top-5"), ("test_tail_top5", "tail-third top-5"))
+
+
 def plot_accuracy(axis: str, rows: list[dict]):
+    """Test accuracy of ``rows`` (mean ± std over seeds) against ``axis``: one panel per metric
+    of :data:`PANELS` the rows have, one line per (data set, loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, panels = plt.subplots(1, 2, figsize=(10, 4))
+    shown = [(m, t) for m, t in PANELS if any(r.get(m) is not None for r in rows)]
+    fig, panels = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
     lines = list(dict.fromkeys((r["dataset"], r["loss"]) for r in rows))
     several = len({d for d, _ in lines}) > 1  # e.g. imbalance ratios: one line per data set
-    for panel, metric, title in (
-        (panels[0], "test_top1", "top-1"),
-        (panels[1], "test_top5", "top-5"),
-    ):
+    ax = AXES[axis]
+    values = sorted({r[axis] for r in rows}, key=ax.key)
+    many = any(r["n"] > 1 for r in rows)
+    for panel, (metric, title) in zip(panels[0], shown, strict=True):
         for dataset, loss in lines:
-            mine = [r for r in rows if r["loss"] == loss and r["dataset"] == dataset]
-            if axis == "noise":
-                mine.sort(key=lambda r: r["noise"])
-                xs = [r["noise"] for r in mine]
-            else:
-                mine.sort(key=lambda r: _subset_key(r["subset"]))
-                xs = list(range(len(mine)))
-                panel.set_xticks(xs, [r["subset"] for r in mine])
+            mine = [r for r in rows if r["loss"] == loss and r["dataset"] == dataset
+                    and r.get(metric) is not None]  # fmt: skip
+            mine.sort(key=lambda r: ax.key(r[axis]))
+            xs = [values.index(r[axis]) if ax.categorical else r[axis] for r in mine]
             errors = [r[f"{metric}_std"] for r in mine]
             panel.errorbar(xs, [r[metric] for r in mine], yerr=errors if any(errors) else None,
                            marker="o", capsize=3,
                            label=f"{loss}, {dataset}" if several else loss)  # fmt: skip
-        panel.set_xlabel("label noise level p" if axis == "noise" else "training subset")
+        if ax.categorical:
+            panel.set_xticks(range(len(values)), [ax.text(v) for v in values])
+        panel.set_xlabel(ax.title)
         panel.set_ylabel(f"test {title} accuracy (%)")
-        many = any(r["n"] > 1 for r in rows)
         panel.set_title(f"test {title} at the best validation top-5 epoch"
                         + ("\n(mean ± std over seeds)" if many else ""), fontsize=10)  # fmt: skip
         panel.grid(alpha=0.3)
     # One legend beside the panels, so that many losses hide no data.
-    handles, labels = panels[0].get_legend_handles_labels()
+    handles, labels = panels[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     data = _png(fig)
@@ -303,19 +343,19 @@ def plot_curves(runs: list[RunResult]):
     import matplotlib.pyplot as plt
 
     fig, panels = plt.subplots(1, 3, figsize=(15, 4))
-    axis = axis_of(runs)
+    axis = AXES[axis_of(runs)]
     labels = list(dict.fromkeys(r.label for r in runs))
     styles = ["-", "--", ":", "-."]
-    xs = sorted({r.cfg.noise if axis == "noise" else r.cfg.subset for r in runs}, key=str)
+    xs = sorted({getattr(r.cfg, axis.name) for r in runs}, key=axis.key)
     cmap = plt.get_cmap("viridis")
     for run in runs:
         if not run.history:
             continue
-        x = run.cfg.noise if axis == "noise" else run.cfg.subset
+        x = getattr(run.cfg, axis.name)
         color = cmap(xs.index(x) / max(len(xs) - 1, 1))
         style = styles[labels.index(run.label) % len(styles)]
         epochs = [h["epoch"] for h in run.history]
-        name = f"{run.label}, {axis} {x:g}" if axis == "noise" else f"{run.label}, {x}"
+        name = f"{run.label}, {axis.name} {axis.text(x)}"
         for panel, metric in zip(panels, ("train_loss", "val_top1", "val_top5"), strict=True):
             values = [h[metric] * (1 if metric == "train_loss" else 100) for h in run.history]
             panel.plot(epochs, values, style, color=color, label=name)
@@ -472,9 +512,39 @@ def _paired(picked: dict[int, RunResult], ce: dict[int, RunResult], metric: str)
     return {f"diff_{metric}": mean, f"diff_{metric}_std": std, "pairs": len(diffs)}
 
 
+#: the long-tailed metrics of a selection row (when every selected run has them), and those
+#: of them whose paired difference to CE is given
+LONG_TAIL_METRICS = ("test_macro_top1", "test_macro_top5", "test_head_top5", "test_medium_top5",
+                     "test_tail_top5")  # fmt: skip
+LONG_TAIL_PAIRED = ("test_macro_top5", "test_tail_top5")
+
+
+def _selection_stats(picked: dict[int, RunResult], ce: dict[int, RunResult]) -> dict:
+    """Mean ± std over seeds (%) of the selected runs' metrics, and the paired differences to
+    CE's selected runs ``ce`` (none for CE itself: ``ce`` empty)."""
+    seeds = sorted(picked)
+    long_tail = all(picked[s].best.get(m) is not None for s in seeds for m in LONG_TAIL_METRICS)
+    stats: dict = {"pairs": 0}
+    for metric in ("val_top5", "test_top1", "test_top5", *LONG_TAIL_METRICS):
+        if metric in LONG_TAIL_METRICS and not long_tail:
+            stats[metric] = stats[f"{metric}_std"] = None
+            continue
+        stats[metric], stats[f"{metric}_std"] = mean_std([100 * picked[s].best[metric]
+                                                          for s in seeds])  # fmt: skip
+    ce_long_tail = long_tail and all(r.best.get(m) is not None for r in ce.values()
+                                     for m in LONG_TAIL_PAIRED)  # fmt: skip
+    for metric in ("test_top1", "test_top5", *LONG_TAIL_PAIRED):
+        if metric in LONG_TAIL_PAIRED and not ce_long_tail:
+            stats[f"diff_{metric}"] = stats[f"diff_{metric}_std"] = None
+            continue
+        stats.update(_paired(picked, ce, metric))
+    return stats
+
+
 def selection_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
     """One row per (loss group, setting): the selected options per seed, test top-1/top-5 of
-    the selected runs (mean ± std over seeds, %) and the paired difference to CE."""
+    the selected runs (mean ± std over seeds, %; long-tailed runs also macro top-1/top-5 and
+    the thirds' top-5) and the paired difference to CE."""
     axis, varied = axis_of(runs), _varied(runs)
     cells: dict[tuple, dict[int, RunResult]] = defaultdict(dict)
     counts = {key: len(m) for key, m in _candidates(runs).items()}
@@ -484,25 +554,19 @@ def selection_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
     rows = []
     for (group, setting), picked in cells.items():
         seeds = sorted(picked)
-        stats: dict = {"pairs": 0}
-        for metric in ("val_top5", "test_top1", "test_top5"):
-            stats[metric], stats[f"{metric}_std"] = mean_std([100 * picked[s].best[metric]
-                                                              for s in seeds])  # fmt: skip
         ce = cells.get(("ce", setting), {}) if group != "ce" else {}
-        for metric in ("test_top1", "test_top5"):
-            stats.update(_paired(picked, ce, metric))
         cfg = picked[seeds[0]].cfg
         rows.append({
             "dataset": cfg.dataset, "loss": group, axis: getattr(cfg, axis),
             "setting": ", ".join(f"{k}={json.loads(v)}" for k, v in setting if k in shown),
-            "n": len(seeds), **stats,
+            "n": len(seeds), **_selection_stats(picked, ce),
             "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, varied[group])}"
                                   for s in seeds),
             "candidates": ";".join(str(counts[(group, setting, s)]) for s in seeds),
             "complete": all(picked[s].complete for s in seeds),
             "runs": ";".join(picked[s].path for s in seeds),
         })  # fmt: skip
-    key = (lambda v: v) if axis == "noise" else _subset_key
+    key = AXES[axis].key
     rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
     return axis, rows
 
@@ -513,7 +577,7 @@ def _setting_columns(settings: list[tuple], axis: str) -> set[str]:
     for setting in settings:
         for k, v in setting:
             seen[k].add(v)
-    return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, "noise", "subset")}
+    return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, *AXES)}
 
 
 def _pm(mean, std, signed: bool = False) -> str:
@@ -522,23 +586,44 @@ def _pm(mean, std, signed: bool = False) -> str:
     return f"{mean:+.1f} ± {std:.1f}" if signed else f"{mean:.1f} ± {std:.1f}"
 
 
+#: the long-tailed columns of the selection table: (row field, header, paired difference)
+SELECTION_LONG_TAIL = (
+    ("test_macro_top1", "macro top-1", False), ("test_macro_top5", "macro top-5", False),
+    ("test_head_top5", "head top-5", False), ("test_medium_top5", "medium top-5", False),
+    ("test_tail_top5", "tail top-5", False), ("test_macro_top5", "Δ macro top-5 vs CE", True),
+    ("test_tail_top5", "Δ tail top-5 vs CE", True),
+)  # fmt: skip
+
+
+def _long_tail_cells(r: dict) -> list[str]:
+    return [_pm(r[f"diff_{m}"], r[f"diff_{m}_std"], True) if paired else _pm(r[m], r[f"{m}_std"])
+            for m, _, paired in SELECTION_LONG_TAIL]  # fmt: skip
+
+
 def selection_table(axis: str, rows: list[dict]) -> str:
-    """The markdown selection table: one row per loss and noise level (or subset)."""
+    """The markdown selection table: one row per loss and noise level (or subset, or
+    imbalance ratio); long-tailed rows add macro, per-third and their paired columns."""
     setting = any(r["setting"] for r in rows)
+    long_tail = any(r.get("test_macro_top5") is not None for r in rows)
     head = (["setting"] if setting else []) + [axis, "loss", "selected (per seed)", "n",
             "val top-5", "test top-1", "test top-5", "Δ top-1 vs CE", "Δ top-5 vs CE"]  # fmt: skip
+    head += [h for _, h, _ in SELECTION_LONG_TAIL] if long_tail else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        x = f"{r[axis]:g}" if axis == "noise" else str(r[axis])
         mark = "" if r["complete"] else "*"
-        cells = ([r["setting"]] if setting else []) + [x, r["loss"], r["selected"], str(r["n"])]
+        cells = ([r["setting"]] if setting else []) + [AXES[axis].text(r[axis]), r["loss"],
+                                                        r["selected"], str(r["n"])]  # fmt: skip
         cells += [_pm(r["val_top5"], r["val_top5_std"]),
                   _pm(r["test_top1"], r["test_top1_std"]) + mark,
                   _pm(r["test_top5"], r["test_top5_std"]) + mark,
                   _pm(r["diff_test_top1"], r["diff_test_top1_std"], True),
                   _pm(r["diff_test_top5"], r["diff_test_top5_std"], True)]  # fmt: skip
+        cells += _long_tail_cells(r) if long_tail else []
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\n" + SELECTION_NOTE
+    if long_tail:
+        text += ("\nmacro: the mean over classes; head / medium / tail: the macro top-5 of the "
+                 "thirds of the classes by training count.\n")  # fmt: skip
     if any(not r["complete"] for r in rows):
         text += "\n\\* run not finished: best epoch so far.\n"
     return text
@@ -546,7 +631,9 @@ def selection_table(axis: str, rows: list[dict]) -> str:
 
 SELECTION_COLUMNS = ("val_top5", "val_top5_std", "test_top1", "test_top1_std", "test_top5",
                      "test_top5_std", "diff_test_top1", "diff_test_top1_std", "diff_test_top5",
-                     "diff_test_top5_std")  # fmt: skip
+                     "diff_test_top5_std",
+                     *(f"{m}{s}" for m in LONG_TAIL_METRICS for s in ("", "_std")),
+                     *(f"diff_{m}{s}" for m in LONG_TAIL_PAIRED for s in ("", "_std")))  # fmt: skip
 
 
 def selection_csv(axis: str, rows: list[dict]) -> str:
@@ -565,15 +652,16 @@ def candidates_csv(runs: list[RunResult]) -> str:
     """Every candidate run with what it was judged by (validation) and its test accuracy (%)."""
     chosen = {id(r) for r in select_runs(runs).values()}
     buffer = io.StringIO()
-    cols = ["loss", "noise", "subset", "seed", *SELECTABLE, "best_epoch", "val_top1", "val_top5",
-            "test_top1", "test_top5", "selected", "run"]  # fmt: skip
+    cols = ["loss", "noise", "subset", "imbalance_ratio", "seed", *SELECTABLE, "best_epoch",
+            "val_top1", "val_top5", "test_top1", "test_top5", "selected", "run"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=cols)
     writer.writeheader()
     for members in _candidates(runs).values():
         for r in members:
             writer.writerow({
                 "loss": loss_group(r.cfg), "noise": r.cfg.noise, "subset": r.cfg.subset,
-                "seed": r.cfg.seed, **{o: getattr(r.cfg, o) for o in SELECTABLE},
+                "imbalance_ratio": r.cfg.imbalance_ratio, "seed": r.cfg.seed,
+                **{o: getattr(r.cfg, o) for o in SELECTABLE},
                 "best_epoch": r.best["epoch"],
                 **{m: f"{100 * r.best[m]:.2f}" for m in ("val_top1", "val_top5", "test_top1",
                                                          "test_top5")},

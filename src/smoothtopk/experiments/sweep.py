@@ -17,7 +17,8 @@ level (or subset) and seed, the configuration with the best clean validation top
 (:func:`.report.select_runs`).
 
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
-``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection.
+``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
+``longtail-select`` the long-tailed protocol (imbalance ratios 10 and 100) with the same rule.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ SELECT_GRID = {
     "smooth-svm": {"tau": [0.1, 1.0, 10.0], "lr": [0.03, 0.1, 0.3]},
 }
 
+#: the long-tailed protocol's grid: the selection grid, and the long-tailed losses' learning
+#: rate and temperature (their margins / adjustment strength at the defaults of the papers)
+LONG_TAIL_LOSSES = ("ce", "smooth-svm", "ce-logit-adjusted", "smooth-svm-ldam",
+                    "smoothed-calibrated-hinge-ldam")  # fmt: skip
+LONG_TAIL_GRID = {
+    **SELECT_GRID,
+    "ce-logit-adjusted": {"lr": [0.03, 0.1, 0.3]},
+    "smooth-svm-ldam": {"tau": [0.1, 1.0, 10.0], "lr": [0.03, 0.1, 0.3]},
+    "smoothed-calibrated-hinge-ldam": {"lr": [0.03, 0.1, 0.3]},
+}
+IMBALANCE_RATIOS = (10.0, 100.0)
+
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
     # the demo: CE against L_{5,1} at noise 0 ... 0.8 on the embedded data, one seed
@@ -76,6 +89,17 @@ SWEEP_PRESETS: dict[str, dict] = {
         "preset": "demo",
         "axes": {"loss": ["ce", "smooth-svm"], "subset": list(SUBSETS), "seed": [0, 1, 2]},
         "grid": SELECT_GRID,
+    },
+    # the long-tailed protocol (#14): CIFAR-100-LT profiles R = 10, 100 of the embedded data
+    # (balanced validation and test), five losses, the same selection = 2 x 3 x 27 = 162 runs
+    "longtail-select": {
+        "preset": "demo",
+        "axes": {
+            "loss": list(LONG_TAIL_LOSSES),
+            "imbalance_ratio": list(IMBALANCE_RATIOS),
+            "seed": [0, 1, 2],
+        },  # fmt: skip
+        "grid": LONG_TAIL_GRID,
     },
 }
 
