@@ -41,6 +41,23 @@ def test_forced_backend_that_cannot_run_raises(monkeypatch):
         smooth_topk_svm_loss(torch.zeros(2, 300), torch.tensor([0, 1]), k=150)
 
 
+def test_forced_pytorch_never_builds_the_cpu_kernel(monkeypatch):
+    monkeypatch.setenv(_backend.ENV, "pytorch")
+    monkeypatch.setattr(cpu_kernel, "load", lambda: pytest.fail("the kernel was loaded"))
+    assert _backend.select(torch.zeros(2, 10), 3).NAME == "pytorch"
+    smooth_topk_svm_loss(*_data(), k=3).item()
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_the_retired_cpu_kernel_switch_is_refused(monkeypatch, value):
+    monkeypatch.delenv(_backend.ENV, raising=False)
+    monkeypatch.setenv("SMOOTHTOPK_CPU_KERNEL", value)
+    with pytest.raises(
+        ValueError, match="SMOOTHTOPK_CPU_KERNEL is retired: use SMOOTHTOPK_BACKEND"
+    ):
+        smooth_topk_svm_loss(*_data(), k=3)
+
+
 @pytest.mark.parametrize("value", ["cuda", "fused", "1"])
 def test_unknown_backend_name_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv(_backend.ENV, value)

@@ -47,7 +47,6 @@ def kernel_call(
 
 def pytorch_reference(x, y, k, tau, alpha, weight, ignore_index, reduction, grad_out, monkeypatch):
     """The PyTorch implementation of the public function, in float64."""
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
     monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
     x64 = x.detach().double().requires_grad_(True)
     w64 = None if weight is None else weight.double()
@@ -121,11 +120,6 @@ def test_unavailable_says_why_in_one_line():
     }
     for key, reason in refused.items():
         assert isinstance(reason, str) and reason and "\n" not in reason, key
-
-
-def test_unavailable_when_switched_off(monkeypatch):
-    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
-    assert cpu_kernel.ENV_SWITCH in cpu_kernel.unavailable(torch.zeros(2, 10), 2)
 
 
 def test_failed_build_warns_once_and_says_why(monkeypatch):

@@ -42,6 +42,8 @@ import torch
 from . import cpu_kernel, pytorch_backend, triton_kernel
 
 ENV = "SMOOTHTOPK_BACKEND"
+#: the retired switch of the CPU kernel: refused, so that a setting of it is never silently lost
+RETIRED = "SMOOTHTOPK_CPU_KERNEL"
 # The backends in the order in which ``auto`` tries them; adding one is adding it here.
 _MODULES = {module.NAME: module for module in (cpu_kernel, triton_kernel, pytorch_backend)}
 NAMES = tuple(_MODULES)
@@ -49,6 +51,8 @@ NAMES = tuple(_MODULES)
 
 def requested() -> str:
     """The value of ``SMOOTHTOPK_BACKEND`` (``auto`` when unset), checked."""
+    if os.environ.get(RETIRED) is not None:
+        raise ValueError(f"{RETIRED} is retired: use {ENV}=pytorch (or cpu, auto) instead")
     choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if choice != "auto" and choice not in NAMES:
         raise ValueError(f"{ENV} must be one of auto, {', '.join(NAMES)}; got {choice!r}")

@@ -24,7 +24,8 @@ registered when this module is imported; the C++ file only implements them for C
 It is compiled once per machine (about 15 s, cached in ``$TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``; the first build says so on stderr) by the first call, or ahead
 of time by ``python -c "import smoothtopk; smoothtopk.cpu_kernel.load()"``.
-``SMOOTHTOPK_CPU_KERNEL=0`` turns it off; if no C++ compiler is found, a warning says so once.
+``SMOOTHTOPK_BACKEND=pytorch`` (:mod:`smoothtopk._backend`, the one switch) keeps a process
+from using (or building) it; if no C++ compiler is found, a warning says so once.
 
 Shape:
     scores ``(M, C)``, target ``(M,)``, weight and alpha_per_class ``(C,)`` or None; out
@@ -58,7 +59,6 @@ import torch
 
 NAME = "cpu"
 SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
-ENV_SWITCH = "SMOOTHTOPK_CPU_KERNEL"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]
 PORTABLE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
@@ -149,8 +149,6 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     classes = scores.shape[1]
     if not (k <= 48 and classes <= 1_000_000) and not fits(classes, k):  # 48 log(2e6) < 700
         return f"k log(2 C) > {MAX_LOG_TERM:g} at k={k}, C={classes}: float64 sums could overflow"
-    if not enabled():
-        return f"the fused CPU kernel is turned off ({ENV_SWITCH}=0)"
     if _state.get("ops") is not None:
         return None
     if torch.compiler.is_compiling():
@@ -162,16 +160,9 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     return None
 
 
-def enabled() -> bool:
-    """False when ``SMOOTHTOPK_CPU_KERNEL=0`` (read at each call)."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def load():
     """The operator namespace ``torch.ops.smoothtopk`` with its CPU kernels (building them once
-    per machine, loading them once per process), or None if turned off or the build failed."""
-    if not enabled():
-        return None
+    per machine, loading them once per process), or None if the build failed."""
     with _lock:
         if "ops" not in _state:
             try:
