@@ -287,3 +287,19 @@ def test_yaml_grid_bad_input(tmp_path, capsys, grid, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not os.path.exists(out)
+
+
+def test_report_select_flag_pairs_single_configurations_with_ce(tmp_path, capsys):
+    root = str(tmp_path / "runs")
+    for seed, (ce5, svm5) in enumerate(((0.50, 0.70), (0.60, 0.65))):
+        fake_run(root, "ce", 0.4, seed, [0.8], [ce5])
+        fake_run(root, "smooth-svm", 0.4, seed, [0.8], [svm5])
+    assert main(["report", root, "--out", str(tmp_path / "plain")]) == 0
+    assert not os.path.exists(tmp_path / "plain" / "selection.md")  # one configuration each
+    assert main(["report", root, "--out", str(tmp_path / "paired"), "--select"]) == 0
+    assert "Δ top-5 vs CE" in capsys.readouterr().out
+    with open(tmp_path / "paired" / "selection.csv") as f:
+        rows = list(csv.DictReader(f))
+    # per seed: +20 and +5 points -> 12.5 ± 10.61
+    assert [r["diff_test_top5"] for r in rows] == ["", "12.50"]
+    assert rows[1]["diff_test_top5_std"] == "10.61"

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories, or directories holding runs")  # fmt: skip
     report.add_argument("--out", metavar="DIR", help="output directory (default: <runs>/report)")
+    report.add_argument("--select", action="store_true",
+                        help="also the selection files (selection.md: per-seed paired "
+                             "differences to CE) when each loss has one configuration; with "
+                             "several they are written anyway")  # fmt: skip
 
     demo = sub.add_parser(
         "demo",
@@ -191,7 +195,7 @@ def _report(args, parser) -> int:
             parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in args.runs}
             base = args.runs[0] if len(args.runs) == 1 else os.path.commonpath(sorted(parents))
             out = os.path.join(base, "report")
-        result = write_report(args.runs, out)
+        result = write_report(args.runs, out, select=True if args.select else None)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     print(result["table"], end="")
