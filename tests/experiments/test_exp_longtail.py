@@ -346,7 +346,7 @@ def test_selection_gives_the_macro_and_tail_accuracy_of_validations_choice(tmp_p
     assert "| macro top-1 | macro top-5 | head top-5 | medium top-5 | tail top-5 |" in table
     assert table.splitlines()[3].endswith(
         "| 33.8 ± 3.2 | 67.5 ± 6.4 | 95.0 ± 0.0 | "
-        "50.0 ± 0.0 | 35.0 ± 7.1 | +11.0 ± 0.0 | +20.0 ± 0.0 |"
+        "50.0 ± 0.0 | 35.0 ± 7.1 | +11.0 ± 0.0 (+11.0, +11.0) | +20.0 ± 0.0 (+20.0, +20.0) |"
     )
     assert os.path.isfile(tmp_path / "report" / "selection_vs_imbalance_ratio.png")
     with open(tmp_path / "report" / "selection_candidates.csv") as f:

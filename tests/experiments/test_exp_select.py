@@ -303,3 +303,6 @@ def test_report_select_flag_pairs_single_configurations_with_ce(tmp_path, capsys
     # per seed: +20 and +5 points -> 12.5 ± 10.61
     assert [r["diff_test_top5"] for r in rows] == ["", "12.50"]
     assert rows[1]["diff_test_top5_std"] == "10.61"
+    assert rows[1]["diff_test_top5_seeds"] == "20.00;5.00"
+    table = (tmp_path / "paired" / "selection.md").read_text()
+    assert "| +12.5 ± 10.6 (+20.0, +5.0) |" in table

@@ -438,7 +438,7 @@ SELECTION_NOTE = (
     "best epoch; ties: validation top-1, then the smaller options) is selected; the test "
     "accuracy of that run at that epoch is reported, and never chooses anything. Δ: the "
     "per-seed paired difference to CE (selected the same way), mean ± std over seeds, in "
-    "points.\n"
+    "points, then each seed's difference in seed order.\n"
 )
 
 
@@ -507,9 +507,10 @@ def _paired(picked: dict[int, RunResult], ce: dict[int, RunResult], metric: str)
     """Mean ± std over the seeds both have of 100 * (loss - CE) on ``metric``."""
     diffs = [100 * (picked[s].best[metric] - ce[s].best[metric]) for s in sorted(picked) if s in ce]
     if not diffs:
-        return {f"diff_{metric}": None, f"diff_{metric}_std": None}
+        return {f"diff_{metric}": None, f"diff_{metric}_std": None, f"diff_{metric}_seeds": []}
     mean, std = mean_std(diffs)
-    return {f"diff_{metric}": mean, f"diff_{metric}_std": std, "pairs": len(diffs)}
+    return {f"diff_{metric}": mean, f"diff_{metric}_std": std, f"diff_{metric}_seeds": diffs,
+            "pairs": len(diffs)}  # fmt: skip
 
 
 #: the long-tailed metrics of a selection row (when every selected run has them), and those
@@ -536,6 +537,7 @@ def _selection_stats(picked: dict[int, RunResult], ce: dict[int, RunResult]) -> 
     for metric in ("test_top1", "test_top5", *LONG_TAIL_PAIRED):
         if metric in LONG_TAIL_PAIRED and not ce_long_tail:
             stats[f"diff_{metric}"] = stats[f"diff_{metric}_std"] = None
+            stats[f"diff_{metric}_seeds"] = []
             continue
         stats.update(_paired(picked, ce, metric))
     return stats
@@ -586,6 +588,14 @@ def _pm(mean, std, signed: bool = False) -> str:
     return f"{mean:+.1f} ± {std:.1f}" if signed else f"{mean:.1f} ± {std:.1f}"
 
 
+def _delta(r: dict, metric: str) -> str:
+    """A paired-difference cell: ``+4.7 ± 1.7 (+3.1, +6.5, +4.5)``, the seeds' values last."""
+    if r[f"diff_{metric}"] is None:
+        return ""
+    seeds = ", ".join(f"{d:+.1f}" for d in r[f"diff_{metric}_seeds"])
+    return f"{_pm(r[f'diff_{metric}'], r[f'diff_{metric}_std'], True)} ({seeds})"
+
+
 #: the long-tailed columns of the selection table: (row field, header, paired difference)
 SELECTION_LONG_TAIL = (
     ("test_macro_top1", "macro top-1", False), ("test_macro_top5", "macro top-5", False),
@@ -596,7 +606,7 @@ SELECTION_LONG_TAIL = (
 
 
 def _long_tail_cells(r: dict) -> list[str]:
-    return [_pm(r[f"diff_{m}"], r[f"diff_{m}_std"], True) if paired else _pm(r[m], r[f"{m}_std"])
+    return [_delta(r, m) if paired else _pm(r[m], r[f"{m}_std"])
             for m, _, paired in SELECTION_LONG_TAIL]  # fmt: skip
 
 
@@ -616,8 +626,7 @@ def selection_table(axis: str, rows: list[dict]) -> str:
         cells += [_pm(r["val_top5"], r["val_top5_std"]),
                   _pm(r["test_top1"], r["test_top1_std"]) + mark,
                   _pm(r["test_top5"], r["test_top5_std"]) + mark,
-                  _pm(r["diff_test_top1"], r["diff_test_top1_std"], True),
-                  _pm(r["diff_test_top5"], r["diff_test_top5_std"], True)]  # fmt: skip
+                  _delta(r, "test_top1"), _delta(r, "test_top5")]  # fmt: skip
         cells += _long_tail_cells(r) if long_tail else []
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\n" + SELECTION_NOTE
@@ -638,13 +647,15 @@ SELECTION_COLUMNS = ("val_top5", "val_top5_std", "test_top1", "test_top1_std", "
 
 def selection_csv(axis: str, rows: list[dict]) -> str:
     buffer = io.StringIO()
+    per_seed = [f"diff_{m}_seeds" for m in ("test_top1", "test_top5", *LONG_TAIL_PAIRED)]
     cols = ["setting", "dataset", "loss", axis, "n", "selected", "candidates",
-            *SELECTION_COLUMNS, "pairs", "complete", "runs"]  # fmt: skip
+            *SELECTION_COLUMNS, *per_seed, "pairs", "complete", "runs"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({**r, **{m: "" if r[m] is None else f"{r[m]:.2f}"
-                                 for m in SELECTION_COLUMNS}})  # fmt: skip
+                                 for m in SELECTION_COLUMNS},
+                         **{c: ";".join(f"{d:.2f}" for d in r[c]) for c in per_seed}})  # fmt: skip
     return buffer.getvalue()
 
 
