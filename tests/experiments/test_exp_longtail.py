@@ -14,6 +14,7 @@ from test_exp_cli import assert_one_line_error, run_cli
 
 from smoothtopk.experiments import sweep
 from smoothtopk.experiments.checkpoint import load_checkpoint
+from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import Config, resolve
 from smoothtopk.experiments.datasets import build_data, embedded
 from smoothtopk.experiments.datasets.common import (
@@ -269,11 +270,14 @@ def test_noise_and_ratio_both_varied_keep_the_ratio_as_data_set(tmp_path):
     root = str(tmp_path / "runs")
     _fake_lt_run(root, 10.0, 0, 0.5)
     _fake_lt_run(root, 100.0, 0, 0.5, noise=0.2)
-    result = write_report([root], str(tmp_path / "report"))
+    result = write_report([root], str(tmp_path / "report"), select=True)
     assert result["axis"] == "noise"
     assert [(r["dataset"], r["noise"]) for r in result["rows"]] == [
         ("embedded LT10", 0.0), ("embedded LT100", 0.2)
     ]  # fmt: skip
+    # the selection table names the ratio of each row as its setting
+    settings = [(r["setting"], r["noise"]) for r in result["selection_rows"]]
+    assert settings == [("imbalance_ratio=10.0", 0.0), ("imbalance_ratio=100.0", 0.2)]
 
 
 # -- per-loss selection under the long-tailed protocol (the ``longtail-select`` preset) ------
@@ -355,8 +359,6 @@ def test_selection_gives_the_macro_and_tail_accuracy_of_validations_choice(tmp_p
 
 
 def test_longtail_preset_runs_small_end_to_end(tmp_path):
-    from smoothtopk.experiments.cli import main
-
     out = str(tmp_path / "lt")
     args = ["sweep", "--preset", "longtail-select", "--out", out, "--loss", "ce,smooth-svm-ldam",
             "--imbalance-ratio", "10", "--seed", "0", "--grid", "ce:lr=0.1,0.3",

@@ -513,10 +513,9 @@ def _paired(picked: dict[int, RunResult], ce: dict[int, RunResult], metric: str)
             "pairs": len(diffs)}  # fmt: skip
 
 
-#: the long-tailed metrics of a selection row (when every selected run has them), and those
-#: of them whose paired difference to CE is given
-LONG_TAIL_METRICS = ("test_macro_top1", "test_macro_top5", "test_head_top5", "test_medium_top5",
-                     "test_tail_top5")  # fmt: skip
+#: the long-tailed metrics of a selection row (when every selected run has them: the long-tailed
+#: table's columns after micro top-1/top-5), and those of them paired with CE
+LONG_TAIL_METRICS = tuple(key for key, _ in LONG_TAIL_COLUMNS[2:])
 LONG_TAIL_PAIRED = ("test_macro_top5", "test_tail_top5")
 
 
@@ -579,7 +578,7 @@ def _setting_columns(settings: list[tuple], axis: str) -> set[str]:
     for setting in settings:
         for k, v in setting:
             seen[k].add(v)
-    return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, *AXES)}
+    return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, "noise", "subset")}
 
 
 def _pm(mean, std, signed: bool = False) -> str:
@@ -596,18 +595,16 @@ def _delta(r: dict, metric: str) -> str:
     return f"{_pm(r[f'diff_{metric}'], r[f'diff_{metric}_std'], True)} ({seeds})"
 
 
-#: the long-tailed columns of the selection table: (row field, header, paired difference)
-SELECTION_LONG_TAIL = (
-    ("test_macro_top1", "macro top-1", False), ("test_macro_top5", "macro top-5", False),
-    ("test_head_top5", "head top-5", False), ("test_medium_top5", "medium top-5", False),
-    ("test_tail_top5", "tail top-5", False), ("test_macro_top5", "Δ macro top-5 vs CE", True),
-    ("test_tail_top5", "Δ tail top-5 vs CE", True),
-)  # fmt: skip
+_HEADERS = dict(LONG_TAIL_COLUMNS)
+#: the long-tailed headers of the selection table
+SELECTION_LONG_TAIL = (*(_HEADERS[m] for m in LONG_TAIL_METRICS),
+                       *(f"Δ {_HEADERS[m]} vs CE" for m in LONG_TAIL_PAIRED))  # fmt: skip
 
 
 def _long_tail_cells(r: dict) -> list[str]:
-    return [_delta(r, m) if paired else _pm(r[m], r[f"{m}_std"])
-            for m, _, paired in SELECTION_LONG_TAIL]  # fmt: skip
+    return [_pm(r[m], r[f"{m}_std"]) for m in LONG_TAIL_METRICS] + [
+        _delta(r, m) for m in LONG_TAIL_PAIRED
+    ]
 
 
 def selection_table(axis: str, rows: list[dict]) -> str:
@@ -617,7 +614,7 @@ def selection_table(axis: str, rows: list[dict]) -> str:
     long_tail = any(r.get("test_macro_top5") is not None for r in rows)
     head = (["setting"] if setting else []) + [axis, "loss", "selected (per seed)", "n",
             "val top-5", "test top-1", "test top-5", "Δ top-1 vs CE", "Δ top-5 vs CE"]  # fmt: skip
-    head += [h for _, h, _ in SELECTION_LONG_TAIL] if long_tail else []
+    head += list(SELECTION_LONG_TAIL) if long_tail else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         mark = "" if r["complete"] else "*"

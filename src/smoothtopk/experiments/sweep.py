@@ -47,9 +47,11 @@ NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 #: balanced training subsets of the embedded data (4,500 training images; 39 of the rarest class)
 SUBSETS = ("500", "1000", "2000", "3000", "all")
 #: the per-loss grid of the selection presets: tau on powers of ten, one learning-rate grid
+LEARNING_RATES = [0.03, 0.1, 0.3]
+TAUS = [0.1, 1.0, 10.0]
 SELECT_GRID = {
-    "ce": {"lr": [0.03, 0.1, 0.3]},
-    "smooth-svm": {"tau": [0.1, 1.0, 10.0], "lr": [0.03, 0.1, 0.3]},
+    "ce": {"lr": LEARNING_RATES},
+    "smooth-svm": {"tau": TAUS, "lr": LEARNING_RATES},
 }
 
 #: the long-tailed protocol's grid: the selection grid, and the long-tailed losses' learning
@@ -58,9 +60,9 @@ LONG_TAIL_LOSSES = ("ce", "smooth-svm", "ce-logit-adjusted", "smooth-svm-ldam",
                     "smoothed-calibrated-hinge-ldam")  # fmt: skip
 LONG_TAIL_GRID = {
     **SELECT_GRID,
-    "ce-logit-adjusted": {"lr": [0.03, 0.1, 0.3]},
-    "smooth-svm-ldam": {"tau": [0.1, 1.0, 10.0], "lr": [0.03, 0.1, 0.3]},
-    "smoothed-calibrated-hinge-ldam": {"lr": [0.03, 0.1, 0.3]},
+    "ce-logit-adjusted": SELECT_GRID["ce"],
+    "smooth-svm-ldam": SELECT_GRID["smooth-svm"],
+    "smoothed-calibrated-hinge-ldam": SELECT_GRID["ce"],
 }
 IMBALANCE_RATIOS = (10.0, 100.0)
 
