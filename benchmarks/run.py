@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 from benchmarks import report
 from benchmarks.contenders import BASELINE, CONTENDERS, suite
 from benchmarks.measure import DTYPES
+from smoothtopk.experiments.records import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,24 +64,6 @@ def default_batch(n: int) -> int:
 
 def _ints(text: str) -> list[int]:
     return [int(float(v)) for v in text.split(",") if v]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git_commit() -> str | None:

@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 
 import pytest
@@ -73,3 +74,37 @@ def test_report_by_subset(tmp_path):
 def test_report_rejects_non_runs(tmp_path):
     with pytest.raises(ValueError, match="not a smoothtopk run"):
         write_report([str(tmp_path)], str(tmp_path / "out"))
+
+
+def _write_env(run_dir, **fields):
+    env = {"cpu_model": "CPU A", "arch": "x86_64", "cpu_capability": "AVX2", "torch_threads": 1,
+           "torch": "2.14.1", "python": "3.11.7", **fields}  # fmt: skip
+    with open(os.path.join(run_dir, "env.json"), "w") as f:
+        json.dump(env, f)
+
+
+def test_report_names_the_machine_of_its_runs(tmp_path):
+    root = str(tmp_path / "runs")
+    for noise in (0.0, 0.4):
+        _write_env(fake_run(root, "ce", noise))
+    result = write_report([root], str(tmp_path / "report"))
+    assert "Machine: CPU A (x86_64), AVX2, 1 thread(s), torch 2.14.1" in result["table"]
+    assert "Note" not in result["table"] and len(result["machines"]) == 1
+
+
+def test_report_says_when_runs_come_from_different_machines(tmp_path):
+    root = str(tmp_path / "runs")
+    _write_env(fake_run(root, "ce", 0.0))
+    _write_env(fake_run(root, "ce", 0.4), cpu_capability="AVX512")
+    resumed = fake_run(root, "ce", 0.8)
+    _write_env(resumed)
+    with open(os.path.join(resumed, "env-resume-1700000000.json"), "w") as f:
+        json.dump({"cpu_model": "CPU B", "cpu_capability": "AVX2"}, f)
+    fake_run(root, "ce", 0.2)  # an older run: no environment record
+    result = write_report([root], str(tmp_path / "report"))
+    note = [line for line in result["table"].splitlines() if line.startswith("Note")]
+    assert len(note) == 1 and "runs from 3 machines" in note[0], result["table"]
+    assert "CPU A (x86_64), AVX2, 1 thread(s), torch 2.14.1, Python 3.11.7 (2 runs)" in note[0]
+    assert "AVX512, 1 thread(s)" in note[0] and "CPU B (?)" in note[0]
+    assert "1 run unknown" in note[0]
+    assert len(result["machines"]) == 3

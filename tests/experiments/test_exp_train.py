@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import platform
 
 import pytest
 import torch
@@ -72,6 +73,11 @@ def test_end_to_end_files_and_metrics(smooth_run):
     assert lines[-1]["test_top5"] > 0.08
     env = json.loads((run_dir / "env.json").read_text())
     assert env["torch"] == torch.__version__
+    # the machine: what can move the last digits of a run (docs/experiments.md)
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["torch_threads"] == torch.get_num_threads()
+    assert env["python"] == platform.python_version() and env["arch"] == platform.machine()
+    assert env["cpu_model"] and env["cpu_model"] != "unknown"
     cfg = saved_config(str(run_dir))
     assert cfg.loss == "smooth-svm" and cfg.noise == 0.4 and cfg.k == 5
 

@@ -57,6 +57,83 @@ def _git_commit() -> str | None:
         return None
 
 
+#: the fields of :func:`machine`: what can move a run's last digits (rounding, kernels chosen)
+MACHINE_FIELDS = ("cpu_model", "cpu_capability", "torch_threads", "torch", "python", "arch")
+#: environment variables that change which CPU kernels torch runs
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else ``platform.processor()``; else ``unknown``).
+
+    Example:
+        >>> isinstance(cpu_model(), str)
+        True
+    """
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("model name", "Model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    """The machine a result comes from, as far as it can change the numbers: the CPU model, the
+    instruction set torch's CPU kernels use (``torch.backends.cpu.get_cpu_capability()``, which
+    ``ATEN_CPU_CAPABILITY`` can lower), the intra-op thread count, torch and Python versions,
+    and the ISA variables when set. Two runs with equal :data:`MACHINE_FIELDS` are bitwise
+    reproducible against each other; others may differ in their last digits.
+
+    Example:
+        >>> info = machine()
+        >>> all(field in info for field in MACHINE_FIELDS)
+        True
+    """
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "arch": platform.machine(),
+    }
+    info.update({name: os.environ[name] for name in ISA_VARIABLES if name in os.environ})
+    return info
+
+
+def machine_label(info: dict) -> str:
+    """One line naming a :func:`machine` record (the same line for the same machine: what the
+    report compares); fields an older record lacks read ``?``.
+
+    Example:
+        >>> machine_label({"cpu_model": "AMD EPYC", "arch": "x86_64", "cpu_capability": "AVX512",
+        ...                "torch_threads": 1, "torch": "2.14.1", "python": "3.11.7"})
+        'AMD EPYC (x86_64), AVX512, 1 thread(s), torch 2.14.1, Python 3.11.7'
+    """
+    extra = "".join(f", {name}={info[name]}" for name in ISA_VARIABLES if name in info)
+    return (
+        f"{info.get('cpu_model', '?')} ({info.get('arch', '?')}), "
+        f"{info.get('cpu_capability', '?')}, {info.get('torch_threads', '?')} thread(s), "
+        f"torch {info.get('torch', '?')}, Python {info.get('python', '?')}{extra}"
+    )
+
+
+def read_environments(run_dir: str) -> list[dict]:
+    """The environment records of a run: ``env.json``, then each ``env-resume-*.json`` (one per
+    resume) in the order written; none for a run that has no record."""
+    names = sorted(n for n in os.listdir(run_dir) if n.startswith("env-resume-"))
+    records = []
+    for name in ["env.json", *names]:
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                records.append(json.load(f))
+    return records
+
+
 def environment(device: torch.device) -> dict:
     import torchvision
 
@@ -65,12 +142,9 @@ def environment(device: torch.device) -> dict:
     env = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": sys.argv,
-        "python": sys.version.split()[0],
+        **machine(),
         "platform": platform.platform(),
-        "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "smoothtopk": getattr(smoothtopk, "__version__", None),
         "git_commit": _git_commit(),

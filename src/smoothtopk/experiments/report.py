@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import Config
 from .losses import loss_params
-from .records import read_metrics
+from .records import machine_label, read_environments, read_metrics
 from .rundir import CONFIG, RESUMABLE, is_run_dir, saved_config
 
 
@@ -35,6 +35,8 @@ class RunResult:
     history: list[dict]
     best: dict | None
     effective_flip_rate: float | None = None
+    #: the machines it ran on (:func:`records.machine_label`; two if resumed elsewhere)
+    machines: tuple[str, ...] = ()
     label: str = field(init=False)
 
     def __post_init__(self):
@@ -82,7 +84,35 @@ def load_run(path: str) -> RunResult:
     if os.path.exists(noise_file):
         with open(noise_file) as f:
             rate = json.load(f).get("effective_flip_rate")
-    return RunResult(path, cfg, history, select_best(history), rate)
+    machines = tuple(dict.fromkeys(machine_label(env) for env in read_environments(path)))
+    return RunResult(path, cfg, history, select_best(history), rate, machines)
+
+
+def machines_note(runs: list[RunResult]) -> str:
+    """A line under the table naming the machine the runs come from or, when they come from
+    several, saying so with each machine's number of runs (their last digits may differ: the
+    same configuration is bitwise reproducible on one machine only). Empty without records.
+
+    Example:
+        >>> from types import SimpleNamespace as Run
+        >>> runs = [Run(machines=("A",)), Run(machines=("B",)), Run(machines=())]
+        >>> print(machines_note(runs), end="")
+        Note: runs from 2 machines (not bitwise comparable): A (1 run); B (1 run); 1 run unknown.
+    """
+    counts: dict[str, int] = {}
+    for run in runs:
+        for label in run.machines:
+            counts[label] = counts.get(label, 0) + 1
+    unknown = sum(1 for run in runs if not run.machines)
+    if not counts:
+        return ""
+    if len(counts) == 1 and not unknown:
+        return f"Machine: {next(iter(counts))}.\n"
+    parts = [f"{label} ({n} run{'s' * (n != 1)})" for label, n in counts.items()]
+    if unknown:
+        parts.append(f"{unknown} run{'s' * (unknown != 1)} unknown")
+    machines = f"{len(counts)} machine{'s' * (len(counts) != 1)}"
+    return f"Note: runs from {machines} (not bitwise comparable): {'; '.join(parts)}.\n"
 
 
 @dataclass(frozen=True)
@@ -388,6 +418,8 @@ def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> 
     if long_tail:  # the long-tailed protocol: micro, macro and per-third accuracies
         tail = long_tail_table(tail_rows)
         table += "\nLong-tailed protocol (test %, macro = mean over classes):\n\n" + tail
+    note = machines_note(runs)
+    table += f"\n{note}" if note else ""
     os.makedirs(out_dir, exist_ok=True)
     files = {
         "table": os.path.join(out_dir, "results.md"),
@@ -402,7 +434,8 @@ def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> 
     if long_tail:
         files["long_tail_table"] = os.path.join(out_dir, "long_tail.md")
         atomic_write_text(files["long_tail_table"], tail)
-    result = {"table": table, "axis": axis, "rows": rows, "files": files}
+    result = {"table": table, "axis": axis, "rows": rows, "files": files,
+              "machines": sorted({label for run in runs for label in run.machines})}  # fmt: skip
     if select or (select is None and has_choices(runs)):
         result.update(write_selection(runs, out_dir))
         files.update(result.pop("selection_files"))
