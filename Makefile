@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo demo-check bench bench-full clean
+.PHONY: install kernel test test-suite test-interpreted lint format demo demo-check bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,26 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-test: lint
-	$(PY) -m pytest
+# The fused CPU kernel, built once before the tests (cached per machine; a no-op when built), so
+# that no test is charged with the build.
+kernel: $(STAMP)
+	$(PY) -c "import smoothtopk; smoothtopk.cpu_kernel.load()"
+
+# The suite on two pytest-xdist workers and, beside it, the Triton-interpreter tests in a session
+# of their own (Triton's interpreter is chosen at process start; tests/conftest.py skips them in
+# the other session). One intra-op thread per worker, so that three processes share two cores
+# without oversubscription (tests of threading set their counts themselves). -O prints each
+# session's output whole when it ends; both must pass.
+INTERPRETED := tests/test_triton_kernel.py tests/test_margins.py
+test: lint kernel
+	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
+
+test-suite: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15
+
+test-interpreted: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -m interpreted -p no:cacheprovider --durations=5 \
+		-W "ignore::RuntimeWarning" $(INTERPRETED)
 
 # The demo sweep (docs/experiments.md): CE vs L_{5,1} on the embedded data at label noise
 # 0, 0.2, ..., 0.8; prints the table, writes runs/demo/report/ (table, CSV, plots).

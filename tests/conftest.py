@@ -15,6 +15,21 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 from smoothtopk import _backend, cpu_kernel  # noqa: E402
 
 BACKENDS = ("cpu", "pytorch")
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``interpreted`` tests need Triton's interpreter, which is chosen at process start: they
+    run in a session of their own (``make test`` starts it) and are skipped in any other."""
+    if INTERPRETING:
+        return
+    skip = pytest.mark.skip(
+        reason="Triton-interpreter test: run by `TRITON_INTERPRET=1 pytest -m interpreted` "
+        "(make test does)"
+    )
+    for item in items:
+        if item.get_closest_marker("interpreted"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=BACKENDS)

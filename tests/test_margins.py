@@ -3,14 +3,12 @@
 Evidence: a call with per-class margins equals one scalar-``alpha`` call per row (values and
 gradients) on every backend, and the extended-precision references of ``reference.py`` with
 ``alpha[target_i]`` per row. The fused CPU kernel and the PyTorch backend run here (the
-``backend`` fixture); the Triton backend runs in Triton's interpreter, in a subprocess started
-with ``TRITON_INTERPRET=1`` (``test_triton_interpreter``, which runs the ``interpreted`` tests).
+``backend`` fixture); the Triton backend runs in Triton's interpreter: the ``interpreted``
+tests, in the pytest session with ``TRITON_INTERPRET=1`` that ``make test`` starts.
 """
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,7 +23,7 @@ from smoothtopk import (
 )
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETING, reason="run by test_triton_interpreter")
+interpreted = pytest.mark.interpreted  # run by make test's interpreter session (conftest.py)
 on_cpu = pytest.mark.skipif(INTERPRETING, reason="the CPU suite runs outside the interpreter")
 C = 7
 TARGET = torch.tensor([0, 3, 6, -100, 3, 2, 5, 1])
@@ -309,19 +307,6 @@ BAD_COUNTS = [
 def test_bad_ldam_arguments(name, call, error, text):
     with pytest.raises(error, match=text):
         call()
-
-
-@on_cpu
-def test_triton_interpreter():
-    """This file's ``interpreted`` tests, in a process that starts with TRITON_INTERPRET=1."""
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
-    command += ["-k", "interpreted"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    print(result.stdout[-3000:], result.stderr[-3000:])
-    assert result.returncode == 0
-    assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 @interpreted

@@ -1,9 +1,10 @@
 """The Triton backend (``smoothtopk.triton_kernel``) against the extended-precision references.
 
 Without a GPU the kernels run in Triton's interpreter, which must be switched on before Triton
-is first imported (``torch._dynamo`` imports it): ``test_interpreter_suite`` re-runs this file
-in a subprocess with ``TRITON_INTERPRET=1``, where the ``interpreted`` tests run. The sm_90
-ahead-of-time compile needs no GPU; the ``cuda`` tests need one.
+is first imported (``torch._dynamo`` imports it): the ``interpreted`` tests run in a pytest
+session of their own that ``make test`` starts (``TRITON_INTERPRET=1 pytest -m interpreted``;
+``tests/conftest.py`` skips them elsewhere). The sm_90 ahead-of-time compile needs no GPU; the
+``cuda`` tests need one.
 """
 
 import math
@@ -22,7 +23,7 @@ from reference import log_space_loss_and_grad
 from smoothtopk import smooth_topk_svm_loss, triton_kernel
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETING, reason="run by test_interpreter_suite")
+interpreted = pytest.mark.interpreted
 cuda = pytest.mark.skipif(
     INTERPRETING or not torch.cuda.is_available(), reason="needs a CUDA device"
 )
@@ -74,18 +75,6 @@ def assert_exact(scores, target, k, tau, alpha, splits=1, device="cpu"):
     assert loss_error <= LOSS_BOUND, (k, tau, alpha, loss_error)
     assert grad_error <= GRAD_BOUND, (k, tau, alpha, grad_error)
     return loss_error, grad_error
-
-
-def test_interpreter_suite():
-    """This file's ``interpreted`` tests, in a process that starts with TRITON_INTERPRET=1."""
-    if INTERPRETING:
-        pytest.skip("already interpreting")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    print(result.stdout[-3000:], result.stderr[-3000:])
-    assert result.returncode == 0
-    assert " passed" in result.stdout and "failed" not in result.stdout
 
 
 @interpreted
