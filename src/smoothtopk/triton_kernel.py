@@ -25,7 +25,7 @@ import importlib.util
 import math
 import os
 import sys
-from functools import cache, lru_cache
+from functools import cache
 
 import torch
 
@@ -36,9 +36,8 @@ MAX_LOG_TERM = 700.0  # k log(2n) bound: no float64 sum of products of numbers <
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
 
-@lru_cache(maxsize=1)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+#: read once at import: ``find_spec`` inside a ``torch.compile`` trace breaks the graph (torch 2.11)
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def _interpreting() -> bool:
@@ -60,7 +59,7 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     classes = scores.shape[-1]
     if classes >= 2**31 or k * math.log(2.0 * classes) > MAX_LOG_TERM:
         return f"the Triton kernel's float64 sums could overflow at n={classes}, k={k}"
-    if not _triton_installed():
+    if not TRITON_INSTALLED:
         return "triton is not installed"
     if scores.device.type == "cpu":
         if _interpreting():
