@@ -32,7 +32,7 @@ kernel: $(STAMP)
 # the other session). One intra-op thread per worker, so that three processes share two cores
 # without oversubscription (tests of threading set their counts themselves). -O prints each
 # session's output whole when it ends; both must pass.
-INTERPRETED := tests/test_triton_kernel.py tests/test_margins.py
+INTERPRETED := tests/test_triton_kernel.py tests/test_margins.py tests/test_backend_contract.py
 test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 

@@ -16,6 +16,8 @@ from smoothtopk import _backend, cpu_kernel  # noqa: E402
 
 BACKENDS = ("cpu", "pytorch")
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+#: every backend of ``_backend``; the Triton kernel runs on CPU tensors in the interpreter session
+ALL_BACKENDS = [*BACKENDS, pytest.param("triton", marks=pytest.mark.interpreted)]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,6 +32,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("interpreted"):
             item.add_marker(skip)
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def every_backend(request, monkeypatch):
+    """The backend contract suite (tests/test_backend_contract.py): each of ``cpu``,
+    ``pytorch`` and ``triton`` forced by SMOOTHTOPK_BACKEND; ``triton`` in the interpreter
+    session only (and skipped without Triton)."""
+    if request.param == "cpu" and cpu_kernel.load() is None:
+        pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
+    if request.param == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setenv(_backend.ENV, request.param)
+    return request.param
 
 
 @pytest.fixture(params=BACKENDS)

@@ -498,8 +498,9 @@ def finish_kernel(
 
 
 @triton.jit
-def _row_factor(grad_ptr, total_ptr, stats, row, REDUCTION: tl.constexpr):
-    """``slope dOut/dl_row``: per-row grad ("none"), shared ("sum"), over the weight ("mean")."""
+def _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION: tl.constexpr):
+    """``slope dOut/dl_row``: per-row grad ("none"), shared ("sum"), over the weight ("mean");
+    exactly 0 for an ignored row (whose ``0 / total`` is NaN when every row is ignored)."""
     slope = tl.load(stats + 1)
     if REDUCTION == 0:
         g = tl.load(grad_ptr + row).to(tl.float64)
@@ -507,7 +508,7 @@ def _row_factor(grad_ptr, total_ptr, stats, row, REDUCTION: tl.constexpr):
         g = tl.load(grad_ptr).to(tl.float64)
     if REDUCTION == 2:
         g = g / tl.load(total_ptr)
-    return slope * g
+    return tl.where(tl.load(target_ptr + row) == ignore_index, 0.0, slope * g)
 
 
 @triton.jit
@@ -560,7 +561,7 @@ def backward_kernel(
     scale = _f64(scale)
     stats = stats_ptr + row * (2 + 2 * K)
     a = tl.load(stats)
-    factor = _row_factor(grad_ptr, total_ptr, stats, row, REDUCTION)
+    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
     s_row = s_ptr + row.to(tl.int64) * n
     g_row = out_ptr + row.to(tl.int64) * n
     lo = part * seg
@@ -596,6 +597,6 @@ def fix_kernel(
     """Split rows: the anchors' and the target's entries, after ``backward_kernel``."""
     row = tl.program_id(0)
     stats = stats_ptr + row * (2 + 2 * K)
-    factor = _row_factor(grad_ptr, total_ptr, stats, row, REDUCTION)
+    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
     g_row = out_ptr + row.to(tl.int64) * n
     _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, K, KP)

@@ -121,10 +121,17 @@ def _check_real(value, name: str) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        if value.requires_grad:  # one rule for every hyper-parameter tensor: constants
+            raise ValueError(f"{name} must not require grad (a constant): pass {name}.detach()")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the double range, e.g. 10**400
+        raise ValueError(
+            f"{name} must be finite, got an int of {value.bit_length()} bits"
+        ) from None
     if not abs(value) < math.inf:  # not NaN, not infinite (math.isfinite breaks dynamic shapes)
         raise ValueError(f"{name} must be finite, got {value}")
     return value
@@ -169,12 +176,21 @@ def check_reduction(reduction) -> str:
     return reduction
 
 
+VMAP_REFUSED = (
+    "smoothtopk's losses do not support torch.func.vmap: they are batched already "
+    "(scores (N, C, d1, ...)); flatten the vmapped dimension into N, with reduction='none' "
+    "for per-sample losses"
+)
+
+
 def check_input_target(input, target) -> None:
     """``input`` (C), (N, C) or (N, C, d1, ...) floating; ``target`` (), (N) or (N, d1, ...)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if _is_batched(input) or _is_batched(target):
+        raise RuntimeError(VMAP_REFUSED)
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -192,6 +208,13 @@ def check_input_target(input, target) -> None:
             f"target must have shape {expected} for input of shape {tuple(input.shape)} "
             f"(input is (N, C, d1, ...), target (N, d1, ...)), got {tuple(target.shape)}"
         )
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+
+
+def _is_batched(tensor: torch.Tensor) -> bool:
+    """A tensor under ``torch.func.vmap`` (whose values cannot be read for the checks)."""
+    return torch._C._functorch.is_batchedtensor(tensor)
 
 
 def check_weight(weight, num_classes: int, device: torch.device) -> None:
@@ -208,6 +231,9 @@ def check_weight(weight, num_classes: int, device: torch.device) -> None:
         )
     if weight.device != device:
         raise ValueError(f"weight is on {weight.device} but input is on {device}")
+    if weight.requires_grad:  # as F.cross_entropy: class weights are constants
+        raise ValueError("weight must not require grad (class weights are constants): pass "
+                         "weight.detach()")  # fmt: skip
 
 
 def checks_eagerly(tensor: torch.Tensor) -> bool:

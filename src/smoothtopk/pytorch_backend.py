@@ -96,8 +96,8 @@ def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alph
     valid = target != ignore_index
     safe = torch.where(valid, target, 0)
     row_grad = row_gradients(grad_out.to(weights.dtype), weights, reduction)
-    pieces = _Pieces(None, *factors, live & valid)
-    return gradient(pieces, safe, row_grad, scores.shape[1]).to(scores.dtype)
+    pieces = _Pieces(None, *factors, live)
+    return gradient(pieces, safe, valid, row_grad, scores.shape[1]).to(scores.dtype)
 
 
 def recorded_backward(grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction):
@@ -109,8 +109,7 @@ def recorded_backward(grad_out, scores, target, weight, ignore_index, k, tau, al
     pieces = _pieces(work, safe, k, tau, alpha)
     weights = row_weights(weight, safe, valid, work.dtype)
     row_grad = row_gradients(grad_out.to(work.dtype), weights, reduction)
-    pieces = pieces._replace(live=pieces.live & valid)
-    return gradient(pieces, safe, row_grad, scores.shape[1]).to(scores.dtype)
+    return gradient(pieces, safe, valid, row_grad, scores.shape[1]).to(scores.dtype)
 
 
 def _poison(x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +171,9 @@ def _pieces(scores: torch.Tensor, target: torch.Tensor, k: int, tau: float, alph
     target = target[:, None]
     true_score = scores.gather(1, target)
     top, anchor_index = _anchors(scores, target, k)
-    live = ~(torch.isneginf(top[:, -1:]) & torch.isfinite(true_score))
+    # a NaN or +inf score makes the row NaN, even when its k-th other score is -inf
+    poisoned = torch.isnan(_poison(top.sum(dim=1, keepdim=True) + true_score))
+    live = ~(torch.isneginf(top[:, -1:]) & torch.isfinite(true_score)) | poisoned
     if differentiable:  # rows of loss 0 computed on zeros: no inf - inf reaches autograd
         scores = torch.where(live, scores, 0.0)
         true_score = scores.gather(1, target)
@@ -222,25 +223,29 @@ def _rest_coefficients(log_sigma, log_e, log_total) -> torch.Tensor:
     return (terms * valid).sum(dim=2)
 
 
-def gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, classes: int):
-    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target;
-    rows that are not ``pieces.live`` (ignored, or no finite k-th score) get exactly 0.
+def gradient(pieces: _Pieces, target, valid, grad_loss: torch.Tensor, classes: int):
+    """dL/ds from the factors: rest classes by Horner's rule in ``u_j``, anchors, then target.
+    A row that is not ``pieces.live`` (no finite k-th score) gets ``0 * dOut/dl_row``: 0, or NaN
+    when that is not finite (a NaN weight, a mean over a total weight of 0), as cross-entropy;
+    an ignored row (not ``valid``) gets exactly 0.
 
     In place in one ``(M, C)`` buffer unless autograd records (double backward).
     """
-    factor = (pieces.slope * grad_loss)[:, None]
+    factor = (pieces.slope * grad_loss)[:, None]  # slope = 0 on rows that are not live
     coefficients = pieces.rest_coefficients * factor
     anchors = pieces.anchor_gradient * factor
     u = pieces.rest[:, :classes]
     k = coefficients.shape[1]
     target = target[:, None]
     live = pieces.live[:, None]
+    dead = torch.where(live, 0.0, factor * 0.0)  # added to the rows that are not live
     if torch.is_grad_enabled():
         horner = coefficients[:, k - 1 :]
         for m in range(k - 2, -1, -1):
             horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
         direction = (u * horner).scatter(1, pieces.anchor_index, anchors)
-        return torch.where(live, direction.scatter(1, target, -factor), 0.0)
+        direction = torch.where(live, direction.scatter(1, target, -factor), 0.0) + dead
+        return torch.where(valid[:, None], direction, 0.0)
     if k == 1:
         direction = u * coefficients
     else:
@@ -251,4 +256,4 @@ def gradient(pieces: _Pieces, target: torch.Tensor, grad_loss: torch.Tensor, cla
             torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0, out=horner)
         direction = horner.mul_(u)
     direction.scatter_(1, pieces.anchor_index, anchors).scatter_(1, target, -factor)
-    return direction.masked_fill_(~live, 0.0)
+    return direction.masked_fill_(~live, 0.0).add_(dead).masked_fill_(~valid[:, None], 0.0)

@@ -6,7 +6,13 @@ import torch
 
 from . import _backend, pytorch_backend
 from ._reduction import finish, prepare
-from ._validation import check_margins, check_positive, check_temperature_scale, keyword_only
+from ._validation import (
+    VMAP_REFUSED,
+    check_margins,
+    check_positive,
+    check_temperature_scale,
+    keyword_only,
+)
 
 
 @keyword_only
@@ -79,29 +85,44 @@ def smooth_topk_svm_loss(
     arguments = (call.target, weight, ignore_index, k, tau, alpha, reduction, backend.NAME)
     if call.autocast:
         with torch.autocast(call.scores.device.type, enabled=False):
-            out = _SmoothTopkSVM.apply(call.scores, *arguments)
+            out = _SmoothTopkSVM.apply(call.scores, *arguments)[0]
     else:
-        out = _SmoothTopkSVM.apply(call.scores, *arguments)
+        out = _SmoothTopkSVM.apply(call.scores, *arguments)[0]
     return finish(out, call, reduction)
 
 
 class _SmoothTopkSVM(torch.autograd.Function):
     """One backend forward and one backend backward; under ``create_graph=True`` the backward
-    recomputes the factors with recorded PyTorch operations, so double backward is exact too."""
+    recomputes the factors with recorded PyTorch operations, so double backward is exact too.
+
+    The output is ``(loss, *saved)``, the backend's factors as non-differentiable outputs, so
+    that the forward takes no ``ctx`` (``setup_context``): ``torch.func.grad`` works; ``vmap``
+    is refused with a message (also by the argument checks, before any value is read), and so is
+    forward-mode AD, by torch (no ``jvp`` here: Dynamo cannot trace a Function that has one).
+    """
 
     @staticmethod
-    def forward(ctx, scores, target, weight, ignore_index, k, tau, alpha, reduction, name):
+    def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, name):
         out, saved = _backend.module(name).forward(
             scores, target, weight, ignore_index, k, tau, alpha, reduction
         )
+        return (out, *saved)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        scores, target, weight, ignore_index, k, tau, alpha, reduction, name = inputs
+        saved = output[1:]
+        ctx.mark_non_differentiable(*saved)
+        ctx.set_materialize_grads(False)
         per_class = isinstance(alpha, torch.Tensor)  # per-class margins travel as a saved tensor
         ctx.save_for_backward(scores, target, weight, alpha if per_class else None, *saved)
         ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
         ctx.name = name
-        return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):
+        if grad_out is None:
+            return (None,) * 9
         scores, target, weight, margins, *saved = ctx.saved_tensors
         ignore_index, k, tau, alpha, reduction = ctx.options
         alpha = margins if alpha is None else alpha
@@ -124,3 +145,7 @@ class _SmoothTopkSVM(torch.autograd.Function):
                 reduction,
             )
         return grad, *([None] * 8)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError(VMAP_REFUSED)

@@ -1,0 +1,141 @@
+"""The backend contract every backend answers (issue #19): ``cpu``, ``pytorch`` and ``triton``.
+
+Each test takes the ``every_backend`` fixture: the fused CPU kernel and the PyTorch path run in
+the main pytest session, the Triton kernel in the session with ``TRITON_INTERPRET=1`` that
+``make test`` starts (its parameter is marked ``interpreted``). Adding a backend adds a name
+to ``conftest.ALL_BACKENDS``.
+
+References are independent of the code under test: ``F.cross_entropy`` (the k = 1, alpha = 0,
+tau = 1 member) and the rules of docs/math.md. These are the regressions of the fuzz campaign
+of issue #19: NaN kept on every backend, an ignored batch's gradient exactly 0, cross-entropy's
+NaN pattern for dead rows, and the refusals of arguments the loss cannot honour.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothtopk import smooth_topk_svm_loss
+
+INF, NAN = math.inf, math.nan
+
+
+def _value_and_grad(scores, target, **options):
+    x = scores.detach().clone().requires_grad_(True)
+    value = smooth_topk_svm_loss(x, target, **options)
+    value.sum().backward()
+    return value.detach(), x.grad
+
+
+def _ce_value_and_grad(scores, target, **options):
+    x = scores.detach().clone().requires_grad_(True)
+    value = F.cross_entropy(x, target, **options)
+    value.sum().backward()
+    return value.detach(), x.grad
+
+
+def _same_including_nan(ours, theirs):
+    """Equal values where both are numbers, and NaN exactly where the reference has NaN."""
+    assert torch.equal(ours.isnan(), theirs.isnan()), (ours, theirs)
+    finite = ~theirs.isnan()
+    torch.testing.assert_close(ours[finite], theirs[finite].to(ours.dtype), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_ignored_batch_has_gradient_zero(reduction, every_backend):
+    """Every row ignored: cross-entropy's value (NaN for the mean, 0 for the sum) and a
+    gradient of exactly 0, never NaN (the Triton backend gave NaN: 0 / total weight 0)."""
+    scores, target = torch.randn(3, 6), torch.tensor([-100, -100, -100])
+    value, grad = _value_and_grad(scores, target, k=2, reduction=reduction)
+    ce_value, _ = _ce_value_and_grad(scores, target, reduction=reduction)
+    _same_including_nan(value, ce_value)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize(
+    "row", [[0.0, NAN, -INF, -INF], [0.0, INF, -INF, -INF], [NAN, 1.0, -INF, -INF]]
+)
+def test_nan_or_inf_scores_give_nan_even_when_the_kth_other_is_minus_inf(row, every_backend):
+    """A NaN or +inf score makes the row NaN (value and gradient), as in cross-entropy, even
+    when too few classes are finite for a k-th other score (the PyTorch path returned 0)."""
+    value, grad = _value_and_grad(torch.tensor([row]), torch.tensor([0]), k=2)
+    assert value.isnan() and grad.isnan().all()
+
+
+def test_other_rows_keep_their_numbers_beside_a_nan_row(every_backend):
+    scores = torch.tensor([[0.0, NAN, -INF, -INF], [0.5, 1.0, -1.0, 2.0]])
+    value, grad = _value_and_grad(scores, torch.tensor([0, 1]), k=2, reduction="none")
+    clean, clean_grad = _value_and_grad(scores[1:], torch.tensor([1]), k=2, reduction="none")
+    assert value[0].isnan() and grad[0].isnan().all()
+    torch.testing.assert_close(value[1:], clean)
+    torch.testing.assert_close(grad[1:], clean_grad)
+
+
+# Rows whose target is the only finite class: loss 0 (the limit). With a NaN class weight, or
+# a mean over a total weight of 0, cross-entropy's gradient is NaN; an ignored row stays 0.
+DEAD = torch.tensor([[0.0, -INF, -INF, -INF], [-INF, 1.0, -INF, -INF], [0.3, -0.2, 1.0, 0.1]])
+DEAD_CASES = {
+    "nan weight": ({"weight": torch.tensor([NAN, 1.0, 1.0, 1.0])}, [0, 1, 2]),
+    "zero total weight": ({"weight": torch.tensor([0.0, 0.0, 1.0, 1.0])}, [0, 1, -100]),
+    "plain": ({}, [0, 1, 2]),
+    "ignored beside": ({"weight": torch.tensor([0.0, 1.0, 1.0, 1.0])}, [0, -100, -100]),
+}
+
+
+@pytest.mark.parametrize("case", DEAD_CASES, ids=list(DEAD_CASES))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_rows_without_a_finite_kth_score_follow_cross_entropy(case, reduction, every_backend):
+    options, target = DEAD_CASES[case]
+    target = torch.tensor(target)
+    ours = _value_and_grad(DEAD, target, k=1, tau=1.0, alpha=0.0, reduction=reduction, **options)
+    theirs = _ce_value_and_grad(DEAD, target, reduction=reduction, **options)
+    _same_including_nan(ours[0], theirs[0])
+    _same_including_nan(ours[1], theirs[1])
+    # the same rows at k = 2: the same NaN pattern of the gradient
+    _, grad = _value_and_grad(DEAD, target, k=2, reduction=reduction, **options)
+    dead_rows = torch.tensor([0, 1])
+    assert torch.equal(grad[dead_rows].isnan(), theirs[1][dead_rows].isnan())
+
+
+def test_a_target_on_another_device_is_refused(every_backend):
+    with pytest.raises(ValueError, match="target is on meta but input is on cpu"):
+        smooth_topk_svm_loss(torch.randn(2, 5), torch.tensor([1, 2], device="meta"), k=2)
+
+
+def test_hyper_parameter_tensors_that_require_grad_are_refused(every_backend):
+    """One rule: weight, tau and alpha are constants (as F.cross_entropy refuses a weight that
+    requires grad); before, a 0-d tau or alpha requiring grad was silently detached."""
+    scores, target = torch.randn(3, 5), torch.tensor([0, 1, 2])
+    for name, value in [
+        ("weight", torch.rand(5, requires_grad=True)),
+        ("tau", torch.tensor(1.0, requires_grad=True)),
+        ("alpha", torch.tensor(1.0, requires_grad=True)),
+        ("alpha", torch.rand(5, requires_grad=True)),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} must not require grad"):
+            smooth_topk_svm_loss(scores, target, k=2, **{name: value})
+
+
+@pytest.mark.parametrize("name", ["tau", "alpha"])
+def test_hyper_parameters_beyond_the_double_range_are_named(name, every_backend):
+    with pytest.raises(ValueError, match=f"{name} must be finite"):
+        smooth_topk_svm_loss(torch.randn(3, 5), torch.tensor([0, 1, 2]), k=2, **{name: 10**400})
+
+
+def test_torch_func_grad_equals_backward(every_backend):
+    scores, target = torch.randn(4, 7, dtype=torch.float32), torch.tensor([0, 3, 6, 2])
+    expected = _value_and_grad(scores, target, k=3, tau=0.5)[1]
+    grad = torch.func.grad(lambda s: smooth_topk_svm_loss(s, target, k=3, tau=0.5))(scores)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_vmap_and_forward_mode_are_refused_with_a_message(every_backend):
+    scores, target = torch.randn(2, 4, 7), torch.tensor([[0, 3, 6, 2], [1, 1, 0, 5]])
+    with pytest.raises(RuntimeError, match="do not support torch.func.vmap"):
+        torch.func.vmap(lambda s, t: smooth_topk_svm_loss(s, t, k=3))(scores, target)
+    with pytest.raises(NotImplementedError, match="forward mode AD"):
+        torch.func.jvp(
+            lambda s: smooth_topk_svm_loss(s, target[0], k=3), (scores[0],), (scores[0],)
+        )
