@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install kernel test test-suite test-interpreted lint format demo demo-check bench bench-full clean
+.PHONY: install kernel test test-suite test-interpreted test-floor lint format demo demo-check bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,23 @@ test-interpreted: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -m interpreted -p no:cacheprovider --durations=5 \
 		-W "ignore::RuntimeWarning" $(INTERPRETED)
 
+# The floor of the supported torch range (pyproject: torch>=2.11, the GPU machine's torch): a
+# second environment runs the backend contract, backend and API tests (compile included) there.
+# CI runs it after make test (.ci/run).
+FLOOR_TORCH := 2.11.0
+FLOOR_VENV := .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+
+$(FLOOR_STAMP): pyproject.toml
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet "torch==$(FLOOR_TORCH)" -e ".[dev]"
+	touch $(FLOOR_STAMP)
+
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/python -c "import smoothtopk; smoothtopk.cpu_kernel.load()"
+	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider --durations=5 \
+		tests/test_backend_contract.py tests/test_backend.py tests/test_api.py
+
 # The demo sweep (docs/experiments.md): CE vs L_{5,1} on the embedded data at label noise
 # 0, 0.2, ..., 0.8; prints the table, writes runs/demo/report/ (table, CSV, plots).
 demo: $(STAMP)
@@ -68,4 +85,4 @@ bench-full: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --full $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FLOOR_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from smoothtopk import smooth_topk_svm_loss
+from smoothtopk.pytorch_backend import INDUCTOR_CRASH_BEFORE
 
 INF, NAN = math.inf, math.nan
 
@@ -139,3 +140,53 @@ def test_vmap_and_forward_mode_are_refused_with_a_message(every_backend):
         torch.func.jvp(
             lambda s: smooth_topk_svm_loss(s, target[0], k=3), (scores[0],), (scores[0],)
         )
+
+
+@pytest.mark.parametrize(
+    "dtype, k", [(torch.float32, 1), (torch.float32, 2), (torch.float32, 5),
+                 (torch.float32, 7), (torch.float64, 5), (torch.float32, 33)]
+)  # fmt: skip
+def test_compiled_gradients_equal_eager(dtype, k, every_backend):
+    """torch.compile(fullgraph) of the public loss: the same value and gradient as eager. On
+    torch 2.11 the pytorch backend gave all-zero gradients (an output that was a no-op ``.to``
+    of an intermediate); CI runs this file on that torch too (``make test-floor``)."""
+    if every_backend == "triton" and (k > 32 or dtype == torch.float64):
+        pytest.skip("the Triton kernel takes k <= 32 and no float64")
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(k)
+    scores = torch.randn(6, 40, generator=generator, dtype=dtype)
+    target = torch.randint(0, 40, (6,), generator=generator)
+
+    def step(s, t):
+        return smooth_topk_svm_loss(s, t, k=k, tau=0.5, reduction="sum")
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    a, b = scores.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+    if every_backend == "pytorch" and k > 6 and torch.__version__ < INDUCTOR_CRASH_BEFORE:
+        with pytest.raises(Exception, match="inductor crashes the process"):
+            compiled(a, target)  # refused: on torch 2.11 inductor would crash the process
+        return
+    value = compiled(a, target)
+    value.backward()
+    expected = step(b, target)
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(a.grad, b.grad)
+    assert a.grad.abs().sum() > 0
+
+
+def test_a_torch_whose_inductor_crashes_is_refused_not_crashed(monkeypatch):
+    """Under a torch older than INDUCTOR_CRASH_BEFORE, a trace of the PyTorch path on the CPU
+    at k > 6 is refused with the way out (torch 2.11's inductor crashed the process there);
+    simulated here by moving the boundary past this torch."""
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
+    monkeypatch.setattr("smoothtopk.pytorch_backend.INDUCTOR_CRASH_BEFORE", "99")
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda s, t: smooth_topk_svm_loss(s, t, k=7), fullgraph=True, backend="aot_eager"
+    )
+    with pytest.raises(Exception, match="call the loss once before compiling"):
+        compiled(torch.randn(3, 20), torch.tensor([0, 1, 2]))
+    torch._dynamo.reset()
+    eager = smooth_topk_svm_loss(torch.randn(3, 20), torch.tensor([0, 1, 2]), k=7)
+    assert torch.isfinite(eager)  # eager calls are never refused

@@ -9,6 +9,7 @@ session of their own that ``make test`` starts (``TRITON_INTERPRET=1 pytest -m i
 
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -290,6 +291,22 @@ def test_compiles_for_sm90(name, k):
     print(f"{name} k={k} BLOCK={block}: {registers} registers, {spilled} bytes spilled")
     assert 0 < registers <= 255
     assert spilled == 0  # measured: none at these configurations (k=32 forward: 136 bytes)
+    _assert_64_bit_offsets(compiled.asm["ttir"])
+
+
+# the arguments indexed by row (weight_ptr and alpha_ptr are indexed by class, below 2^31)
+ROW_POINTERS = {"s_ptr", "target_ptr", "loss_ptr", "weight_out", "stats_ptr", "anchor_ptr",
+                "grad_ptr", "out_ptr"}  # fmt: skip
+
+
+def _assert_64_bit_offsets(ttir: str) -> None:
+    """Every non-constant offset added to a per-row argument is 64-bit: offsets such as
+    ``row * (2 + 2k)`` pass 2^31 at about 179 M rows (k = 5), reachable per pixel."""
+    moves = re.findall(r"tt\.addptr %(\w+), %(\w+) : !tt\.ptr<\w+>, (i\d+)", ttir)
+    checked = [(base, offset, bits) for base, offset, bits in moves if base in ROW_POINTERS]
+    assert checked, "no pointer argument is offset"
+    narrow = [m for m in checked if m[2] != "i64" and not re.fullmatch(r"c\d+_i\d+", m[1])]
+    assert not narrow, narrow
 
 
 @cuda
@@ -378,3 +395,17 @@ def test_public_function_runs_the_triton_backend_when_forced(monkeypatch):
         results[name] = (value, first_order, second)
     for ours, reference in zip(results["triton"], results["pytorch"], strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(INTERPRETING, reason="checks the declining, not the kernels")
+def test_an_old_triton_is_declined_naming_both_versions(monkeypatch):
+    assert triton_kernel.TRITON_VERSION == triton.__version__  # read without importing Triton
+    scores, target = torch.zeros(2, 5), torch.tensor([0, 1])
+    monkeypatch.setattr(triton_kernel, "TRITON_VERSION", "3.1.0")
+    reason = triton_kernel.unavailable(scores, 2)
+    assert "needs triton >= 3.2" in reason and "found triton 3.1.0" in reason
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="SMOOTHTOPK_BACKEND=triton.*found triton 3.1.0"):
+        smooth_topk_svm_loss(scores, target, k=2)
+    monkeypatch.setattr(triton_kernel, "TRITON_VERSION", "3.2.0+git0")
+    assert "found triton" not in triton_kernel.unavailable(scores, 2)  # the CPU reason instead

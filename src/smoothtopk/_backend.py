@@ -73,8 +73,11 @@ def select(scores: torch.Tensor, k: int) -> ModuleType:
         if reason is not None:
             raise RuntimeError(f"{ENV}={choice} cannot compute this call: {reason}")
         return backend
+    reasons = []
     for name in NAMES:
         backend = module(name)
-        if backend.unavailable(scores, k) is None:
+        reason = backend.unavailable(scores, k)
+        if reason is None:
             return backend
-    raise AssertionError("the pytorch backend computes every call")  # unreachable
+        reasons.append(f"{name}: {reason}")
+    raise RuntimeError("no backend can compute this call: " + "; ".join(reasons))

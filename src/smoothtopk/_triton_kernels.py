@@ -314,7 +314,7 @@ def forward_row_kernel(
     LOG: tl.constexpr,
 ):
     """One program per row: top-k pass, rest pass, finish. Grid ``(M,)``."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row.to(tl.int64) * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
@@ -360,7 +360,7 @@ def top_segment_kernel(
     BLOCK: tl.constexpr,
 ):
     """Split rows, step 1: top-k of each segment. Grid ``(M, splits)``."""
-    row, part = tl.program_id(0), tl.program_id(1)
+    row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
     s_row = s_ptr + row.to(tl.int64) * n
     target = tl.load(target_ptr + row).to(tl.int32)
     lo = part * seg
@@ -386,7 +386,7 @@ def select_kernel(
     CANDIDATES: tl.constexpr,
 ):
     """Split rows, step 2: the row's top-k among the segments' candidates. Grid ``(M,)``."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
     offs = tl.arange(0, CANDIDATES)
     inside = offs < splits * KP
     x = tl.load(cand_val + row * splits * KP + offs, mask=inside, other=-INF)
@@ -418,7 +418,7 @@ def rest_segment_kernel(
     LOG: tl.constexpr,
 ):
     """Split rows, step 3: ``e_b(u)`` of each segment. Grid ``(M, splits)``."""
-    row, part = tl.program_id(0), tl.program_id(1)
+    row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
     scale = _f64(scale)
     s_row = s_ptr + row.to(tl.int64) * n
     target = tl.load(target_ptr + row).to(tl.int32)
@@ -459,7 +459,7 @@ def finish_kernel(
     LOG: tl.constexpr,
 ):
     """Split rows, step 4: product of the segments' polynomials, then finish. Grid ``(M,)``."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row.to(tl.int64) * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
@@ -557,7 +557,7 @@ def backward_kernel(
 ):
     """``dL/ds_j = factor u_j sum_m (-u_j)^m D_m`` (Horner, float64). Grid ``(M, splits)``;
     ``FIX`` (one split) also writes the anchors and the target."""
-    row, part = tl.program_id(0), tl.program_id(1)
+    row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
     scale = _f64(scale)
     stats = stats_ptr + row * (2 + 2 * K)
     a = tl.load(stats)
@@ -595,7 +595,7 @@ def fix_kernel(
     REDUCTION: tl.constexpr,
 ):
     """Split rows: the anchors' and the target's entries, after ``backward_kernel``."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
     stats = stats_ptr + row * (2 + 2 * K)
     factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
     g_row = out_ptr + row.to(tl.int64) * n

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import torch
 
 from ._reduction import reduce, row_gradients, row_weights
+from .anchors import _MAX_ENUMERATED as MAX_ENUMERATED
 from .anchors import EXP_FLOOR, anchor_sums, exp_normal
 from .anchors import LOG_ZERO as _LOG_ZERO
 from .polynomial import normalized_elementary_symmetric, padded_width
@@ -60,8 +61,22 @@ NAME = "pytorch"
 FLOAT32_MAX_K = 10
 
 
+#: torch releases whose inductor crashes the process (double free) compiling this path on the
+#: CPU at k > 6 (tested: 2.11 crashes, 2.14 does not; the releases between are not tested)
+INDUCTOR_CRASH_BEFORE = "2.14"
+
+
 def unavailable(scores: torch.Tensor, k: int) -> str | None:
-    """Never: the PyTorch operations run on every device and floating dtype."""
+    """None on every device and floating dtype, except a ``torch.compile`` trace on the CPU at
+    ``k > 6`` under a torch whose inductor crashes there: refused with the way out."""
+    if k > MAX_ENUMERATED and scores.is_cpu and torch.compiler.is_compiling():
+        if torch.__version__ < INDUCTOR_CRASH_BEFORE:
+            return (
+                f"torch {torch.__version__}'s inductor crashes the process compiling the PyTorch "
+                f"path on the CPU at k > {MAX_ENUMERATED}: call the loss once before compiling "
+                f"(the fused CPU kernel then serves compiled calls) or use torch >= "
+                f"{INDUCTOR_CRASH_BEFORE}"
+            )
     return None
 
 
@@ -87,7 +102,10 @@ def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
     losses = torch.where(valid, pieces.loss * weights, 0.0)
     out = reduce(losses, weights, reduction)
     out_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    return out.to(out_dtype), (weights, *pieces[1:])
+    # Never ``out.to(out_dtype)`` when the dtype is already right: that no-op ``to`` is an
+    # alias of a graph intermediate, and torch 2.11's compile of the autograd.Function around
+    # it then drops the incoming gradient (all-zero gradients, issue #19).
+    return (out if out.dtype == out_dtype else out.to(out_dtype)), (weights, *pieces[1:])
 
 
 def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction):

@@ -21,6 +21,8 @@ Example:
     True
 """
 
+import contextlib
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -38,6 +40,37 @@ REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
 #: read once at import: ``find_spec`` inside a ``torch.compile`` trace breaks the graph (torch 2.11)
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+#: the kernels use ``tl.gather`` and tuples inside kernels (Triton 3.2)
+MIN_TRITON = (3, 2)
+
+
+def _installed_version() -> str | None:
+    """The installed Triton's version, from its distribution's metadata (no import of Triton);
+    None when not installed or not found under a known distribution name."""
+    for distribution in ("triton", "pytorch-triton", "triton-windows"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``(3, 2)`` of ``"3.2.0+git1234"``: the leading numeric fields.
+
+    Example:
+        >>> _release("3.2.0+git1234"), _release("3.10.1"), _release("nightly")
+        ((3, 2, 0), (3, 10, 1), ())
+    """
+    fields = []
+    for part in version.split("+")[0].split("."):
+        if not part.isdigit():
+            break
+        fields.append(int(part))
+    return tuple(fields)
+
+
+TRITON_VERSION = _installed_version() if TRITON_INSTALLED else None
 
 
 def _interpreting() -> bool:
@@ -61,6 +94,9 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
         return f"the Triton kernel's float64 sums could overflow at n={classes}, k={k}"
     if not TRITON_INSTALLED:
         return "triton is not installed"
+    if TRITON_VERSION is not None and _release(TRITON_VERSION) < MIN_TRITON:
+        needed = ".".join(map(str, MIN_TRITON))
+        return f"the Triton kernel needs triton >= {needed}; found triton {TRITON_VERSION}"
     if scores.device.type == "cpu":
         if _interpreting():
             return None
@@ -70,6 +106,17 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return "TRITON_INTERPRET=1: Triton interprets kernels (CPU tensors only)"
     return None
+
+
+def _on_device(device: torch.device):
+    """Launch on ``device``: Triton launches on the current CUDA device, which need not be the
+    scores' (a loss on ``cuda:1`` while ``cuda:0`` is current faulted).
+
+    Example:
+        >>> _on_device(torch.device("cuda", 1)).idx, type(_on_device(torch.device("cpu")))
+        (1, <class 'contextlib.nullcontext'>)
+    """
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _kernels():
@@ -246,9 +293,10 @@ def triton_forward(
     if rows > 0:
         weight = None if weight is None else weight.contiguous()
         margins = None if alpha_per_class is None else alpha_per_class.contiguous()
-        _launch_forward(
-            scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
-        )
+        with _on_device(scores.device):
+            _launch_forward(
+                scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
+            )
     out, total = _reduce(outputs[0], outputs[1], reduction)
     return out, outputs[2], outputs[3], total
 
@@ -263,6 +311,38 @@ def _(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits, al
         scores.new_empty(rows, k, dtype=torch.int64),
         scores.new_empty((), dtype=torch.float64),
     )
+
+
+def _launch_backward(
+    grad_out, total, scores, target, stats, anchors, grad, ignore_index, k, tau, reduction, splits
+):
+    """Fill ``grad (M, n)``: the rest by ``backward_kernel``, the anchors and the target by it
+    too (one split) or by ``fix_kernel`` after it (split rows)."""
+    rows, classes = scores.shape
+    kern = _kernels()
+    block, kp = block_size(classes, k), _padded_k(k)
+    seg, splits = _segment(classes, block, max(1, splits))
+    mode = dict(K=k, KP=kp, REDUCTION=REDUCTIONS[reduction])
+    kern.backward_kernel[(rows, splits)](
+        grad_out,
+        total,
+        scores,
+        target,
+        stats,
+        anchors,
+        grad,
+        classes,
+        seg,
+        ignore_index,
+        1.0 / (k * float(tau)),
+        BLOCK=block,
+        FIX=splits == 1,
+        **mode,
+    )
+    if splits > 1:
+        kern.fix_kernel[(rows,)](
+            grad_out, total, target, stats, anchors, grad, classes, ignore_index, **mode
+        )
 
 
 @torch.library.custom_op("smoothtopk::triton_backward", mutates_args=())
@@ -285,31 +365,11 @@ def triton_backward(
     rows, classes = scores.shape
     if rows == 0:
         return grad
-    kern = _kernels()
-    block, kp = block_size(classes, k), _padded_k(k)
-    seg, splits = _segment(classes, block, max(1, splits))
-    grad_out = grad_out.contiguous()
-    mode = dict(K=k, KP=kp, REDUCTION=REDUCTIONS[reduction])
-    kern.backward_kernel[(rows, splits)](
-        grad_out,
-        total,
-        scores,
-        target,
-        stats,
-        anchors,
-        grad,
-        classes,
-        seg,
-        ignore_index,
-        1.0 / (k * float(tau)),
-        BLOCK=block,
-        FIX=splits == 1,
-        **mode,
-    )
-    if splits > 1:
-        kern.fix_kernel[(rows,)](
-            grad_out, total, target, stats, anchors, grad, classes, ignore_index, **mode
-        )
+    with _on_device(scores.device):
+        _launch_backward(
+            grad_out.contiguous(), total, scores, target, stats, anchors, grad, ignore_index, k,
+            tau, reduction, splits,
+        )  # fmt: skip
     return grad
 
 
