@@ -5,6 +5,10 @@ the YAML file), the preset's per-loss settings (e.g. the ImageNet recipe uses lr
 for the smooth loss), the YAML file (``--config``), the command-line options. A ``preset:`` key
 in the file and ``--preset`` must name the same preset (an error otherwise): neither is
 silently dropped.
+
+This module imports neither torch nor YAML at import time (the command line builds its parser
+from :data:`FIELDS` and :data:`PRESETS` without them); the checks and the loss are imported
+when a config is validated or built.
 """
 
 from __future__ import annotations
@@ -15,13 +19,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-import yaml
-
-from .datasets import check_dataset
-from .distributed import DEFAULT_TIMEOUT
-from .losses import LOSSES, build_loss, check_loss, check_loss_args, loss_label, loss_slug
-from .models import DEFAULT_MODEL, check_model
-from .noise import GROUPINGS, check_rate
+#: seconds a torchrun process waits for the others (the default of ``--dist-timeout``)
+DIST_TIMEOUT = 600.0
 
 
 def option(default=None, help: str = "", factory=None):
@@ -53,19 +52,27 @@ class LossSpec:
     def build(self, class_counts=None):
         """The loss module (:func:`.losses.build_loss`); ``class_counts``, the training
         samples per class, reach the losses that need them (logit adjustment, LDAM margins)."""
+        from .losses import build_loss
+
         return build_loss(self.name, **self._options(), class_counts=class_counts)
 
     def label(self) -> str:
         """A short human label, e.g. ``L_{5,1} (alpha=1)``."""
+        from .losses import loss_label
+
         return loss_label(self.name, **self._options())
 
     def slug(self) -> str:
         """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
+        from .losses import loss_slug
+
         return loss_slug(self.name, **self._options())
 
     def check(self, num_classes: int) -> None:
         """ValueError unless the options suit ``num_classes`` classes (k < C for every loss:
         k is recorded with the run and names the top-k metric)."""
+        from .losses import check_loss_args
+
         if not 1 <= self.k < num_classes:
             raise ValueError(
                 f"k must satisfy 1 <= k < number of classes ({num_classes}), got {self.k}"
@@ -109,8 +116,9 @@ class Config:
     model: str | None = option(
         None, "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)"
     )
-    loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES: "
-                       + ", ".join(LOSSES))  # fmt: skip
+    loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES, e.g. ce, "
+                       "smooth-svm, hard-svm, hinge-alpha (an unknown name lists them "
+                       "all)")  # fmt: skip
     k: int = option(5, "k of the top-k losses (below the number of classes)")
     tau: float = option(1.0, "temperature of smooth-svm")
     alpha: float = option(1.0, "margin of the SVM and hinge losses")
@@ -142,9 +150,8 @@ class Config:
     )
     checkpoint_every: int = option(0, "also save last.pt every N training steps, for mid-epoch "
                                    "--resume (0: at epoch ends only)")  # fmt: skip
-    dist_timeout: float = option(DEFAULT_TIMEOUT, "seconds a torchrun process waits for the "
-                                 "others in a collective before the job fails "
-                                 f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    dist_timeout: float = option(DIST_TIMEOUT, "seconds a torchrun process waits for the "
+                                 "others in a collective before the job fails")  # fmt: skip
     progress: bool = option(True, "tqdm progress bars (shown on a terminal only)")
     preset: str | None = option(None, "a recipe of the paper (or the demo)")
 
@@ -208,12 +215,24 @@ PRESETS: dict[str, dict] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+#: options that ``sweep`` takes as comma-separated lists (one run per value); ``train`` takes
+#: one value of each, ``demo`` a list of noise levels
+SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing",
+         "tau_la", "max_margin", "imbalance_ratio")  # fmt: skip
 TYPES = typing.get_type_hints(Config)  #: field name -> its type (``int | None``, ...)
 
 
 def help_of(name: str) -> str:
     """The command-line help of config field ``name``."""
     return FIELDS[name].metadata["help"]
+
+
+def default_of(name: str):
+    """The default of config field ``name`` (without a preset)."""
+    spec = FIELDS[name]
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 def coerce(name: str, value):
@@ -253,6 +272,8 @@ def coerce(name: str, value):
 def load_yaml(path: str) -> dict:
     """The mapping in the YAML file ``path``; ValueError naming the file if it cannot be read,
     is not UTF-8 text, not YAML or not a mapping."""
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -318,6 +339,11 @@ def pick_preset(given: str | None, in_file: str | None) -> str | None:
 
 def validate(cfg: Config) -> Config:
     """Checks that need no data; fills in the data set's default model."""
+    from .datasets import check_dataset
+    from .losses import check_loss
+    from .models import DEFAULT_MODEL, check_model
+    from .noise import GROUPINGS, check_rate
+
     check_dataset(cfg.dataset)
     if cfg.model is None:
         cfg.model = DEFAULT_MODEL[cfg.dataset]
@@ -383,6 +409,8 @@ def lr_at(cfg: Config, epoch: int) -> float:
 
 
 def to_yaml(cfg: Config) -> str:
+    import yaml
+
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 

@@ -598,12 +598,18 @@ def _end_epoch(loop: Loop, record: dict, log) -> None:
     if loop.writer:
         write_metrics(loop.run_dir, loop.history)
     if log:
-        log(
-            f"epoch {epoch:3d}/{loop.cfg.epochs} lr {record['lr']:.3g} "
-            f"loss {record['train_loss']:.4f} val top1 {record['val_top1']:.4f} "
-            f"top5 {record['val_top5']:.4f} | test top1 {record['test_top1']:.4f} "
-            f"top5 {record['test_top5']:.4f} ({record['epoch_seconds']:.1f}s)"
-        )
+        log(epoch_line(record, loop.cfg.epochs))
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """The log line of an epoch, accuracies in percent as in the summary and the reports:
+    ``epoch   3/15 lr 0.1 loss 3.2109 | val top-1 28.80% top-5 61.40% | test ...``."""
+    val = f"val top-1 {100 * record['val_top1']:.2f}% top-5 {100 * record['val_top5']:.2f}%"
+    test = f"test top-1 {100 * record['test_top1']:.2f}% top-5 {100 * record['test_top5']:.2f}%"
+    return (
+        f"epoch {record['epoch']:3d}/{epochs} lr {record['lr']:.3g} "
+        f"loss {record['train_loss']:.4f} | {val} | {test} ({record['epoch_seconds']:.1f}s)"
+    )
 
 
 def _describe(epoch: int, step: int) -> str:
