@@ -8,6 +8,7 @@ status 2 and write nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -236,12 +237,14 @@ def _train(args, parser) -> int:
     except (ValueError, TypeError, OSError) as err:
         distributed.finish()
         parser.error(str(err).splitlines()[0] if str(err) else repr(err))
-    if not chosen and distributed.is_writer():  # after the checks: an error stays one line
-        print(f"{PROG}: no --loss given: training the default loss, {cfg.loss_spec.label()} "
-              f"({cfg.loss}); choose one with --loss", file=sys.stderr)  # fmt: skip
     try:
         distributed.barrier()  # every process has checked the run directory before rank 0 writes
-        summary = fit(prepared, log=_log)
+        with _run_lock(prepared, parser):
+            if not chosen and distributed.is_writer():  # after the checks: errors stay one line
+                print(f"{PROG}: no --loss given: training the default loss, "
+                      f"{cfg.loss_spec.label()} ({cfg.loss}); choose one with --loss",
+                      file=sys.stderr)  # fmt: skip
+            summary = fit(prepared, log=_log)
     except RuntimeError as err:
         if not distributed.is_timeout(err):
             raise
@@ -259,6 +262,27 @@ def _train(args, parser) -> int:
             f"test top-1 {100 * summary['test_top1']:.2f}%, top-5 {100 * summary['test_top5']:.2f}%"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _run_lock(prepared, parser):
+    """Rank 0 holds the run directory's lock while it trains (:func:`.rundir.run_locked`): a
+    second ``train`` into the same ``--out`` is refused, one line, exit 2, nothing written."""
+    from . import distributed, rundir
+
+    if not distributed.is_writer():
+        yield
+        return
+    resume, overwrite = prepared.resume_from is not None, prepared.overwrite
+    entered = False
+    try:
+        with rundir.run_locked(prepared.run_dir, resume, overwrite):
+            entered = True
+            yield
+    except ValueError as err:
+        if entered:  # raised by the training, not by the lock or its check
+            raise
+        parser.error(str(err).splitlines()[0])  # _train's finally leaves the process group
 
 
 def _report(args, parser) -> int:

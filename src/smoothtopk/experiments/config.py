@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 
 #: seconds a torchrun process waits for the others (the default of ``--dist-timeout``)
 DIST_TIMEOUT = 600.0
+FLOAT32_MAX = 3.4028234663852886e38  #: the largest float32: training computes in float32
+SMALLEST_NORMAL = sys.float_info.min  #: the smallest normal double (about 2.2e-308)
+SEED_LIMIT = 2**63  #: seeds are in [0, SEED_LIMIT): 64-bit generators, room for seed + rank
 
 
 def option(default=None, help: str = "", factory=None):
@@ -338,7 +343,9 @@ def pick_preset(given: str | None, in_file: str | None) -> str | None:
 
 
 def validate(cfg: Config) -> Config:
-    """Checks that need no data; fills in the data set's default model."""
+    """Checks that need no data; fills in the data set's default model. Every value that
+    training could not use is refused here (ValueError naming the option), before anything is
+    written."""
     from .datasets import check_dataset
     from .losses import check_loss
     from .models import DEFAULT_MODEL, check_model
@@ -356,6 +363,17 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.noise_groups == "superclass" and cfg.dataset not in ("cifar100", "embedded"):
         raise ValueError(f"dataset {cfg.dataset!r} has no superclasses; use consecutive groups")
+    _check_counts(cfg)
+    _check_reals(cfg)
+    cfg.loss_spec.build()  # the loss's own checks
+    _check_schedule(cfg)
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    return cfg
+
+
+def _check_counts(cfg: Config) -> None:
+    """The integer options: sizes >= 1, counts >= 0, seeds in [0, 2**63)."""
     positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "k", "image_size",
                 "val_per_class")  # fmt: skip
     for name in positive:
@@ -368,28 +386,63 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
-    for name in ("lr", "tau", "dist_timeout"):
+    for name in ("seed", "data_seed", "noise_seed"):
+        check_seed(name, getattr(cfg, name))
+
+
+def check_seed(name: str, value: int) -> int:
+    """A seed is an integer in [0, 2**63 - 1]: torch's generators take 64 bits, and training
+    adds the process's rank and the epoch to it. ValueError naming the option."""
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {value}")
+    return value
+
+
+def _check_reals(cfg: Config) -> None:
+    """The real options: finite, in their range, and usable in float32 training (a tau whose
+    1 / (k tau) overflows, or a value beyond the largest float32, is refused)."""
+    for name in ("lr", "dist_timeout", "epsilon", "tau"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value}")
+    if cfg.tau < SMALLEST_NORMAL:
+        raise ValueError(
+            f"tau must be >= {SMALLEST_NORMAL:.4g} (smaller, 1 / (k tau) overflows), got {cfg.tau}"
+        )
     for name in ("alpha", "weight_decay", "momentum", "gamma", "tau_la", "max_margin"):
         value = getattr(cfg, name)
         if value is None and name == "max_margin":
             continue
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
-    if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
-        raise ValueError(f"epsilon must be > 0, got {cfg.epsilon}")
     if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing <= 1):
         raise ValueError(f"label_smoothing must be in [0, 1], got {cfg.label_smoothing}")
-    cfg.loss_spec.build()  # the loss's own checks
+    for name in ("tau", "alpha", "epsilon", "tau_la", "max_margin", "weight_decay", "momentum"):
+        value = getattr(cfg, name)
+        if value is not None and value > FLOAT32_MAX:
+            raise ValueError(
+                f"{name} must be at most {FLOAT32_MAX:.4g} (training computes in float32), "
+                f"got {value:g}"
+            )
+
+
+def _check_schedule(cfg: Config) -> None:
+    """Momentum for Nesterov, increasing milestones, and a learning rate that stays a float32
+    at every epoch (lr, times gamma at each milestone)."""
     if cfg.nesterov and cfg.momentum == 0:
         raise ValueError("Nesterov momentum needs momentum > 0")
     if sorted(cfg.milestones) != list(cfg.milestones) or any(m < 1 for m in cfg.milestones):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {cfg.milestones}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    return cfg
+    rate, where = cfg.lr, "lr"
+    for milestone in [m for m in cfg.milestones if m < cfg.epochs]:
+        if rate > FLOAT32_MAX:
+            break
+        rate, where = rate * cfg.gamma, f"lr * gamma from epoch {milestone + 1}"
+    if rate > FLOAT32_MAX:
+        raise ValueError(
+            f"the learning rate overflows float32 ({FLOAT32_MAX:.4g}): {where} is {rate:g}; "
+            "lower --lr or --gamma"
+        )
 
 
 def check_imbalance_ratio(ratio) -> float | None:
