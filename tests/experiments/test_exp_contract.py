@@ -344,3 +344,25 @@ def test_a_train_that_finished_during_the_checks_is_not_overwritten(tmp_path, ca
     assert exc.value.code == 2 and len(lines) == 1 and "already exists" in lines[0], lines
     assert sorted(os.listdir(out)) == ["config.yaml", "results.json"]  # no lock file left
     assert (out / "results.json").read_text() == "{}"
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(OUT_CASES))
+def test_report_refuses_an_unusable_out(tmp_path, capsys, finished_run, case):
+    make, pattern = OUT_CASES[case]
+    out = make(tmp_path)
+    refuse(capsys, ["report", str(finished_run), "--out", out], tmp_path, pattern)
+    if os.path.isdir(tmp_path / "ro"):
+        os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_report_names_a_corrupt_metrics_file(tmp_path, capsys, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("{bad\n")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    pattern = f"{run / 'metrics.jsonl'} line {len(lines)} is not JSON"
+    refuse(capsys, ["report", str(run), "--out", str(tmp_path / "rep")], tmp_path, pattern)

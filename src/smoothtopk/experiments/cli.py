@@ -287,6 +287,7 @@ def _run_lock(prepared, parser):
 
 def _report(args, parser) -> int:
     from .report import write_report
+    from .rundir import check_writable
 
     try:
         out = args.out
@@ -296,9 +297,12 @@ def _report(args, parser) -> int:
             parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in args.runs}
             base = args.runs[0] if len(args.runs) == 1 else os.path.commonpath(sorted(parents))
             out = os.path.join(base, "report")
+        check_writable(out, "report directory")
         result = write_report(args.runs, out, select=True if args.select else None)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+    except OSError as err:  # e.g. a read-only file system that os.access did not see
+        parser.error(f"cannot write the report to {out}: {err.strerror or err}")
     print(result["table"], end="")
     if result.get("selection_table"):
         print()
