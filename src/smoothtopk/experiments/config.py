@@ -16,15 +16,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from . import loss_options
+from .loss_options import FLOAT32_MAX
 
 #: seconds a torchrun process waits for the others (the default of ``--dist-timeout``)
 DIST_TIMEOUT = 600.0
-FLOAT32_MAX = 3.4028234663852886e38  #: the largest float32: training computes in float32
-SMALLEST_NORMAL = sys.float_info.min  #: the smallest normal double (about 2.2e-308)
 SEED_LIMIT = 2**63  #: seeds are in [0, SEED_LIMIT): 64-bit generators, room for seed + rank
 
 
@@ -37,57 +38,56 @@ def option(default=None, help: str = "", factory=None):
 
 @dataclass(frozen=True)
 class LossSpec:
-    """The loss of a run and all its options (those it does not use are ignored): the one
-    object that travels from the config to :mod:`.losses`."""
+    """The loss of a run and all its options (every option of :data:`.loss_options.OPTIONS`;
+    those the loss does not use are ignored): the one object that travels from the config to
+    :mod:`.losses`."""
 
     name: str
-    k: int
-    tau: float
-    alpha: float
-    epsilon: float
-    label_smoothing: float
-    tau_la: float = 1.0
-    max_margin: float | None = None
-
-    def _options(self) -> dict:
-        return {"k": self.k, "tau": self.tau, "alpha": self.alpha, "epsilon": self.epsilon,
-                "label_smoothing": self.label_smoothing, "tau_la": self.tau_la,
-                "max_margin": self.max_margin}  # fmt: skip
+    options: Mapping
 
     def build(self, class_counts=None):
         """The loss module (:func:`.losses.build_loss`); ``class_counts``, the training
         samples per class, reach the losses that need them (logit adjustment, LDAM margins)."""
         from .losses import build_loss
 
-        return build_loss(self.name, **self._options(), class_counts=class_counts)
+        return build_loss(self.name, self.options, class_counts=class_counts)
 
     def label(self) -> str:
         """A short human label, e.g. ``L_{5,1} (alpha=1)``."""
         from .losses import loss_label
 
-        return loss_label(self.name, **self._options())
+        return loss_label(self.name, self.options)
 
     def slug(self) -> str:
         """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
         from .losses import loss_slug
 
-        return loss_slug(self.name, **self._options())
+        return loss_slug(self.name, self.options)
 
     def check(self, num_classes: int) -> None:
         """ValueError unless the options suit ``num_classes`` classes (k < C for every loss:
         k is recorded with the run and names the top-k metric)."""
         from .losses import check_loss_args
 
-        if not 1 <= self.k < num_classes:
-            raise ValueError(
-                f"k must satisfy 1 <= k < number of classes ({num_classes}), got {self.k}"
-            )
-        opts = self._options()
-        check_loss_args(self.name, opts.pop("k"), opts.pop("tau"), opts.pop("alpha"),
-                        num_classes, **opts)  # fmt: skip
+        check_loss_args(self.name, self.options, num_classes)
+
+
+def _with_loss_options(cls):
+    """Insert one field per loss option (:data:`.loss_options.OPTIONS`: its type, default and
+    help) after ``loss``, before :func:`dataclasses.dataclass` sees the class."""
+    notes = {}
+    for name, hint in cls.__annotations__.items():
+        notes[name] = hint
+        if name == "loss":
+            for opt in loss_options.OPTIONS.values():
+                notes[opt.name] = opt.hint
+                setattr(cls, opt.name, option(opt.default, opt.help))
+    cls.__annotations__ = notes
+    return cls
 
 
 @dataclass
+@_with_loss_options
 class Config:
     # data
     dataset: str = option("embedded", "embedded (default, generated), cifar100, imagenet or folder")
@@ -124,16 +124,7 @@ class Config:
     loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES, e.g. ce, "
                        "smooth-svm, hard-svm, hinge-alpha (an unknown name lists them "
                        "all)")  # fmt: skip
-    k: int = option(5, "k of the top-k losses (below the number of classes)")
-    tau: float = option(1.0, "temperature of smooth-svm")
-    alpha: float = option(1.0, "margin of the SVM and hinge losses")
-    epsilon: float = option(1.0, "noise scale of smoothed-calibrated-hinge")
-    label_smoothing: float = option(0.1, "smoothing of ce-label-smoothing, in [0, 1]")
-    tau_la: float = option(1.0, "logit-adjustment strength of ce-logit-adjusted, >= 0")
-    max_margin: float | None = option(
-        None, "largest LDAM margin (rarest class) of smooth-svm-ldam and "
-        "smoothed-calibrated-hinge-ldam, >= 0 (default: the loss's, 1 and 0.5)",
-    )  # fmt: skip
+    # k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin: from .loss_options
     # optimisation: SGD, Nesterov momentum, lr multiplied by gamma at each milestone
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global training batch size (split evenly across torchrun "
@@ -165,8 +156,7 @@ class Config:
 
     @property
     def loss_spec(self) -> LossSpec:
-        return LossSpec(self.loss, self.k, self.tau, self.alpha, self.epsilon,
-                        self.label_smoothing, self.tau_la, self.max_margin)  # fmt: skip
+        return LossSpec(self.loss, {name: getattr(self, name) for name in loss_options.NAMES})
 
 
 PRESETS: dict[str, dict] = {
@@ -222,8 +212,7 @@ PRESETS: dict[str, dict] = {
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 #: options that ``sweep`` takes as comma-separated lists (one run per value); ``train`` takes
 #: one value of each, ``demo`` a list of noise levels
-SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing",
-         "tau_la", "max_margin", "imbalance_ratio")  # fmt: skip
+SWEPT = ("loss", "noise", "subset", "seed", *loss_options.NAMES, "imbalance_ratio")
 TYPES = typing.get_type_hints(Config)  #: field name -> its type (``int | None``, ...)
 
 
@@ -374,7 +363,7 @@ def validate(cfg: Config) -> Config:
 
 def _check_counts(cfg: Config) -> None:
     """The integer options: sizes >= 1, counts >= 0, seeds in [0, 2**63)."""
-    positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "k", "image_size",
+    positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "image_size",
                 "val_per_class")  # fmt: skip
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -399,31 +388,22 @@ def check_seed(name: str, value: int) -> int:
 
 
 def _check_reals(cfg: Config) -> None:
-    """The real options: finite, in their range, and usable in float32 training (a tau whose
-    1 / (k tau) overflows, or a value beyond the largest float32, is refused)."""
-    for name in ("lr", "dist_timeout", "epsilon", "tau"):
+    """The real options: finite, in their range, and usable in float32 training; the loss
+    options by their checks in :data:`.loss_options.OPTIONS`."""
+    for name in ("lr", "dist_timeout"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value}")
-    if cfg.tau < SMALLEST_NORMAL:
-        raise ValueError(
-            f"tau must be >= {SMALLEST_NORMAL:.4g} (smaller, 1 / (k tau) overflows), got {cfg.tau}"
-        )
-    for name in ("alpha", "weight_decay", "momentum", "gamma", "tau_la", "max_margin"):
+    for name in ("weight_decay", "momentum", "gamma"):
         value = getattr(cfg, name)
-        if value is None and name == "max_margin":
-            continue
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
-    if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing <= 1):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {cfg.label_smoothing}")
-    for name in ("tau", "alpha", "epsilon", "tau_la", "max_margin", "weight_decay", "momentum"):
-        value = getattr(cfg, name)
-        if value is not None and value > FLOAT32_MAX:
+        if name != "gamma" and value > FLOAT32_MAX:
             raise ValueError(
                 f"{name} must be at most {FLOAT32_MAX:.4g} (training computes in float32), "
                 f"got {value:g}"
             )
+    loss_options.check(cfg.loss_spec.options)
 
 
 def _check_schedule(cfg: Config) -> None:
