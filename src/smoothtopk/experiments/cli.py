@@ -29,7 +29,7 @@ class _Help(argparse.HelpFormatter):
         text = action.help or ""
         if not action.option_strings or "default" in text:
             return text
-        if action.default is None or action.default is False or action.default == "==SUPPRESS==":
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return text
         return f"{text} (default: %(default)s)"
 
