@@ -11,6 +11,7 @@ FLOORS = {
     "cli": 7, "sweep": 6, "workers": 5, "train": 4, "report": 4, "rundir": 3, "records": 3,
     "config": 2, "checkpoint": 2,
     "datasets": 1, "noise": 1, "models": 1, "losses": 1, "distributed": 1,
+    "loss_options": 0,
 }  # fmt: skip
 
 

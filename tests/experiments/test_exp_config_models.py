@@ -65,14 +65,14 @@ def test_densenet_bc_structure():
 def test_losses_by_name():
     scores, target = torch.randn(8, 20), torch.randint(0, 20, (8,))
     assert isinstance(build_loss("ce"), nn.CrossEntropyLoss)
-    smooth = build_loss("smooth-svm", k=5, tau=1.0, alpha=1.0)
+    smooth = build_loss("smooth-svm", {"k": 5, "tau": 1.0, "alpha": 1.0})
     assert isinstance(smooth, smoothtopk.SmoothTopkSVMLoss)
     torch.testing.assert_close(
         smooth(scores, target), smoothtopk.smooth_topk_svm_loss(scores, target, k=5)
     )
-    hard = build_loss("hard-svm", k=3, alpha=1.0)
+    hard = build_loss("hard-svm", {"k": 3, "alpha": 1.0})
     assert isinstance(hard, smoothtopk.TopkSVMLoss)
     torch.testing.assert_close(hard(scores, target), smoothtopk.topk_svm_loss(scores, target, k=3))
-    assert loss_label("smooth-svm", 5, 1.0, 1.0) == "L_{5,1} (alpha=1)"
+    assert loss_label("smooth-svm", {"k": 5, "tau": 1.0, "alpha": 1.0}) == "L_{5,1} (alpha=1)"
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("focal")

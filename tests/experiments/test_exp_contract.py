@@ -260,3 +260,109 @@ def test_sweep_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, finis
     (planned,) = sweep.plan(str(out), configs)
     assert planned.status == "new" and planned.prepared.overwrite
     assert planned.prepared.resume_from is None
+
+
+# -- values that pass a range check but that no training can use (#21) ------------------------
+
+SMALL = ["--epochs", "1", "--subset", "1000", "--val-size", "200", "--device", "cpu"]
+VALUE_CASES = {
+    "subnormal tau": (["--loss", "smooth-svm", "--tau", "1e-320"], "tau must be >= 2.225e-308"),
+    "infinite tau": (["--loss", "smooth-svm", "--tau", "inf"], "tau must be > 0, got inf"),
+    "margin beyond float32": (["--loss", "smooth-svm-ldam", "--max-margin", "1e308"],
+                              "max_margin must be at most 3.403e+38"),
+    "infinite margin": (["--loss", "smooth-svm-ldam", "--max-margin", "inf"], "max_margin must"),
+    "alpha beyond float32": (["--loss", "smooth-svm", "--alpha", "1e39"], "alpha must be at most"),
+    "learning rate beyond float32": (["--lr", "1e308"], "the learning rate overflows float32"),
+    "learning rate overflowing by gamma": (
+        ["--lr", "1e30", "--gamma", "1e30", "--milestones", "1", "--epochs", "2"],
+        "lr * gamma from epoch 2 is 1e+60",
+    ),
+    "weight decay beyond float32": (["--weight-decay", "1e39"], "weight_decay must be at most"),
+    "seed of 65 bits": (["--seed", str(2**64)], "seed must be an integer in [0, 2**63 - 1]"),
+    "negative seed": (["--seed", "-1"], "seed must be an integer in [0, 2**63 - 1], got -1"),
+    "noise seed of 71 bits": (["--noise-seed", str(2**70)], "noise_seed must be an integer"),
+    "data seed of 65 bits": (["--data-seed", str(2**64)], "data_seed must be an integer"),
+    "device cuda:x": (["--device", "cuda:x"], "device must be auto, cpu, cuda or cuda:N"),
+    "logit adjustment overflowing with the class counts": (
+        ["--loss", "ce-logit-adjusted", "--tau-la", "1e38"],
+        "ce-logit-adjusted (tau_la=1e+38): the loss is not finite on zero scores",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(VALUE_CASES))
+def test_values_no_training_can_use_are_refused_before_writing(tmp_path, capsys, case):
+    argv, pattern = VALUE_CASES[case]
+    refuse(capsys, ["train", "--out", str(tmp_path / "run"), *SMALL, *argv], tmp_path, pattern)
+
+
+@pytest.mark.parametrize("case", ["subnormal tau", "seed of 65 bits", "margin beyond float32"])
+def test_sweep_refuses_them_too(tmp_path, capsys, case):
+    argv, pattern = VALUE_CASES[case]
+    refuse(capsys, ["sweep", "--out", str(tmp_path / "s"), *SMALL, *argv], tmp_path, pattern)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"loss": "smooth-svm", "tau": 2.3e-308}, {"seed": 2**63 - 1, "noise_seed": 0},
+     {"lr": 3e38, "gamma": 0.1}, {"loss": "smooth-svm-ldam", "max_margin": 3e38},
+     {"lr": 1e30, "gamma": 1e30, "milestones": [20], "epochs": 20}],
+)  # fmt: skip
+def test_the_limits_themselves_are_accepted(values):
+    resolve(None, None, values)  # no ValueError: the checks refuse only what cannot train
+
+
+# -- one train per run directory ---------------------------------------------------------------
+
+
+def test_a_second_train_into_a_running_trains_directory_is_refused(tmp_path, capsys):
+    from smoothtopk.experiments import rundir
+
+    out = tmp_path / "run"
+    with rundir.locked(str(out), "train"):  # the first train, running
+        refuse(capsys, ["train", "--out", str(out), *SMALL], tmp_path, "in use by another train")
+
+
+def test_a_train_that_finished_during_the_checks_is_not_overwritten(tmp_path, capsys,
+                                                                  monkeypatch):  # fmt: skip
+    from smoothtopk.experiments import train
+
+    out = tmp_path / "run"
+    real = train.prepare
+
+    def prepare_then_the_other_finishes(*args, **kwargs):
+        prepared = real(*args, **kwargs)  # this train's checks: a new run directory
+        out.mkdir()
+        (out / "config.yaml").write_text("loss: ce\n")  # the other train, done meanwhile
+        (out / "results.json").write_text("{}")
+        return prepared
+
+    monkeypatch.setattr(train, "prepare", prepare_then_the_other_finishes)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(out), *SMALL])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(lines) == 1 and "already exists" in lines[0], lines
+    assert sorted(os.listdir(out)) == ["config.yaml", "results.json"]  # no lock file left
+    assert (out / "results.json").read_text() == "{}"
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(OUT_CASES))
+def test_report_refuses_an_unusable_out(tmp_path, capsys, finished_run, case):
+    make, pattern = OUT_CASES[case]
+    out = make(tmp_path)
+    refuse(capsys, ["report", str(finished_run), "--out", out], tmp_path, pattern)
+    if os.path.isdir(tmp_path / "ro"):
+        os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_report_names_a_corrupt_metrics_file(tmp_path, capsys, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("{bad\n")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    pattern = f"{run / 'metrics.jsonl'} line {len(lines)} is not JSON"
+    refuse(capsys, ["report", str(run), "--out", str(tmp_path / "rep")], tmp_path, pattern)

@@ -38,7 +38,7 @@ def test_demo_command_is_the_demo_sweep_preset(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(sweep, "run", fake_run)
     out = str(tmp_path / "demo")
-    assert main(["demo", "--out", out, "--noise", "0.5", "0.5", "--epochs", "1"]) == 0
+    assert main(["demo", "--out", out, "--noise", "0.5,0.5", "--epochs", "1"]) == 0
     names = [os.path.basename(r.run_dir) for r in seen["runs"]]
     assert names == ["ce-noise0.5-all-seed0", "smooth-svm-k5-tau1-alpha1-noise0.5-all-seed0"]
     assert {(r.cfg.epochs, r.cfg.preset) for r in seen["runs"]} == {(1, "demo")}

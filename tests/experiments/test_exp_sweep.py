@@ -125,7 +125,7 @@ def test_sweep_refuses_a_directory_that_is_not_a_sweep(tmp_path):
 def test_each_comparator_builds_by_name_and_trains_one_step(name):
     cfg = resolve("demo", None, {"loss": name, "k": 3, "alpha": 0.5, "epsilon": 0.5,
                                  "label_smoothing": 0.2})  # fmt: skip
-    criterion = build_loss(name, cfg.k, cfg.tau, cfg.alpha, cfg.epsilon, cfg.label_smoothing)
+    criterion = build_loss(name, cfg.loss_spec.options)
     assert isinstance(criterion, COMPARATORS[name])
     for param in loss_params(name):
         given = getattr(cfg, param)  # None (max_margin): the registry's default of the loss

@@ -8,55 +8,106 @@ status 2 and write nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import sys
 
 from . import config as config_mod
 
 PROG = "smoothtopk"
+#: the modules of the ``experiments`` extra -> the distribution that installs them
+EXTRA = {"yaml": "pyyaml", "tqdm": "tqdm", "torchvision": "torchvision", "matplotlib": "matplotlib"}
+INSTALL_EXTRA = 'pip install "smoothtopk[experiments]"'
+
+
+class _Help(argparse.HelpFormatter):
+    """Help that shows an option's default, unless it has none worth saying (None, off) or its
+    help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text:
+            return text
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2."""
+    """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2; no
+    abbreviated options (``--los`` is an error, not ``--loss``); defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{PROG}: error: {message}\n")
 
 
+def _shown(value) -> str:
+    """A config default as written on the command line: ``0.1``, ``8 12``, ``True``."""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _one_value(base, name: str):
+    """``base`` (int, float, str) for a ``train`` option that ``sweep`` takes as a list: a
+    comma-separated list is refused with the command that takes it."""
+
+    def convert(text: str):
+        if "," in text:
+            flag = "--" + name.replace("_", "-")
+            raise argparse.ArgumentTypeError(
+                f"one value, got {text!r} (a comma-separated list is for "
+                f"'{PROG} sweep {flag} {text}')"
+            )
+        return base(text)
+
+    convert.__name__ = base.__name__  # argparse's "invalid float value: ..."
+    return convert
+
+
+def _config_help(name: str) -> str:
+    """The field's help (``%`` escaped for argparse) and its default when the help omits it."""
+    text = config_mod.help_of(name).replace("%", "%%")
+    default = config_mod.default_of(name)
+    if "default" in text or default is None or default is False:
+        return text
+    return f"{text} (default: {_shown(default).replace('%', '%%')})"
+
+
 def _add_config_options(parser: argparse.ArgumentParser, lists: tuple[str, ...] = ()) -> None:
-    """One option per config field; those in ``lists`` take a comma-separated list (a string)."""
-    group = parser.add_argument_group("run options (override the preset and --config)")
+    """One option per config field; those in ``lists`` take a comma-separated list (a string),
+    the others one value (``train``: a list there is refused, naming ``sweep``)."""
+    group = parser.add_argument_group(
+        "run options (override the preset and --config; the defaults shown are those without "
+        "a preset)"
+    )
     for name in config_mod.FIELDS:
         if name == "preset":
             continue
         flag = "--" + name.replace("_", "-")
         hint = config_mod.TYPES[name]
-        kw = {"dest": name, "default": argparse.SUPPRESS, "help": config_mod.help_of(name)}
+        kw = {"dest": name, "default": argparse.SUPPRESS, "help": _config_help(name)}
         if name in lists:
             kw["help"] = f"{kw['help']}; a comma-separated list sweeps over the values"
             group.add_argument(flag, type=str, metavar="V[,V...]", **kw)
         elif hint is bool:
-            if name == "download":
-                group.add_argument(flag, action="store_true", **kw)
-            else:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            action = "store_true" if name == "download" else argparse.BooleanOptionalAction
+            group.add_argument(flag, action=action, **kw)
         elif name == "milestones":
             group.add_argument(flag, type=int, nargs="*", metavar="EPOCH", **kw)
-        elif hint in (int, int | None):
-            group.add_argument(flag, type=int, **kw)
-        elif hint in (float, float | None):
-            group.add_argument(flag, type=float, **kw)
         else:
-            group.add_argument(flag, type=str, **kw)
+            base = next((t for t in (int, float) if hint in (t, t | None)), str)
+            kind = _one_value(base, name) if name in config_mod.SWEPT else base
+            group.add_argument(flag, type=kind, **kw)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Smooth top-k SVM experiments (Berrada et al., 2018)")
-    sub = parser.add_subparsers(
-        dest="command", metavar="{train,report,demo,sweep}", parser_class=_Parser
-    )
-    sub.required = True
-
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train one model", description="Train one model.")
     train.add_argument("--preset", choices=sorted(config_mod.PRESETS), default=None,
                        help=config_mod.help_of("preset"))  # fmt: skip
@@ -66,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     _add_config_options(train)
 
+
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="tables and plots from runs",
                             description="Tables and plots from run directories.")  # fmt: skip
     report.add_argument("runs", nargs="+", metavar="RUN_DIR",
@@ -76,42 +129,49 @@ def build_parser() -> argparse.ArgumentParser:
                              "differences to CE) when each loss has one configuration; with "
                              "several they are written anyway")  # fmt: skip
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser(
         "demo",
         help="the demo sweep on the embedded data",
         description="CE vs L_{5,1} at noise 0 ... 0.8 on the embedded data: the sweep preset "
         "demo-sweep (running it again continues it, as any sweep).",
     )
-    demo.add_argument("--out", default=os.path.join("runs", "demo"), metavar="DIR")
-    demo.add_argument("--noise", type=float, nargs="+", default=None, metavar="P",
-                      help="noise levels (default: 0 0.2 0.4 0.6 0.8)")  # fmt: skip
-    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    demo.add_argument("--out", default=os.path.join("runs", "demo"), metavar="DIR",
+                      help="directory of the demo's runs and report")  # fmt: skip
+    demo.add_argument("--noise", default=None, metavar="P[,P...]",
+                      help="noise levels, comma-separated as in sweep (default: "
+                      "0,0.2,0.4,0.6,0.8)")  # fmt: skip
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="override the demo's epochs (default: 15)")  # fmt: skip
     demo.add_argument("--resume", action="store_true",
                       help="continue an interrupted demo (refused if there is none)")  # fmt: skip
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo")
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                      help="progress bars")  # fmt: skip
     demo.add_argument("--jobs", type=int, default=None, metavar="N",
                       help="worker processes (default: one per core, single-threaded)")  # fmt: skip
 
-    from .sweep import SWEEP_PRESETS, SWEPT
 
-    sweep = sub.add_parser(
-        "sweep",
-        help="losses x noise levels (or subsets) x seeds x hyper-parameters",
-        description="Train the cross product of the comma-separated values of --loss, --noise, "
-        "--subset, --imbalance-ratio, --seed, --k, --tau, --alpha, --epsilon and "
-        "--label-smoothing (hyper-parameters only for the losses that use them), and of each "
-        "loss's --grid, one run directory each; runs already complete are skipped, so running "
-        "the same command again resumes an interrupted sweep. Then a report with mean ± std over "
-        "seeds in OUT/report and, with a grid, the selection table: per loss, noise level (or "
-        "subset) and seed the configuration with the best clean validation top-5, and its test "
-        "accuracy.",
-    )
-    sweep.add_argument("--preset", choices=sorted({*config_mod.PRESETS, *SWEEP_PRESETS}),
-                       default=None, help="a recipe, or demo-sweep (the demo), or demo-full: "
-                       "every loss x noise 0 ... 0.8 x seeds 0,1,2 (embedded data), or "
-                       "noise-select / subsets-select: CE vs L_{5,tau} with per-loss selection "
-                       "over noise 0 ... 0.8 / balanced subsets 500 ... all")  # fmt: skip
+SWEEP_DESCRIPTION = (
+    "Train the cross product of the comma-separated values of --loss, --noise, --subset, "
+    "--imbalance-ratio, --seed, --k, --tau, --alpha, --epsilon, --label-smoothing, --tau-la and "
+    "--max-margin (hyper-parameters only for the losses that use them), and of each loss's "
+    "--grid, one run directory each; runs already complete are skipped, so running the same "
+    "command again resumes an interrupted sweep. Then a report with mean ± std over seeds in "
+    "OUT/report and, with a grid, the selection table: per loss, noise level (or subset) and "
+    "seed the configuration with the best clean validation top-5, and its test accuracy."
+)
+
+
+def _add_sweep(sub) -> None:
+    sweep = sub.add_parser("sweep", help="losses x noise levels (or subsets) x seeds x "
+                           "hyper-parameters", description=SWEEP_DESCRIPTION)  # fmt: skip
+    sweep.add_argument("--preset", default=None, metavar="NAME",
+                       help=f"a recipe ({', '.join(config_mod.PRESETS)}), or demo-sweep (the "
+                       "demo), or demo-full: every loss x noise 0 ... 0.8 x seeds 0,1,2 "
+                       "(embedded data), or noise-select / subsets-select / longtail-select: "
+                       "the paper's protocols with per-loss selection")  # fmt: skip
     sweep.add_argument("--grid", action="append", default=None,
                        metavar="LOSS:OPTION=V,V[;OPTION=V,...]",
                        help="options of LOSS to select from by clean validation top-5 (lr and "
@@ -121,11 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "loss")  # fmt: skip
     sweep.add_argument("--config", metavar="YAML",
                        help="options from a YAML file (a list for a swept option)")  # fmt: skip
-    sweep.add_argument("--out", default=os.path.join("runs", "sweep"), metavar="DIR")
+    sweep.add_argument("--out", default=os.path.join("runs", "sweep"), metavar="DIR",
+                       help="directory of the sweep's runs and report")  # fmt: skip
     sweep.add_argument("--overwrite", action="store_true", help="replace the whole sweep in --out")
     sweep.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="worker processes (default 1: one run after another)")  # fmt: skip
-    _add_config_options(sweep, lists=SWEPT)
+                       help="worker processes (1: one run after another)")  # fmt: skip
+    _add_config_options(sweep, lists=config_mod.SWEPT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, built from :mod:`.config`'s fields without importing torch."""
+    parser = _Parser(prog=PROG, description="Smooth top-k SVM experiments (Berrada et al., 2018)")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{train,report,demo,sweep}", parser_class=_Parser
+    )
+    sub.required = True
+    for add in (_add_train, _add_report, _add_demo, _add_sweep):
+        add(sub)
     return parser
 
 
@@ -137,7 +209,8 @@ def _log(message: str) -> None:
 
 def _train_config(args):
     """The config and run directory of ``train``: defaults < preset < file < command line, or,
-    with --resume of an existing run, its saved config with the options that may change."""
+    with --resume of an existing run, its saved config with the options that may change; and
+    whether the loss was chosen (by the command line, the file or the resumed run)."""
     from . import rundir
 
     given = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k != "preset"}
@@ -145,10 +218,12 @@ def _train_config(args):
     preset = config_mod.pick_preset(args.preset, yaml_values.pop("preset", None))
     cfg = config_mod.resolve(preset, yaml_values, given)
     run_dir = args.out if args.out is not None else rundir.default_run_dir(cfg)
+    chosen = "loss" in given or "loss" in yaml_values
     if args.resume and rundir.is_run_dir(run_dir):
         explicit = {**yaml_values, **given, "preset": preset}
         cfg = rundir.resume_config(rundir.saved_config(run_dir), explicit)
-    return cfg, run_dir
+        chosen = True
+    return cfg, run_dir, chosen
 
 
 def _train(args, parser) -> int:
@@ -156,7 +231,7 @@ def _train(args, parser) -> int:
     from .train import fit, prepare
 
     try:
-        cfg, run_dir = _train_config(args)
+        cfg, run_dir, chosen = _train_config(args)
         distributed.init(cfg.device, cfg.dist_timeout)  # under torchrun: join the group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, TypeError, OSError) as err:
@@ -164,7 +239,12 @@ def _train(args, parser) -> int:
         parser.error(str(err).splitlines()[0] if str(err) else repr(err))
     try:
         distributed.barrier()  # every process has checked the run directory before rank 0 writes
-        summary = fit(prepared, log=_log)
+        with _run_lock(prepared, parser):
+            if not chosen and distributed.is_writer():  # after the checks: errors stay one line
+                print(f"{PROG}: no --loss given: training the default loss, "
+                      f"{cfg.loss_spec.label()} ({cfg.loss}); choose one with --loss",
+                      file=sys.stderr)  # fmt: skip
+            summary = fit(prepared, log=_log)
     except RuntimeError as err:
         if not distributed.is_timeout(err):
             raise
@@ -184,8 +264,30 @@ def _train(args, parser) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _run_lock(prepared, parser):
+    """Rank 0 holds the run directory's lock while it trains (:func:`.rundir.run_locked`): a
+    second ``train`` into the same ``--out`` is refused, one line, exit 2, nothing written."""
+    from . import distributed, rundir
+
+    if not distributed.is_writer():
+        yield
+        return
+    resume, overwrite = prepared.resume_from is not None, prepared.overwrite
+    entered = False
+    try:
+        with rundir.run_locked(prepared.run_dir, resume, overwrite):
+            entered = True
+            yield
+    except ValueError as err:
+        if entered:  # raised by the training, not by the lock or its check
+            raise
+        parser.error(str(err).splitlines()[0])  # _train's finally leaves the process group
+
+
 def _report(args, parser) -> int:
     from .report import write_report
+    from .rundir import check_writable
 
     try:
         out = args.out
@@ -195,9 +297,12 @@ def _report(args, parser) -> int:
             parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in args.runs}
             base = args.runs[0] if len(args.runs) == 1 else os.path.commonpath(sorted(parents))
             out = os.path.join(base, "report")
+        check_writable(out, "report directory")
         result = write_report(args.runs, out, select=True if args.select else None)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
+    except OSError as err:  # e.g. a read-only file system that os.access did not see
+        parser.error(f"cannot write the report to {out}: {err.strerror or err}")
     print(result["table"], end="")
     if result.get("selection_table"):
         print()
@@ -213,7 +318,14 @@ def _demo(args, parser) -> int:
         parser.error("--resume and --overwrite exclude each other")
     if args.resume and not (os.path.isdir(args.out) and os.listdir(args.out)):
         parser.error(f"nothing to resume: {args.out} does not hold a demo; run it without --resume")
-    axes = {"noise": list(dict.fromkeys(args.noise))} if args.noise else {}
+    axes = {}
+    if args.noise is not None:
+        from .sweep import parse_list
+
+        try:
+            axes["noise"] = list(dict.fromkeys(parse_list("noise", args.noise)))
+        except ValueError as err:
+            parser.error(str(err))
     fixed = {"progress": args.progress}
     if args.epochs is not None:
         fixed["epochs"] = args.epochs
@@ -270,12 +382,38 @@ def _run_sweep(parser, preset, yaml_values, axes, fixed, out, overwrite, jobs, g
     return 0
 
 
+def missing_extra() -> list[str]:
+    """The distributions of the ``experiments`` extra that are not installed (none imported)."""
+    missing = []
+    for module, dist in EXTRA.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or half-imported module: let it speak
+            found = True
+        if not found:
+            missing.append(dist)
+    return missing
+
+
+def _needs_extra(parser, command: str, missing: list[str]):
+    parser.error(f"{command} needs the experiments extra ({', '.join(missing)} not installed): "
+                 f"{INSTALL_EXTRA}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``smoothtopk`` command; parsing and ``--help`` import neither torch nor the extra."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    missing = missing_extra()
+    if missing:
+        _needs_extra(parser, args.command, missing)
     handler = {"train": _train, "report": _report, "demo": _demo, "sweep": _sweep}[args.command]
     try:
         return handler(args, parser)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in EXTRA:
+            raise
+        _needs_extra(parser, args.command, [EXTRA[err.name.split(".")[0]]])
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished epochs are saved (continue with --resume)",
               file=sys.stderr)  # fmt: skip

@@ -5,23 +5,28 @@ the YAML file), the preset's per-loss settings (e.g. the ImageNet recipe uses lr
 for the smooth loss), the YAML file (``--config``), the command-line options. A ``preset:`` key
 in the file and ``--preset`` must name the same preset (an error otherwise): neither is
 silently dropped.
+
+This module imports neither torch nor YAML at import time (the command line builds its parser
+from :data:`FIELDS` and :data:`PRESETS` without them); the checks and the loss are imported
+when a config is validated or built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import yaml
+from . import loss_options
+from .loss_options import FLOAT32_MAX
 
-from .datasets import check_dataset
-from .distributed import DEFAULT_TIMEOUT
-from .losses import LOSSES, build_loss, check_loss, check_loss_args, loss_label, loss_slug
-from .models import DEFAULT_MODEL, check_model
-from .noise import GROUPINGS, check_rate
+#: seconds a torchrun process waits for the others (the default of ``--dist-timeout``)
+DIST_TIMEOUT = 600.0
+SEED_LIMIT = 2**63  #: seeds are in [0, SEED_LIMIT): 64-bit generators, room for seed + rank
 
 
 def option(default=None, help: str = "", factory=None):
@@ -33,49 +38,56 @@ def option(default=None, help: str = "", factory=None):
 
 @dataclass(frozen=True)
 class LossSpec:
-    """The loss of a run and all its options (those it does not use are ignored): the one
-    object that travels from the config to :mod:`.losses`."""
+    """The loss of a run and all its options (every option of :data:`.loss_options.OPTIONS`;
+    those the loss does not use are ignored): the one object that travels from the config to
+    :mod:`.losses`."""
 
     name: str
-    k: int
-    tau: float
-    alpha: float
-    epsilon: float
-    label_smoothing: float
-    tau_la: float = 1.0
-    max_margin: float | None = None
-
-    def _options(self) -> dict:
-        return {"k": self.k, "tau": self.tau, "alpha": self.alpha, "epsilon": self.epsilon,
-                "label_smoothing": self.label_smoothing, "tau_la": self.tau_la,
-                "max_margin": self.max_margin}  # fmt: skip
+    options: Mapping
 
     def build(self, class_counts=None):
         """The loss module (:func:`.losses.build_loss`); ``class_counts``, the training
         samples per class, reach the losses that need them (logit adjustment, LDAM margins)."""
-        return build_loss(self.name, **self._options(), class_counts=class_counts)
+        from .losses import build_loss
+
+        return build_loss(self.name, self.options, class_counts=class_counts)
 
     def label(self) -> str:
         """A short human label, e.g. ``L_{5,1} (alpha=1)``."""
-        return loss_label(self.name, **self._options())
+        from .losses import loss_label
+
+        return loss_label(self.name, self.options)
 
     def slug(self) -> str:
         """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
-        return loss_slug(self.name, **self._options())
+        from .losses import loss_slug
+
+        return loss_slug(self.name, self.options)
 
     def check(self, num_classes: int) -> None:
         """ValueError unless the options suit ``num_classes`` classes (k < C for every loss:
         k is recorded with the run and names the top-k metric)."""
-        if not 1 <= self.k < num_classes:
-            raise ValueError(
-                f"k must satisfy 1 <= k < number of classes ({num_classes}), got {self.k}"
-            )
-        opts = self._options()
-        check_loss_args(self.name, opts.pop("k"), opts.pop("tau"), opts.pop("alpha"),
-                        num_classes, **opts)  # fmt: skip
+        from .losses import check_loss_args
+
+        check_loss_args(self.name, self.options, num_classes)
+
+
+def _with_loss_options(cls):
+    """Insert one field per loss option (:data:`.loss_options.OPTIONS`: its type, default and
+    help) after ``loss``, before :func:`dataclasses.dataclass` sees the class."""
+    notes = {}
+    for name, hint in cls.__annotations__.items():
+        notes[name] = hint
+        if name == "loss":
+            for opt in loss_options.OPTIONS.values():
+                notes[opt.name] = opt.hint
+                setattr(cls, opt.name, option(opt.default, opt.help))
+    cls.__annotations__ = notes
+    return cls
 
 
 @dataclass
+@_with_loss_options
 class Config:
     # data
     dataset: str = option("embedded", "embedded (default, generated), cifar100, imagenet or folder")
@@ -109,18 +121,10 @@ class Config:
     model: str | None = option(
         None, "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)"
     )
-    loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES: "
-                       + ", ".join(LOSSES))  # fmt: skip
-    k: int = option(5, "k of the top-k losses (below the number of classes)")
-    tau: float = option(1.0, "temperature of smooth-svm")
-    alpha: float = option(1.0, "margin of the SVM and hinge losses")
-    epsilon: float = option(1.0, "noise scale of smoothed-calibrated-hinge")
-    label_smoothing: float = option(0.1, "smoothing of ce-label-smoothing, in [0, 1]")
-    tau_la: float = option(1.0, "logit-adjustment strength of ce-logit-adjusted, >= 0")
-    max_margin: float | None = option(
-        None, "largest LDAM margin (rarest class) of smooth-svm-ldam and "
-        "smoothed-calibrated-hinge-ldam, >= 0 (default: the loss's, 1 and 0.5)",
-    )  # fmt: skip
+    loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES, e.g. ce, "
+                       "smooth-svm, hard-svm, hinge-alpha (an unknown name lists them "
+                       "all)")  # fmt: skip
+    # k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin: from .loss_options
     # optimisation: SGD, Nesterov momentum, lr multiplied by gamma at each milestone
     epochs: int = option(15, "number of epochs")
     batch_size: int = option(64, "global training batch size (split evenly across torchrun "
@@ -142,9 +146,8 @@ class Config:
     )
     checkpoint_every: int = option(0, "also save last.pt every N training steps, for mid-epoch "
                                    "--resume (0: at epoch ends only)")  # fmt: skip
-    dist_timeout: float = option(DEFAULT_TIMEOUT, "seconds a torchrun process waits for the "
-                                 "others in a collective before the job fails "
-                                 f"(default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    dist_timeout: float = option(DIST_TIMEOUT, "seconds a torchrun process waits for the "
+                                 "others in a collective before the job fails")  # fmt: skip
     progress: bool = option(True, "tqdm progress bars (shown on a terminal only)")
     preset: str | None = option(None, "a recipe of the paper (or the demo)")
 
@@ -153,8 +156,7 @@ class Config:
 
     @property
     def loss_spec(self) -> LossSpec:
-        return LossSpec(self.loss, self.k, self.tau, self.alpha, self.epsilon,
-                        self.label_smoothing, self.tau_la, self.max_margin)  # fmt: skip
+        return LossSpec(self.loss, {name: getattr(self, name) for name in loss_options.NAMES})
 
 
 PRESETS: dict[str, dict] = {
@@ -208,12 +210,23 @@ PRESETS: dict[str, dict] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+#: options that ``sweep`` takes as comma-separated lists (one run per value); ``train`` takes
+#: one value of each, ``demo`` a list of noise levels
+SWEPT = ("loss", "noise", "subset", "seed", *loss_options.NAMES, "imbalance_ratio")
 TYPES = typing.get_type_hints(Config)  #: field name -> its type (``int | None``, ...)
 
 
 def help_of(name: str) -> str:
     """The command-line help of config field ``name``."""
     return FIELDS[name].metadata["help"]
+
+
+def default_of(name: str):
+    """The default of config field ``name`` (without a preset)."""
+    spec = FIELDS[name]
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 def coerce(name: str, value):
@@ -253,6 +266,8 @@ def coerce(name: str, value):
 def load_yaml(path: str) -> dict:
     """The mapping in the YAML file ``path``; ValueError naming the file if it cannot be read,
     is not UTF-8 text, not YAML or not a mapping."""
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -317,7 +332,14 @@ def pick_preset(given: str | None, in_file: str | None) -> str | None:
 
 
 def validate(cfg: Config) -> Config:
-    """Checks that need no data; fills in the data set's default model."""
+    """Checks that need no data; fills in the data set's default model. Every value that
+    training could not use is refused here (ValueError naming the option), before anything is
+    written."""
+    from .datasets import check_dataset
+    from .losses import check_loss
+    from .models import DEFAULT_MODEL, check_model
+    from .noise import GROUPINGS, check_rate
+
     check_dataset(cfg.dataset)
     if cfg.model is None:
         cfg.model = DEFAULT_MODEL[cfg.dataset]
@@ -330,7 +352,18 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.noise_groups == "superclass" and cfg.dataset not in ("cifar100", "embedded"):
         raise ValueError(f"dataset {cfg.dataset!r} has no superclasses; use consecutive groups")
-    positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "k", "image_size",
+    _check_counts(cfg)
+    _check_reals(cfg)
+    cfg.loss_spec.build()  # the loss's own checks
+    _check_schedule(cfg)
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    return cfg
+
+
+def _check_counts(cfg: Config) -> None:
+    """The integer options: sizes >= 1, counts >= 0, seeds in [0, 2**63)."""
+    positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "image_size",
                 "val_per_class")  # fmt: skip
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -342,28 +375,54 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
-    for name in ("lr", "tau", "dist_timeout"):
+    for name in ("seed", "data_seed", "noise_seed"):
+        check_seed(name, getattr(cfg, name))
+
+
+def check_seed(name: str, value: int) -> int:
+    """A seed is an integer in [0, 2**63 - 1]: torch's generators take 64 bits, and training
+    adds the process's rank and the epoch to it. ValueError naming the option."""
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {value}")
+    return value
+
+
+def _check_reals(cfg: Config) -> None:
+    """The real options: finite, in their range, and usable in float32 training; the loss
+    options by their checks in :data:`.loss_options.OPTIONS`."""
+    for name in ("lr", "dist_timeout"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be > 0, got {value}")
-    for name in ("alpha", "weight_decay", "momentum", "gamma", "tau_la", "max_margin"):
+    for name in ("weight_decay", "momentum", "gamma"):
         value = getattr(cfg, name)
-        if value is None and name == "max_margin":
-            continue
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value}")
-    if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
-        raise ValueError(f"epsilon must be > 0, got {cfg.epsilon}")
-    if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing <= 1):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {cfg.label_smoothing}")
-    cfg.loss_spec.build()  # the loss's own checks
+        if name != "gamma" and value > FLOAT32_MAX:
+            raise ValueError(
+                f"{name} must be at most {FLOAT32_MAX:.4g} (training computes in float32), "
+                f"got {value:g}"
+            )
+    loss_options.check(cfg.loss_spec.options)
+
+
+def _check_schedule(cfg: Config) -> None:
+    """Momentum for Nesterov, increasing milestones, and a learning rate that stays a float32
+    at every epoch (lr, times gamma at each milestone)."""
     if cfg.nesterov and cfg.momentum == 0:
         raise ValueError("Nesterov momentum needs momentum > 0")
     if sorted(cfg.milestones) != list(cfg.milestones) or any(m < 1 for m in cfg.milestones):
         raise ValueError(f"milestones must be increasing epochs >= 1, got {cfg.milestones}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    return cfg
+    rate, where = cfg.lr, "lr"
+    for milestone in [m for m in cfg.milestones if m < cfg.epochs]:
+        if rate > FLOAT32_MAX:
+            break
+        rate, where = rate * cfg.gamma, f"lr * gamma from epoch {milestone + 1}"
+    if rate > FLOAT32_MAX:
+        raise ValueError(
+            f"the learning rate overflows float32 ({FLOAT32_MAX:.4g}): {where} is {rate:g}; "
+            "lower --lr or --gamma"
+        )
 
 
 def check_imbalance_ratio(ratio) -> float | None:
@@ -383,6 +442,8 @@ def lr_at(cfg: Config, epoch: int) -> float:
 
 
 def to_yaml(cfg: Config) -> str:
+    import yaml
+
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 

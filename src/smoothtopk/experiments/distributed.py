@@ -23,8 +23,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-DEFAULT_TIMEOUT = 600.0  #: seconds, the default of ``--dist-timeout``
-
 
 def active() -> bool:
     """Whether this process is in an initialised process group."""
@@ -48,14 +46,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def init(device_name: str, timeout: float = DEFAULT_TIMEOUT) -> torch.device | None:
+def init(device_name: str, timeout: float) -> torch.device | None:
     """Join the process group described by torchrun's environment variables (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT): NCCL with one GPU per process (cuda:LOCAL_RANK) on
     CUDA, Gloo on CPU. Returns this process's device, or None for a single process.
 
     ``timeout``: seconds a collective (and the rendezvous) waits for the other processes before
     it fails with an error, so that a hung or stopped process ends the job instead of hanging
-    it forever (``--dist-timeout``). Bad set-ups raise ValueError."""
+    it forever (``--dist-timeout``; :data:`.config.DIST_TIMEOUT` by default). Bad set-ups raise
+    ValueError."""
     if not launched():
         return None
     if not dist.is_available():

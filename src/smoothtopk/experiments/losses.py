@@ -13,16 +13,18 @@ their defaults. A loss that needs the training-set class counts
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import nn
 
 from smoothtopk import losses as registry
 
+from . import loss_options
+
 LOSSES = tuple(registry.LOSSES)
 
-#: run options that may be handed to a loss's constructor
-RUN_OPTIONS = ("k", "tau", "alpha", "epsilon", "label_smoothing", "tau_la", "max_margin")
-_SHORT = {"k": "k", "tau": "tau", "alpha": "alpha", "epsilon": "eps", "label_smoothing": "ls",
-          "tau_la": "tla", "max_margin": "mm"}  # fmt: skip
+#: run options that may be handed to a loss's constructor (:data:`.loss_options.NAMES`)
+RUN_OPTIONS = loss_options.NAMES
 
 
 def check_loss(name: str) -> str:
@@ -35,69 +37,40 @@ def loss_params(name: str) -> tuple[str, ...]:
     return tuple(p for p in RUN_OPTIONS if p in options)
 
 
-def check_loss_args(
-    name: str,
-    k: int,
-    tau: float,
-    alpha: float,
-    num_classes: int,
-    epsilon: float = 1.0,
-    label_smoothing: float = 0.1,
-    tau_la: float = 1.0,
-    max_margin: float | None = None,
-) -> None:
-    """Argument checks that need the number of classes (done before anything is written)."""
-    params = loss_params(name)
-    if "k" in params and not 1 <= k < num_classes:
-        raise ValueError(f"k must satisfy 1 <= k < number of classes ({num_classes}), got {k}")
-    if name == "smooth-svm" and not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    if "alpha" in params and not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    build_loss(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)  # its checks
+def check_loss_args(name: str, options: Mapping | None, num_classes: int) -> None:
+    """Argument checks that need the number of classes (done before anything is written):
+    the table's checks, ``1 <= k < num_classes`` for every loss (k names the top-k metric),
+    then the loss's own."""
+    values = loss_options.check(loss_options.with_defaults(options))
+    if not 1 <= values["k"] < num_classes:
+        raise ValueError(
+            f"k must satisfy 1 <= k < number of classes ({num_classes}), got {values['k']}"
+        )
+    build_loss(name, values)  # its checks
 
 
-def build_loss(
-    name: str,
-    k: int = 5,
-    tau: float = 1.0,
-    alpha: float = 1.0,
-    epsilon: float = 1.0,
-    label_smoothing: float = 0.1,
-    tau_la: float = 1.0,
-    max_margin: float | None = None,
-    *,
-    class_counts=None,
-) -> nn.Module:
-    """The loss module; ``class_counts`` (``(C,)``, training samples per class) goes to the
-    losses that need them and is ignored by the others (``None``: balanced classes)."""
+def build_loss(name: str, options: Mapping | None = None, *, class_counts=None) -> nn.Module:
+    """The loss module with those of ``options`` (option name -> value; the table's defaults
+    for those missing) that it takes; ``class_counts`` (``(C,)``, training samples per class)
+    goes to the losses that need them and is ignored by the others (``None``: balanced)."""
     spec = registry.get(name)
-    options = _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)
+    used = _used_options(name, options)
     if spec.needs_class_counts and class_counts is not None:
-        options["class_counts"] = class_counts
-    return spec.build(**options)
+        used["class_counts"] = class_counts
+    return spec.build(**used)
 
 
-def _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la=1.0, max_margin=None):
+def _used_options(name: str, options: Mapping | None) -> dict:
     """The options that loss ``name`` takes, with their values (``None``: its default)."""
-    values = {"k": k, "tau": tau, "alpha": alpha, "epsilon": epsilon,
-              "label_smoothing": label_smoothing, "tau_la": tau_la,
-              "max_margin": max_margin}  # fmt: skip
+    values = loss_options.with_defaults(options)
     return {p: values[p] for p in loss_params(name) if values[p] is not None}
 
 
-def loss_label(
-    name: str,
-    k: int = 5,
-    tau: float = 1.0,
-    alpha: float = 1.0,
-    epsilon: float = 1.0,
-    label_smoothing: float = 0.1,
-    tau_la: float = 1.0,
-    max_margin: float | None = None,
-) -> str:
+def loss_label(name: str, options: Mapping | None = None) -> str:
     """A short human label: ``CE``, ``L_{5,1} (alpha=1)``, ``hard top-5 SVM (alpha=1)``,
     ``hinge-alpha (k=5, alpha=1)``, ``ce-label-smoothing (label_smoothing=0.1)``."""
+    values = loss_options.with_defaults(options)
+    k, tau, alpha = values["k"], values["tau"], values["alpha"]
     if name == "ce":
         return "CE"
     if name == "smooth-svm":
@@ -106,21 +79,14 @@ def loss_label(
         return f"hard top-{k} SVM (alpha={alpha:g})"
     if name not in registry.LOSSES:
         return name
-    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)
+    used = _used_options(name, values)
     params = ", ".join(f"{p}={v:g}" for p, v in used.items())
     return f"{name} ({params})" if params else name
 
 
-def loss_slug(
-    name: str,
-    k: int = 5,
-    tau: float = 1.0,
-    alpha: float = 1.0,
-    epsilon: float = 1.0,
-    label_smoothing: float = 0.1,
-    tau_la: float = 1.0,
-    max_margin: float | None = None,
-) -> str:
-    """The loss and the options it uses, for directory names: ``hinge-alpha-k5-alpha1``."""
-    used = _used_options(name, k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin)
-    return "-".join([name] + [f"{_SHORT[p]}{v:g}" for p, v in used.items()])
+def loss_slug(name: str, options: Mapping | None = None) -> str:
+    """The loss and the options it uses, each by its short name, for directory names:
+    ``hinge-alpha-k5-alpha1``."""
+    used = _used_options(name, options)
+    short = {n: o.short for n, o in loss_options.OPTIONS.items()}
+    return "-".join([name] + [f"{short[p]}{v:g}" for p, v in used.items()])

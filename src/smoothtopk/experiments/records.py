@@ -39,11 +39,25 @@ def write_metrics(run_dir: str, history: list[dict]) -> None:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
+    """The epoch records of ``metrics.jsonl`` (none if it is missing); ValueError naming the
+    file and the line when it is not JSON lines or not UTF-8 text."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number} is not JSON ({err.msg}): corrupted") from None
+    return records
 
 
 def _git_commit() -> str | None:

@@ -21,6 +21,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from . import loss_options
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .config import Config
 from .losses import loss_params
@@ -463,8 +464,7 @@ def label_recipes(runs: list[RunResult]) -> None:
 # -- per-loss selection on clean validation --------------------------------------------------
 
 #: options selected per loss by validation (a sweep's ``--grid``): the recipe's and the losses'
-SELECTABLE = ("lr", "weight_decay", "tau", "alpha", "epsilon", "label_smoothing", "tau_la",
-              "max_margin")  # fmt: skip
+SELECTABLE = ("lr", "weight_decay", *loss_options.SELECTABLE)
 _NOT_SETTING = {*SELECTABLE, *RESUMABLE, "preset", "seed", "loss", "k"}
 SELECTION_NOTE = (
     "Per loss, setting and seed, the configuration with the best clean validation top-5 (at its "

@@ -13,7 +13,9 @@ a run may be resumed, and the lock of a sweep. Every command (train, sweep, demo
   before anything is written), :func:`check_run_dir` (``--resume`` / ``--overwrite``).
 * **Resume compatibility.** Only :data:`RESUMABLE` options may change on resume
   (:func:`incompatible`, :func:`resume_config`); ``--resume`` needs ``last.pt``.
-* **Lock.** A running sweep holds an ``flock`` on ``OUT/.lock`` (:func:`locked`).
+* **Lock.** A running sweep holds an ``flock`` on ``OUT/.lock`` (:func:`locked`), a running
+  ``train`` on ``RUN_DIR/.lock`` (:func:`run_locked`): a second one into the same directory
+  is refused.
 
 Example::
 
@@ -152,7 +154,8 @@ def check_writable(path: str, what: str = "run directory") -> None:
 
 
 def _started(path: str) -> bool:
-    return os.path.isdir(path) and bool(os.listdir(path))
+    """Whether ``path`` holds anything but a lock file (of a running or an ended ``train``)."""
+    return os.path.isdir(path) and bool(set(os.listdir(path)) - {LOCK})
 
 
 def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
@@ -163,6 +166,12 @@ def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(run_dir)
+    check_unlocked(run_dir, "train")
+    return _may_use(run_dir, resume, overwrite)
+
+
+def _may_use(run_dir: str, resume: bool, overwrite: bool) -> bool:
+    """:func:`check_run_dir` but the lock (which :func:`run_locked` holds when it asks)."""
     if not _started(run_dir):
         if resume:
             state = "is empty" if os.path.isdir(run_dir) else "does not exist"
@@ -210,32 +219,32 @@ def check_sweep_dir(out: str) -> None:
 
 
 class Busy(ValueError):
-    """Another sweep holds the lock of the directory."""
+    """Another sweep (or train) holds the lock of the directory."""
 
 
-def _try_lock(fd: int, mode: int, directory: str) -> None:
+def _try_lock(fd: int, mode: int, directory: str, user: str = "sweep") -> None:
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise Busy(
-            f"{directory} is in use by another sweep (it holds {os.path.join(directory, LOCK)}); "
+            f"{directory} is in use by another {user} (it holds {os.path.join(directory, LOCK)}); "
             "wait for it to end or choose another --out"
         ) from None
 
 
-def check_unlocked(directory: str) -> None:
-    """Busy if a running sweep holds ``directory``'s lock; writes nothing."""
+def check_unlocked(directory: str, user: str = "sweep") -> None:
+    """Busy if a running ``user`` (sweep, train) holds ``directory``'s lock; writes nothing."""
     path = os.path.join(directory, LOCK)
     if fcntl is None or not os.path.isfile(path):
         return
     fd = os.open(path, os.O_RDONLY)
-    _try_lock(fd, fcntl.LOCK_SH, directory)
+    _try_lock(fd, fcntl.LOCK_SH, directory, user)
     os.close(fd)
 
 
 @contextlib.contextmanager
-def locked(directory: str):
+def locked(directory: str, user: str = "sweep"):
     """Create ``directory`` and hold an exclusive ``flock`` on its lock file until the block
     ends (the kernel releases it when the process dies); Busy if another process holds it.
     Without ``fcntl`` (Windows) there is no lock."""
@@ -244,11 +253,30 @@ def locked(directory: str):
         yield
         return
     fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
-    _try_lock(fd, fcntl.LOCK_EX, directory)
+    _try_lock(fd, fcntl.LOCK_EX, directory, user)
     try:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def run_locked(run_dir: str, resume: bool, overwrite: bool):
+    """Hold ``run_dir``'s lock while ``train`` writes it; Busy if another train or sweep holds
+    it. Under the lock the directory is checked again (:func:`check_run_dir`), since another
+    train may have started or finished there after this one's checks; when that check fails,
+    the lock file and directory this call created are removed (nothing is left written)."""
+    lock = os.path.join(run_dir, LOCK)
+    made = [p for p in (run_dir, lock) if not os.path.exists(p)]
+    try:
+        with locked(run_dir, "train"):
+            _may_use(run_dir, resume, overwrite)
+            made = []  # this train owns the directory now
+            yield
+    finally:
+        for path in reversed(made):  # the lock file, then the directory it was made in
+            with contextlib.suppress(OSError):
+                os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
 
 
 def clear_directory(directory: str) -> None:

@@ -29,20 +29,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import rundir
+from . import loss_options, rundir
 from .checkpoint import atomic_write_json
-from .config import FIELDS, PRESETS, Config, coerce, pick_preset, resolve
+from .config import FIELDS, PRESETS, SWEPT, Config, coerce, pick_preset, resolve
 from .losses import LOSSES, check_loss, loss_params
 from .report import SELECTABLE, write_report
 from .train import Prepared, prepare_member
 from .workers import train_all
 
-#: options that take a list of values, one run per value
-SWEPT = ("loss", "noise", "subset", "seed", "k", "tau", "alpha", "epsilon", "label_smoothing",
-         "tau_la", "max_margin", "imbalance_ratio")  # fmt: skip
 #: the axes of the data protocol (every loss gets each value), in run-name order
 DATA_AXES = ("noise", "subset", "imbalance_ratio", "seed")
-HYPER = ("k", "tau", "alpha", "epsilon", "label_smoothing", "tau_la", "max_margin")
+HYPER = loss_options.NAMES  #: the loss options (:mod:`.loss_options`), in run-name order
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 #: balanced training subsets of the embedded data (4,500 training images; 39 of the rarest class)
 SUBSETS = ("500", "1000", "2000", "3000", "all")

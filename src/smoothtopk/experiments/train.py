@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +103,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     )  # fmt: skip
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
+    check_loss_trains(cfg, training_counts(noisy.labels, data.num_classes))
     resume_from = os.path.join(run_dir, rundir.LAST) if resuming else None
     state = None
     if resume_from is not None:
@@ -369,7 +369,7 @@ def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) ->
     """Rank 0 (re)creates the run directory: config, environment, noisy labels."""
     run_dir = prepared.run_dir
     if prepared.overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
+        rundir.clear_directory(run_dir)  # keeps the lock that this process holds
     os.makedirs(run_dir, exist_ok=True)
     ckpt_io.remove_stale_temporaries(run_dir)
     ckpt_io.atomic_write_text(os.path.join(run_dir, rundir.CONFIG), to_yaml(prepared.cfg))
@@ -398,12 +398,32 @@ def _save_long_tail(run_dir: str, data: DataBundle) -> None:
     )
 
 
-def training_counts(prepared: Prepared) -> torch.Tensor:
-    """``(C,)`` int64: the training labels per class *as trained on* (after the long-tailed
+def training_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C,)`` int64: the training ``labels`` per class *as trained on* (after the long-tailed
     subsampling and the label noise), for the losses built from class counts. A class left
     with no label counts as 1, so that its prior and its margin stay finite."""
-    counts = torch.bincount(prepared.noisy.labels, minlength=prepared.data.num_classes)
-    return counts.clamp_min(1)
+    return torch.bincount(labels, minlength=num_classes).clamp_min(1)
+
+
+def check_loss_trains(cfg: Config, counts: torch.Tensor) -> None:
+    """ValueError naming the loss and its options unless, built with this run's class
+    ``counts``, it gives a finite loss and gradient on a float32 batch of zero scores: option
+    values that no training could use (a margin or an adjustment that overflows float32 with
+    these counts) are refused before anything is written. Draws no random numbers."""
+    spec = cfg.loss_spec
+    scores = torch.zeros(2, len(counts), requires_grad=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            loss = spec.build(class_counts=counts)(scores, torch.tensor([0, len(counts) - 1]))
+            loss.backward()
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ValueError(f"{spec.label()}: {err}".splitlines()[0]) from None
+    if not (torch.isfinite(loss).all() and torch.isfinite(scores.grad).all()):
+        value = float(loss.detach())
+        raise ValueError(
+            f"{spec.label()}: the loss is not finite on zero scores (loss {value:g}); an option "
+            "of the loss is too large for float32 training"
+        )
 
 
 def _build(prepared: Prepared, device: torch.device, writer: bool, position: int) -> Loop:
@@ -420,7 +440,8 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
         random.seed(cfg.seed + rank)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
-    criterion = cfg.loss_spec.build(class_counts=training_counts(prepared)).to(device)
+    counts = training_counts(prepared.noisy.labels, prepared.data.num_classes)
+    criterion = cfg.loss_spec.build(class_counts=counts).to(device)
     ks = topk_ks(prepared.data.num_classes)
     data = prepared.data
     thirds = data.thirds() if data.class_order is not None else None  # long-tailed runs
@@ -598,12 +619,18 @@ def _end_epoch(loop: Loop, record: dict, log) -> None:
     if loop.writer:
         write_metrics(loop.run_dir, loop.history)
     if log:
-        log(
-            f"epoch {epoch:3d}/{loop.cfg.epochs} lr {record['lr']:.3g} "
-            f"loss {record['train_loss']:.4f} val top1 {record['val_top1']:.4f} "
-            f"top5 {record['val_top5']:.4f} | test top1 {record['test_top1']:.4f} "
-            f"top5 {record['test_top5']:.4f} ({record['epoch_seconds']:.1f}s)"
-        )
+        log(epoch_line(record, loop.cfg.epochs))
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """The log line of an epoch, accuracies in percent as in the summary and the reports:
+    ``epoch   3/15 lr 0.1 loss 3.2109 | val top-1 28.80% top-5 61.40% | test ...``."""
+    val = f"val top-1 {100 * record['val_top1']:.2f}% top-5 {100 * record['val_top5']:.2f}%"
+    test = f"test top-1 {100 * record['test_top1']:.2f}% top-5 {100 * record['test_top5']:.2f}%"
+    return (
+        f"epoch {record['epoch']:3d}/{epochs} lr {record['lr']:.3g} "
+        f"loss {record['train_loss']:.4f} | {val} | {test} ({record['epoch_seconds']:.1f}s)"
+    )
 
 
 def _describe(epoch: int, step: int) -> str:

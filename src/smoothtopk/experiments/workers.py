@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from queue import Empty
 
 import torch
 from tqdm import tqdm
@@ -48,6 +49,25 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
+#: in a worker process: the parent's queue of finished epochs (:func:`_init_worker`)
+_EPOCHS = None
+
+
+def _init_worker(parent: int, epochs) -> None:
+    """Worker initializer: die with ``parent`` (:func:`die_with_parent`) and report each
+    finished epoch on the queue ``epochs``, for the parent's progress bar."""
+    global _EPOCHS
+    _EPOCHS = epochs
+    die_with_parent(parent)
+
+
+def _report_epoch(message: str) -> None:
+    """The log of a worker's run: each epoch line (:func:`.train.epoch_line`) is one finished
+    epoch for the parent's bar; the other lines are dropped, as before."""
+    if _EPOCHS is not None and message.startswith("epoch "):
+        _EPOCHS.put(1)
+
+
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
@@ -69,7 +89,7 @@ def _run_one(
     cfg = Config(**cfg_values)
     cfg.progress = False
     t0 = time.perf_counter()
-    summary = fit(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), log=None)
+    summary = fit(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), log=_report_epoch)
     return run_dir, summary, time.perf_counter() - t0
 
 
@@ -107,16 +127,54 @@ def train_all(
             write(_line(*done[-1]))
             bar.update()
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
-        )
-        with pool:
-            futures = [pool.submit(_run_one, *_job(r), threads) for r in runs]
-            for future in as_completed(futures):
-                done.append(future.result())
-                write(_line(*done[-1]))
-                bar.update()
+
+        def finished(result: tuple) -> None:
+            write(_line(*result))
+            bar.update()
+
+        done = _train_in_workers(runs, jobs, progress, finished)
     bar.close()
     return done
+
+
+def remaining_epochs(prepared: Prepared) -> int:
+    """The epochs that ``prepared`` has left to train (all of them unless resumed)."""
+    state = prepared.resume_state
+    return prepared.cfg.epochs - (int(state["epoch"]) if state else 0)
+
+
+def _train_in_workers(runs: list[Prepared], jobs: int, progress: bool, finished) -> list:
+    """Train ``runs`` in ``jobs`` spawned workers of ``cpu_count // jobs`` threads each,
+    calling ``finished(result)`` as each ends; a second bar counts the epochs the workers
+    finish, so that a long first run is not silence."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    epochs = context.Queue()
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), epochs)
+    )
+    steps = tqdm(total=sum(remaining_epochs(r) for r in runs), desc="epochs", unit="epoch",
+                 disable=None if progress else True, position=1, dynamic_ncols=True)  # fmt: skip
+    done = []
+    with pool:
+        pending = {pool.submit(_run_one, *_job(r), threads) for r in runs}
+        while pending:
+            ended, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            steps.update(_drain(epochs))
+            for future in ended:
+                done.append(future.result())
+                finished(done[-1])
+    steps.update(_drain(epochs))
+    steps.close()
+    return done
+
+
+def _drain(queue) -> int:
+    """How many items ``queue`` holds now (taken out)."""
+    count = 0
+    while True:
+        try:
+            queue.get_nowait()
+        except Empty:
+            return count
+        count += 1
