@@ -37,7 +37,7 @@ test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 
 test-suite: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal --durations=15
 
 test-interpreted: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -m interpreted -p no:cacheprovider --durations=5 \

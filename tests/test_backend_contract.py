@@ -150,8 +150,8 @@ def test_compiled_gradients_equal_eager(dtype, k, every_backend):
     """torch.compile(fullgraph) of the public loss: the same value and gradient as eager. On
     torch 2.11 the pytorch backend gave all-zero gradients (an output that was a no-op ``.to``
     of an intermediate); CI runs this file on that torch too (``make test-floor``)."""
-    if every_backend == "triton" and (k > 32 or dtype == torch.float64):
-        pytest.skip("the Triton kernel takes k <= 32 and no float64")
+    if every_backend == "triton" and (k != 5 or dtype != torch.float32):
+        pytest.skip("Triton: one case (k = 5, float32); interpreted compiles are slow")
     torch._dynamo.reset()
     generator = torch.Generator().manual_seed(k)
     scores = torch.randn(6, 40, generator=generator, dtype=dtype)
