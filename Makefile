@@ -58,6 +58,7 @@ $(FLOOR_STAMP): pyproject.toml
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import smoothtopk; smoothtopk.cpu_kernel.load()"
 	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider --durations=5 \
+		-W 'ignore:`torch.jit.script:DeprecationWarning' \
 		tests/test_backend_contract.py tests/test_backend.py tests/test_api.py
 
 # The demo sweep (docs/experiments.md): CE vs L_{5,1} on the embedded data at label noise

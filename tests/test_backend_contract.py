@@ -132,6 +132,7 @@ def test_torch_func_grad_equals_backward(every_backend):
     torch.testing.assert_close(grad, expected)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script")  # torch.func.jvp's own, not ours
 def test_vmap_and_forward_mode_are_refused_with_a_message(every_backend):
     scores, target = torch.randn(2, 4, 7), torch.tensor([[0, 3, 6, 2], [1, 1, 0, 5]])
     with pytest.raises(RuntimeError, match="do not support torch.func.vmap"):
