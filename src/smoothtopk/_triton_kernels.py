@@ -314,9 +314,9 @@ def forward_row_kernel(
     LOG: tl.constexpr,
 ):
     """One program per row: top-k pass, rest pass, finish. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
-    s_row = s_ptr + row.to(tl.int64) * n
+    s_row = s_ptr + row * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
@@ -361,7 +361,7 @@ def top_segment_kernel(
 ):
     """Split rows, step 1: top-k of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
-    s_row = s_ptr + row.to(tl.int64) * n
+    s_row = s_ptr + row * n
     target = tl.load(target_ptr + row).to(tl.int32)
     lo = part * seg
     buf, ids, bad = _segment_top(s_row, lo, tl.minimum(lo + seg, n), target, K, KP, BLOCK)
@@ -386,7 +386,7 @@ def select_kernel(
     CANDIDATES: tl.constexpr,
 ):
     """Split rows, step 2: the row's top-k among the segments' candidates. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     offs = tl.arange(0, CANDIDATES)
     inside = offs < splits * KP
     x = tl.load(cand_val + row * splits * KP + offs, mask=inside, other=-INF)
@@ -420,7 +420,7 @@ def rest_segment_kernel(
     """Split rows, step 3: ``e_b(u)`` of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
     scale = _f64(scale)
-    s_row = s_ptr + row.to(tl.int64) * n
+    s_row = s_ptr + row * n
     target = tl.load(target_ptr + row).to(tl.int32)
     a = tl.min(tl.load(top_val + row * KP + tl.arange(0, KP)), 0).to(tl.float64)
     lo = part * seg
@@ -459,9 +459,9 @@ def finish_kernel(
     LOG: tl.constexpr,
 ):
     """Split rows, step 4: product of the segments' polynomials, then finish. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
-    s_row = s_ptr + row.to(tl.int64) * n
+    s_row = s_ptr + row * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     parts = tl.arange(0, SP)
@@ -562,8 +562,8 @@ def backward_kernel(
     stats = stats_ptr + row * (2 + 2 * K)
     a = tl.load(stats)
     factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
-    s_row = s_ptr + row.to(tl.int64) * n
-    g_row = out_ptr + row.to(tl.int64) * n
+    s_row = s_ptr + row * n
+    g_row = out_ptr + row * n
     lo = part * seg
     hi = tl.minimum(lo + seg, n)
     for start in range(lo, hi, BLOCK):
@@ -595,8 +595,8 @@ def fix_kernel(
     REDUCTION: tl.constexpr,
 ):
     """Split rows: the anchors' and the target's entries, after ``backward_kernel``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit offsets: rows * (2 + 2k) can pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     stats = stats_ptr + row * (2 + 2 * K)
     factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
-    g_row = out_ptr + row.to(tl.int64) * n
+    g_row = out_ptr + row * n
     _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, K, KP)

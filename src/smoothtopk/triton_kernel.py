@@ -362,8 +362,7 @@ def triton_backward(
     """``dOut/dscores`` in the scores' dtype; ignored rows exactly 0. Shape: ``(M, n)``."""
     scores, target = scores.contiguous(), target.contiguous()
     grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
-    rows, classes = scores.shape
-    if rows == 0:
+    if scores.shape[0] == 0:
         return grad
     with _on_device(scores.device):
         _launch_backward(
