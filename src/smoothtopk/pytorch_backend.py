@@ -255,15 +255,15 @@ def gradient(pieces: _Pieces, target, valid, grad_loss: torch.Tensor, classes: i
     u = pieces.rest[:, :classes]
     k = coefficients.shape[1]
     target = target[:, None]
-    live = pieces.live[:, None]
-    dead = torch.where(live, 0.0, factor * 0.0)  # added to the rows that are not live
+    keep = pieces.live[:, None] & valid[:, None]
+    # the other rows' value: 0 * dOut/dl_row (slope = 0 there) if counted, else exactly 0
+    fill = torch.where(valid[:, None], factor * 0.0, 0.0)
     if torch.is_grad_enabled():
         horner = coefficients[:, k - 1 :]
         for m in range(k - 2, -1, -1):
             horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
         direction = (u * horner).scatter(1, pieces.anchor_index, anchors)
-        direction = torch.where(live, direction.scatter(1, target, -factor), 0.0) + dead
-        return torch.where(valid[:, None], direction, 0.0)
+        return torch.where(keep, direction.scatter(1, target, -factor), fill)
     if k == 1:
         direction = u * coefficients
     else:
@@ -274,4 +274,4 @@ def gradient(pieces: _Pieces, target, valid, grad_loss: torch.Tensor, classes: i
             torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0, out=horner)
         direction = horner.mul_(u)
     direction.scatter_(1, pieces.anchor_index, anchors).scatter_(1, target, -factor)
-    return direction.masked_fill_(~live, 0.0).add_(dead).masked_fill_(~valid[:, None], 0.0)
+    return torch.where(keep, direction, fill, out=direction)  # one pass, in place
