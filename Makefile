@@ -25,7 +25,7 @@ format: $(STAMP)
 # The fused CPU kernel, built once before the tests (cached per machine; a no-op when built), so
 # that no test is charged with the build.
 kernel: $(STAMP)
-	$(PY) -c "import smoothtopk; smoothtopk.cpu_kernel.load()"
+	$(PY) -c "import smoothtopk; smoothtopk.backends.cpu.load()"
 
 # The suite on two pytest-xdist workers and, beside it, the Triton-interpreter tests in a session
 # of their own (Triton's interpreter is chosen at process start; tests/conftest.py skips them in
@@ -56,7 +56,7 @@ $(FLOOR_STAMP): pyproject.toml
 	touch $(FLOOR_STAMP)
 
 test-floor: $(FLOOR_STAMP)
-	$(FLOOR_VENV)/bin/python -c "import smoothtopk; smoothtopk.cpu_kernel.load()"
+	$(FLOOR_VENV)/bin/python -c "import smoothtopk; smoothtopk.backends.cpu.load()"
 	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider --durations=5 \
 		-W 'ignore:`torch.jit.script:DeprecationWarning' \
 		tests/test_backend_contract.py tests/test_backend.py tests/test_api.py

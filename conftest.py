@@ -8,7 +8,7 @@ tests skip with the reason (``tests/test_optional_triton.py`` runs this case in 
 import importlib.util
 
 TRITON = importlib.util.find_spec("triton") is not None
-collect_ignore = [] if TRITON else ["src/smoothtopk/_triton_kernels.py"]
+collect_ignore = [] if TRITON else ["src/smoothtopk/backends/triton_jit.py"]
 
 
 def pytest_report_header(config):

@@ -1,7 +1,7 @@
 """The contenders: one table, name -> (builder of a loss ``fn(scores, target) -> scalar``,
 description, the suites that run it by default).
 
-The package's own losses are built from its registry, :data:`smoothtopk.losses.LOSSES`, with
+The package's own losses are built from its registry, :data:`smoothtopk.registry.LOSSES`, with
 their registered default options (:func:`_package`); the external baselines (PyTorch's
 cross-entropy, compiled or not, Liger-Kernel, pytopk, difftopk) have their own builders here.
 
@@ -48,7 +48,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Builder = Callable[[int, int, torch.device, torch.dtype], LossFn]
 
 BASELINE = "cross_entropy"
-BACKEND_ENV = "SMOOTHTOPK_BACKEND"  # smoothtopk._backend.ENV, read at every call
+BACKEND_ENV = "SMOOTHTOPK_BACKEND"  # smoothtopk.backends.ENV, read at every call
 
 
 class Skipped(Exception):
@@ -132,13 +132,13 @@ def _pinned(backend: str, fn: LossFn) -> LossFn:
 
 
 def _package(name: str, backend: str = "auto") -> Builder:
-    """Loss ``name`` of the package's registry (:data:`smoothtopk.losses.LOSSES`): its
+    """Loss ``name`` of the package's registry (:data:`smoothtopk.registry.LOSSES`): its
     functional with ``k`` set to the configuration's top-k (where the loss takes ``k``) and its
     other options at their registered defaults, run with ``SMOOTHTOPK_BACKEND=backend``."""
 
     def build(n, k, device, dtype) -> LossFn:
-        from smoothtopk import _backend
-        from smoothtopk.losses import get
+        from smoothtopk import backends
+        from smoothtopk.registry import get
 
         spec = get(name)
         options = {"k": k} if "k" in spec.options else {}
@@ -151,7 +151,7 @@ def _package(name: str, backend: str = "auto") -> Builder:
 
             def backend_of(x):
                 os.environ[BACKEND_ENV] = backend
-                return _backend.select(x.detach().reshape(-1, x.shape[-1]), k).NAME
+                return backends.select(x.detach().reshape(-1, x.shape[-1]), k).NAME
 
             fn.backend_of = backend_of
         return fn

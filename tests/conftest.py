@@ -12,11 +12,12 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _INDUCTOR_CACHE = tempfile.TemporaryDirectory(prefix="smoothtopk-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE.name  # removed at exit
 
-from smoothtopk import _backend, cpu_kernel  # noqa: E402
+from smoothtopk import backends  # noqa: E402
+from smoothtopk.backends import cpu as cpu_backend  # noqa: E402
 
 BACKENDS = ("cpu", "pytorch")
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-#: every backend of ``_backend``; the Triton kernel runs on CPU tensors in the interpreter session
+#: every backend of :mod:`smoothtopk.backends`; Triton on CPU tensors in the interpreter session
 ALL_BACKENDS = [*BACKENDS, pytest.param("triton", marks=pytest.mark.interpreted)]
 
 
@@ -39,11 +40,11 @@ def every_backend(request, monkeypatch):
     """The backend contract suite (tests/test_backend_contract.py): each of ``cpu``,
     ``pytorch`` and ``triton`` forced by SMOOTHTOPK_BACKEND; ``triton`` in the interpreter
     session only (and skipped without Triton)."""
-    if request.param == "cpu" and cpu_kernel.load() is None:
+    if request.param == "cpu" and cpu_backend.load() is None:
         pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
     if request.param == "triton":
         pytest.importorskip("triton")
-    monkeypatch.setenv(_backend.ENV, request.param)
+    monkeypatch.setenv(backends.ENV, request.param)
     return request.param
 
 
@@ -51,7 +52,7 @@ def every_backend(request, monkeypatch):
 def backend(request, monkeypatch):
     """Run a test once with the fused CPU kernel and once with the PyTorch implementation
     (the one used on other devices and the reference), forced by SMOOTHTOPK_BACKEND."""
-    if request.param == "cpu" and cpu_kernel.load() is None:
+    if request.param == "cpu" and cpu_backend.load() is None:
         pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
-    monkeypatch.setenv(_backend.ENV, request.param)
+    monkeypatch.setenv(backends.ENV, request.param)
     return request.param

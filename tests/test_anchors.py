@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from smoothtopk.anchors import _by_recursion, _by_subsets
+from smoothtopk.backends.anchors import _by_recursion, _by_subsets
 
 
 def brute_force(w, c):

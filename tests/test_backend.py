@@ -1,4 +1,4 @@
-"""The backend seam (smoothtopk._backend): SMOOTHTOPK_BACKEND, errors, a GPU-clean PyTorch path."""
+"""The backend seam (smoothtopk.backends): SMOOTHTOPK_BACKEND, errors, a GPU-clean PyTorch path."""
 
 import os
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from smoothtopk import _backend, _validation, cpu_kernel, smooth_topk_svm_loss, triton_kernel
+from smoothtopk import _validation, backends, smooth_topk_svm_loss
+from smoothtopk.backends import cpu as cpu_backend
+from smoothtopk.backends import triton as triton_backend
 
 
 def _data(n=6, c=12, seed=0):
@@ -15,19 +17,19 @@ def _data(n=6, c=12, seed=0):
 
 
 def test_auto_uses_the_fused_kernel_on_cpu_and_pytorch_elsewhere(monkeypatch):
-    monkeypatch.delenv(_backend.ENV, raising=False)
-    if cpu_kernel.load() is None:
+    monkeypatch.delenv(backends.ENV, raising=False)
+    if cpu_backend.load() is None:
         pytest.skip("the fused CPU kernel could not be built")
-    assert _backend.select(torch.zeros(2, 10), 3).NAME == "cpu"
-    assert _backend.select(torch.zeros(2, 10, device="meta"), 3).NAME == "pytorch"
-    assert _backend.select(torch.zeros(2, 300), 150).NAME == "pytorch"  # beyond the kernel's k
+    assert backends.select(torch.zeros(2, 10), 3).NAME == "cpu"
+    assert backends.select(torch.zeros(2, 10, device="meta"), 3).NAME == "pytorch"
+    assert backends.select(torch.zeros(2, 300), 150).NAME == "pytorch"  # beyond the kernel's k
 
 
 def test_forced_backends_agree(monkeypatch):
     x, y = _data()
     results = {}
     for name in ("cpu", "pytorch"):
-        monkeypatch.setenv(_backend.ENV, name)
+        monkeypatch.setenv(backends.ENV, name)
         scores = x.clone().requires_grad_(True)
         value = smooth_topk_svm_loss(scores, y, k=3, tau=0.5)
         value.backward()
@@ -36,21 +38,21 @@ def test_forced_backends_agree(monkeypatch):
 
 
 def test_forced_backend_that_cannot_run_raises(monkeypatch):
-    monkeypatch.setenv(_backend.ENV, "cpu")
+    monkeypatch.setenv(backends.ENV, "cpu")
     with pytest.raises(RuntimeError, match="SMOOTHTOPK_BACKEND=cpu cannot compute"):
         smooth_topk_svm_loss(torch.zeros(2, 300), torch.tensor([0, 1]), k=150)
 
 
 def test_forced_pytorch_never_builds_the_cpu_kernel(monkeypatch):
-    monkeypatch.setenv(_backend.ENV, "pytorch")
-    monkeypatch.setattr(cpu_kernel, "load", lambda: pytest.fail("the kernel was loaded"))
-    assert _backend.select(torch.zeros(2, 10), 3).NAME == "pytorch"
+    monkeypatch.setenv(backends.ENV, "pytorch")
+    monkeypatch.setattr(cpu_backend, "load", lambda: pytest.fail("the kernel was loaded"))
+    assert backends.select(torch.zeros(2, 10), 3).NAME == "pytorch"
     smooth_topk_svm_loss(*_data(), k=3).item()
 
 
 @pytest.mark.parametrize("value", ["0", "1"])
 def test_the_retired_cpu_kernel_switch_is_refused(monkeypatch, value):
-    monkeypatch.delenv(_backend.ENV, raising=False)
+    monkeypatch.delenv(backends.ENV, raising=False)
     monkeypatch.setenv("SMOOTHTOPK_CPU_KERNEL", value)
     with pytest.raises(
         ValueError, match="SMOOTHTOPK_CPU_KERNEL is retired: use SMOOTHTOPK_BACKEND"
@@ -60,7 +62,7 @@ def test_the_retired_cpu_kernel_switch_is_refused(monkeypatch, value):
 
 @pytest.mark.parametrize("value", ["cuda", "fused", "1"])
 def test_unknown_backend_name_is_a_clear_error(monkeypatch, value):
-    monkeypatch.setenv(_backend.ENV, value)
+    monkeypatch.setenv(backends.ENV, value)
     with pytest.raises(ValueError, match="SMOOTHTOPK_BACKEND"):
         smooth_topk_svm_loss(*_data(), k=3)
 
@@ -80,7 +82,7 @@ class _RecordOps(TorchDispatchMode):
 def test_pytorch_path_never_copies_from_the_host_or_syncs(monkeypatch, k, reduction):
     # The one documented host read (the target range, CPU tensors only) is switched to the
     # device assertion of accelerators, so that the rest of the call is what a GPU runs.
-    monkeypatch.setenv(_backend.ENV, "pytorch")
+    monkeypatch.setenv(backends.ENV, "pytorch")
     monkeypatch.setattr(_validation, "checks_eagerly", lambda target: False)
     x, y = _data(c=1000)
     x.requires_grad_(True)
@@ -95,8 +97,8 @@ def test_pytorch_path_never_copies_from_the_host_or_syncs(monkeypatch, k, reduct
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["cpu", "pytorch"])
 def test_fullgraph_inductor_at_a_padded_width(monkeypatch, name):
-    monkeypatch.setenv(_backend.ENV, name)
-    if name == "cpu" and cpu_kernel.load() is None:
+    monkeypatch.setenv(backends.ENV, name)
+    if name == "cpu" and cpu_backend.load() is None:
         pytest.skip("the fused CPU kernel could not be built")
     torch._dynamo.reset()
     x, y = _data(n=8, c=1000)
@@ -117,7 +119,7 @@ def test_fullgraph_inductor_at_a_padded_width(monkeypatch, name):
 def test_forced_triton_on_cpu_without_the_interpreter_says_why(monkeypatch):
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter runs CPU tensors")
-    monkeypatch.setenv(_backend.ENV, "triton")
-    why = "TRITON_INTERPRET" if triton_kernel.TRITON_INSTALLED else "triton is not installed"
+    monkeypatch.setenv(backends.ENV, "triton")
+    why = "TRITON_INTERPRET" if triton_backend.TRITON_INSTALLED else "triton is not installed"
     with pytest.raises(RuntimeError, match=f"SMOOTHTOPK_BACKEND=triton.*{why}"):
         smooth_topk_svm_loss(*_data(), k=3)

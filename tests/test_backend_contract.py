@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from smoothtopk import smooth_topk_svm_loss
-from smoothtopk.pytorch_backend import INDUCTOR_CRASH_BEFORE
+from smoothtopk.backends.pytorch import INDUCTOR_CRASH_BEFORE
 
 INF, NAN = math.inf, math.nan
 
@@ -181,7 +181,7 @@ def test_a_torch_whose_inductor_crashes_is_refused_not_crashed(monkeypatch):
     at k > 6 is refused with the way out (torch 2.11's inductor crashed the process there);
     simulated here by moving the boundary past this torch."""
     monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
-    monkeypatch.setattr("smoothtopk.pytorch_backend.INDUCTOR_CRASH_BEFORE", "99")
+    monkeypatch.setattr("smoothtopk.backends.pytorch.INDUCTOR_CRASH_BEFORE", "99")
     torch._dynamo.reset()
     compiled = torch.compile(
         lambda s, t: smooth_topk_svm_loss(s, t, k=7), fullgraph=True, backend="aot_eager"

@@ -1,4 +1,4 @@
-"""The loss contract, run over every loss of the registry :data:`smoothtopk.losses.LOSSES`.
+"""The loss contract, run over every loss of the registry :data:`smoothtopk.registry.LOSSES`.
 
 The calling convention of ``F.cross_entropy`` (reductions, ``weight``, ``ignore_index``,
 spatial and unbatched shapes, dtypes, autocast, devices), Module = functional, one shared table
@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smoothtopk import _backend, cpu_kernel
-from smoothtopk.losses import LOSSES
+from smoothtopk import backends
+from smoothtopk.backends import cpu as cpu_backend
+from smoothtopk.registry import LOSSES
 
 C = 7
 NAN, INF = math.nan, math.inf
@@ -73,10 +74,10 @@ OURS = [pytest.param(spec, id=name) for name, spec in LOSSES.items() if not spec
 def case(request, monkeypatch):
     """Each case, with the smooth loss's backend forced by SMOOTHTOPK_BACKEND."""
     case = request.param
-    if case.backend == "cpu" and cpu_kernel.load() is None:
+    if case.backend == "cpu" and cpu_backend.load() is None:
         pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
     if case.backend is not None:
-        monkeypatch.setenv(_backend.ENV, case.backend)
+        monkeypatch.setenv(backends.ENV, case.backend)
     return case
 
 

@@ -1,4 +1,4 @@
-"""The fused CPU kernel as the "cpu" backend (smoothtopk.cpu_kernel): its contract, called
+"""The fused CPU kernel as the "cpu" backend (smoothtopk.backends.cpu): its contract, called
 directly through ``cpu_kernel.forward`` / ``backward``, against independent references:
 ``F.cross_entropy`` (k = 1, alpha = 0, tau = 1), the extended-precision references of
 reference.py, the hard loss (tau -> 0), and the PyTorch implementation in float64 for weight,
@@ -8,8 +8,10 @@ first build, and the portable fallback.
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -18,7 +20,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reference import hard_loss, log_space_loss_and_grad
-from smoothtopk import cpu_kernel, smooth_topk_svm_loss
+from smoothtopk import smooth_topk_svm_loss
+from smoothtopk.backends import _abi, _cpu_build
+from smoothtopk.backends import cpu as cpu_kernel
 
 INF, NAN = float("inf"), float("nan")
 REDUCTIONS = ("none", "sum", "mean")
@@ -101,15 +105,15 @@ def test_one_operator_per_direction():
     for reduction in REDUCTIONS:
         with _RecordOps() as ops:
             out, saved = cpu_kernel.forward(x, y, weight, -100, 5, 1.0, 1.0, reduction)
-        assert ops.names == {"smoothtopk.forward.default"}
+        assert ops.names == {"smoothtopk.cpu_forward.default"}
         grad_out = torch.ones_like(out)
         with _RecordOps() as ops:
             cpu_kernel.backward(grad_out, x, y, weight, -100, saved, 5, 1.0, 1.0, reduction)
-        assert ops.names == {"smoothtopk.backward.default"}
+        assert ops.names == {"smoothtopk.cpu_backward.default"}
 
 
 def test_unavailable_says_why_in_one_line():
-    assert cpu_kernel.fits(1_000_000, 48) and not cpu_kernel.fits(1_000_000, 49)
+    assert _abi.fits(1_000_000, 48) and not _abi.fits(1_000_000, 49)
     for dtype in cpu_kernel.DTYPES:
         assert cpu_kernel.unavailable(torch.zeros(2, 1000, dtype=dtype), 5) is None
     refused = {
@@ -127,7 +131,7 @@ def test_failed_build_warns_once_and_says_why(monkeypatch):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(cpu_kernel, "_state", {})
-    monkeypatch.setattr(cpu_kernel, "_load_or_build", broken)
+    monkeypatch.setattr(_cpu_build, "load_or_build", broken)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         assert cpu_kernel.load() is None
     with warnings.catch_warnings():
@@ -504,9 +508,9 @@ def test_torch_compile_traces_both_operators(compiler, monkeypatch):
         return torch._dynamo.lookup_backend(compiler)(graph_module, example_inputs)
 
     out, grad = torch.compile(step, backend=record, fullgraph=True)(x, y, weight, grad_out)
-    assert graphs and all(  # fullgraph: one graph per compilation, with both operators
-        {"smoothtopk.forward.default", "smoothtopk.backward.default"} <= graph for graph in graphs
-    )
+    operators = {"smoothtopk.cpu_forward.default", "smoothtopk.cpu_backward.default"}
+    # fullgraph: one graph per compilation, with both operators
+    assert graphs and all(operators <= graph for graph in graphs)
     ref, ref_grad = pytorch_reference(
         x, y, 3, 0.5, 1.0, weight, -100, "mean", grad_out, monkeypatch
     )
@@ -520,7 +524,7 @@ QUIET = """
 import sys
 import smoothtopk
 assert "torch.utils.cpp_extension" not in sys.modules
-assert smoothtopk.cpu_kernel.load() is not None  # built by this session: loaded, not compiled
+assert smoothtopk.backends.cpu.load() is not None  # built by this session: loaded, not compiled
 assert "torch.utils.cpp_extension" not in sys.modules
 """
 
@@ -534,24 +538,24 @@ def test_import_and_cached_load_print_nothing():
 
 FIRST_BUILD = """
 import torch
-from smoothtopk import cpu_kernel
+from smoothtopk.backends import _cpu_build, cpu
 
-real_compile = cpu_kernel._compile
+real_compile = _cpu_build._compile
 def native_refused(name, root, flags, ldflags):
     if "portable" not in name:
         raise RuntimeError("no -march=native here")
     real_compile(name, root, flags, ldflags)
-cpu_kernel._compile = native_refused
-assert cpu_kernel.load() is not None
+_cpu_build._compile = native_refused
+assert cpu.load() is not None
 """
 
 CHECK = """
 import torch
 from reference import log_space_loss_and_grad
-from smoothtopk import cpu_kernel
-assert cpu_kernel.load() is not None
+from smoothtopk.backends import cpu
+assert cpu.load() is not None
 x, y = torch.randn(6, 300, dtype=torch.float64), torch.randint(0, 300, (6,))
-out, saved = cpu_kernel.forward(x, y, None, -100, 5, 1.0, 1.0, "none")
+out, saved = cpu.forward(x, y, None, -100, 5, 1.0, 1.0, "none")
 torch.testing.assert_close(out, log_space_loss_and_grad(x, y, 5, 1.0, 1.0)[0])
 print("portable ok")
 """
@@ -568,7 +572,107 @@ def test_first_build_says_so_once_and_falls_back_to_portable_flags(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     notices = [line for line in first.stderr.splitlines() if line.startswith("smoothtopk:")]
     assert len(notices) == 1 and str(tmp_path) in notices[0], first.stderr
-    assert "once per machine" in notices[0] and cpu_kernel.AHEAD_OF_TIME in notices[0]
+    assert "once per machine" in notices[0] and _cpu_build.AHEAD_OF_TIME in notices[0]
     second = subprocess.run([sys.executable, "-c", CHECK], **run)
     assert second.returncode == 0 and "portable ok" in second.stdout, second.stderr[-3000:]
     assert second.stderr == ""
+
+
+# --- a first-call build that cannot hang (issue #19 item 4) ------------------------------------
+
+LOAD = """
+import sys, warnings
+warnings.simplefilter("always")
+from smoothtopk.backends import cpu
+print("loaded" if cpu.load() is not None else "fell back", flush=True)
+"""
+
+
+def _build_env(tmp_path, **extra):
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    env.pop(_cpu_build.TIMEOUT_ENV, None)
+    return {**env, **extra}
+
+
+@pytest.mark.slow
+def test_a_build_killed_midway_does_not_hang_the_next_call(tmp_path):
+    """SIGKILL a build (its whole process group, as a cancelled job) once torch's own lock file
+    exists; the next process removes that stale lock under our flock, builds, and loads, without
+    torch's "No CUDA runtime" line (CUDA_HOME points at a directory, no CUDA runtime here)."""
+    env = _build_env(tmp_path, CUDA_HOME=str(tmp_path))
+    killed = subprocess.Popen(
+        [sys.executable, "-c", LOAD], env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    torch_lock = tmp_path / "ext" / _cpu_build.build_name(portable=False) / _cpu_build.TORCH_LOCK
+    deadline = time.monotonic() + 120
+    while not torch_lock.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert torch_lock.exists(), "the build never took torch's lock"
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert torch_lock.exists()  # what a killed build leaves: every later torch build waited here
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr[-3000:]
+    assert "No CUDA runtime" not in done.stderr, done.stderr[-3000:]
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        line for line in done.stderr.splitlines() if line.startswith("smoothtopk: compiling")
+    ], done.stderr[-3000:]
+
+
+def test_waiting_on_another_build_gives_up_after_the_timeout(tmp_path):
+    """A process holding the build lock (a build in progress) makes the next one wait at most
+    SMOOTHTOPK_BUILD_TIMEOUT seconds, then fall back to the PyTorch path with one warning."""
+    fcntl = pytest.importorskip("fcntl")
+    root = tmp_path / "ext"
+    root.mkdir()
+    env = _build_env(tmp_path, **{_cpu_build.TIMEOUT_ENV: "1"})
+    with open(root / f"{_cpu_build.build_name(portable=False)}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=120
+        )
+        waited = time.monotonic() - started
+    assert done.returncode == 0 and done.stdout.strip() == "fell back", done.stderr[-3000:]
+    warnings_seen = [line for line in done.stderr.splitlines() if "Warning" in line]
+    assert len(warnings_seen) == 1 and "another process" in warnings_seen[0], done.stderr
+    assert _cpu_build.TIMEOUT_ENV in warnings_seen[0]
+    assert waited < 60  # 1 s of waiting plus start-up, never a hang
+
+
+USER_SCRIPT = """\
+import torch
+from smoothtopk import smooth_topk_svm_loss
+x = torch.randn(3, 10, requires_grad=True)
+loss = smooth_topk_svm_loss(x, torch.tensor([1, 2, 3]), k=2)
+loss.backward()
+print("loss", loss.item())
+"""
+
+
+def test_without_a_compiler_one_short_warning_at_the_users_line(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    env = _build_env(tmp_path, CXX="no-such-compiler-here")
+    done = subprocess.run(
+        [sys.executable, "-W", "always", str(script)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("loss"), done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    # "<file>:<line>: RuntimeWarning: ..." and the source line that warnings prints under it
+    assert len(lines) == 2, done.stderr
+    assert lines[0].startswith(f"{script}:4: RuntimeWarning: smoothtopk:"), lines[0]
+    assert "no-such-compiler-here" in lines[0] and "install" in lines[0]
+    assert len(lines[0]) < 400 and "ninja" not in lines[0]
+    assert not (tmp_path / "ext").exists()  # nothing tried, nothing written
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_build_timeout_is_named(value, monkeypatch):
+    monkeypatch.setenv(_cpu_build.TIMEOUT_ENV, value)
+    with pytest.raises(_cpu_build.BuildError, match=_cpu_build.TIMEOUT_ENV):
+        _cpu_build.timeout()

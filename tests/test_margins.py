@@ -333,29 +333,29 @@ def test_interpreted_triton_per_class_equals_per_row(reduction, monkeypatch):
 def test_interpreted_triton_split_rows_against_reference():
     """Rows shared by several programs (the finish kernel reads the margins) against the
     log-space reference with ``alpha[target_i]``, and against the same rows unsplit."""
-    from smoothtopk import triton_kernel
+    from smoothtopk.backends import triton as triton_backend
 
     k, tau, classes = 20, 0.5, 400
-    assert triton_kernel.block_size(classes, k) < classes  # several chunks, so splits apply
+    assert triton_backend.block_size(classes, k) < classes  # several chunks, so splits apply
     scores = _scores(torch.float32, rows=2, classes=classes, seed=5)
     target = torch.tensor([3, 398])
     margins = torch.rand(classes, generator=torch.Generator().manual_seed(6)) * 2
     outs = []
     for splits in (1, 3):
-        out, stats, anchors, total = triton_kernel.triton_forward(
-            scores, target, None, -100, k, tau, 0.0, "none", splits, margins
+        out, stats, anchors, total = triton_backend.triton_forward(
+            scores, target, None, -100, k, tau, 0.0, "none", margins, splits
         )
-        grad = triton_kernel.triton_backward(
+        grad = triton_backend.triton_backward(
             torch.ones_like(out),
             scores,
             target,
-            -100,
             stats,
             anchors,
-            total,
+            -100,
             k,
             tau,
             "none",
+            total,
             splits,
         )
         outs.append((out, grad))

@@ -24,9 +24,10 @@ CALL = """
 import sys, warnings
 warnings.simplefilter("error")  # a kernel that cannot be built (no csrc in the wheel) warns
 import torch, smoothtopk
-from smoothtopk import cpu_kernel, smooth_topk_svm_loss
+from smoothtopk import smooth_topk_svm_loss
+from smoothtopk.backends import cpu
 assert smoothtopk.__file__.startswith(sys.prefix), smoothtopk.__file__
-assert cpu_kernel.load() is not None
+assert cpu.load() is not None
 x = torch.randn(4, 10, requires_grad=True)
 smooth_topk_svm_loss(x, torch.tensor([0, 1, 2, 3]), k=3).backward()
 assert torch.isfinite(x.grad).all()
@@ -46,7 +47,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_kernel_source_the_license_and_type_hints(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "smoothtopk/csrc/smooth_topk_cpu.cpp" in names
+    assert "smoothtopk/backends/csrc/smooth_topk_cpu.cpp" in names
     assert "smoothtopk/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
@@ -100,8 +101,9 @@ def test_without_triton_the_library_and_its_tests_run(tmp_path):
     assert "could not import 'triton'" in ran.stdout  # the Triton tests' skip reason
     call = textwrap.dedent("""
         import torch
-        from smoothtopk import smooth_topk_svm_loss, triton_kernel
-        assert not triton_kernel.TRITON_INSTALLED
+        from smoothtopk import smooth_topk_svm_loss
+        from smoothtopk.backends import triton
+        assert not triton.TRITON_INSTALLED
         print(float(smooth_topk_svm_loss(torch.zeros(2, 5), torch.tensor([0, 1]), k=2)))
     """)
     assert subprocess.run([sys.executable, "-c", call], **run).returncode == 0

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from smoothtopk.polynomial import elementary_symmetric
+from smoothtopk.backends.polynomial import elementary_symmetric
 
 
 def brute_force(values, d):

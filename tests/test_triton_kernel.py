@@ -1,4 +1,4 @@
-"""The Triton backend (``smoothtopk.triton_kernel``) against the extended-precision references.
+"""The Triton backend (``smoothtopk.backends.triton``) against the extended-precision references.
 
 Without a GPU the kernels run in Triton's interpreter, which must be switched on before Triton
 is first imported (``torch._dynamo`` imports it): the ``interpreted`` tests run in a pytest
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from exactness_grid import ALPHAS, SCALES, STRUCTURES, TAUS, _errors, cells, grid_inputs
 from reference import log_space_loss_and_grad
-from smoothtopk import smooth_topk_svm_loss, triton_kernel
+from smoothtopk import smooth_topk_svm_loss
+from smoothtopk.backends import triton as triton_kernel
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.interpreted
@@ -46,11 +47,11 @@ def run(
 ):
     """``(out, dOut/dscores)`` through the two operators (``grad_out`` defaults to ones)."""
     out, stats, anchors, total = triton_kernel.triton_forward(
-        scores, target, weight, ignore_index, k, tau, alpha, reduction, splits
+        scores, target, weight, ignore_index, k, tau, alpha, reduction, None, splits
     )
     grad_out = torch.ones_like(out) if grad_out is None else grad_out
     grad = triton_kernel.triton_backward(
-        grad_out, scores, target, ignore_index, stats, anchors, total, k, tau, reduction, splits
+        grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
     )
     return out, grad
 
@@ -208,10 +209,10 @@ def test_operators_trace_with_fake_tensors():
     with FakeTensorMode():
         scores, target = torch.empty(4, 10), torch.zeros(4, dtype=torch.int64)
         out, stats, anchors, total = triton_kernel.triton_forward(
-            scores, target, None, -100, 3, 1.0, 1.0, "mean", 1
+            scores, target, None, -100, 3, 1.0, 1.0, "mean", None, 1
         )
         grad = triton_kernel.triton_backward(
-            out, scores, target, -100, stats, anchors, total, 3, 1.0, "mean", 1
+            out, scores, target, stats, anchors, -100, 3, 1.0, "mean", total, 1
         )
     assert out.shape == () and stats.shape == (4, 8) and anchors.shape == (4, 3)
     assert grad.shape == scores.shape and grad.dtype == scores.dtype
@@ -227,8 +228,8 @@ def test_unavailable_reasons(monkeypatch):
 
 
 def test_import_does_not_import_triton():
-    code = "import sys, smoothtopk.triton_kernel; assert 'triton' not in sys.modules"
-    env = dict(os.environ, PYTHONPATH=str(Path(triton_kernel.__file__).parents[1]))
+    code = "import sys, smoothtopk.backends.triton; assert 'triton' not in sys.modules"
+    env = dict(os.environ, PYTHONPATH=str(Path(triton_kernel.__file__).parents[2]))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
 
 
@@ -409,3 +410,99 @@ def test_an_old_triton_is_declined_naming_both_versions(monkeypatch):
         smooth_topk_svm_loss(scores, target, k=2)
     monkeypatch.setattr(triton_kernel, "TRITON_VERSION", "3.2.0+git0")
     assert "found triton" not in triton_kernel.unavailable(scores, 2)  # the CPU reason instead
+
+
+# --- auto's self-check of the Triton kernel (issue #19 item 5) ---------------------------------
+
+
+@pytest.fixture
+def auto_reaches_triton(monkeypatch):
+    """``auto`` with the CPU kernel out of the way, so that CPU tensors (in the interpreter)
+    reach the Triton backend as CUDA tensors do; a process with no check made yet."""
+    from smoothtopk import backends
+
+    monkeypatch.delenv(backends.ENV, raising=False)
+    monkeypatch.setattr(backends.cpu, "unavailable", lambda scores, k: "out of the way")
+    monkeypatch.setattr(triton_kernel, "_CHECKED", {})
+    calls = []
+    real = triton_kernel._disagreement
+    monkeypatch.setattr(
+        triton_kernel, "_disagreement", lambda *a: calls.append(a[1:4:2]) or real(*a)
+    )
+    return calls
+
+
+def _loss_and_grad(scores, target, **options):
+    scores = scores.clone().requires_grad_()
+    loss = smooth_topk_svm_loss(scores, target, **options)
+    loss.backward()
+    return loss.detach(), scores.grad
+
+
+@interpreted
+def test_auto_checks_the_kernel_once_per_kind_of_call(auto_reaches_triton):
+    from smoothtopk import backends
+
+    scores, target = torch.randn(12, 40) * 3, torch.randint(0, 40, (12,))
+    call = (target, None, -100, 1.0, 1.0, "mean")
+    assert backends.select(scores, 5, call).NAME == "triton"
+    assert backends.select(scores, 5, call).NAME == "triton"
+    assert len(auto_reaches_triton) == 1  # checked once for this kind
+    backends.select(scores, 5, (target, torch.rand(40), -100, 1.0, 1.0, "mean"))
+    backends.select(scores, 3, call)
+    assert len(auto_reaches_triton) == 3  # a weight, another k: other kinds, checked once each
+    loss, grad = _loss_and_grad(scores, target, k=5)
+    ref, ref_grad = log_space_loss_and_grad(scores.double(), target, 5, 1.0, 1.0)
+    torch.testing.assert_close(loss.double(), ref.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad / 12, rtol=1e-4, atol=1e-6)
+
+
+@interpreted
+def test_a_kernel_that_disagrees_is_not_used_by_auto(auto_reaches_triton, monkeypatch):
+    from smoothtopk import backends
+
+    real = triton_kernel.triton_forward
+
+    def wrong(*args):  # a kernel whose losses are 5 % off, as a miscompiled one could be
+        out, *rest = real(*args)
+        return (out * 1.05, *rest)
+
+    monkeypatch.setattr(triton_kernel, "triton_forward", wrong)
+    scores, target = torch.randn(6, 30) * 2, torch.randint(0, 30, (6,))
+    with pytest.warns(RuntimeWarning, match="disagreed with the PyTorch path") as seen:
+        loss, _ = _loss_and_grad(scores, target, k=2)
+    assert len(seen) == 1 and "SMOOTHTOPK_BACKEND=triton" in str(seen[0].message)
+    assert seen[0].filename == __file__  # at the user's line
+    call = (target, None, -100, 1.0, 1.0, "mean")
+    assert backends.select(scores, 2, call).NAME == "pytorch"  # and no second warning
+    expected = log_space_loss_and_grad(scores.double(), target, 2, 1.0, 1.0)[0].mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-7)
+    monkeypatch.setenv(backends.ENV, "triton")  # forced: the kernel as it is, no check
+    forced, _ = _loss_and_grad(scores, target, k=2)
+    torch.testing.assert_close(forced.double(), expected * 1.05, rtol=1e-5, atol=1e-6)
+
+
+@interpreted
+def test_a_compile_before_any_eager_call_takes_the_pytorch_path(auto_reaches_triton):
+    """A trace cannot run the check: an unchecked kind compiles on the PyTorch path; once an
+    eager call has checked it, a new compile uses the kernel."""
+    scores, target = torch.randn(4, 30), torch.randint(0, 30, (4,))
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append({str(node.target) for node in graph_module.graph.nodes})
+        return graph_module.forward
+
+    def step(x, y):
+        return smooth_topk_svm_loss(x, y, k=5)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend=record, fullgraph=True)(scores, target)
+    assert graphs and not any("triton_forward" in str(graph) for graph in graphs)
+    assert auto_reaches_triton == []
+    step(scores, target)  # eager: checks this kind
+    torch._dynamo.reset()
+    graphs.clear()
+    again = torch.compile(step, backend=record, fullgraph=True)(scores, target)
+    assert any("smoothtopk.triton_forward.default" in graph for graph in graphs)
+    torch.testing.assert_close(compiled, again, rtol=1e-5, atol=1e-6)

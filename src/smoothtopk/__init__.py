@@ -5,7 +5,7 @@ The smooth top-k SVM loss of Berrada, Zisserman and Kumar (ICLR 2018), computed 
 
 The public names are imported on first use (PEP 562), so that ``import smoothtopk.experiments.cli``
 (the ``smoothtopk`` command's ``--help`` and argument errors) does not pay for importing torch;
-``from smoothtopk import smooth_topk_svm_loss`` and ``smoothtopk.cpu_kernel`` work as before.
+``from smoothtopk import smooth_topk_svm_loss`` and ``smoothtopk.backends.cpu`` work as before.
 """
 
 import importlib
@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """A public name (imported from its module once) or a submodule (``smoothtopk.cpu_kernel``)."""
+    """A public name (imported from its module once) or a submodule (``smoothtopk.backends``)."""
     if name in _HOME:
         value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
         globals()[name] = value

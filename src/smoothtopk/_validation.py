@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
+from pathlib import Path
 
 import torch
 
@@ -264,3 +266,16 @@ def check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int
             f"target must be in [0, {num_classes}) or equal to ignore_index={ignore_index}, "
             f"found {value}"
         )
+
+
+#: frames in these directories (the package, torch) are not the user's line
+_NOT_USER = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the caller of this function that points at
+    the first frame outside the package and torch: the user's line, however deep the call."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_NOT_USER):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._reduction import classification_loss
+from ._convention import classification_loss
 from ._validation import check_margins, keyword_only
 
 

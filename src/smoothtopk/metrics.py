@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._reduction import num_classes_of, rows
+from ._convention import num_classes_of, rows
 from ._validation import check_ignore_index, check_input_target, check_target_range
 
 _AVERAGES = ("micro", "macro")

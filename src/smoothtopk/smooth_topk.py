@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, pytorch_backend
-from ._reduction import finish, prepare
+from . import backends
+from ._convention import finish, prepare
 from ._validation import (
     VMAP_REFUSED,
     check_margins,
@@ -13,6 +13,7 @@ from ._validation import (
     check_temperature_scale,
     keyword_only,
 )
+from .backends import pytorch as pytorch_backend
 
 
 @keyword_only
@@ -41,7 +42,7 @@ def smooth_topk_svm_loss(
     ``tau -> 0``). ``k = 1, alpha = 0, tau = 1`` is cross-entropy. With per-class margins
     ``alpha`` is ``alpha[y]`` in the formula, sample by sample. Computed exactly in
     ``O(C k)`` per sample by the fused CPU kernel, the Triton kernel on CUDA, or PyTorch
-    operations (``SMOOTHTOPK_BACKEND``, :mod:`smoothtopk._backend`).
+    operations (``SMOOTHTOPK_BACKEND``, :mod:`smoothtopk.backends`).
 
     Edge rules: a sample with fewer than ``k`` finite scores besides its target has loss 0 and
     gradient 0 (the limit; ``-inf`` scores rule classes out); NaN or ``+inf`` scores give NaN;
@@ -81,7 +82,9 @@ def smooth_topk_svm_loss(
     alpha = check_margins(alpha, input, target)
     call = prepare(input, target, k, weight, ignore_index, reduction)
     check_temperature_scale(k, tau)
-    backend = _backend.select(call.scores, k)
+    backend = backends.select(
+        call.scores, k, (call.target, weight, ignore_index, tau, alpha, reduction)
+    )
     arguments = (call.target, weight, ignore_index, k, tau, alpha, reduction, backend.NAME)
     if call.autocast:
         with torch.autocast(call.scores.device.type, enabled=False):
@@ -103,7 +106,7 @@ class _SmoothTopkSVM(torch.autograd.Function):
 
     @staticmethod
     def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, name):
-        out, saved = _backend.module(name).forward(
+        out, saved = backends.module(name).forward(
             scores, target, weight, ignore_index, k, tau, alpha, reduction
         )
         return (out, *saved)
@@ -131,7 +134,7 @@ class _SmoothTopkSVM(torch.autograd.Function):
                 grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction
             )
         else:
-            backend = _backend.module(ctx.name)
+            backend = backends.module(ctx.name)
             grad = backend.backward(
                 grad_out,
                 scores,

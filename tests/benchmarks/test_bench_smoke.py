@@ -68,13 +68,13 @@ def test_one_tiny_configuration_end_to_end(tmp_path):
     # The forced PyTorch path runs and says so; auto reports the backend the seam selects.
     forced = entry["contenders"]["smooth_topk_pytorch"]
     if _ours_importable():
-        from smoothtopk import _backend
+        from smoothtopk import backends
 
         assert forced["backend"] == "pytorch" and forced["forward_backward"]["ratio"] > 0
         x = torch.zeros(4, 10)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(_backend.ENV, "auto")
-            assert ours["backend"] == _backend.select(x, 1).NAME
+            mp.setenv(backends.ENV, "auto")
+            assert ours["backend"] == backends.select(x, 1).NAME
 
     compiled = entry["contenders"]["ce_compiled"]  # torch.compile ran, outside the timing
     if shutil.which("c++") or shutil.which("g++"):  # inductor's CPU code needs a C++ compiler

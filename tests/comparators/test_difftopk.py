@@ -10,7 +10,7 @@ from smoothtopk.comparators import (
     difftopk_available,
     difftopk_cross_entropy_loss,
 )
-from smoothtopk.losses import comparators
+from smoothtopk.registry import comparators
 
 pytestmark = pytest.mark.skipif(
     not difftopk_available(),

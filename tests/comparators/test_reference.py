@@ -16,7 +16,7 @@ from smoothtopk.comparators import (
     topk_hinge_beta_loss,
     truncated_topk_entropy_loss,
 )
-from smoothtopk.losses import LOSSES
+from smoothtopk.registry import LOSSES
 
 from . import references as ref
 

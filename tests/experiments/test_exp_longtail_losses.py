@@ -13,7 +13,7 @@ from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.rundir import run_name
 from smoothtopk.experiments.train import _build, fit, prepare
-from smoothtopk.losses import LOSSES
+from smoothtopk.registry import LOSSES
 
 LONG_TAIL = ("ce-logit-adjusted", "smooth-svm-ldam", "smoothed-calibrated-hinge-ldam")
 TINY = {"epochs": 1, "milestones": [], "subset": "all", "val_size": 100, "batch_size": 100,

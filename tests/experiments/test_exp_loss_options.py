@@ -3,7 +3,7 @@ named in run names and swept, without a second list to keep in step."""
 
 import pytest
 
-from smoothtopk import losses as registry
+from smoothtopk import registry
 from smoothtopk.experiments import loss_options, sweep
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.rundir import run_name

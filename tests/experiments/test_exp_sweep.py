@@ -6,13 +6,13 @@ import os
 import pytest
 import torch
 
-from smoothtopk import losses as registry
+from smoothtopk import registry
 from smoothtopk.experiments import sweep
 from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.losses import LOSSES, build_loss, loss_params
 from smoothtopk.experiments.models import build_model
-from smoothtopk.losses import comparators
+from smoothtopk.registry import comparators
 
 COMPARATORS = comparators()
 

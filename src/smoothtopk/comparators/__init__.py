@@ -1,12 +1,12 @@
-"""Comparator top-k losses from the literature (SPEC §5), under the package's loss contract.
+"""Comparator top-k losses from the literature (docs/comparators.md), under the loss contract.
 
 Every loss has a functional form with the calling convention of
 ``torch.nn.functional.cross_entropy`` (shapes, ``weight``, ``ignore_index``, ``reduction``,
 half precision computed in float32; hyper-parameters keyword-only) and a thin ``nn.Module``.
-They are registered, with the package's other losses, in :data:`smoothtopk.losses.LOSSES`
-(the one table of losses; ``smoothtopk.losses.comparators()`` is its comparator part)::
+They are registered, with the package's other losses, in :data:`smoothtopk.registry.LOSSES`
+(the one table of losses; ``smoothtopk.registry.comparators()`` is its comparator part)::
 
-    >>> from smoothtopk.losses import comparators
+    >>> from smoothtopk.registry import comparators
     >>> criterion = comparators()["hinge-alpha"](k=5, alpha=1.0)
 
 ``"difftopk"`` is registered only when the optional packages difftopk and diffsort are

@@ -30,7 +30,7 @@ import numbers
 
 import torch
 
-from .._reduction import classification_loss
+from .._convention import classification_loss
 from .._validation import check_k, check_positive, keyword_only
 from ..modules import _WeightedLoss
 

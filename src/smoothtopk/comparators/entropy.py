@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .._reduction import classification_loss
+from .._convention import classification_loss
 from .._validation import check_k, keyword_only
 from ..modules import _WeightedLoss
 

@@ -11,10 +11,10 @@ Which form. The first paper (Lapin et al., "Top-k Multiclass SVM", NIPS 2015) so
 vector ``1 − e_y + s − s_y`` whose entry at ``y`` is ``0``; the follow-up ("Loss Functions for
 Top-k Error: Analysis and Insights", CVPR 2016, and the TPAMI 2018 journal version) and the
 authors' reference solver libsdca (``primal_loss`` of ``l2_hinge_topk`` / ``l2_topk_hinge``)
-take the top-k over the classes ``j ≠ y`` only. We implement that later form, as SPEC §5
-states it: it is the one that reduces to the Crammer–Singer multiclass SVM for ``k = 1`` while
-never counting the target's own zero as one of the ``k`` "mistakes", and it is the form the
-authors' code evaluates. α is the margin (``1`` in the papers); ``k`` satisfies
+take the top-k over the classes ``j ≠ y`` only. We implement that later form, as
+docs/comparators.md states it: it is the one that reduces to the Crammer–Singer multiclass SVM
+for ``k = 1`` while never counting the target's own zero as one of the ``k`` "mistakes", and it
+is the form the authors' code evaluates. α is the margin (``1`` in the papers); ``k`` satisfies
 ``1 <= k < C``.
 
 Both losses are piecewise linear: the gradient is ``1/k`` on the selected classes (β: those
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._reduction import classification_loss
+from .._convention import classification_loss
 from .._validation import check_k, check_non_negative, keyword_only
 from ..modules import _WeightedLoss
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._reduction import classification_loss
+from .._convention import classification_loss
 from .._validation import check_non_negative, keyword_only
 from ..modules import _WeightedLoss
 

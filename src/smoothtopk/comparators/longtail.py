@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._reduction import classification_loss, num_classes_of, working_dtype
+from .._convention import classification_loss, num_classes_of, working_dtype
 from .._validation import (
     check_k,
     check_non_negative,

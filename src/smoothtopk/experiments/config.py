@@ -121,7 +121,7 @@ class Config:
     model: str | None = option(
         None, "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)"
     )
-    loss: str = option("ce", "a loss of the registry smoothtopk.losses.LOSSES, e.g. ce, "
+    loss: str = option("ce", "a loss of the registry smoothtopk.registry.LOSSES, e.g. ce, "
                        "smooth-svm, hard-svm, hinge-alpha (an unknown name lists them "
                        "all)")  # fmt: skip
     # k, tau, alpha, epsilon, label_smoothing, tau_la, max_margin: from .loss_options
@@ -160,7 +160,8 @@ class Config:
 
 
 PRESETS: dict[str, dict] = {
-    # SPEC §4, CIFAR-100 with label noise: DenseNet-BC 40/40, 300 epochs, batch 64.
+    # The paper's CIFAR-100 with label noise (docs/experiments.md): DenseNet-BC 40/40, 300
+    # epochs, batch 64.
     "cifar100-noise": {
         "dataset": "cifar100",
         "data_dir": "data",
@@ -175,7 +176,8 @@ PRESETS: dict[str, dict] = {
         "alpha": 1.0,
         "workers": 4,
     },
-    # SPEC §4, ImageNet with reduced training sets: ResNet-18, 120 epochs, batch 256.
+    # The paper's ImageNet with reduced training sets (docs/experiments.md): ResNet-18, 120
+    # epochs, batch 256.
     "imagenet-subsets": {
         "dataset": "imagenet",
         "data_dir": "data/imagenet",

@@ -142,8 +142,15 @@ def all_max(flag: torch.Tensor) -> torch.Tensor:
     return flag
 
 
+#: how Gloo's plain RuntimeErrors word a collective that timed out or lost its peer
+GLOO_TIMEOUTS = ("timed out", "timeout caused pair closure", "connection closed by peer")
+
+
 def is_timeout(err: BaseException) -> bool:
     """Whether ``err`` is a collective that failed or timed out (Gloo raises a plain
-    RuntimeError saying "Timed out", NCCL a DistBackendError)."""
+    RuntimeError saying "Timed out" or "Application timeout caused pair closure", NCCL a
+    DistBackendError)."""
     backend_error = getattr(dist, "DistBackendError", ())
-    return world()[1] > 1 and (isinstance(err, backend_error) or "timed out" in str(err).lower())
+    text = str(err).lower()
+    gloo = any(words in text for words in GLOO_TIMEOUTS)
+    return world()[1] > 1 and (isinstance(err, backend_error) or gloo)

@@ -1,4 +1,4 @@
-"""Losses by name, as the registry :data:`smoothtopk.losses.LOSSES` lists them: ``ce``
+"""Losses by name, as the registry :data:`smoothtopk.registry.LOSSES` lists them: ``ce``
 (cross-entropy), ``smooth-svm`` (the paper's L_{k,tau} with margin alpha), ``hard-svm`` (its
 tau -> 0 limit) and every comparator (``hinge-alpha``, ``trunc-entropy``, ...).
 
@@ -6,7 +6,7 @@ A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon``,
 ``label_smoothing``, ``tau_la`` and ``max_margin`` that are among its registered options
 (:func:`loss_params`; ``max_margin=None`` keeps each loss's default); its other options keep
 their defaults. A loss that needs the training-set class counts
-(:attr:`smoothtopk.losses.LossEntry.needs_class_counts`: ``ce-logit-adjusted``,
+(:attr:`smoothtopk.registry.LossEntry.needs_class_counts`: ``ce-logit-adjusted``,
 ``smooth-svm-ldam``, ``smoothed-calibrated-hinge-ldam``) receives them as ``class_counts``
 (:func:`build_loss`; the runner gives the counts of the labels it trains on).
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from smoothtopk import losses as registry
+from smoothtopk import registry
 
 from . import loss_options
 

@@ -1,4 +1,4 @@
-"""Grouped label noise, as in the paper's CIFAR-100 experiment (SPEC §4).
+"""Grouped label noise, as in the paper's CIFAR-100 experiment (docs/experiments.md).
 
 Each training label is, with probability ``p``, replaced by a label drawn uniformly from its
 group (the true label included), so the expected effective flip rate is ``p * (1 - 1/g)`` for

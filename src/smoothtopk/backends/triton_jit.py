@@ -1,4 +1,4 @@
-r"""Triton kernels of the smooth top-k SVM loss (imported on first use by ``triton_kernel``).
+r"""Triton kernels of the smooth top-k SVM loss (imported on first use by ``backends.triton``).
 
 Per row (scores ``s``, target ``y``, ``scale = 1/(k tau)``), with ``T`` the k largest non-target
 scores, ``a`` their smallest, ``w_i = e^{(a - s_i) scale} <= 1`` on ``T`` and

@@ -18,13 +18,13 @@
 //     binomials in k because u_j <= 1), evaluated in float64.
 // The backward recomputes u_j from the scores instead of storing an (N, C) buffer.
 //
-// The operators (schemas and fake kernels defined in smoothtopk/cpu_kernel.py) fold in the
-// calling convention of F.cross_entropy: forward(scores, target, weight?, ignore_index, k, tau,
-// alpha, reduction, alpha_per_class?) -> (out, stats, anchor_index) with out = weight[t] * L per
-// row ("none"),
+// The operators smoothtopk::cpu_forward / cpu_backward (schemas, fake kernels and the layout of
+// stats defined in smoothtopk/backends/_abi.py) fold in the calling convention of
+// F.cross_entropy: cpu_forward(scores, target, weight?, ignore_index, k, tau, alpha, reduction,
+// alpha_per_class?) -> (out, stats, anchor_index) with out = weight[t] * L per row ("none"),
 // their row-order sum ("sum") or that sum over the sum of weight[t] ("mean"); the margin of row r
 // is alpha_per_class[t_r] when that (classes,) tensor is given, else alpha; rows whose target
-// is ignore_index are never read and give 0 (and a zero gradient row). backward(grad_out, ...)
+// is ignore_index are never read and give 0 (and a zero gradient row). cpu_backward(grad_out, ...)
 // scales each row by grad_out (scalar or per row) and the weight folded into stats.
 
 #include <ATen/Dispatch.h>
@@ -843,6 +843,6 @@ at::Tensor smooth_topk_backward(const at::Tensor& grad_out, const at::Tensor& sc
 
 // The schemas are defined from Python (smoothtopk/cpu_kernel.py), with their fake kernels.
 TORCH_LIBRARY_IMPL(smoothtopk, CPU, m) {
-  m.impl("forward", TORCH_FN(smooth_topk_forward));
-  m.impl("backward", TORCH_FN(smooth_topk_backward));
+  m.impl("cpu_forward", TORCH_FN(smooth_topk_forward));
+  m.impl("cpu_backward", TORCH_FN(smooth_topk_backward));
 }

@@ -6,35 +6,46 @@ on the rest, ``e_b(u)`` by the subtraction-free products ``(1 + u_j X)`` in lane
 ``sigma_b(w)``, ``A``, ``B``, the loss ``tau softplus(z)`` and the gradient factors. Rows are
 streamed in chunks (any ``n``); with few rows, several programs share a row (per-segment top-k
 candidates and polynomials in a small scratch buffer, then merged). ``weight``, per-class
-margins, ``ignore_index`` and the reduction are folded in: each direction is one custom operator,
-``torch.ops.smoothtopk.triton_forward`` / ``triton_backward`` (registered at import, with fake
-implementations, whether or not Triton is installed; Triton itself is imported on first use).
+margins, ``ignore_index`` and the reduction are folded in: each direction is one operator,
+``torch.ops.smoothtopk.triton_forward`` / ``triton_backward``, defined with its fake by
+:mod:`smoothtopk.backends._abi` and implemented here for CUDA (and CPU, for the interpreter)
+tensors, whether or not Triton is installed; Triton itself is imported on first use.
 
 With ``TRITON_INTERPRET=1`` in the environment, CPU tensors run the same kernels in Triton's
 interpreter (slow; for tests). The backend contract: ``NAME``, :func:`unavailable`,
-:func:`forward`, :func:`backward`.
+:func:`forward`, :func:`backward`, and :func:`self_check`, which ``auto`` calls.
+
+**Self-check.** Until the kernel has been measured on GPU hardware, ``auto`` does not trust it
+blindly: the first call of each kind (device, dtype, ``k``, ``n``, programs per row, weight,
+per-class margins, reduction) also runs the kernel and the PyTorch path on the call's first
+:data:`PROBE_ROWS` rows and compares loss and gradient (one host sync, once per kind). On
+disagreement one warning says so and ``auto`` takes the PyTorch path for that kind;
+``SMOOTHTOPK_BACKEND=triton`` skips the check. A ``torch.compile`` trace cannot run it: a kind
+not yet checked is compiled on the PyTorch path (call the loss once eagerly before compiling).
 
 Example:
     >>> import torch
-    >>> from smoothtopk import triton_kernel
-    >>> triton_kernel.unavailable(torch.zeros(2, 10, dtype=torch.float64), 3) is not None
+    >>> from smoothtopk.backends import triton
+    >>> triton.unavailable(torch.zeros(2, 10, dtype=torch.float64), 3) is not None
     True
 """
 
 import contextlib
 import importlib.metadata
 import importlib.util
-import math
 import os
 import sys
-from functools import cache
+import warnings
 
 import torch
+
+from .._convention import reduce
+from .._validation import user_stacklevel
+from . import _abi, pytorch
 
 NAME = "triton"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_K = 32
-MAX_LOG_TERM = 700.0  # k log(2n) bound: no float64 sum of products of numbers <= 1 overflows
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
 
@@ -90,7 +101,7 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     if not 1 <= k <= MAX_K:
         return f"the Triton kernel takes 1 <= k <= {MAX_K}, not k={k}"
     classes = scores.shape[-1]
-    if classes >= 2**31 or k * math.log(2.0 * classes) > MAX_LOG_TERM:
+    if classes >= 2**31 or not _abi.fits(classes, k):
         return f"the Triton kernel's float64 sums could overflow at n={classes}, k={k}"
     if not TRITON_INSTALLED:
         return "triton is not installed"
@@ -108,6 +119,82 @@ def unavailable(scores: torch.Tensor, k: int) -> str | None:
     return None
 
 
+#: rows of a call that the self-check computes on both paths
+PROBE_ROWS = 8
+#: relative tolerance of the self-check per scores dtype (float32: 10x the documented bounds)
+PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+#: the self-check's verdicts in this process: kind -> None (agreed) or the disagreement
+_CHECKED: dict[tuple, str | None] = {}
+
+
+def self_check(scores, k, target, weight, ignore_index, tau, alpha, reduction) -> str | None:
+    """None if the kernel agreed with the PyTorch path on this kind of call (checking it on the
+    first call of the kind); else why ``auto`` should not use it. Arguments as :func:`forward`."""
+    margins = isinstance(alpha, torch.Tensor)
+    kind = (scores.device, scores.dtype, k, scores.shape[1], plan_splits(scores, k))
+    kind += (weight is not None, margins, reduction)
+    if kind not in _CHECKED:
+        if torch.compiler.is_compiling():
+            return (
+                "not yet checked against the PyTorch path for this kind of call, and a "
+                "torch.compile trace cannot check it: call the loss once before compiling"
+            )
+        _CHECKED[kind] = _disagreement(
+            scores, k, target, weight, ignore_index, tau, alpha, reduction
+        )
+        if _CHECKED[kind] is not None:
+            warnings.warn(
+                f"smoothtopk: {_CHECKED[kind]}; auto uses the PyTorch path for such calls "
+                "(SMOOTHTOPK_BACKEND=triton uses the kernel anyway). Please report it.",
+                RuntimeWarning,
+                stacklevel=user_stacklevel(),
+            )
+    return _CHECKED[kind]
+
+
+def _disagreement(scores, k, target, weight, ignore_index, tau, alpha, reduction) -> str | None:
+    """Loss and gradient of the call's first rows by the kernel (with the call's programs per
+    row) and by the PyTorch path: None if they agree, else the largest difference."""
+    splits = plan_splits(scores, k)
+    x, t = scores[:PROBE_ROWS].detach(), target[:PROBE_ROWS]
+    with torch.no_grad():
+        out, saved = forward(x, t, weight, ignore_index, k, tau, alpha, reduction, splits)
+        grad_out = torch.ones_like(out)
+        grad = backward(grad_out, x, t, weight, ignore_index, saved, k, tau, alpha, reduction)
+        ref, ref_saved = pytorch.forward(x, t, weight, ignore_index, k, tau, alpha, reduction)
+        ref_grad = pytorch.backward(
+            grad_out, x, t, weight, ignore_index, ref_saved, k, tau, alpha, reduction
+        )
+    tolerance = PROBE_TOLERANCE[scores.dtype]
+    errors = torch.stack([_error(out, ref), _error(grad, ref_grad)]).tolist()  # the one sync
+    if max(errors) <= tolerance:
+        return None
+    kind = f"k={k}, n={scores.shape[1]}, {scores.dtype}, {splits} program(s) per row"
+    return (
+        f"the Triton kernel disagreed with the PyTorch path on {scores.device} ({kind}): "
+        f"relative differences {errors[0]:.1e} (loss) and {errors[1]:.1e} (gradient)"
+    )
+
+
+def _error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Largest difference relative to the reference's scale; NaN where one is NaN and the other
+    is not counts as infinite.
+
+    Example:
+        >>> nan = float("nan")
+        >>> _error(torch.tensor([1.0, 2.0, nan]), torch.tensor([1.0, 3.0, nan])).item()
+        0.25
+        >>> _error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, nan])).item()
+        inf
+    """
+    value, reference = value.double(), reference.double()
+    mismatch = torch.isnan(value) != torch.isnan(reference)
+    difference = (value - reference).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs()
+    scale = 1.0 + reference.nan_to_num(nan=0.0).abs().max()
+    error = difference.max() / scale if difference.numel() else difference.new_zeros(())
+    return torch.where(mismatch.any(), torch.inf, error)
+
+
 def _on_device(device: torch.device):
     """Launch on ``device``: Triton launches on the current CUDA device, which need not be the
     scores' (a loss on ``cuda:1`` while ``cuda:0`` is current faulted).
@@ -121,7 +208,7 @@ def _on_device(device: torch.device):
 
 def _kernels():
     """The module of ``triton.jit`` kernels, imported on first use."""
-    return importlib.import_module("smoothtopk._triton_kernels")
+    return importlib.import_module("smoothtopk.backends.triton_jit")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -143,9 +230,14 @@ def block_size(classes: int, k: int) -> int:
     return min(block, max(16, _pow2(classes)))
 
 
-@cache
+_PROCESSORS: dict[int, int] = {}
+
+
 def _processors(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    """The device's multiprocessors, asked once (a plain dict: Dynamo warns on ``lru_cache``)."""
+    if index not in _PROCESSORS:
+        _PROCESSORS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _PROCESSORS[index]
 
 
 def plan_splits(scores: torch.Tensor, k: int) -> int:
@@ -253,28 +345,10 @@ def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha
     )
 
 
-def _reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str):
-    """``(out, total weight)``: float64 sums, the output in float32."""
-    total = weights.sum()
-    if reduction == "none":
-        return losses.float(), total
-    out = losses.sum()
-    return (out if reduction == "sum" else out / total).float(), total
-
-
-@torch.library.custom_op("smoothtopk::triton_forward", mutates_args=())
-def triton_forward(
-    scores: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    k: int,
-    tau: float,
-    alpha: float,
-    reduction: str,
-    splits: int,
-    alpha_per_class: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.library.impl("smoothtopk::triton_forward", ("cuda", "cpu"))
+def _triton_forward(
+    scores, target, weight, ignore_index, k, tau, alpha, reduction, alpha_per_class, splits
+):
     """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``; row ``i``'s
     margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
 
@@ -287,7 +361,7 @@ def triton_forward(
     outputs = (
         torch.zeros(rows, **options),
         torch.zeros(rows, **options),
-        torch.zeros(rows, 2 + 2 * k, **options),
+        torch.zeros(rows, _abi.stats_width(k), **options),
         torch.full((rows, k), -1, device=scores.device, dtype=torch.int64),
     )
     if rows > 0:
@@ -297,20 +371,9 @@ def triton_forward(
             _launch_forward(
                 scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
             )
-    out, total = _reduce(outputs[0], outputs[1], reduction)
+    total = outputs[1].sum()  # float64 sums; the output in float32
+    out = reduce(outputs[0], outputs[1], reduction, total).float()
     return out, outputs[2], outputs[3], total
-
-
-@triton_forward.register_fake
-def _(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits, alpha_per_class=None):
-    rows = scores.shape[0]
-    shape = (rows,) if reduction == "none" else ()
-    return (
-        scores.new_empty(shape, dtype=torch.float32),
-        scores.new_empty(rows, 2 + 2 * k, dtype=torch.float64),
-        scores.new_empty(rows, k, dtype=torch.int64),
-        scores.new_empty((), dtype=torch.float64),
-    )
 
 
 def _launch_backward(
@@ -345,20 +408,10 @@ def _launch_backward(
         )
 
 
-@torch.library.custom_op("smoothtopk::triton_backward", mutates_args=())
-def triton_backward(
-    grad_out: torch.Tensor,
-    scores: torch.Tensor,
-    target: torch.Tensor,
-    ignore_index: int,
-    stats: torch.Tensor,
-    anchors: torch.Tensor,
-    total: torch.Tensor,
-    k: int,
-    tau: float,
-    reduction: str,
-    splits: int,
-) -> torch.Tensor:
+@torch.library.impl("smoothtopk::triton_backward", ("cuda", "cpu"))
+def _triton_backward(
+    grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
+):
     """``dOut/dscores`` in the scores' dtype; ignored rows exactly 0. Shape: ``(M, n)``."""
     scores, target = scores.contiguous(), target.contiguous()
     grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
@@ -372,28 +425,28 @@ def triton_backward(
     return grad
 
 
-@triton_backward.register_fake
-def _(grad_out, scores, target, ignore_index, stats, anchors, total, k, tau, reduction, splits):
-    return torch.empty_like(scores, memory_format=torch.contiguous_format)
+triton_forward = torch.ops.smoothtopk.triton_forward.default
+triton_backward = torch.ops.smoothtopk.triton_backward.default
 
 
-def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
-    """The contract's forward: ``(out, saved)``, one operator call (see module docstring)."""
-    splits = plan_splits(scores, k)
-    if isinstance(alpha, torch.Tensor):  # per-class margins, read as alpha[t_i] by the kernel
-        out, stats, anchors, total = triton_forward(
-            scores, target, weight, ignore_index, k, tau, 0.0, reduction, splits, alpha
-        )
-    else:
-        out, stats, anchors, total = triton_forward(
-            scores, target, weight, ignore_index, k, tau, alpha, reduction, splits
-        )
+def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits=None):
+    """The contract's forward: ``(out, saved)``, one operator call (see module docstring);
+    ``splits``: programs per row (default :func:`plan_splits`)."""
+    splits = plan_splits(scores, k) if splits is None else splits
+    margins = alpha if isinstance(alpha, torch.Tensor) else None  # read as alpha[t_i]
+    alpha = 0.0 if margins is not None else alpha
+    out, stats, anchors, total = triton_forward(
+        scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
+    )
     return out, (stats, anchors, total)
 
 
-def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction):
+def backward(
+    grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction, splits=None
+):
     """The contract's backward: ``dOut/dscores``, shape ``(M, n)``, the scores' dtype."""
-    splits = plan_splits(scores, k)
+    stats, anchors, total = saved
+    splits = plan_splits(scores, k) if splits is None else splits
     return triton_backward(
-        grad_out, scores, target, ignore_index, *saved, k, tau, reduction, splits
+        grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
     )

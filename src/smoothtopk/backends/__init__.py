@@ -2,20 +2,23 @@
 
 Backends (modules with the same contract):
 
-* ``cpu`` — the fused C++ kernel (:mod:`smoothtopk.cpu_kernel`), CPU tensors;
-* ``triton`` — the fused Triton kernel (:mod:`smoothtopk.triton_kernel`), CUDA tensors (and
+* ``cpu`` — the fused C++ kernel (:mod:`smoothtopk.backends.cpu`), CPU tensors;
+* ``triton`` — the fused Triton kernel (:mod:`smoothtopk.backends.triton`), CUDA tensors (and
   CPU tensors under ``TRITON_INTERPRET=1``, Triton's interpreter, which is how CI tests it);
-* ``pytorch`` — PyTorch operations (:mod:`smoothtopk.pytorch_backend`), every device: the
+* ``pytorch`` — PyTorch operations (:mod:`smoothtopk.backends.pytorch`), every device: the
   reference, and what runs when no fused kernel applies (float64 on GPUs, very large ``k``).
 
 ``SMOOTHTOPK_BACKEND=auto|cpu|triton|pytorch`` (read at every call; default ``auto``) forces
-one. ``auto`` takes the first of ``cpu``, ``triton``, ``pytorch`` that can compute the call; a
-forced backend that cannot raises ``RuntimeError`` saying why, never a silent fallback.
+one. ``auto`` takes the first of ``cpu``, ``triton``, ``pytorch`` that can compute the call (and,
+for ``triton``, whose self-check on this kind of call agreed with the PyTorch path); a forced
+backend that cannot raises ``RuntimeError`` saying why, never a silent fallback.
 
 The contract of a backend module (``docs/architecture.md``)::
 
     NAME: str
     unavailable(scores, k) -> str | None        # None: can compute; else the reason
+    self_check(scores, k, target, weight, ignore_index, tau, alpha, reduction) -> str | None
+                                                # optional: auto's check of the results
     forward(scores, target, weight, ignore_index, k, tau, alpha, reduction) -> (out, saved)
     backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction)
 
@@ -27,8 +30,8 @@ backend's ``O(M k)`` tensors; ``backward`` returns ``dL/dscores`` in the scores'
 
 Example:
     >>> import torch
-    >>> from smoothtopk import _backend
-    >>> _backend.select(torch.zeros(4, 10, dtype=torch.float64), k=3).NAME in _backend.NAMES
+    >>> from smoothtopk import backends
+    >>> backends.select(torch.zeros(4, 10, dtype=torch.float64), k=3).NAME in backends.NAMES
     True
 """
 
@@ -39,13 +42,13 @@ from types import ModuleType
 
 import torch
 
-from . import cpu_kernel, pytorch_backend, triton_kernel
+from . import cpu, pytorch, triton
 
 ENV = "SMOOTHTOPK_BACKEND"
 #: the retired switch of the CPU kernel: refused, so that a setting of it is never silently lost
 RETIRED = "SMOOTHTOPK_CPU_KERNEL"
 # The backends in the order in which ``auto`` tries them; adding one is adding it here.
-_MODULES = {module.NAME: module for module in (cpu_kernel, triton_kernel, pytorch_backend)}
+_MODULES = {module.NAME: module for module in (cpu, triton, pytorch)}
 NAMES = tuple(_MODULES)
 
 
@@ -64,8 +67,10 @@ def module(name: str) -> ModuleType:
     return _MODULES[name]
 
 
-def select(scores: torch.Tensor, k: int) -> ModuleType:
-    """The backend that computes a call on ``scores (M, C)`` with this ``k``."""
+def select(scores: torch.Tensor, k: int, call: tuple | None = None) -> ModuleType:
+    """The backend that computes a call on ``scores (M, C)`` with this ``k``; ``call`` is the
+    rest of it, ``(target, weight, ignore_index, tau, alpha, reduction)``, for the self-check
+    of a backend that has one (``auto`` only: a forced backend is taken as it is)."""
     choice = requested()
     if choice != "auto":
         backend = module(choice)
@@ -77,6 +82,8 @@ def select(scores: torch.Tensor, k: int) -> ModuleType:
     for name in NAMES:
         backend = module(name)
         reason = backend.unavailable(scores, k)
+        if reason is None and call is not None and hasattr(backend, "self_check"):
+            reason = backend.self_check(scores, k, *call)
         if reason is None:
             return backend
         reasons.append(f"{name}: {reason}")

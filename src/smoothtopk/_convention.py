@@ -3,7 +3,7 @@
 :func:`prepare` checks the arguments (without reading tensor data, except the one documented
 CPU-only range check of the targets) and flattens ``(N, C, d1, ...)`` scores to rows ``(M, C)``
 with targets ``(M,)``; :func:`finish` restores the target's shape for ``reduction="none"`` and the
-input's dtype. The smooth loss hands the rows to one backend operator (:mod:`smoothtopk._backend`);
+input's dtype. The smooth loss hands the rows to one backend operator (:mod:`smoothtopk.backends`);
 the other losses are written once as a per-sample function of valid rows and wrapped by
 :func:`classification_loss`:
 
@@ -64,12 +64,15 @@ def row_weights(weight, target: torch.Tensor, valid: torch.Tensor, dtype) -> tor
     return torch.where(valid, weight.to(dtype)[target], 0.0)
 
 
-def reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``F.cross_entropy``'s reductions of weighted per-row losses (0 on ignored rows)."""
+def reduce(losses: torch.Tensor, weights: torch.Tensor, reduction: str, total=None):
+    """``F.cross_entropy``'s reductions of weighted per-row losses (0 on ignored rows);
+    ``total``: ``weights.sum()`` when the caller has it already."""
     if reduction == "none":
         return losses
-    total = losses.sum()
-    return total if reduction == "sum" else total / weights.sum()
+    out = losses.sum()
+    if reduction == "sum":
+        return out
+    return out / (weights.sum() if total is None else total)
 
 
 def row_gradients(grad_out: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:

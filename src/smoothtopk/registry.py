@@ -20,14 +20,14 @@ defaults, and the independent reference the tests check it against.
 
 ``difftopk`` is registered only when the optional packages difftopk and diffsort are installed.
 To add a loss: write its functional (a per-sample function of valid rows under
-:func:`smoothtopk._reduction.classification_loss`, keyword-only after ``target`` through
+:func:`smoothtopk._convention.classification_loss`, keyword-only after ``target`` through
 :func:`smoothtopk._validation.keyword_only`) and its Module (a ``modules._WeightedLoss``), add
 one :class:`LossEntry` below, and its brute-force reference to the tests; the contract suite
 ``tests/test_contract.py`` then runs over it.
 
 Example:
     >>> import torch
-    >>> from smoothtopk.losses import LOSSES
+    >>> from smoothtopk.registry import LOSSES
     >>> spec = LOSSES["hinge-alpha"]
     >>> dict(spec.options)
     {'k': 5, 'alpha': 1.0}

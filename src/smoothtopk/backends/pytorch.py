@@ -23,24 +23,24 @@ How it stays exact (see ``docs/algorithm.md``): anchor on the k largest non-targ
     A = \sum_{b=0}^{k} \sigma_b(w)\, e_b(u), \quad B = \sum_{b=1}^{k} \sigma_b(w)\, e_{b-1}(u).
 
 Every term is a product of numbers at most 1 and non-negative: ``e_b(u)`` comes from the
-subtraction-free tree of :mod:`smoothtopk.polynomial`, ``sigma_b(w)`` and its leave-one-out
-derivatives from :mod:`smoothtopk.anchors`. The gradient of a rest class is ``u_j P(u_j)``, a
-degree ``k - 1`` polynomial per row whose alternating terms are bounded by binomials in ``k``
-because ``u_j <= 1``: no series approximation and no switch to the hard loss.
+subtraction-free tree of :mod:`smoothtopk.backends.polynomial`, ``sigma_b(w)`` and its
+leave-one-out derivatives from :mod:`smoothtopk.backends.anchors`. The gradient of a rest class
+is ``u_j P(u_j)``, a degree ``k - 1`` polynomial per row whose alternating terms are bounded
+by binomials in ``k`` because ``u_j <= 1``: no series approximation and no switch to the hard loss.
 
 Edge rules (shared by every backend, ``docs/math.md``): a row with fewer than ``k`` finite
 non-target scores has loss 0 and gradient 0 (the limit); NaN or +inf scores give NaN; ignored
 rows contribute exactly nothing. The module implements the backend contract of
-:mod:`smoothtopk._backend` (``unavailable``, ``forward``, ``backward``).
+:mod:`smoothtopk.backends` (``unavailable``, ``forward``, ``backward``).
 
 Example:
     >>> import torch
     >>> import torch.nn.functional as F
-    >>> from smoothtopk import pytorch_backend
+    >>> from smoothtopk.backends import pytorch
     >>> scores = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 1.0, 0.2]])
     >>> target = torch.tensor([0, 2])
     >>> # k=1, tau=1, alpha=0, reduction="mean": cross-entropy
-    >>> out, saved = pytorch_backend.forward(scores, target, None, -100, 1, 1.0, 0.0, "mean")
+    >>> out, saved = pytorch.forward(scores, target, None, -100, 1, 1.0, 0.0, "mean")
     >>> torch.allclose(out, F.cross_entropy(scores, target))
     True
 """
@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._reduction import reduce, row_gradients, row_weights
+from .._convention import reduce, row_gradients, row_weights
 from .anchors import _MAX_ENUMERATED as MAX_ENUMERATED
 from .anchors import EXP_FLOOR, anchor_sums, exp_normal
 from .anchors import LOG_ZERO as _LOG_ZERO
@@ -93,7 +93,7 @@ def work_dtype(dtype: torch.dtype, k: int, tau: float) -> torch.dtype:
 
 
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
-    """The backend contract's forward: ``(out, saved)``; see :mod:`smoothtopk._backend`."""
+    """The backend contract's forward: ``(out, saved)``; see :mod:`smoothtopk.backends`."""
     work = scores.to(work_dtype(scores.dtype, k, tau))
     valid = target != ignore_index
     safe = torch.where(valid, target, 0)

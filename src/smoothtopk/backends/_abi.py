@@ -1,0 +1,137 @@
+r"""What the fused kernels share: their operators, the per-row layout and the overflow bound.
+
+**Operators.** One namespace, ``smoothtopk``, one registration style: every schema is defined
+here with ``torch.library.define`` and gets its fake (meta) implementation here, so that
+``torch.compile``, ``FakeTensorMode`` and ``torch.export`` see every kernel the same way; a
+backend only adds its device implementation (the CPU kernel from C++, the Triton kernel with
+``torch.library.impl``). The two kernels take the same arguments in the same order; the Triton
+operators add what their launch needs (``splits``) and the total weight that their backward
+reads (the CPU kernel folds it into ``stats``)::
+
+    smoothtopk::cpu_forward(scores, target, weight?, ignore_index, k, tau, alpha, reduction,
+                            alpha_per_class?) -> (out, stats, anchor_index)
+    smoothtopk::cpu_backward(grad_out, scores, target, stats, anchor_index, ignore_index, k,
+                             tau, reduction) -> grad
+    smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats, anchor_index, total)
+    smoothtopk::triton_backward(... as cpu_backward ..., total, splits) -> grad
+
+**Per-row layout** of ``stats`` (float64, :func:`stats_width` ``= 2 + 2k`` columns)::
+
+    [a, slope, D_0 .. D_{k-1}, G_0 .. G_{k-1}]
+
+with ``a`` the anchor (the k-th largest non-target score), ``slope`` the row's
+``weight[y] sigmoid(z'/tau) / k`` (times ``1 / sum w`` for the CPU kernel's mean), ``D_m`` the
+coefficients of a rest class's gradient ``slope u_j sum_m (-u_j)^m D_m`` and ``G_i`` the anchors'
+gradients; ``anchor_index (M, k)`` holds the anchors' classes (docs/algorithm.md). The C++ file
+and the Triton kernels index it by these constants (the C++ file by the same numbers, tested
+through the gradients of the backend contract suite).
+
+**Overflow bound.** Both kernels sum products of numbers at most 1 in float64; with ``n``
+classes a sum has at most ``(2n)^k`` terms, so it stays finite while ``k log(2n) <=``
+:data:`MAX_LOG_TERM` (:func:`fits`). Beyond it, ``auto`` takes the PyTorch path.
+
+Shape:
+    scores ``(M, C)``, target ``(M,)``, weight and alpha_per_class ``(C,)``; out ``(M,)`` for
+    ``"none"``, else ``()``; stats ``(M, 2 + 2k)``; anchor_index ``(M, k)``; grad ``(M, C)``.
+
+Example:
+    >>> import torch
+    >>> from smoothtopk.backends import _abi
+    >>> _abi.stats_width(5), _abi.fits(1000, 5), _abi.fits(10**6, 60)
+    (12, True, False)
+    >>> scores = torch.empty(3, 10, device="meta")
+    >>> out, stats, anchors = torch.ops.smoothtopk.cpu_forward(
+    ...     scores, torch.empty(3, dtype=torch.long, device="meta"), None, -100, 2, 1.0, 1.0,
+    ...     "none", None)
+    >>> tuple(out.shape), tuple(stats.shape), tuple(anchors.shape)
+    ((3,), (3, 6), (3, 2))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._convention import working_dtype
+
+NAMESPACE = "smoothtopk"
+#: ``k log(2n)`` bound: every float64 sum of the kernels stays below ``e^700 < max double``
+MAX_LOG_TERM = 700.0
+#: columns of a row of ``stats``: the anchor, the slope, the first of the ``k`` rest coefficients
+ANCHOR, SLOPE, REST_COEFFICIENTS = 0, 1, 2
+
+_FORWARD = (
+    "Tensor scores, Tensor target, Tensor? weight, int ignore_index, int k, float tau, "
+    "float alpha, str reduction, Tensor? alpha_per_class"
+)
+_BACKWARD = (
+    "Tensor grad_out, Tensor scores, Tensor target, Tensor stats, Tensor anchor_index, "
+    "int ignore_index, int k, float tau, str reduction"
+)
+SCHEMAS = {
+    "cpu_forward": f"({_FORWARD}) -> (Tensor, Tensor, Tensor)",
+    "cpu_backward": f"({_BACKWARD}) -> Tensor",
+    "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor, Tensor)",
+    "triton_backward": f"({_BACKWARD}, Tensor total, int splits) -> Tensor",
+}
+
+
+def stats_width(k: int) -> int:
+    """Columns of a row of ``stats``: ``a``, ``slope``, ``k`` rest coefficients, ``k`` anchor
+    gradients."""
+    return REST_COEFFICIENTS + 2 * k
+
+
+def anchor_gradients(k: int) -> int:
+    """The column of ``G_0``, the first anchor gradient."""
+    return REST_COEFFICIENTS + k
+
+
+def fits(classes: int, k: int) -> bool:
+    """Whether the kernels' float64 sums are guaranteed not to overflow (``k log(2n) <= 700``)."""
+    return k * math.log(2.0 * classes) <= MAX_LOG_TERM
+
+
+def _forward_outputs(scores, k, reduction):
+    rows = scores.shape[0]
+    shape = (rows,) if reduction == "none" else ()
+    return (
+        scores.new_empty(shape, dtype=working_dtype(scores.dtype)),
+        scores.new_empty(rows, stats_width(k), dtype=torch.float64),
+        scores.new_empty(rows, k, dtype=torch.int64),
+    )
+
+
+def _cpu_forward_fake(scores, target, weight, ignore_index, k, tau, alpha, reduction, margins):
+    return _forward_outputs(scores, k, reduction)
+
+
+def _triton_forward_fake(
+    scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
+):
+    return (*_forward_outputs(scores, k, reduction), scores.new_empty((), dtype=torch.float64))
+
+
+def _backward_fake(grad_out, scores, *_):
+    return torch.empty_like(scores, memory_format=torch.contiguous_format)
+
+
+_FAKES = {
+    "cpu_forward": _cpu_forward_fake,
+    "cpu_backward": _backward_fake,
+    "triton_forward": _triton_forward_fake,
+    "triton_backward": _backward_fake,
+}
+
+
+def _define() -> None:
+    """Every schema and fake, once per process (this file may be imported twice, by path)."""
+    for name, schema in SCHEMAS.items():
+        if hasattr(getattr(torch.ops, NAMESPACE), name):
+            continue
+        torch.library.define(f"{NAMESPACE}::{name}", schema)
+        torch.library.register_fake(f"{NAMESPACE}::{name}")(_FAKES[name])
+
+
+_define()
