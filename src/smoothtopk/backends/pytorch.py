@@ -161,16 +161,19 @@ def _rest(scores, anchor, anchor_index, target, scale, differentiable):
     with zero columns to the tree's width (in one buffer, in place, without autograd).
 
     exp of arguments below the normal range is many times slower on CPUs; those u_j are
-    negligible against the e_0 = 1 of the sums (and the row's gradient).
+    negligible against the e_0 = 1 of the sums and are exactly 0 here, as the u_j of classes
+    ruled out by -inf: their gradient is 0 (NaN under an infinite weight), as cross-entropy's.
     """
     floor = EXP_FLOOR[scores.dtype]
     if differentiable:
-        rest = torch.exp(((scores - anchor) * scale).clamp(min=floor))
+        argument = (scores - anchor) * scale
+        rest = torch.exp(torch.where(argument > floor, argument, -torch.inf))
         return rest.scatter(1, anchor_index, 0.0).scatter(1, target, 0.0)
     rows, classes = scores.shape
     rest = scores.new_empty(rows, padded_width(classes))
     body = rest[:, :classes]
-    body.copy_(scores).sub_(anchor).mul_(scale).clamp_(min=floor).exp_()
+    body.copy_(scores).sub_(anchor).mul_(scale)
+    torch.nn.functional.threshold_(body, floor, -torch.inf).exp_()
     rest[:, classes:].zero_()
     body.scatter_(1, anchor_index, 0.0).scatter_(1, target, 0.0)
     return rest
@@ -256,14 +259,18 @@ def gradient(pieces: _Pieces, target, valid, grad_loss: torch.Tensor, classes: i
     k = coefficients.shape[1]
     target = target[:, None]
     keep = pieces.live[:, None] & valid[:, None]
-    # the other rows' value: 0 * dOut/dl_row (slope = 0 there) if counted, else exactly 0
-    fill = torch.where(valid[:, None], factor * 0.0, 0.0)
+    # 0 * dOut/dl_row: 0, or NaN where that is not finite (an infinite or NaN weight)
+    zero_or_nan = factor * 0.0
+    # the other rows' value: zero_or_nan (slope = 0 there) if counted, else exactly 0
+    fill = torch.where(valid[:, None], zero_or_nan, 0.0)
+    # the target's entry: -factor, NaN for an infinite factor, as F.cross_entropy
+    on_target = zero_or_nan - factor
     if torch.is_grad_enabled():
         horner = coefficients[:, k - 1 :]
         for m in range(k - 2, -1, -1):
             horner = torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0)
         direction = (u * horner).scatter(1, pieces.anchor_index, anchors)
-        return torch.where(keep, direction.scatter(1, target, -factor), fill)
+        return torch.where(keep, direction.scatter(1, target, on_target), fill)
     if k == 1:
         direction = u * coefficients
     else:
@@ -273,5 +280,5 @@ def gradient(pieces: _Pieces, target, valid, grad_loss: torch.Tensor, classes: i
         for m in range(k - 3, -1, -1):
             torch.addcmul(coefficients[:, m : m + 1], u, horner, value=-1.0, out=horner)
         direction = horner.mul_(u)
-    direction.scatter_(1, pieces.anchor_index, anchors).scatter_(1, target, -factor)
+    direction.scatter_(1, pieces.anchor_index, anchors).scatter_(1, target, on_target)
     return torch.where(keep, direction, fill, out=direction)  # one pass, in place

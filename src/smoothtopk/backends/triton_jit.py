@@ -532,7 +532,8 @@ def _write_fixed(
     value = tl.where(factor == 0.0, 0.0, factor * anchor).to(tl.float32).to(dtype)
     tl.store(grad_row + index, value, mask=active & (index >= 0))
     target = tl.load(target_ptr + row)
-    value = tl.where(factor == 0.0, 0.0, -factor).to(tl.float32).to(dtype)
+    # -factor, but NaN for an infinite factor (an infinite class weight), as F.cross_entropy
+    value = tl.where(factor == 0.0, 0.0, 0.0 * factor - factor).to(tl.float32).to(dtype)
     tl.store(grad_row + target, value, mask=target != ignore_index)
 
 

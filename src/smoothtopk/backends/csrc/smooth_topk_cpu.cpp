@@ -588,7 +588,8 @@ void backward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
   }
   for (int64_t i = 0; i < k; ++i)
     grad[anchor_index[i]] = static_cast<scalar_t>(factor * anchor_gradient[i]);
-  grad[target] = static_cast<scalar_t>(-factor);
+  // -factor, but NaN for an infinite factor (an infinite class weight), as F.cross_entropy
+  grad[target] = static_cast<scalar_t>(0.0 * factor - factor);
 }
 
 // float16 rows go through float32 (staged: a float buffer of at least 2 rows): the compiler
