@@ -286,3 +286,27 @@ def test_gradient_near_k_equals_n_within_the_documented_bound(k, tau, every_back
     grad_error = (grad.double() - ref_grad).abs().amax(1) / ref_grad.abs().amax(1)
     assert loss_error.max() <= loss_target
     assert grad_error.max() <= max(grad_target, 2.0**k * eps), grad_error
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_evaluation_without_grad_gives_the_training_value(reduction, every_backend):
+    """Under no_grad the backend's forward runs alone (no autograd.Function, issue #20): the
+    same value as the differentiable call, against the long-double reference."""
+    from reference import log_space_loss_and_grad
+
+    generator = torch.Generator().manual_seed(11)
+    scores = torch.randn(5, 9, generator=generator)
+    target = torch.tensor([0, 8, -100, 3, 3])
+    with torch.no_grad():
+        value = smooth_topk_svm_loss(scores, target, k=3, tau=0.7, reduction=reduction)
+    assert value.grad_fn is None
+    trained = smooth_topk_svm_loss(
+        scores.requires_grad_(), target, k=3, tau=0.7, reduction=reduction
+    )
+    torch.testing.assert_close(value, trained.detach())
+    kept = target != -100
+    ref = log_space_loss_and_grad(scores[kept].detach().double(), target[kept], 3, 0.7, 1.0)[0]
+    expected = ref.mean() if reduction == "mean" else torch.zeros(5, dtype=torch.float64)
+    if reduction == "none":
+        expected[kept] = ref
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6)

@@ -112,7 +112,7 @@ def finish(out: torch.Tensor, call: Rows, reduction: str) -> torch.Tensor:
     """The result in the target's shape (``"none"``) and the input's dtype."""
     if reduction == "none":
         out = out.reshape(call.shape)
-    return out.to(call.dtype)
+    return out if out.dtype == call.dtype else out.to(call.dtype)
 
 
 def classification_loss(
