@@ -258,6 +258,7 @@ SIGNATURE = dict(
     weight_out="*fp64",
     stats_ptr="*fp64",
     anchor_ptr="*i64",
+    ok_ptr="*i32",
     n="i32",
     ignore_index="i32",
     tau="fp64",
@@ -506,3 +507,29 @@ def test_a_compile_before_any_eager_call_takes_the_pytorch_path(auto_reaches_tri
     again = torch.compile(step, backend=record, fullgraph=True)(scores, target)
     assert any("smoothtopk.triton_forward.default" in graph for graph in graphs)
     torch.testing.assert_close(compiled, again, rtol=1e-5, atol=1e-6)
+
+
+@interpreted
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("bad", [-1, 40, 10**6])
+def test_the_kernel_refuses_a_target_out_of_range(bad, splits):
+    """The forward kernels check the targets themselves (one flag and one device assertion
+    instead of the eight-kernel check of the host path; issue #20), whether a row is computed
+    by one program or split; ``ignore_index`` stays allowed."""
+    scores = torch.randn(3, 40)
+    with pytest.raises(RuntimeError, match=r"target must be in \[0, 40\)"):
+        run(scores, torch.tensor([1, bad, -100]), 2, splits=splits)
+    out, grad = run(scores, torch.tensor([1, 39, -100]), 2, splits=splits)  # all allowed
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+
+
+@interpreted
+def test_a_compiled_call_with_a_bad_target_is_refused_by_the_kernel(monkeypatch):
+    """Under torch.compile the host check is not eager (no host read): the kernel's own check
+    answers, as on CUDA."""
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "triton")
+    torch._dynamo.reset()
+    step = torch.compile(lambda s, t: smooth_topk_svm_loss(s, t, k=2), fullgraph=True,
+                         backend="aot_eager")  # fmt: skip
+    with pytest.raises(RuntimeError, match="target must be in"):
+        step(torch.randn(3, 10), torch.tensor([1, 10, 2]))

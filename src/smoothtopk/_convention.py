@@ -30,6 +30,7 @@ from ._validation import (
     check_reduction,
     check_target_range,
     check_weight,
+    checks_eagerly,
 )
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,11 +89,14 @@ class Rows(NamedTuple):
     shape: torch.Size  # the target's shape, for reduction="none"
     dtype: torch.dtype  # the dtype of the result
     autocast: bool  # whether autocast was on (and is turned off around the computation)
+    targets_checked: bool  # False: the device form of the range check is left to the caller
 
 
-def prepare(input, target, k, weight, ignore_index, reduction) -> Rows:
+def prepare(input, target, k, weight, ignore_index, reduction, device_check=True) -> Rows:
     """Check every argument of a loss call (``k`` against the number of classes unless None)
-    and flatten to rows."""
+    and flatten to rows. ``device_check=False`` leaves the asynchronous device form of the
+    targets' range check (:func:`check_target_range`) to the caller, whose kernel may check the
+    targets itself (``Rows.targets_checked`` says whether it is done)."""
     check_input_target(input, target)
     check_reduction(reduction)
     check_ignore_index(ignore_index)
@@ -104,8 +108,10 @@ def prepare(input, target, k, weight, ignore_index, reduction) -> Rows:
     if autocast:
         input = input.float()
     scores, flat_target = rows(input, target)
-    check_target_range(flat_target, num_classes, ignore_index)
-    return Rows(scores, flat_target, target.shape, input.dtype, autocast)
+    checked = device_check or checks_eagerly(flat_target)
+    if checked:
+        check_target_range(flat_target, num_classes, ignore_index)
+    return Rows(scores, flat_target, target.shape, input.dtype, autocast, checked)
 
 
 def finish(out: torch.Tensor, call: Rows, reduction: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ from ._validation import (
     VMAP_REFUSED,
     check_margins,
     check_positive,
+    check_target_range,
     check_temperature_scale,
     keyword_only,
 )
@@ -82,11 +83,13 @@ def smooth_topk_svm_loss(
     """
     tau = check_positive(tau, "tau")
     alpha = check_margins(alpha, input, target)
-    call = prepare(input, target, k, weight, ignore_index, reduction)
+    call = prepare(input, target, k, weight, ignore_index, reduction, device_check=False)
     check_temperature_scale(k, tau)
     backend = backends.select(
         call.scores, k, (call.target, weight, ignore_index, tau, alpha, reduction)
     )
+    if not (call.targets_checked or backend.CHECKS_TARGETS):  # the device form, off the CPU
+        check_target_range(call.target, call.scores.shape[1], ignore_index)
     arguments = (call.target, weight, ignore_index, k, tau, alpha, reduction)
     if call.autocast:
         with torch.autocast(call.scores.device.type, enabled=False):
@@ -97,9 +100,12 @@ def smooth_topk_svm_loss(
 
 
 def _apply(backend, scores: torch.Tensor, arguments: tuple) -> torch.Tensor:
-    """The loss through the ``autograd.Function``, or, with grad mode off (evaluation), the
-    backend's forward alone: nothing to save, no Function to pay for."""
-    if not torch.is_grad_enabled():
+    """The loss through the ``autograd.Function``, or, when no gradient can flow (grad mode off,
+    as in evaluation, or scores that do not require grad; no forward-mode AD level open, which
+    the Function refuses), the backend's forward alone: nothing to save, no Function to pay
+    for."""
+    backward_needed = torch.is_grad_enabled() and scores.requires_grad
+    if not backward_needed and torch.autograd.forward_ad._current_level < 0:
         return backend.forward(scores, *arguments)[0]
     return _SmoothTopkSVM.apply(scores, *arguments, backend.NAME)[0]
 

@@ -16,6 +16,7 @@ backend that cannot raises ``RuntimeError`` saying why, never a silent fallback.
 The contract of a backend module (``docs/architecture.md``)::
 
     NAME: str
+    CHECKS_TARGETS: bool                        # its kernel refuses targets out of range
     unavailable(scores, k) -> str | None        # None: can compute; else the reason
     self_check(scores, k, target, weight, ignore_index, tau, alpha, reduction) -> str | None
                                                 # optional: auto's check of the results

@@ -57,6 +57,8 @@ from .._validation import user_stacklevel
 from . import _abi, _cpu_build
 
 NAME = "cpu"
+#: out-of-range targets raise in the kernel (TORCH_CHECK): no separate device check
+CHECKS_TARGETS = True
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 BUILD = "build it first with smoothtopk.backends.cpu.load() (or an eager call)"
 

@@ -58,6 +58,8 @@ from .anchors import LOG_ZERO as _LOG_ZERO
 from .polynomial import normalized_elementary_symmetric, padded_width
 
 NAME = "pytorch"
+#: the caller checks the targets' range (asynchronously on accelerators)
+CHECKS_TARGETS = False
 FLOAT32_MAX_K = 10
 
 

@@ -39,11 +39,13 @@ import warnings
 
 import torch
 
-from .._convention import reduce
 from .._validation import user_stacklevel
 from . import _abi, pytorch
 
 NAME = "triton"
+#: the forward kernels clear a flag on an out-of-range target, asserted on the device (as
+#: F.cross_entropy's kernels do): no separate eight-kernel check per call
+CHECKS_TARGETS = True
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_K = 32
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
@@ -260,7 +262,8 @@ def _scalars(k: int, tau: float, alpha: float) -> dict:
 
 
 def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs):
-    """Fill ``outputs = (row losses, row weights, stats, anchors)`` (float64, int64);
+    """Fill ``outputs = (row losses, row weights, stats, anchors, ok)`` (float64, int64; ``ok``
+    an int32 flag that a target out of range clears);
     ``margins``: per-class margins ``(n,)`` (then ``alpha`` is unused) or None."""
     rows, classes = scores.shape
     kern = _kernels()
@@ -345,35 +348,40 @@ def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha
     )
 
 
-@torch.library.impl("smoothtopk::triton_forward", ("cuda", "cpu"))
 def _triton_forward(
     scores, target, weight, ignore_index, k, tau, alpha, reduction, alpha_per_class, splits
 ):
     """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``; row ``i``'s
     margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
 
-    Shape: scores ``(M, n)``, target ``(M,)``, weight and alpha_per_class ``(n,)``; out ``(M,)``
-    or ``()``.
+    The kernels write every entry of their outputs, so they are allocated, never filled; the
+    row losses and weights share one ``(2, M)`` buffer, reduced by one sum (F.cross_entropy's
+    reductions, as ``_convention.reduce``). ``total`` is read by the backward of the mean only
+    (uninitialised otherwise). Shape: scores ``(M, n)``, target ``(M,)``, weight and
+    alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
     """
     scores, target = scores.contiguous(), target.contiguous()
     rows = scores.shape[0]
     options = dict(device=scores.device, dtype=torch.float64)
-    outputs = (
-        torch.zeros(rows, **options),
-        torch.zeros(rows, **options),
-        torch.zeros(rows, _abi.stats_width(k), **options),
-        torch.full((rows, k), -1, device=scores.device, dtype=torch.int64),
-    )
+    rows_out = torch.empty(2, rows, **options)  # weight[t_i] l_i, weight[t_i]
+    stats = torch.empty(rows, _abi.stats_width(k), **options)
+    anchors = torch.empty(rows, k, device=scores.device, dtype=torch.int64)
     if rows > 0:
         weight = None if weight is None else weight.contiguous()
         margins = None if alpha_per_class is None else alpha_per_class.contiguous()
+        ok = torch.ones((), device=scores.device, dtype=torch.int32)  # cleared by a bad target
+        outputs = (rows_out[0], rows_out[1], stats, anchors, ok)
         with _on_device(scores.device):
             _launch_forward(
                 scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
             )
-    total = outputs[1].sum()  # float64 sums; the output in float32
-    out = reduce(outputs[0], outputs[1], reduction, total).float()
-    return out, outputs[2], outputs[3], total
+            classes = scores.shape[1]
+            torch._assert_async(ok, f"target must be in [0, {classes}) or equal to ignore_index")
+    if reduction == "none":
+        return rows_out[0].float(), stats, anchors, torch.empty((), **options)
+    sums = rows_out.sum(dim=1)  # float64; the output in float32
+    out = sums[0] if reduction == "sum" else sums[0] / sums[1]
+    return out.float(), stats, anchors, sums[1]
 
 
 def _launch_backward(
@@ -408,7 +416,6 @@ def _launch_backward(
         )
 
 
-@torch.library.impl("smoothtopk::triton_backward", ("cuda", "cpu"))
 def _triton_backward(
     grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
 ):
@@ -425,6 +432,10 @@ def _triton_backward(
     return grad
 
 
+# The implementations of the operators of _abi, for CUDA tensors (and CPU tensors, which only
+# the interpreter runs; unavailable() keeps every other CPU call away).
+torch.library.impl("smoothtopk::triton_forward", ("cuda", "cpu"), _triton_forward)
+torch.library.impl("smoothtopk::triton_backward", ("cuda", "cpu"), _triton_backward)
 triton_forward = torch.ops.smoothtopk.triton_forward.default
 triton_backward = torch.ops.smoothtopk.triton_backward.default
 

@@ -273,10 +273,15 @@ def _finish(
 
 
 @triton.jit
-def _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT: tl.constexpr):
-    """``(target, kept, weight[target])``; an ignored row's weight is never read."""
+def _row_target(target_ptr, weight_ptr, row, ignore_index, n, ok_ptr, HAS_WEIGHT: tl.constexpr):
+    """``(target, kept, weight[target])``; an ignored row's weight is never read. A target that
+    is neither ``ignore_index`` nor a class clears the flag ``ok_ptr`` (asserted by the caller,
+    as F.cross_entropy's kernels assert on the device) and is never read through."""
     target = tl.load(target_ptr + row)
-    keep = target != ignore_index
+    counted = target != ignore_index
+    inside = (target >= 0) & (target < n)
+    tl.atomic_min(ok_ptr, tl.full([], 0, tl.int32), mask=counted & ~inside)
+    keep = counted & inside
     weight = tl.full([], 1.0, tl.float64)
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + target, mask=keep, other=0.0).to(tl.float64)
@@ -301,6 +306,7 @@ def forward_row_kernel(
     weight_out,
     stats_ptr,
     anchor_ptr,
+    ok_ptr,
     n,
     ignore_index,
     tau: tl.float64,
@@ -317,7 +323,9 @@ def forward_row_kernel(
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
-    target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
+    target, keep, weight = _row_target(
+        target_ptr, weight_ptr, row, ignore_index, n, ok_ptr, HAS_WEIGHT
+    )
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
@@ -445,6 +453,7 @@ def finish_kernel(
     weight_out,
     stats_ptr,
     anchor_ptr,
+    ok_ptr,
     n,
     splits,
     ignore_index,
@@ -462,7 +471,9 @@ def finish_kernel(
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
-    target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, HAS_WEIGHT)
+    target, keep, weight = _row_target(
+        target_ptr, weight_ptr, row, ignore_index, n, ok_ptr, HAS_WEIGHT
+    )
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     parts = tl.arange(0, SP)
     inside = parts < splits
@@ -498,9 +509,12 @@ def finish_kernel(
 
 
 @triton.jit
-def _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION: tl.constexpr):
+def _row_factor(
+    grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, n, REDUCTION: tl.constexpr
+):
     """``slope dOut/dl_row``: per-row grad ("none"), shared ("sum"), over the weight ("mean");
-    exactly 0 for an ignored row (whose ``0 / total`` is NaN when every row is ignored)."""
+    exactly 0 for an ignored row (whose ``0 / total`` is NaN when every row is ignored) and for
+    a target out of range (the forward's assertion reports it)."""
     slope = tl.load(stats + 1)
     if REDUCTION == 0:
         g = tl.load(grad_ptr + row).to(tl.float64)
@@ -508,7 +522,9 @@ def _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUC
         g = tl.load(grad_ptr).to(tl.float64)
     if REDUCTION == 2:
         g = g / tl.load(total_ptr)
-    return tl.where(tl.load(target_ptr + row) == ignore_index, 0.0, slope * g)
+    target = tl.load(target_ptr + row)
+    kept = (target != ignore_index) & (target >= 0) & (target < n)
+    return tl.where(kept, slope * g, 0.0)
 
 
 @triton.jit
@@ -520,6 +536,7 @@ def _write_fixed(
     row,
     factor,
     ignore_index,
+    n,
     K: tl.constexpr,
     KP: tl.constexpr,
 ):
@@ -534,7 +551,7 @@ def _write_fixed(
     target = tl.load(target_ptr + row)
     # -factor, but NaN for an infinite factor (an infinite class weight), as F.cross_entropy
     value = tl.where(factor == 0.0, 0.0, 0.0 * factor - factor).to(tl.float32).to(dtype)
-    tl.store(grad_row + target, value, mask=target != ignore_index)
+    tl.store(grad_row + target, value, mask=(target != ignore_index) & (target >= 0) & (target < n))
 
 
 @triton.jit
@@ -562,7 +579,7 @@ def backward_kernel(
     scale = _f64(scale)
     stats = stats_ptr + row * (2 + 2 * K)
     a = tl.load(stats)
-    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
+    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, n, REDUCTION)
     s_row = s_ptr + row * n
     g_row = out_ptr + row * n
     lo = part * seg
@@ -578,7 +595,7 @@ def backward_kernel(
         tl.store(g_row + offs, value.to(tl.float32).to(g_row.dtype.element_ty), mask=offs < hi)
     if FIX:
         tl.debug_barrier()
-        _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, K, KP)
+        _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, n, K, KP)
 
 
 @triton.jit
@@ -598,6 +615,6 @@ def fix_kernel(
     """Split rows: the anchors' and the target's entries, after ``backward_kernel``."""
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
     stats = stats_ptr + row * (2 + 2 * K)
-    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, REDUCTION)
+    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, n, REDUCTION)
     g_row = out_ptr + row * n
-    _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, K, KP)
+    _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, n, K, KP)

@@ -1,0 +1,219 @@
+"""Host cost of the CUDA code path, measured without a GPU (issue #20, item 2b).
+
+    python -m benchmarks.host_path --out benchmarks/results/host_path
+
+On a GPU below about 10^5 classes a loss call is bound by its host work: Python, dispatch and
+one launch per kernel. This runs the public loss on the Triton backend's code path with CPU
+tensors and the Triton launches stubbed out (the kernels' own time is not measured; no Triton
+needed), the target check on its device form (an asynchronous assertion, as on CUDA), and
+reports per configuration, against ``F.cross_entropy`` measured the same way in the same
+process:
+
+* host time of one forward+backward (``torch.utils.benchmark``, median of interleaved rounds);
+* kernels per forward+backward: ATen operators that do device work (recorded by a
+  ``TorchDispatchMode``; allocations and views excluded) plus the stubbed Triton launches;
+* the GPU self-check's one-time cost per kind of call (:func:`smoothtopk.backends.triton.
+  self_check`): its extra host time, and its kernels.
+
+CPU ATen operators on tiny tensors cost about what a CUDA launch costs the host (a few µs), so
+the ratios are a model of the GPU's host side, not a GPU measurement. Writes
+``OUT/results.json`` and ``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.benchmark import Timer
+
+from smoothtopk import _convention, _validation, backends, smooth_topk_svm_loss
+from smoothtopk.backends import triton as triton_backend
+
+#: operators that allocate or re-view memory without a kernel
+NO_KERNEL = {
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "view", "alias",
+    "_unsafe_view", "detach", "t", "transpose", "expand", "as_strided", "select", "slice",
+    "unsqueeze", "squeeze", "permute", "lift_fresh", "_reshape_alias", "split", "unbind",
+    "_local_scalar_dense",
+}  # fmt: skip
+CONFIGS = [(256, 1000, 5), (256, 1000, 1), (256, 10_000, 5), (64, 100, 5)]
+HOST_SHAPE = (4, 16)  # rows, classes of the host-time measurement
+
+
+class _Kernels(TorchDispatchMode):
+    """Counts the ATen operators of a region that do device work, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._overloadpacket.__name__
+        if name.startswith("triton_"):  # our operator: count what its implementation runs
+            implementation = getattr(triton_backend, f"_{name}")
+            with self:
+                return implementation(*args, **(kwargs or {}))
+        if name not in NO_KERNEL:
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def cuda_code_path(launches: list):
+    """The Triton backend's host path on CPU tensors: launches stubbed (each appends its
+    kernels to ``launches``), device-side target checks, the backend available."""
+    patches = {
+        (triton_backend, "_launch_forward"): lambda *a: launches.extend(
+            ["forward_row_kernel"] if a[-2] <= 1 else ["top", "select", "rest", "finish"]
+        ),
+        (triton_backend, "_launch_backward"): lambda *a: launches.extend(
+            ["backward_kernel"] if a[-1] <= 1 else ["backward_kernel", "fix_kernel"]
+        ),
+        (triton_backend, "unavailable"): lambda scores, k: None,
+        (_validation, "checks_eagerly"): lambda tensor: False,
+        (_convention, "checks_eagerly"): lambda tensor: False,
+        (backends.cpu, "unavailable"): lambda scores, k: "stubbed: the CUDA code path",
+    }
+    saved = {key: getattr(*key) for key in patches}
+    try:
+        for (module, name), value in patches.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
+
+
+def _inputs(batch, classes):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, classes, generator=generator).requires_grad_()
+    return x, torch.randint(0, classes, (batch,), generator=generator)
+
+
+def _median_us(statement, env, seconds):
+    timer = Timer(statement, globals=env)
+    return timer.blocked_autorange(min_run_time=seconds).median * 1e6
+
+
+def _kernels(fn):
+    launches: list[str] = []
+    with cuda_code_path(launches), _Kernels() as mode:
+        fn()
+    return mode.names, launches
+
+
+def measure(batch, classes, k, seconds=0.3, rounds=5) -> dict:
+    """Host µs and kernels per forward+backward, ours on the CUDA path and cross-entropy.
+
+    The host time is measured at ``HOST_SHAPE`` (the same operators and branches as any shape
+    with one program per row, but no compute to speak of: CPU operators on tiny tensors cost
+    about a launch); the kernels are counted at the configuration's shape."""
+    x, y = _inputs(*HOST_SHAPE)
+    env = {"x": x, "y": y, "k": min(k, HOST_SHAPE[1] - 1), "F": F, "loss": smooth_topk_svm_loss}
+    ours_stmt = "loss(x, y, k=k).backward()"
+    ce_stmt = "F.cross_entropy(x, y).backward()"
+    ours, ce = [], []
+    with cuda_code_path([]):
+        with backends_forced("triton"):
+            for _ in range(rounds):  # interleaved: the same load for both
+                ours.append(_median_us(ours_stmt, env, seconds))
+                ce.append(_median_us(ce_stmt, env, seconds))
+    x, y = _inputs(batch, classes)
+    with backends_forced("triton"):
+        our_ops, our_launches = _kernels(lambda: smooth_topk_svm_loss(x, y, k=k).backward())
+    ce_ops, _ = _kernels(lambda: F.cross_entropy(x, y).backward())
+    ours.sort(), ce.sort()
+    return {
+        "config": {"batch": batch, "classes": classes, "k": k},
+        "host_us": {"smooth_topk": ours[rounds // 2], "cross_entropy": ce[rounds // 2]},
+        "ratio": ours[rounds // 2] / ce[rounds // 2],
+        "kernels": {
+            "smooth_topk": len(our_ops) + len(our_launches),
+            "cross_entropy": len(ce_ops),
+            "smooth_topk_aten": our_ops,
+            "smooth_topk_triton": our_launches,
+            "cross_entropy_aten": ce_ops,
+        },
+        "self_check": self_check_cost(x, y, k),
+    }
+
+
+@contextlib.contextmanager
+def backends_forced(name):
+    previous = backends.os.environ.get(backends.ENV)
+    backends.os.environ[backends.ENV] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            backends.os.environ.pop(backends.ENV)
+        else:
+            backends.os.environ[backends.ENV] = previous
+
+
+def self_check_cost(x, y, k) -> dict:
+    """Extra host µs and kernels of ``auto``'s first call of a kind (the probe on 8 rows by the
+    kernel and by the PyTorch path, one host read), over a checked call."""
+    call = (y, None, -100, 1.0, 1.0, "mean")
+    times, steady = [], []
+    with cuda_code_path([]), backends_forced("auto"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stubbed launches disagree: the work is the same
+        for _ in range(20):
+            triton_backend._CHECKED.clear()
+            for into in (times, steady):  # the first call checks, the second does not
+                start = time.perf_counter()
+                backends.select(x, k, call)
+                into.append((time.perf_counter() - start) * 1e6)
+        triton_backend._CHECKED.clear()
+        ops, launches = _kernels(lambda: backends.select(x, k, call))
+    extra = sorted(a - b for a, b in zip(times, steady, strict=True))[len(times) // 2]
+    return {"first_call_extra_us": extra, "kernels": len(ops) + len(launches)}
+
+
+def markdown(results: list[dict], machine: str) -> str:
+    lines = [
+        f"Host side of the CUDA code path (launches stubbed; {machine}):",
+        "",
+        "| batch | n | k | host µs ours | host µs CE | ratio | kernels ours | kernels CE "
+        "| self-check once: extra µs, kernels |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c, h, n, s = r["config"], r["host_us"], r["kernels"], r["self_check"]
+        lines.append(
+            f"| {c['batch']} | {c['classes']} | {c['k']} | {h['smooth_topk']:.0f} | "
+            f"{h['cross_entropy']:.0f} | {r['ratio']:.2f}× | {n['smooth_topk']} | "
+            f"{n['cross_entropy']} | {s['first_call_extra_us']:.0f}, {s['kernels']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--seconds", type=float, default=0.3, help="per timed block")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from smoothtopk.experiments.records import machine, machine_label
+
+    results = [measure(b, n, k, seconds=args.seconds) for b, n, k in CONFIGS]
+    args.out.mkdir(parents=True, exist_ok=True)
+    label = machine_label(machine())
+    (args.out / "results.json").write_text(json.dumps({"machine": label, "results": results},
+                                                      indent=2))  # fmt: skip
+    (args.out / "results.md").write_text(markdown(results, label))
+    print(markdown(results, label))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
