@@ -211,7 +211,7 @@ def _train_config(args):
     """The config and run directory of ``train``: defaults < preset < file < command line, or,
     with --resume of an existing run, its saved config with the options that may change; and
     whether the loss was chosen (by the command line, the file or the resumed run)."""
-    from . import rundir
+    from . import records, rundir
 
     given = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k != "preset"}
     yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
@@ -221,7 +221,7 @@ def _train_config(args):
     chosen = "loss" in given or "loss" in yaml_values
     if args.resume and rundir.is_run_dir(run_dir):
         explicit = {**yaml_values, **given, "preset": preset}
-        cfg = rundir.resume_config(rundir.saved_config(run_dir), explicit)
+        cfg = rundir.resume_config(records.read_config(run_dir), explicit)
         chosen = True
     return cfg, run_dir, chosen
 
@@ -286,7 +286,7 @@ def _run_lock(prepared, parser):
 
 
 def _report(args, parser) -> int:
-    from .report import write_report
+    from .report.write import write_report
     from .rundir import check_writable
 
     try:

@@ -155,6 +155,13 @@ class Config:
         return dataclasses.asdict(self)
 
     @property
+    def long_tailed(self) -> bool:
+        """Whether the run follows the long-tailed protocol (``--imbalance-ratio`` given): the
+        one answer that training (``long_tail.json``, per-third metrics), run names and reports
+        ask."""
+        return self.imbalance_ratio is not None
+
+    @property
     def loss_spec(self) -> LossSpec:
         return LossSpec(self.loss, {name: getattr(self, name) for name in loss_options.NAMES})
 

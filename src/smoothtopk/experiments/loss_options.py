@@ -6,8 +6,8 @@ select it.
 Everything else is derived from it: the loss fields of :class:`.config.Config` (and so their
 command-line options, YAML keys and ``--help``), :class:`.config.LossSpec`, the run names
 (:func:`.losses.loss_slug`), the sweep's hyper-parameter axes (:data:`.sweep.HYPER`,
-:data:`.config.SWEPT`), the options a grid may select (:data:`.report.SELECTABLE`) and their
-validation (:func:`check`). Adding an option is one :class:`LossOption` here (plus the
+:data:`.config.SWEPT`), the options a grid may select (:data:`.report.selection.SELECTABLE`)
+and their validation (:func:`check`). Adding an option is one :class:`LossOption` here (plus the
 registered loss that takes it, in :mod:`smoothtopk.registry`).
 
 Imports neither torch nor YAML (the command line builds its parser from this table).

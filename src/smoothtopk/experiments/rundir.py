@@ -8,7 +8,8 @@ a run may be resumed, and the lock of a sweep. Every command (train, sweep, demo
   a finished run with other settings is refused); the default directory of ``train`` adds the
   data set and :func:`config_hash`, a short hash of every option that changes a result, so two
   runs that differ in any such option never share a default directory.
-* **Markers.** A run directory holds ``config.yaml``; a sweep directory ``sweep.json``.
+* **Markers.** A run directory holds ``config.yaml``, a finished one ``results.json`` (the
+  files of a run are :mod:`.records`'); a sweep directory holds ``sweep.json``.
 * **May-write.** :func:`check_writable` (an output path that cannot be created is refused
   before anything is written), :func:`check_run_dir` (``--resume`` / ``--overwrite``).
 * **Resume compatibility.** Only :data:`RESUMABLE` options may change on resume
@@ -35,17 +36,14 @@ import json
 import os
 import shutil
 
-from .config import Config, from_saved, load_yaml, validate
+from .config import Config, validate
+from .records import CONFIG, LAST, RESULTS
 
 try:
     import fcntl
 except ImportError:  # Windows: no directory locks
     fcntl = None
 
-CONFIG = "config.yaml"  #: marks a run directory
-LAST = "last.pt"
-BEST = "best.pt"
-RESULTS = "results.json"  #: marks a finished run
 SWEEP = "sweep.json"  #: marks a sweep directory
 OLD_DEMO = "demo.json"  #: marked a demo directory before the demo became a sweep preset
 LOCK = ".lock"  #: held by a running sweep (flock)
@@ -67,7 +65,7 @@ def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
     ``-lr<V>``/``-wd<V>`` for the options in ``extra`` (a sweep whose grid varies them, see
     :data:`NAME_EXTRAS`); ``-lt<R>``: the long-tailed protocol's ``--imbalance-ratio``, absent
     without it."""
-    tail = "" if cfg.imbalance_ratio is None else f"-lt{cfg.imbalance_ratio:g}"
+    tail = f"-lt{cfg.imbalance_ratio:g}" if cfg.long_tailed else ""
     name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}{tail}-seed{cfg.seed}"
     return name + "".join(f"-{NAME_EXTRAS[o]}{getattr(cfg, o):g}" for o in extra)
 
@@ -94,10 +92,6 @@ def is_run_dir(path: str) -> bool:
 
 def is_finished(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RESULTS))
-
-
-def saved_config(run_dir: str) -> Config:
-    return from_saved(load_yaml(os.path.join(run_dir, CONFIG)))
 
 
 def incompatible(saved: Config, cfg: Config) -> list[str]:

@@ -10,11 +10,12 @@ hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing`
 ``--tau 0.1,1`` gives two ``smooth-svm`` runs per setting but one ``ce`` run.
 
 A *grid* (``--grid 'smooth-svm:tau=0.1,1,10;lr=0.03,0.1'``, or ``grid:`` in the YAML file)
-gives each loss its own small set of options to choose from (:data:`.report.SELECTABLE`:
+gives each loss its own small set of options to choose from
+(:data:`.report.selection.SELECTABLE`:
 ``lr`` and ``weight_decay`` for every loss, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``,
 ``tau_la``, ``max_margin`` where the loss uses them); the report then selects, per loss, noise
 level (or subset) and seed, the configuration with the best clean validation top-5
-(:func:`.report.select_runs`).
+(:func:`.report.selection.select_runs`).
 
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
@@ -29,11 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import loss_options, rundir
+from . import loss_options, records, rundir
 from .checkpoint import atomic_write_json
 from .config import FIELDS, PRESETS, SWEPT, Config, coerce, pick_preset, resolve
 from .losses import LOSSES, check_loss, loss_params
-from .report import SELECTABLE, write_report
+from .report.selection import grid_options
+from .report.write import write_report
 from .train import Prepared, prepare_member
 from .workers import train_all
 
@@ -124,12 +126,6 @@ def parse_list(name: str, text: str) -> list:
 def has_grid(preset: str | None) -> bool:
     """Whether ``preset`` is a sweep preset with a per-loss grid (then the report selects)."""
     return bool(SWEEP_PRESETS.get(preset or "", {}).get("grid"))
-
-
-def grid_options(loss: str) -> tuple[str, ...]:
-    """The options a ``--grid`` may give ``loss``: ``lr``, ``weight_decay`` and those of
-    :data:`.report.SELECTABLE` the loss uses (not ``k``, which defines the loss)."""
-    return ("lr", "weight_decay") + tuple(p for p in loss_params(loss) if p in SELECTABLE)
 
 
 def _check_grid_option(loss: str, name: str) -> None:
@@ -311,7 +307,7 @@ def plan(
     for cfg, name in zip(configs, names, strict=True):
         run_dir = os.path.join(out, name)
         if not overwrite and rundir.is_finished(run_dir):
-            changed = rundir.incompatible(rundir.saved_config(run_dir), cfg)
+            changed = rundir.incompatible(records.read_config(run_dir), cfg)
             if changed:
                 raise ValueError(
                     f"{run_dir} was finished with other settings ({', '.join(changed)}); "
@@ -337,7 +333,7 @@ def run(
     """Train the runs not yet complete (``jobs`` worker processes, see
     :func:`.workers.train_all`), then write the report to ``OUT/report`` (with the selection
     table if ``select``; ``None``: when some loss has several configurations, see
-    :func:`.report.write_report`). Returns the report with ``trained`` and ``skipped`` (run
+    :func:`.report.write.write_report`). Returns the report with ``trained`` and ``skipped`` (run
     directories) and ``seconds``. ``OUT`` stays locked (:func:`.rundir.locked`) while the
     sweep runs: a second sweep there raises Busy."""
     if jobs is not None and jobs < 1:
