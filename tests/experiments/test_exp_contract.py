@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from smoothtopk.experiments import rundir
 from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.train import fit, prepare
@@ -344,6 +345,59 @@ def test_a_train_that_finished_during_the_checks_is_not_overwritten(tmp_path, ca
     assert exc.value.code == 2 and len(lines) == 1 and "already exists" in lines[0], lines
     assert sorted(os.listdir(out)) == ["config.yaml", "results.json"]  # no lock file left
     assert (out / "results.json").read_text() == "{}"
+
+
+# -- every reason at once ---------------------------------------------------------------------
+
+
+def test_bad_values_of_the_command_line_are_reported_together(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "run"), "--epochs", "one", "--tau", "x", "--los", "ce"]
+    line = refuse(capsys, argv, tmp_path, "3 problems: ")
+    for reason in ("(1) argument --epochs: invalid int value: 'one'",
+                   "(2) argument --tau: invalid float value: 'x'",
+                   "(3) unrecognized arguments: --los ce"):  # fmt: skip
+        assert reason in line
+
+
+def test_bad_options_and_a_used_out_are_reported_together(tmp_path, capsys, finished_run):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    argv = ["train", "--out", str(out), "--tau", "0", "--noise", "2", "--epochs", "0"]
+    line = refuse(capsys, argv, tmp_path, "4 problems: ")
+    for reason in ("epochs must be >= 1, got 0", "tau must be > 0, got 0.0",
+                   "noise level must be in [0, 1], got 2.0",
+                   f"run directory {out} already exists and holds a finished run"):  # fmt: skip
+        assert reason in line
+
+
+def test_a_sweep_reports_every_bad_run_at_once(tmp_path, capsys):
+    argv = ["sweep", "--out", str(tmp_path / "s"), "--loss", "smooth-svm,ce", "--tau", "1e-320,1,0",
+            "--epochs", "0"]  # fmt: skip
+    line = refuse(capsys, argv, tmp_path, "3 problems: ")  # each reason once, not once per run
+    for reason in ("epochs must be >= 1, got 0", "tau must be >= 2.225e-308", "got 1e-320",
+                   "tau must be > 0, got 0.0"):  # fmt: skip
+        assert reason in line
+
+
+def test_an_existing_default_directory_says_what_to_do(tmp_path, capsys, finished_run,
+                                                       monkeypatch):  # fmt: skip
+    """``--device cuda`` (or any option that may change on resume) names the same default
+    directory as the run that is there: the refusal says so and lists every way out."""
+    monkeypatch.chdir(tmp_path)
+    options = {"epochs": 1, "subset": "1000", "val_size": 200, "device": "cuda"}
+    shutil.copytree(finished_run, rundir.default_run_dir(resolve(None, None, options)))
+    argv = ["train", "--epochs", "1", "--subset", "1000", "--val-size", "200", "--device", "cuda"]
+    line = refuse(
+        capsys,
+        argv,
+        tmp_path,
+        "already exists and holds a finished run (the default "
+        "--out of these options: --device, --epochs and the other options that may "
+        "change on resume do not change it); pass --resume to continue it with more "
+        "--epochs, --overwrite to start it over, or --out DIR for a new run directory",
+    )
+    if not torch.cuda.is_available():  # the other reason, in the same line
+        assert line.startswith("smoothtopk: error: 2 problems: (1) ") and "(2) device cuda" in line
 
 
 # -- reports ------------------------------------------------------------------------------------

@@ -35,16 +35,38 @@ class _Help(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2; no
-    abbreviated options (``--los`` is an error, not ``--loss``); defaults in ``--help``."""
+    """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2, with
+    every bad value of the command line at once (not only the first); no abbreviated options
+    (``--los`` is an error, not ``--loss``); defaults in ``--help``."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
+        self._bad: list[str] = []  #: the bad values of this parse, reported at its end
 
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message}\n")
+    def _get_values(self, action, arg_strings):
+        """The converted values of one option; a bad one is noted and parsing goes on (a bad
+        command or positional argument ends it: what follows depends on it)."""
+        try:
+            return super()._get_values(action, arg_strings)
+        except argparse.ArgumentError as err:
+            if not action.option_strings:
+                raise
+            self._bad.append(str(err))
+            return None
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._bad = []
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self._bad:  # unknown options too, as the parent parser would report them
+            self.error(f"unrecognized arguments: {' '.join(extras)}" if extras else None)
+        return namespace, extras
+
+    def error(self, message: str | None):
+        reasons = self._bad + ([message] if message else [])
+        self._bad = []
+        self.exit(2, f"{PROG}: error: {config_mod.Problems(reasons)}\n")
 
 
 def _shown(value) -> str:
@@ -226,17 +248,51 @@ def _train_config(args):
     return cfg, run_dir, chosen
 
 
-def _train(args, parser) -> int:
+def _prepare_train(args, parser):
+    """The config, run directory, whether the loss was chosen, and the prepared run; else
+    every reason the run cannot start, one line, exit 2 (options refused: also the
+    ``--out`` and ``--device`` checks that need no valid config, :func:`_start_reasons`)."""
     from . import distributed
-    from .train import fit, prepare
+    from .train import prepare
 
+    cfg = None
     try:
         cfg, run_dir, chosen = _train_config(args)
         distributed.init(cfg.device, cfg.dist_timeout)  # under torchrun: join the group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, TypeError, OSError) as err:
         distributed.finish()
-        parser.error(str(err).splitlines()[0] if str(err) else repr(err))
+        reasons = config_mod.reasons_of(err) if isinstance(err, ValueError) else [repr(err)]
+        if cfg is None and isinstance(err, ValueError):
+            reasons += _start_reasons(args)
+        parser.error(str(config_mod.Problems(reasons)))
+    return cfg, run_dir, chosen, prepared
+
+
+def _start_reasons(args) -> list[str]:
+    """Why ``--out`` and ``--device`` refuse the run, without a config (whose options were
+    refused): :func:`.rundir.check_run_dir` and :func:`.train.pick_device`."""
+    from . import distributed, rundir
+    from .train import pick_device
+
+    checks = []
+    if args.out is not None:
+        checks.append(lambda: rundir.check_run_dir(args.out, args.resume, args.overwrite))
+    device = getattr(args, "device", "auto")
+    if config_mod.device_ok(device) and not distributed.launched():
+        checks.append(lambda: pick_device(device))
+    try:
+        config_mod.check_all(*checks)
+    except config_mod.Problems as err:
+        return err.reasons
+    return []
+
+
+def _train(args, parser) -> int:
+    from . import distributed
+    from .train import fit
+
+    cfg, run_dir, chosen, prepared = _prepare_train(args, parser)
     try:
         distributed.barrier()  # every process has checked the run directory before rank 0 writes
         with _run_lock(prepared, parser):

@@ -93,16 +93,31 @@ DEFAULTS = {name: o.default for name, o in OPTIONS.items()}
 SELECTABLE = tuple(name for name, o in OPTIONS.items() if o.selectable)
 
 
-def check(values: Mapping) -> dict:
-    """``values`` (option name -> value; ``None`` for an optional one keeps the loss's
-    default) after the checks of :data:`OPTIONS`; ValueError naming the first bad option."""
+def reasons(values: Mapping) -> list[str]:
+    """Why each bad value of ``values`` (option name -> value; ``None`` for an optional one
+    keeps the loss's default) is refused by the checks of :data:`OPTIONS`, in table order.
+
+    Example:
+        >>> reasons({"k": 0, "tau": 1.0, "alpha": -1.0})
+        ['k must be >= 1, got 0', 'alpha must be >= 0, got -1.0']
+    """
+    out = []
     for name, value in values.items():
         option = OPTIONS[name]
         if value is None and option.default is None:
             continue
         reason = option.check(value)
         if reason is not None:
-            raise ValueError(f"{name} {reason}, got {value}")
+            out.append(f"{name} {reason}, got {value}")
+    return out
+
+
+def check(values: Mapping) -> dict:
+    """``values`` after the checks of :data:`OPTIONS`; ValueError naming every bad option
+    (:func:`reasons`, joined by ``; ``)."""
+    bad = reasons(values)
+    if bad:
+        raise ValueError("; ".join(bad))
     return dict(values)
 
 

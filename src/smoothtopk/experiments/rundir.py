@@ -152,19 +152,20 @@ def _started(path: str) -> bool:
     return os.path.isdir(path) and bool(set(os.listdir(path)) - {LOCK})
 
 
-def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
+def check_run_dir(run_dir: str, resume: bool, overwrite: bool, default: bool = False) -> bool:
     """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used.
 
     ``resume`` needs a run with a checkpoint (``last.pt``): a missing or empty directory, or a
-    run without ``last.pt``, is refused (starting afresh is ``overwrite``'s job)."""
+    run without ``last.pt``, is refused (starting afresh is ``overwrite``'s job). ``default``:
+    ``run_dir`` is the options' :func:`default_run_dir` (the refusal says so)."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(run_dir)
     check_unlocked(run_dir, "train")
-    return _may_use(run_dir, resume, overwrite)
+    return _may_use(run_dir, resume, overwrite, default)
 
 
-def _may_use(run_dir: str, resume: bool, overwrite: bool) -> bool:
+def _may_use(run_dir: str, resume: bool, overwrite: bool, default: bool = False) -> bool:
     """:func:`check_run_dir` but the lock (which :func:`run_locked` holds when it asks)."""
     if not _started(run_dir):
         if resume:
@@ -184,10 +185,22 @@ def _may_use(run_dir: str, resume: bool, overwrite: bool) -> bool:
         return True
     if overwrite:
         return False
-    raise ValueError(
-        f"run directory {run_dir} already exists; pass --resume to continue it "
-        "or --overwrite to replace it"
-    )
+    raise ValueError(_exists(run_dir, default))
+
+
+def _exists(run_dir: str, default: bool) -> str:
+    """Why a train may not start in the run directory ``run_dir``, and every way out: resume
+    (with a checkpoint; longer with ``--epochs`` when finished), start over, another ``--out``."""
+    finished = is_finished(run_dir)
+    ways = []
+    if os.path.isfile(os.path.join(run_dir, LAST)):
+        ways.append("--resume to continue it" + " with more --epochs" * finished)
+    ways += ["--overwrite to start it over", "or --out DIR for a new run directory"]
+    why = f"holds {'a finished' if finished else 'an unfinished'} run"
+    if default:
+        why += (" (the default --out of these options: --device, --epochs and the other options "
+                "that may change on resume do not change it)")  # fmt: skip
+    return f"run directory {run_dir} already exists and {why}; pass {', '.join(ways)}"
 
 
 def member_mode(run_dir: str, overwrite: bool) -> tuple[bool, bool]:

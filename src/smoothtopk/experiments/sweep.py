@@ -29,10 +29,22 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from . import loss_options, records, rundir
 from .checkpoint import atomic_write_json
-from .config import FIELDS, PRESETS, SWEPT, Config, coerce, pick_preset, resolve
+from .config import (
+    FIELDS,
+    PRESETS,
+    SWEPT,
+    Config,
+    Problems,
+    check_all,
+    coerce,
+    pick_preset,
+    reasons_of,
+    resolve,
+)
 from .losses import LOSSES, check_loss, loss_params
 from .report.selection import grid_options
 from .report.write import write_report
@@ -259,28 +271,47 @@ def expand_named(
             raise ValueError(f"the list of values of {name} is empty")
     for loss in axes.get("loss", []):
         check_loss(loss)
-    base = resolve(preset, yaml_values, fixed)
-    given = {**(yaml_grid or {}), **(grid or {})}
-    default = list(given) if given and "loss" not in yaml_values else [base.loss]
-    losses = axes.get("loss", default)
+    losses = _losses(preset, yaml_values, axes, fixed, {**(yaml_grid or {}), **(grid or {})})
     grid = _grid_of(losses, preset_grid, yaml_grid, grid, axes, fixed)
-    named = []
+    named, reasons = [], []
     for loss in losses:
-        own = grid.get(loss, {})
-        names = list(DATA_AXES) + [h for h in HYPER if h in loss_params(loss)]
-        names = [n for n in names if n in axes]
-        values = [axes[n] for n in names] + list(own.values())
-        extra = tuple(o for o in rundir.NAME_EXTRAS if o in own)
-        for combo in itertools.product(*values):
-            cli = {**fixed, "loss": loss, **dict(zip(names + list(own), combo, strict=True))}
-            cfg = resolve(preset, yaml_values, cli)
+        for cli, extra in _runs_of(loss, axes, grid.get(loss, {}), fixed):
+            try:
+                cfg = resolve(preset, yaml_values, cli)
+            except ValueError as err:  # every bad run of the sweep is reported at once
+                reasons += reasons_of(err)
+                continue
             named.append((cfg, rundir.run_name(cfg, extra)))
+    if reasons:
+        raise Problems(reasons)
     seen: set[str] = set()
     for _, name in named:
         if name in seen:
             raise ValueError(f"two runs of the sweep would share the directory name {name}")
         seen.add(name)
     return named
+
+
+def _losses(preset, yaml_values: dict, axes: dict, fixed: dict, given: dict) -> list[str]:
+    """The losses of the sweep: ``--loss``, else those of a given grid (unless the file names
+    one), else the one of the shared options (which are resolved, and refused, here only then:
+    otherwise each run's options are, with all their reasons at once)."""
+    if "loss" in axes:
+        return axes["loss"]
+    if given and "loss" not in yaml_values:
+        return list(given)
+    return [resolve(preset, yaml_values, fixed).loss]
+
+
+def _runs_of(loss: str, axes: dict, own: dict, fixed: dict):
+    """The command-line options of each run of ``loss`` (its axes and its grid ``own``) and
+    the recipe options its name adds (:data:`.rundir.NAME_EXTRAS`)."""
+    names = list(DATA_AXES) + [h for h in HYPER if h in loss_params(loss)]
+    names = [n for n in names if n in axes]
+    values = [axes[n] for n in names] + list(own.values())
+    extra = tuple(o for o in rundir.NAME_EXTRAS if o in own)
+    for combo in itertools.product(*values):
+        yield {**fixed, "loss": loss, **dict(zip(names + list(own), combo, strict=True))}, extra
 
 
 STATUS_VERB = {"complete": "skip  ", "resume": "resume", "new": "train "}
@@ -303,22 +334,24 @@ def plan(
     :func:`.rundir.run_name`)."""
     rundir.check_sweep_dir(out)
     names = names if names is not None else [rundir.run_name(cfg) for cfg in configs]
-    runs = []
-    for cfg, name in zip(configs, names, strict=True):
-        run_dir = os.path.join(out, name)
-        if not overwrite and rundir.is_finished(run_dir):
-            changed = rundir.incompatible(records.read_config(run_dir), cfg)
-            if changed:
-                raise ValueError(
-                    f"{run_dir} was finished with other settings ({', '.join(changed)}); "
-                    "choose another --out or pass --overwrite"
-                )
-            runs.append(SweepRun(cfg, run_dir, "complete"))
-            continue
-        prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
-        status = "new" if prepared.resume_from is None else "resume"
-        runs.append(SweepRun(cfg, run_dir, status, prepared))
-    return runs
+    plans = [
+        partial(_plan_one, os.path.join(out, n), c, overwrite)
+        for c, n in zip(configs, names, strict=True)
+    ]
+    return check_all(*plans)  # every run's refusal at once
+
+
+def _plan_one(run_dir: str, cfg: Config, overwrite: bool) -> SweepRun:
+    if not overwrite and rundir.is_finished(run_dir):
+        changed = rundir.incompatible(records.read_config(run_dir), cfg)
+        if changed:
+            raise ValueError(
+                f"{run_dir} was finished with other settings ({', '.join(changed)}); "
+                "choose another --out or pass --overwrite"
+            )
+        return SweepRun(cfg, run_dir, "complete")
+    prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
+    return SweepRun(cfg, run_dir, "new" if prepared.resume_from is None else "resume", prepared)
 
 
 def run(

@@ -41,7 +41,7 @@ from smoothtopk import TopkAccuracy
 
 from . import checkpoint as ckpt_io
 from . import distributed, records, rundir
-from .config import Config, lr_at
+from .config import Config, check_all, lr_at
 from .datasets import THIRDS, DataBundle, build_data, check_available
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
@@ -82,20 +82,8 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
 
     With ``resume`` and an existing run, ``cfg`` must be the run's saved config (see
     :func:`.rundir.resume_config`)."""
-    resuming = rundir.check_run_dir(run_dir, resume, overwrite)
-    if resuming:
-        changed = rundir.incompatible(records.read_config(run_dir), cfg)
-        if changed:
-            raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
+    resuming = _check_start(cfg, run_dir, resume, overwrite)
     _, num_replicas = distributed.world()
-    if cfg.batch_size % num_replicas:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
-            f"number of processes ({num_replicas})"
-        )
-    if not distributed.launched():
-        pick_device(cfg.device)  # CUDA requested but missing: refused before anything is written
-    cfg.loss_spec.check(check_available(cfg.dataset, cfg.data_dir, cfg.download))
     data = build_data(
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
         val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
@@ -118,6 +106,37 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     return Prepared(
         cfg, run_dir, data, noisy, groups, resume_from, overwrite and not resuming, state
     )
+
+
+def _check_start(cfg: Config, run_dir: str, resume: bool, overwrite: bool) -> bool:
+    """Every check of :func:`prepare` that needs no data loaded, all reported at once
+    (:class:`.config.Problems`): the run directory (resumed: its saved config), the global
+    batch, the device, the data on disk and ``k`` below its classes. Whether it resumes."""
+    resuming, *_ = check_all(
+        lambda: _check_run_dir(cfg, run_dir, resume, overwrite),
+        lambda: _check_batch(cfg.batch_size, distributed.world()[1]),
+        lambda: distributed.launched() or pick_device(cfg.device),
+        lambda: cfg.loss_spec.check(check_available(cfg.dataset, cfg.data_dir, cfg.download)),
+    )
+    return resuming
+
+
+def _check_run_dir(cfg: Config, run_dir: str, resume: bool, overwrite: bool) -> bool:
+    default = os.path.normpath(run_dir) == rundir.default_run_dir(cfg)
+    resuming = rundir.check_run_dir(run_dir, resume, overwrite, default)
+    if resuming:
+        changed = rundir.incompatible(records.read_config(run_dir), cfg)
+        if changed:
+            raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
+    return resuming
+
+
+def _check_batch(batch_size: int, num_replicas: int) -> None:
+    if batch_size % num_replicas:
+        raise ValueError(
+            f"batch_size {batch_size} (the global batch) must be a multiple of the "
+            f"number of processes ({num_replicas})"
+        )
 
 
 def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False) -> Prepared:
