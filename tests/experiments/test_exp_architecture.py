@@ -14,9 +14,10 @@ import smoothtopk.experiments as experiments
 ROOT = pathlib.Path(experiments.__file__).parent
 FLOORS = {
     "cli": 11, "sweep": 10, "report.write": 9, "report.tables": 8, "report.plots": 8,
-    "workers": 7, "report.aggregate": 7, "train": 6, "report.load": 6, "report.selection": 5,
+    "workers": 7, "cluster": 7, "report.aggregate": 7, "train": 6, "report.load": 6,
+    "report.selection": 5,
     "rundir": 4, "records": 3, "config": 2, "checkpoint": 2,
-    "datasets": 1, "noise": 1, "models": 1, "losses": 1, "distributed": 1,
+    "datasets": 1, "noise": 1, "models": 1, "losses": 1, "distributed": 1, "claims": 1,
     "loss_options": 0, "report": 0,
 }  # fmt: skip
 

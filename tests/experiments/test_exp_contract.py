@@ -1,8 +1,11 @@
 """The command line's contract on bad input, case by case: one line ``smoothtopk: error: ...``
 on stderr, exit status 2, and nothing written (every file of the tree keeps its bytes)."""
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,22 @@ from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.train import fit, prepare
 
 FAST = {"epochs": 1, "subset": "1000", "val_size": 200, "progress": False, "device": "cpu"}
+
+
+@contextlib.contextmanager
+def holding(run_dir, user="train"):
+    """Another process that holds ``run_dir``'s claim until the block ends (then killed)."""
+    code = ("import sys, time; from smoothtopk.experiments import claims\n"
+            f"with claims.claimed(sys.argv[1], {user!r}):\n"
+            "    print('held', flush=True); time.sleep(120)")  # fmt: skip
+    other = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        yield other
+    finally:
+        other.kill()
+        other.wait()
 
 
 def snapshot(root) -> dict:
@@ -317,11 +336,13 @@ def test_the_limits_themselves_are_accepted(values):
 
 
 def test_a_second_train_into_a_running_trains_directory_is_refused(tmp_path, capsys):
-    from smoothtopk.experiments import rundir
-
     out = tmp_path / "run"
-    with rundir.locked(str(out), "train"):  # the first train, running
-        refuse(capsys, ["train", "--out", str(out), *SMALL], tmp_path, "in use by another train")
+    out.mkdir()
+    with holding(out) as first:  # the first train, running in another process
+        line = refuse(
+            capsys, ["train", "--out", str(out), *SMALL], tmp_path, "is in use by a train"
+        )
+        assert f"process {first.pid} on " in line
 
 
 def test_a_train_that_finished_during_the_checks_is_not_overwritten(tmp_path, capsys,

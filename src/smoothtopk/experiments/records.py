@@ -15,6 +15,8 @@ write is atomic (:mod:`.checkpoint`'s temporary file, fsync, ``os.replace``).
 ``last.pt``            the last checkpoint; ``best.pt`` the best epoch's (:data:`LAST`,
                        :data:`BEST`)
 ``results.json``       the run's summary (:func:`write_results`); it marks a finished run
+``failed.json``        why the last training of the run failed, until one succeeds
+                       (:func:`write_failure`, :func:`read_failure`)
 =====================  ===================================================================
 """
 
@@ -44,6 +46,7 @@ NOISE = "noise.pt"
 NOISE_SUMMARY = "noise.json"
 LONG_TAIL = "long_tail.json"
 METRICS_CSV, METRICS_JSONL = "metrics.csv", "metrics.jsonl"
+FAILED = "failed.json"
 
 
 def path(run_dir: str, name: str) -> str:
@@ -62,6 +65,31 @@ def read_config(run_dir: str) -> Config:
 
 def write_results(run_dir: str, summary: dict) -> None:
     atomic_write_json(path(run_dir, RESULTS), summary)
+
+
+def write_failure(run_dir: str, error: BaseException) -> None:
+    """``failed.json``: the error that ended the training of the run, where and when."""
+    import socket
+
+    atomic_write_json(path(run_dir, FAILED), {
+        "error": f"{type(error).__name__}: {error}".splitlines()[0],
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })  # fmt: skip
+
+
+def read_failure(run_dir: str) -> dict | None:
+    """``failed.json`` of a run (``None``: none, or unreadable)."""
+    try:
+        with open(path(run_dir, FAILED)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def clear_failure(run_dir: str) -> None:
+    if os.path.exists(path(run_dir, FAILED)):
+        os.unlink(path(run_dir, FAILED))
 
 
 def write_noise(run_dir: str, labels: dict, summary: dict) -> None:

@@ -14,9 +14,11 @@ a run may be resumed, and the lock of a sweep. Every command (train, sweep, demo
   before anything is written), :func:`check_run_dir` (``--resume`` / ``--overwrite``).
 * **Resume compatibility.** Only :data:`RESUMABLE` options may change on resume
   (:func:`incompatible`, :func:`resume_config`); ``--resume`` needs ``last.pt``.
-* **Lock.** A running sweep holds an ``flock`` on ``OUT/.lock`` (:func:`locked`), a running
-  ``train`` on ``RUN_DIR/.lock`` (:func:`run_locked`): a second one into the same directory
-  is refused.
+* **Locks.** Whoever trains a run (``train``, a sweep's worker, a cluster job) holds its
+  claim ``RUN_DIR/.claim`` (:func:`run_locked`, :mod:`.claims`: an exclusive create, which holds
+  across nodes): a second one into the same run directory is refused. A running local sweep
+  also holds an ``flock`` on ``OUT/.lock`` (:func:`locked`): a second sweep on this machine is
+  refused before it plans.
 
 Example::
 
@@ -36,6 +38,8 @@ import json
 import os
 import shutil
 
+from . import claims
+from .claims import CLAIM, Busy
 from .config import Config, validate
 from .records import CONFIG, LAST, RESULTS
 
@@ -46,7 +50,7 @@ except ImportError:  # Windows: no directory locks
 
 SWEEP = "sweep.json"  #: marks a sweep directory
 OLD_DEMO = "demo.json"  #: marked a demo directory before the demo became a sweep preset
-LOCK = ".lock"  #: held by a running sweep (flock)
+LOCK = ".lock"  #: held by a running sweep (flock); in old run directories, by a train
 
 #: options that may differ when a run is resumed (they do not change its results)
 RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "checkpoint_every",
@@ -147,21 +151,28 @@ def check_writable(path: str, what: str = "run directory") -> None:
         raise ValueError(f"cannot write {what} {path}: {probe} is read-only or not writable")
 
 
+def _lockish(name: str) -> bool:
+    """A lock or claim file (not part of a run): ``.lock``, ``.claim``, a claim's tomb."""
+    return name == LOCK or name.startswith(CLAIM)
+
+
 def _started(path: str) -> bool:
-    """Whether ``path`` holds anything but a lock file (of a running or an ended ``train``)."""
-    return os.path.isdir(path) and bool(set(os.listdir(path)) - {LOCK})
+    """Whether ``path`` holds anything but lock and claim files."""
+    return os.path.isdir(path) and any(not _lockish(n) for n in os.listdir(path))
 
 
-def check_run_dir(run_dir: str, resume: bool, overwrite: bool, default: bool = False) -> bool:
+def check_run_dir(run_dir: str, resume: bool, overwrite: bool, default: bool = False,
+                  job: str | None = None) -> bool:  # fmt: skip
     """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used.
 
     ``resume`` needs a run with a checkpoint (``last.pt``): a missing or empty directory, or a
     run without ``last.pt``, is refused (starting afresh is ``overwrite``'s job). ``default``:
-    ``run_dir`` is the options' :func:`default_run_dir` (the refusal says so)."""
+    ``run_dir`` is the options' :func:`default_run_dir` (the refusal says so). A live claim
+    is refused unless it is this process's or cluster job ``job``'s (:mod:`.claims`)."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(run_dir)
-    check_unlocked(run_dir, "train")
+    claims.check_free(run_dir, job)
     return _may_use(run_dir, resume, overwrite, default)
 
 
@@ -222,11 +233,7 @@ def check_sweep_dir(out: str) -> None:
         raise ValueError(f"{out} exists and is not a sweep directory; choose another --out")
 
 
-# -- the lock of a sweep --------------------------------------------------------------------------
-
-
-class Busy(ValueError):
-    """Another sweep (or train) holds the lock of the directory."""
+# -- the locks ------------------------------------------------------------------------------------
 
 
 def _try_lock(fd: int, mode: int, directory: str, user: str = "sweep") -> None:
@@ -268,29 +275,31 @@ def locked(directory: str, user: str = "sweep"):
 
 
 @contextlib.contextmanager
-def run_locked(run_dir: str, resume: bool, overwrite: bool):
-    """Hold ``run_dir``'s lock while ``train`` writes it; Busy if another train or sweep holds
-    it. Under the lock the directory is checked again (:func:`check_run_dir`), since another
-    train may have started or finished there after this one's checks; when that check fails,
-    the lock file and directory this call created are removed (nothing is left written)."""
-    lock = os.path.join(run_dir, LOCK)
-    made = [p for p in (run_dir, lock) if not os.path.exists(p)]
+def run_locked(run_dir: str, resume: bool, overwrite: bool, user: str = "train",
+               job: str | None = None):  # fmt: skip
+    """Hold ``run_dir``'s claim (:func:`.claims.claimed`) while training writes it; Busy if
+    another live trainer holds it. Under the claim the directory is checked again
+    (:func:`check_run_dir`), since another trainer may have started or finished there after
+    this one's checks; when that check fails, the directory this call created is removed
+    (nothing is left written)."""
+    made = not os.path.exists(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
     try:
-        with locked(run_dir, "train"):
+        with claims.claimed(run_dir, user, job):
             _may_use(run_dir, resume, overwrite)
-            made = []  # this train owns the directory now
+            made = False  # this trainer owns the directory now
             yield
     finally:
-        for path in reversed(made):  # the lock file, then the directory it was made in
+        if made:
             with contextlib.suppress(OSError):
-                os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+                os.rmdir(run_dir)
 
 
 def clear_directory(directory: str) -> None:
-    """Delete everything in ``directory`` but its lock file (``--overwrite`` of a sweep)."""
+    """Delete everything in ``directory`` but its lock and claim files (``--overwrite``)."""
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
-        if name == LOCK:
+        if _lockish(name):
             continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

@@ -3,8 +3,11 @@ imbalance ratios of the long-tailed protocol) x seeds x loss hyper-parameters, o
 directory per combination, then a report with mean ± std over seeds.
 
 Each run lives in ``OUT/<name>``, the name built from its settings (:func:`.rundir.run_name`).
-Running the same sweep again skips every run whose ``results.json`` exists and continues
-unfinished ones from their last checkpoint, so an interrupted sweep resumes where it stopped. A
+Running the same sweep again skips every run whose ``results.json`` exists, leaves the runs that
+a live trainer holds (:mod:`.claims`) or whose cluster job waits to them, and continues
+unfinished and failed ones from their last checkpoint, so an interrupted sweep resumes where it
+stopped. The runs train in worker processes here or, with ``--launcher submitit``, as the tasks
+of a job array (:mod:`.cluster`). A
 hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``, ``tau_la``,
 ``max_margin``) multiplies only the losses that use it (:func:`.losses.loss_params`):
 ``--tau 0.1,1`` gives two ``smooth-svm`` runs per setting but one ``ce`` run.
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from . import loss_options, records, rundir
+from . import claims, cluster, loss_options, records, rundir
 from .checkpoint import atomic_write_json
 from .config import (
     FIELDS,
@@ -314,34 +317,58 @@ def _runs_of(loss: str, axes: dict, own: dict, fixed: dict):
         yield {**fixed, "loss": loss, **dict(zip(names + list(own), combo, strict=True))}, extra
 
 
-STATUS_VERB = {"complete": "skip  ", "resume": "resume", "new": "train "}
+#: the statuses of a planned run: (verb of its log line, whether this sweep trains it)
+STATUS = {"complete": ("skip   ", False), "running": ("running", False),
+          "queued": ("queued ", False), "failed": ("failed ", True), "resume": ("resume ", True),
+          "new": ("train  ", True)}  # fmt: skip
 
 
 @dataclass
 class SweepRun:
     cfg: Config
     run_dir: str
-    status: str  #: "complete" (skipped), "resume" (continued) or "new"
+    #: "complete" (skipped), "running" (claimed by a live trainer elsewhere), "queued" (its
+    #: cluster job waits), "failed" (its last training failed or its trainer died: trained
+    #: again), "resume" (continued) or "new"
+    status: str
     prepared: Prepared | None = None
+    note: str = ""  #: what the status line adds: the owner of a claim, the job, the failure
+
+    @property
+    def todo(self) -> bool:
+        return STATUS[self.status][1]
 
 
 def plan(
     out: str, configs: list[Config], overwrite: bool = False, names: list[str] | None = None
 ) -> list[SweepRun]:
     """Check the sweep directory and every run, load the data of the runs still to train;
-    writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``.
-    ``names``: the runs' directory names (:func:`expand_named`; default
-    :func:`.rundir.run_name`)."""
+    writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``, runs
+    that a live trainer holds (:mod:`.claims`) or whose cluster job waits
+    (:func:`.cluster.waiting`) are left to it. ``names``: the runs' directory names
+    (:func:`expand_named`; default :func:`.rundir.run_name`)."""
     rundir.check_sweep_dir(out)
+    if overwrite:
+        _check_none_held(out)
     names = names if names is not None else [rundir.run_name(cfg) for cfg in configs]
+    waiting = cluster.waiting(out) if os.path.isdir(out) else {}
     plans = [
-        partial(_plan_one, os.path.join(out, n), c, overwrite)
+        partial(_plan_one, os.path.join(out, n), c, overwrite, waiting)
         for c, n in zip(configs, names, strict=True)
     ]
     return check_all(*plans)  # every run's refusal at once
 
 
-def _plan_one(run_dir: str, cfg: Config, overwrite: bool) -> SweepRun:
+def _check_none_held(out: str) -> None:
+    """``--overwrite`` deletes the sweep: refused while a live trainer holds one of its runs."""
+    held = [d for d in sorted(os.listdir(out)) if os.path.isdir(os.path.join(out, d))
+            and claims.holder(os.path.join(out, d)) is not None]  # fmt: skip
+    if held:
+        raise ValueError(f"--overwrite would delete runs in training: {', '.join(held)} "
+                         f"(claimed: {claims.CLAIM}); wait for them to end")  # fmt: skip
+
+
+def _plan_one(run_dir: str, cfg: Config, overwrite: bool, waiting: dict) -> SweepRun:
     if not overwrite and rundir.is_finished(run_dir):
         changed = rundir.incompatible(records.read_config(run_dir), cfg)
         if changed:
@@ -350,8 +377,26 @@ def _plan_one(run_dir: str, cfg: Config, overwrite: bool) -> SweepRun:
                 "choose another --out or pass --overwrite"
             )
         return SweepRun(cfg, run_dir, "complete")
+    owner = claims.holder(run_dir)
+    if owner is not None:
+        return SweepRun(cfg, run_dir, "running", note=owner.describe())
+    job = waiting.get(os.path.basename(run_dir))
+    if job is not None:
+        return SweepRun(cfg, run_dir, "queued", note=f"job {job}")
+    failure = "" if overwrite else _failure(run_dir)
     prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
-    return SweepRun(cfg, run_dir, "new" if prepared.resume_from is None else "resume", prepared)
+    status = "failed" if failure else "new" if prepared.resume_from is None else "resume"
+    return SweepRun(cfg, run_dir, status, prepared, failure)
+
+
+def _failure(run_dir: str) -> str:
+    """Why the last training of the run failed: its ``failed.json``, or a claim whose owner
+    died (killed, or its node lost); empty if it did not."""
+    owner = claims.owner(run_dir)
+    if owner is not None:  # not alive: :func:`plan` left the live ones alone
+        return f"its trainer died: {owner.describe()}"
+    failure = records.read_failure(run_dir)
+    return f"{failure.get('error', '?')} (on {failure.get('host', '?')})" if failure else ""
 
 
 def run(
@@ -362,13 +407,15 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = print,
     select: bool | None = None,
+    launch: cluster.Launch | None = None,
 ) -> dict:
-    """Train the runs not yet complete (``jobs`` worker processes, see
-    :func:`.workers.train_all`), then write the report to ``OUT/report`` (with the selection
-    table if ``select``; ``None``: when some loss has several configurations, see
-    :func:`.report.write.write_report`). Returns the report with ``trained`` and ``skipped`` (run
-    directories) and ``seconds``. ``OUT`` stays locked (:func:`.rundir.locked`) while the
-    sweep runs: a second sweep there raises Busy."""
+    """Train the runs still to train (``jobs`` worker processes, see
+    :func:`.workers.train_all`; with ``launch``, submitted to a cluster: :func:`_submit`), then
+    write the report to ``OUT/report`` (with the selection table if ``select``; ``None``: when
+    some loss has several configurations, see :func:`.report.write.write_report`). Returns the
+    report (``table`` None when there is none yet) with ``trained`` (or ``submitted``) and
+    ``skipped`` (run directories) and ``seconds``. ``OUT`` stays locked
+    (:func:`.rundir.locked`) while the sweep runs here: a second sweep there raises Busy."""
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
@@ -377,15 +424,54 @@ def run(
             rundir.clear_directory(out)
         names = [os.path.basename(r.run_dir) for r in runs]
         atomic_write_json(os.path.join(out, rundir.SWEEP), {"runs": names})
-        todo = [r.prepared for r in runs if r.status != "complete"]
-        for r in runs:
-            note = " (complete)" if r.status == "complete" else ""
-            log(f"{STATUS_VERB[r.status]} {os.path.basename(r.run_dir)}{note}")
-        log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to train")
-        if todo:
-            train_all(todo, jobs=jobs, progress=progress, log=log, desc="sweep runs")
-        report = write_report([r.run_dir for r in runs], os.path.join(out, "report"), select)
-    report["trained"] = [p.run_dir for p in todo]
-    report["skipped"] = [r.run_dir for r in runs if r.status == "complete"]
-    report["seconds"] = time.perf_counter() - start
-    return report
+        todo = _announce(runs, log)
+        if launch is not None:
+            result = _submit(out, runs, todo, launch, log, select)
+        else:
+            if todo:
+                train_all([r.prepared for r in todo], jobs=jobs, progress=progress, log=log,
+                          desc="sweep runs")  # fmt: skip
+            result = _report(out, runs, select)
+            result["trained"] = [r.run_dir for r in todo]
+    result["skipped"] = [r.run_dir for r in runs if r.status == "complete"]
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _announce(runs: list[SweepRun], log) -> list[SweepRun]:
+    """Log each run's status and the counts; returns the runs to train."""
+    for r in runs:
+        note = " (complete)" if r.status == "complete" else f": {r.note}" if r.note else ""
+        log(f"{STATUS[r.status][0]} {os.path.basename(r.run_dir)}{note}")
+    todo = [r for r in runs if r.todo]
+    counts = {s: sum(r.status == s for r in runs) for s in STATUS}
+    others = "".join(f", {counts[s]} {s}" for s in ("running", "queued") if counts[s])
+    failed = f" ({counts['failed']} failed before)" if counts["failed"] else ""
+    log(f"sweep: {len(runs)} runs, {counts['complete']} complete{others}, {len(todo)} to "
+        f"train{failed}")  # fmt: skip
+    return todo
+
+
+def _report(out: str, runs: list[SweepRun], select: bool | None) -> dict:
+    """The report of the sweep's runs (``OUT/report``); none while no run has an epoch."""
+    try:
+        return write_report([r.run_dir for r in runs], os.path.join(out, "report"), select)
+    except ValueError as err:  # no run has finished an epoch yet (all running elsewhere)
+        return {"table": None, "files": {}, "note": str(err)}
+
+
+def _submit(out, runs, todo, launch: cluster.Launch, log, select) -> dict:
+    """Submit ``todo`` to the cluster (:func:`.cluster.submit`); with ``launch.wait`` (always on
+    submitit's ``debug`` executor, which runs the jobs when waited for) wait for the jobs. The
+    report is written when every run of the sweep is complete."""
+    jobs = cluster.submit(out, todo, launch, log) if todo else []
+    failed = cluster.wait(jobs, log) if jobs and (launch.wait or launch.cluster == "debug") else []
+    done = all(rundir.is_finished(r.run_dir) for r in runs)
+    result = _report(out, runs, select) if done else {"table": None, "files": {}}
+    if not done and not failed:
+        result["note"] = (
+            "the report is written when every run is done: run the same command again to see "
+            f"the runs' state (or 'smoothtopk report {out}' for the runs with an epoch)"
+        )
+    result.update(submitted=[r.run_dir for r in todo], failed=failed, trained=[], jobs=jobs)
+    return result

@@ -77,12 +77,14 @@ class _SkipFirst(Sampler):
 # -- prepare: every check, no writes --------------------------------------------------------------
 
 
-def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = False) -> Prepared:
+def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = False,
+            job: str | None = None) -> Prepared:  # fmt: skip
     """Validate everything and load the data; writes nothing. Raises ValueError on bad input.
 
     With ``resume`` and an existing run, ``cfg`` must be the run's saved config (see
-    :func:`.rundir.resume_config`)."""
-    resuming = _check_start(cfg, run_dir, resume, overwrite)
+    :func:`.rundir.resume_config`). ``job``: the cluster job that trains it (a claim of that
+    job, left by a preempted incarnation, is its own)."""
+    resuming = _check_start(cfg, run_dir, resume, overwrite, job)
     _, num_replicas = distributed.world()
     data = build_data(
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
@@ -108,12 +110,12 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     )
 
 
-def _check_start(cfg: Config, run_dir: str, resume: bool, overwrite: bool) -> bool:
+def _check_start(cfg: Config, run_dir: str, resume: bool, overwrite: bool, job=None) -> bool:
     """Every check of :func:`prepare` that needs no data loaded, all reported at once
     (:class:`.config.Problems`): the run directory (resumed: its saved config), the global
     batch, the device, the data on disk and ``k`` below its classes. Whether it resumes."""
     resuming, *_ = check_all(
-        lambda: _check_run_dir(cfg, run_dir, resume, overwrite),
+        lambda: _check_run_dir(cfg, run_dir, resume, overwrite, job),
         lambda: _check_batch(cfg.batch_size, distributed.world()[1]),
         lambda: distributed.launched() or pick_device(cfg.device),
         lambda: cfg.loss_spec.check(check_available(cfg.dataset, cfg.data_dir, cfg.download)),
@@ -121,9 +123,9 @@ def _check_start(cfg: Config, run_dir: str, resume: bool, overwrite: bool) -> bo
     return resuming
 
 
-def _check_run_dir(cfg: Config, run_dir: str, resume: bool, overwrite: bool) -> bool:
+def _check_run_dir(cfg: Config, run_dir: str, resume: bool, overwrite: bool, job=None) -> bool:
     default = os.path.normpath(run_dir) == rundir.default_run_dir(cfg)
-    resuming = rundir.check_run_dir(run_dir, resume, overwrite, default)
+    resuming = rundir.check_run_dir(run_dir, resume, overwrite, default, job)
     if resuming:
         changed = rundir.incompatible(records.read_config(run_dir), cfg)
         if changed:
@@ -139,11 +141,12 @@ def _check_batch(batch_size: int, num_replicas: int) -> None:
         )
 
 
-def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False) -> Prepared:
+def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False,
+                   job: str | None = None) -> Prepared:  # fmt: skip
     """:func:`prepare` for one run of a sweep (:func:`.rundir.member_mode`): resumed with a
     checkpoint, started over if killed in its first epoch, else new."""
     resume, replace = rundir.member_mode(run_dir, overwrite)
-    return prepare(cfg, run_dir, resume=resume, overwrite=replace)
+    return prepare(cfg, run_dir, resume=resume, overwrite=replace, job=job)
 
 
 def _check_fits(state: dict, path: str, cfg: Config, num_classes: int) -> None:
@@ -369,17 +372,38 @@ def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: 
     _feed(loop, prepared)
     if log and start == 0 and skip == 0:
         log(_intro(loop, prepared))
-    for epoch in range(start, cfg.epochs):
-        resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
-        train = train_one_epoch(loop, epoch, *resumed)
-        val = evaluate(loop.net, loop.val_loader, device, loop.ks, *loop.per_class)
-        test = evaluate(loop.net, loop.test_loader, device, loop.ks, *loop.per_class)
-        _end_epoch(loop, _record(epoch, train, val, test), log)
+    try:
+        _epochs(loop, start, skip, partial, rng, log)
+    except Exception as err:  # a failure, not a preemption or an interrupt: recorded
+        if writer:
+            records.write_failure(prepared.run_dir, err)
+        raise
     summary = run_summary(cfg, loop.history, loop.best, prepared.noisy.effective_rate)
     summary["train_images"] = len(prepared.data.train)
     if writer:
         records.write_results(prepared.run_dir, summary)
+        records.clear_failure(prepared.run_dir)
     return summary
+
+
+def _epochs(loop: Loop, start: int, skip: int, partial, rng, log) -> None:
+    """Train, evaluate and record the epochs from ``start`` (after ``skip`` of its batches)."""
+    for epoch in range(start, loop.cfg.epochs):
+        resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
+        train = train_one_epoch(loop, epoch, *resumed)
+        val = evaluate(loop.net, loop.val_loader, loop.device, loop.ks, *loop.per_class)
+        test = evaluate(loop.net, loop.test_loader, loop.device, loop.ks, *loop.per_class)
+        _end_epoch(loop, _record(epoch, train, val, test), log)
+
+
+def fit_claimed(prepared: Prepared, log=None, position: int = 0, user: str = "sweep",
+                job: str | None = None) -> dict:  # fmt: skip
+    """:func:`fit` holding the run directory's claim (:func:`.rundir.run_locked`: a trainer
+    elsewhere, even on another node, is refused; ``job``: the cluster job, whose own stale claim
+    a requeued incarnation takes over); :class:`.claims.Busy` if another one holds it."""
+    resume = prepared.resume_from is not None
+    with rundir.run_locked(prepared.run_dir, resume, prepared.overwrite, user, job):
+        return fit(prepared, log=log, position=position)
 
 
 def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) -> None:
