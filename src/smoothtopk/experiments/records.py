@@ -27,6 +27,7 @@ import io
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -69,8 +70,6 @@ def write_results(run_dir: str, summary: dict) -> None:
 
 def write_failure(run_dir: str, error: BaseException) -> None:
     """``failed.json``: the error that ended the training of the run, where and when."""
-    import socket
-
     atomic_write_json(path(run_dir, FAILED), {
         "error": f"{type(error).__name__}: {error}".splitlines()[0],
         "host": socket.gethostname(), "pid": os.getpid(),

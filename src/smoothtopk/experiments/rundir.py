@@ -248,7 +248,7 @@ def _try_lock(fd: int, mode: int, directory: str, user: str = "sweep") -> None:
 
 
 def check_unlocked(directory: str, user: str = "sweep") -> None:
-    """Busy if a running ``user`` (sweep, train) holds ``directory``'s lock; writes nothing."""
+    """Busy if a running sweep holds ``directory``'s ``flock``; writes nothing."""
     path = os.path.join(directory, LOCK)
     if fcntl is None or not os.path.isfile(path):
         return
