@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[experiments,dev]"
+	$(PY) -m pip install -e ".[experiments,cluster,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -70,7 +70,10 @@ def test_existing_run_directory_is_not_touched(tmp_path, capsys):
     (out / "metrics.csv").write_text("precious\n")
     before = sorted(os.listdir(out))
     code, _, err = run_cli(capsys, "train", "--out", str(out), "--epochs", "1")
-    assert_one_line_error(code, err, "already exists; pass --resume")
+    # no checkpoint: --resume would be refused, so the ways out are the other two
+    assert_one_line_error(code, err, "holds an unfinished run; pass --overwrite to start it over, "
+                          "or --out DIR for a new run directory")  # fmt: skip
+    assert "--resume" not in err
     assert sorted(os.listdir(out)) == before
     assert (out / "metrics.csv").read_text() == "precious\n"
 

@@ -105,12 +105,24 @@ def help_text(capsys, command: str) -> str:
      ("train", "--augment, --no-augment training augmentation (random crop and flip) "
                "(default: True)"),
      ("train", "in a collective before the job fails (default: 600)"),
-     ("sweep", "--jobs N worker processes (1: one run after another) (default: 1)"),
+     ("sweep", "--jobs N worker processes of --launcher local (1: one run after another) "
+               "(default: 1)"),
+     ("sweep", "--launcher {local,submitit} local: worker processes here; submitit: jobs "
+               "through submitit (the cluster extra: pip install \"smoothtopk[cluster]\") "
+               "(default: local)"),
      ("sweep", "--out DIR directory of the sweep's runs and report (default: runs/sweep)"),
      ("demo", "--out DIR directory of the demo's runs and report (default: runs/demo)")],
 )  # fmt: skip
 def test_help_shows_defaults(capsys, command, expected):
     assert expected in help_text(capsys, command)
+
+
+def test_a_cluster_sweep_without_submitit_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if it were not installed
+    out = tmp_path / "sweep"
+    line = one_line_error(capsys, ["sweep", "--launcher", "submitit", "--out", str(out)])
+    assert line.endswith('--launcher submitit needs submitit: pip install "smoothtopk[cluster]"')
+    assert not out.exists()
 
 
 def test_help_does_not_invent_a_default(capsys):

@@ -1,17 +1,37 @@
 """The command line's contract on bad input, case by case: one line ``smoothtopk: error: ...``
 on stderr, exit status 2, and nothing written (every file of the tree keeps its bytes)."""
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from smoothtopk.experiments import rundir
 from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.train import fit, prepare
 
 FAST = {"epochs": 1, "subset": "1000", "val_size": 200, "progress": False, "device": "cpu"}
+
+
+@contextlib.contextmanager
+def holding(run_dir, user="train"):
+    """Another process that holds ``run_dir``'s claim until the block ends (then killed)."""
+    code = ("import sys, time; from smoothtopk.experiments import claims\n"
+            f"with claims.claimed(sys.argv[1], {user!r}):\n"
+            "    print('held', flush=True); time.sleep(120)")  # fmt: skip
+    other = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "held"
+        yield other
+    finally:
+        other.kill()
+        other.wait()
 
 
 def snapshot(root) -> dict:
@@ -316,11 +336,13 @@ def test_the_limits_themselves_are_accepted(values):
 
 
 def test_a_second_train_into_a_running_trains_directory_is_refused(tmp_path, capsys):
-    from smoothtopk.experiments import rundir
-
     out = tmp_path / "run"
-    with rundir.locked(str(out), "train"):  # the first train, running
-        refuse(capsys, ["train", "--out", str(out), *SMALL], tmp_path, "in use by another train")
+    out.mkdir()
+    with holding(out) as first:  # the first train, running in another process
+        line = refuse(
+            capsys, ["train", "--out", str(out), *SMALL], tmp_path, "is in use by a train"
+        )
+        assert f"process {first.pid} on " in line
 
 
 def test_a_train_that_finished_during_the_checks_is_not_overwritten(tmp_path, capsys,
@@ -344,6 +366,59 @@ def test_a_train_that_finished_during_the_checks_is_not_overwritten(tmp_path, ca
     assert exc.value.code == 2 and len(lines) == 1 and "already exists" in lines[0], lines
     assert sorted(os.listdir(out)) == ["config.yaml", "results.json"]  # no lock file left
     assert (out / "results.json").read_text() == "{}"
+
+
+# -- every reason at once ---------------------------------------------------------------------
+
+
+def test_bad_values_of_the_command_line_are_reported_together(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "run"), "--epochs", "one", "--tau", "x", "--los", "ce"]
+    line = refuse(capsys, argv, tmp_path, "3 problems: ")
+    for reason in ("(1) argument --epochs: invalid int value: 'one'",
+                   "(2) argument --tau: invalid float value: 'x'",
+                   "(3) unrecognized arguments: --los ce"):  # fmt: skip
+        assert reason in line
+
+
+def test_bad_options_and_a_used_out_are_reported_together(tmp_path, capsys, finished_run):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    argv = ["train", "--out", str(out), "--tau", "0", "--noise", "2", "--epochs", "0"]
+    line = refuse(capsys, argv, tmp_path, "4 problems: ")
+    for reason in ("epochs must be >= 1, got 0", "tau must be > 0, got 0.0",
+                   "noise level must be in [0, 1], got 2.0",
+                   f"run directory {out} already exists and holds a finished run"):  # fmt: skip
+        assert reason in line
+
+
+def test_a_sweep_reports_every_bad_run_at_once(tmp_path, capsys):
+    argv = ["sweep", "--out", str(tmp_path / "s"), "--loss", "smooth-svm,ce", "--tau", "1e-320,1,0",
+            "--epochs", "0"]  # fmt: skip
+    line = refuse(capsys, argv, tmp_path, "3 problems: ")  # each reason once, not once per run
+    for reason in ("epochs must be >= 1, got 0", "tau must be >= 2.225e-308", "got 1e-320",
+                   "tau must be > 0, got 0.0"):  # fmt: skip
+        assert reason in line
+
+
+def test_an_existing_default_directory_says_what_to_do(tmp_path, capsys, finished_run,
+                                                       monkeypatch):  # fmt: skip
+    """``--device cuda`` (or any option that may change on resume) names the same default
+    directory as the run that is there: the refusal says so and lists every way out."""
+    monkeypatch.chdir(tmp_path)
+    options = {"epochs": 1, "subset": "1000", "val_size": 200, "device": "cuda"}
+    shutil.copytree(finished_run, rundir.default_run_dir(resolve(None, None, options)))
+    argv = ["train", "--epochs", "1", "--subset", "1000", "--val-size", "200", "--device", "cuda"]
+    line = refuse(
+        capsys,
+        argv,
+        tmp_path,
+        "already exists and holds a finished run (the default "
+        "--out of these options: --device, --epochs and the other options that may "
+        "change on resume do not change it); pass --resume to continue it with more "
+        "--epochs, --overwrite to start it over, or --out DIR for a new run directory",
+    )
+    if not torch.cuda.is_available():  # the other reason, in the same line
+        assert line.startswith("smoothtopk: error: 2 problems: (1) ") and "(2) device cuda" in line
 
 
 # -- reports ------------------------------------------------------------------------------------

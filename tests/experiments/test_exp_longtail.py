@@ -25,7 +25,7 @@ from smoothtopk.experiments.datasets.common import (
 )
 from smoothtopk.experiments.models import build_model
 from smoothtopk.experiments.records import write_metrics
-from smoothtopk.experiments.report import write_report
+from smoothtopk.experiments.report.write import write_report
 from smoothtopk.experiments.rundir import run_name
 from smoothtopk.experiments.train import fit, prepare
 

@@ -7,7 +7,7 @@ import yaml
 
 from smoothtopk.experiments.config import Config
 from smoothtopk.experiments.records import write_metrics
-from smoothtopk.experiments.report import write_report
+from smoothtopk.experiments.report.write import write_report
 
 
 def fake_run(root, loss, noise, seed=0, top5=(0.5, 0.7, 0.6), epochs=3, subset="all"):

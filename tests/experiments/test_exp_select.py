@@ -15,7 +15,9 @@ from smoothtopk.experiments.cli import main
 from smoothtopk.experiments.config import Config, resolve
 from smoothtopk.experiments.datasets import build_data, embedded
 from smoothtopk.experiments.records import write_metrics
-from smoothtopk.experiments.report import load_run, select_runs, write_report
+from smoothtopk.experiments.report.load import load_run
+from smoothtopk.experiments.report.selection import select_runs
+from smoothtopk.experiments.report.write import write_report
 from smoothtopk.experiments.train import prepare
 
 TINY = ["--epochs", "1", "--milestones", "--val-size", "100", "--batch-size", "50",

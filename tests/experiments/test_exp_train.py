@@ -11,7 +11,8 @@ import torch
 from smoothtopk.experiments.checkpoint import load_checkpoint
 from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.datasets import embedded
-from smoothtopk.experiments.rundir import resume_config, saved_config
+from smoothtopk.experiments.records import read_config
+from smoothtopk.experiments.rundir import resume_config
 from smoothtopk.experiments.train import fit, prepare
 
 # a balanced 10-per-class subset of the training split keeps the test fast
@@ -21,7 +22,7 @@ FAST = {"epochs": 2, "milestones": [1], "subset": "1000", "val_size": 200, "prog
 def _train(run_dir, resume=False, **options):
     cfg = resolve("demo", None, {**FAST, **options})
     if resume and os.path.isdir(run_dir):
-        cfg = resume_config(saved_config(run_dir), {"epochs": options.get("epochs", 2)})
+        cfg = resume_config(read_config(run_dir), {"epochs": options.get("epochs", 2)})
     return fit(prepare(cfg, str(run_dir), resume=resume))
 
 
@@ -78,7 +79,7 @@ def test_end_to_end_files_and_metrics(smooth_run):
     assert env["torch_threads"] == torch.get_num_threads()
     assert env["python"] == platform.python_version() and env["arch"] == platform.machine()
     assert env["cpu_model"] and env["cpu_model"] != "unknown"
-    cfg = saved_config(str(run_dir))
+    cfg = read_config(str(run_dir))
     assert cfg.loss == "smooth-svm" and cfg.noise == 0.4 and cfg.k == 5
 
 
@@ -121,4 +122,4 @@ def test_resume_continues_where_it_stopped(tmp_path, smooth_run):
 def test_resume_refuses_to_change_the_experiment(smooth_run):
     run_dir, _ = smooth_run
     with pytest.raises(ValueError, match="noise"):
-        resume_config(saved_config(str(run_dir)), {"noise": 0.2})
+        resume_config(read_config(str(run_dir)), {"noise": 0.2})

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+from functools import partial
 
 from . import config as config_mod
 
@@ -19,6 +20,7 @@ PROG = "smoothtopk"
 #: the modules of the ``experiments`` extra -> the distribution that installs them
 EXTRA = {"yaml": "pyyaml", "tqdm": "tqdm", "torchvision": "torchvision", "matplotlib": "matplotlib"}
 INSTALL_EXTRA = 'pip install "smoothtopk[experiments]"'
+_CLUSTER_EXTRA = 'pip install "smoothtopk[cluster]"'
 
 
 class _Help(argparse.HelpFormatter):
@@ -35,16 +37,38 @@ class _Help(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2; no
-    abbreviated options (``--los`` is an error, not ``--loss``); defaults in ``--help``."""
+    """argparse whose errors are one line: ``smoothtopk: error: ...``, exit status 2, with
+    every bad value of the command line at once (not only the first); no abbreviated options
+    (``--los`` is an error, not ``--loss``); defaults in ``--help``."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
+        self._bad: list[str] = []  #: the bad values of this parse, reported at its end
 
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message}\n")
+    def _get_values(self, action, arg_strings):
+        """The converted values of one option; a bad one is noted and parsing goes on (a bad
+        command or positional argument ends it: what follows depends on it)."""
+        try:
+            return super()._get_values(action, arg_strings)
+        except argparse.ArgumentError as err:
+            if not action.option_strings:
+                raise
+            self._bad.append(str(err))
+            return None
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._bad = []
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self._bad:  # unknown options too, as the parent parser would report them
+            self.error(f"unrecognized arguments: {' '.join(extras)}" if extras else None)
+        return namespace, extras
+
+    def error(self, message: str | None):
+        reasons = self._bad + ([message] if message else [])
+        self._bad = []
+        self.exit(2, f"{PROG}: error: {config_mod.Problems(reasons)}\n")
 
 
 def _shown(value) -> str:
@@ -185,8 +209,35 @@ def _add_sweep(sub) -> None:
                        help="directory of the sweep's runs and report")  # fmt: skip
     sweep.add_argument("--overwrite", action="store_true", help="replace the whole sweep in --out")
     sweep.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="worker processes (1: one run after another)")  # fmt: skip
+                       help="worker processes of --launcher local (1: one run after "
+                       "another)")  # fmt: skip
+    _add_launcher_options(sweep)
     _add_config_options(sweep, lists=config_mod.SWEPT)
+
+
+def _add_launcher_options(sweep) -> None:
+    group = sweep.add_argument_group(
+        "cluster (--launcher submitit: each run one task of a SLURM job array; see "
+        "docs/experiments.md)"
+    )
+    group.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                       help="local: worker processes here; submitit: jobs through submitit "
+                       f"(the cluster extra: {_CLUSTER_EXTRA})")  # fmt: skip
+    group.add_argument("--submitit-cluster", choices=("auto", "slurm", "local", "debug"),
+                       default="auto", help="submitit's executor (auto: slurm where sbatch is "
+                       "found, else local processes)")  # fmt: skip
+    group.add_argument("--slurm-partition", metavar="NAME", help="the partition of the jobs")
+    group.add_argument("--slurm-gpus-per-node", type=int, metavar="N", help="GPUs per task")
+    group.add_argument("--slurm-time", metavar="TIME", help="time limit of each task: MM, "
+                       "HH:MM:SS or D-HH:MM:SS (required on SLURM); a task that reaches it is "
+                       "requeued and resumes")  # fmt: skip
+    group.add_argument("--slurm-array-parallelism", type=int, metavar="N",
+                       help="at most N tasks of the array at a time")  # fmt: skip
+    group.add_argument("--slurm-param", action="append", metavar="KEY=VALUE",
+                       help="another slurm_* parameter of submitit, e.g. account=proj, "
+                       "qos=high, mem=64G, cpus_per_task=8 (repeatable)")  # fmt: skip
+    group.add_argument("--wait", action="store_true",
+                       help="wait for the jobs to end, then write the report")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +262,7 @@ def _train_config(args):
     """The config and run directory of ``train``: defaults < preset < file < command line, or,
     with --resume of an existing run, its saved config with the options that may change; and
     whether the loss was chosen (by the command line, the file or the resumed run)."""
-    from . import rundir
+    from . import records, rundir
 
     given = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS and k != "preset"}
     yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
@@ -221,22 +272,56 @@ def _train_config(args):
     chosen = "loss" in given or "loss" in yaml_values
     if args.resume and rundir.is_run_dir(run_dir):
         explicit = {**yaml_values, **given, "preset": preset}
-        cfg = rundir.resume_config(rundir.saved_config(run_dir), explicit)
+        cfg = rundir.resume_config(records.read_config(run_dir), explicit)
         chosen = True
     return cfg, run_dir, chosen
 
 
-def _train(args, parser) -> int:
+def _prepare_train(args, parser):
+    """The config, run directory, whether the loss was chosen, and the prepared run; else
+    every reason the run cannot start, one line, exit 2 (options refused: also the
+    ``--out`` and ``--device`` checks that need no valid config, :func:`_start_reasons`)."""
     from . import distributed
-    from .train import fit, prepare
+    from .train import prepare
 
+    cfg = None
     try:
         cfg, run_dir, chosen = _train_config(args)
         distributed.init(cfg.device, cfg.dist_timeout)  # under torchrun: join the group
         prepared = prepare(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     except (ValueError, TypeError, OSError) as err:
         distributed.finish()
-        parser.error(str(err).splitlines()[0] if str(err) else repr(err))
+        reasons = config_mod.reasons_of(err) if isinstance(err, ValueError) else [repr(err)]
+        if cfg is None and isinstance(err, ValueError):
+            reasons += _start_reasons(args)
+        parser.error(str(config_mod.Problems(reasons)))
+    return cfg, run_dir, chosen, prepared
+
+
+def _start_reasons(args) -> list[str]:
+    """Why ``--out`` and ``--device`` refuse the run, without a config (whose options were
+    refused): :func:`.rundir.check_run_dir` and :func:`.train.pick_device`."""
+    from . import distributed, rundir
+    from .train import pick_device
+
+    checks = []
+    if args.out is not None:
+        checks.append(lambda: rundir.check_run_dir(args.out, args.resume, args.overwrite))
+    device = getattr(args, "device", "auto")
+    if config_mod.device_ok(device) and not distributed.launched():
+        checks.append(lambda: pick_device(device))
+    try:
+        config_mod.check_all(*checks)
+    except config_mod.Problems as err:
+        return err.reasons
+    return []
+
+
+def _train(args, parser) -> int:
+    from . import distributed
+    from .train import fit
+
+    cfg, run_dir, chosen, prepared = _prepare_train(args, parser)
     try:
         distributed.barrier()  # every process has checked the run directory before rank 0 writes
         with _run_lock(prepared, parser):
@@ -286,7 +371,7 @@ def _run_lock(prepared, parser):
 
 
 def _report(args, parser) -> int:
-    from .report import write_report
+    from .report.write import write_report
     from .rundir import check_writable
 
     try:
@@ -335,51 +420,116 @@ def _demo(args, parser) -> int:
 def _sweep(args, parser) -> int:
     from . import sweep
 
+    swept = [n for n in sweep.SWEPT if hasattr(args, n)]
     try:
-        axes = {n: sweep.parse_list(n, getattr(args, n)) for n in sweep.SWEPT if hasattr(args, n)}
-        yaml_values = config_mod.load_yaml(args.config) if args.config is not None else {}
-        grid = sweep.parse_grid(args.grid) if args.grid else None
+        *lists, yaml_values, grid, launch = config_mod.check_all(
+            *(partial(sweep.parse_list, n, getattr(args, n)) for n in swept),
+            lambda: config_mod.load_yaml(args.config) if args.config is not None else {},
+            lambda: sweep.parse_grid(args.grid) if args.grid else None,
+            lambda: _launch_of(args),
+        )
     except ValueError as err:
         parser.error(str(err))
+    axes = dict(zip(swept, lists, strict=True))
     fixed = {k: v for k, v in vars(args).items() if k in config_mod.FIELDS}
     fixed = {k: v for k, v in fixed.items() if k not in sweep.SWEPT and k != "preset"}
     return _run_sweep(parser, args.preset, yaml_values, axes, fixed, args.out, args.overwrite,
-                      args.jobs, grid)  # fmt: skip
+                      args.jobs, grid, launch)  # fmt: skip
 
 
-def _run_sweep(parser, preset, yaml_values, axes, fixed, out, overwrite, jobs, grid=None) -> int:
-    """Expand, plan (bad input: exit 2, nothing written), train and report a sweep (with the
-    selection table when a grid is given, by the command line, the file or the preset)."""
-    from . import sweep
-    from .rundir import Busy
+#: the --slurm-* options and the parameters of :class:`.cluster.Launch` they set
+_SLURM = {"slurm_partition": "partition", "slurm_gpus_per_node": "gpus_per_node",
+          "slurm_time": "time_min", "slurm_array_parallelism": "array_parallelism",
+          "slurm_param": "extra", "submitit_cluster": "cluster", "wait": "wait"}  # fmt: skip
+
+
+def _launch_of(args):
+    """The :class:`.cluster.Launch` of ``--launcher submitit`` (``None``: local); every bad
+    value of the cluster options at once, before anything is written."""
+    from . import cluster
+
+    given = [k for k in _SLURM if getattr(args, k) not in (None, False, "auto")]
+    if args.launcher == "local":
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ValueError(f"{flags} {'is' if len(given) == 1 else 'are'} for --launcher "
+                             "submitit")  # fmt: skip
+        return None
+    launch = cluster.Launch(cluster=args.submitit_cluster, wait=args.wait)
+    values = config_mod.check_all(
+        lambda: args.slurm_time and cluster.parse_time(args.slurm_time),
+        lambda: cluster.parse_params(args.slurm_param or []),
+        *(
+            _at_least_one(f"--slurm-{k.replace('_', '-')}", getattr(args, f"slurm_{k}"))
+            for k in ("gpus_per_node", "array_parallelism")
+        ),  # fmt: skip
+    )
+    launch.time_min, launch.extra = values[0] or None, values[1]
+    launch.partition, launch.gpus_per_node = args.slurm_partition, args.slurm_gpus_per_node
+    launch.array_parallelism = args.slurm_array_parallelism
+    return launch
+
+
+def _at_least_one(flag: str, value):
+    def check():
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+
+    return check
+
+
+def _run_sweep(parser, preset, yaml_values, axes, fixed, out, overwrite, jobs, grid=None,
+               launch=None) -> int:  # fmt: skip
+    """Expand, plan (bad input: exit 2, nothing written), train (or submit) and report a sweep
+    (with the selection table when a grid is given, by the command line, the file or the
+    preset)."""
+    from . import cluster, sweep
+    from .claims import Busy
 
     if jobs is not None and jobs < 1:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     try:
         has_grid = bool(grid) or "grid" in (yaml_values or {}) or sweep.has_grid(preset)
-        named = sweep.expand_named(preset, yaml_values, axes, fixed, grid)
-        configs, names = [c for c, _ in named], [n for _, n in named]
-        runs = sweep.plan(out, configs, overwrite=overwrite, names=names)
+        _, runs = config_mod.check_all(
+            lambda: launch is None or cluster.check(launch),
+            lambda: _plan_sweep(preset, yaml_values, axes, fixed, grid, out, overwrite),
+        )
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     progress = all(r.cfg.progress for r in runs)
     try:
         result = sweep.run(out, runs, overwrite=overwrite, jobs=jobs, progress=progress, log=_log,
-                           select=True if has_grid else None)  # fmt: skip
+                           select=True if has_grid else None, launch=launch)  # fmt: skip
     except Busy as err:  # another sweep took the directory after this one's check
         parser.error(str(err))
-    print()
-    print(result["table"], end="")
+    _print_sweep(result)
+    return 0
+
+
+def _plan_sweep(preset, yaml_values, axes, fixed, grid, out, overwrite) -> list:
+    from . import sweep
+
+    named = sweep.expand_named(preset, yaml_values, axes, fixed, grid)
+    configs, names = [c for c, _ in named], [n for _, n in named]
+    return sweep.plan(out, configs, overwrite=overwrite, names=names)
+
+
+def _print_sweep(result: dict) -> None:
+    if result.get("table") is not None:
+        print()
+        print(result["table"], end="")
     if result.get("selection_table"):
         print()
         print(result["selection_table"], end="")
     for path in result["files"].values():
         print(f"wrote {path}")
-    print(
-        f"sweep finished in {result['seconds']:.0f} s: {len(result['trained'])} runs trained, "
-        f"{len(result['skipped'])} already complete"
-    )
-    return 0
+    if result.get("note"):
+        print(result["note"])
+    done = (f"{len(result['submitted'])} runs submitted" if "submitted" in result
+            else f"{len(result['trained'])} runs trained")  # fmt: skip
+    ended = "finished" if result.get("table") is not None else "ended"
+    print(f"sweep {ended} in {result['seconds']:.0f} s: {done}, {len(result['skipped'])} "
+          "already complete")  # fmt: skip
 
 
 def missing_extra() -> list[str]:

@@ -18,7 +18,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import loss_options
@@ -27,6 +27,49 @@ from .loss_options import FLOAT32_MAX
 #: seconds a torchrun process waits for the others (the default of ``--dist-timeout``)
 DIST_TIMEOUT = 600.0
 SEED_LIMIT = 2**63  #: seeds are in [0, SEED_LIMIT): 64-bit generators, room for seed + rank
+
+
+class Problems(ValueError):
+    """Every reason a run cannot start, as one ValueError whose message is one line: the
+    reason, or ``N problems: (1) first; (2) second; ...`` (:func:`check_all`)."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = list(dict.fromkeys(reasons))  # each reason once
+        if len(self.reasons) == 1:
+            super().__init__(self.reasons[0])
+            return
+        text = "; ".join(f"({i}) {reason}" for i, reason in enumerate(self.reasons, 1))
+        super().__init__(f"{len(self.reasons)} problems: {text}")
+
+
+def reasons_of(err: ValueError) -> list[str]:
+    """The reasons of a refusal: those of :class:`Problems`, else its message's first line."""
+    if isinstance(err, Problems):
+        return err.reasons
+    return [(str(err) or type(err).__name__).splitlines()[0]]
+
+
+def check_all(*checks: Callable[[], object]) -> list:
+    """Run every check, even after one fails, and raise :class:`Problems` with the reasons of
+    all that raised ValueError; else return their results in order.
+
+    Example:
+        >>> def bad(reason):
+        ...     raise ValueError(reason)
+        >>> check_all(lambda: 1, lambda: bad("lr must be > 0"), lambda: bad("epochs >= 1"))
+        Traceback (most recent call last):
+        ...
+        smoothtopk.experiments.config.Problems: 2 problems: (1) lr must be > 0; (2) epochs >= 1
+    """
+    results, reasons = [], []
+    for check in checks:
+        try:
+            results.append(check())
+        except ValueError as err:
+            reasons += reasons_of(err)
+    if reasons:
+        raise Problems(reasons)
+    return results
 
 
 def option(default=None, help: str = "", factory=None):
@@ -153,6 +196,13 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def long_tailed(self) -> bool:
+        """Whether the run follows the long-tailed protocol (``--imbalance-ratio`` given): the
+        one answer that training (``long_tail.json``, per-third metrics), run names and reports
+        ask."""
+        return self.imbalance_ratio is not None
 
     @property
     def loss_spec(self) -> LossSpec:
@@ -304,9 +354,13 @@ def resolve(
     """Merge defaults, preset, YAML and command line into a validated :class:`Config`."""
     yaml_values = dict(yaml_values or {})
     cli_values = dict(cli_values or {})
-    _check_keys(yaml_values, "the config file")
-    _check_keys(cli_values, "the command line")
-    yaml_values = {k: coerce(k, v) for k, v in yaml_values.items()}
+    check_all(
+        lambda: _check_keys(yaml_values, "the config file"),
+        lambda: _check_keys(cli_values, "the command line"),
+    )
+    yaml_values = dict(
+        zip(yaml_values, check_all(*(_coercing(k, v) for k, v in yaml_values.items())), strict=True)
+    )
     preset = pick_preset(cli_values.pop("preset", None) or preset, yaml_values.pop("preset", None))
     values: dict = {}
     if preset is not None:
@@ -333,52 +387,86 @@ def pick_preset(given: str | None, in_file: str | None) -> str | None:
     return given if given is not None else in_file
 
 
+def _coercing(name: str, value):
+    return lambda: coerce(name, value)
+
+
 def validate(cfg: Config) -> Config:
     """Checks that need no data; fills in the data set's default model. Every value that
     training could not use is refused here (ValueError naming the option), before anything is
-    written."""
-    from .datasets import check_dataset
+    written, and every bad value at once (:class:`Problems`)."""
     from .losses import check_loss
-    from .models import DEFAULT_MODEL, check_model
-    from .noise import GROUPINGS, check_rate
+    from .noise import check_rate
 
-    check_dataset(cfg.dataset)
-    if cfg.model is None:
-        cfg.model = DEFAULT_MODEL[cfg.dataset]
-    check_model(cfg.model)
-    check_loss(cfg.loss)
-    check_rate(cfg.noise)
-    if cfg.noise_groups not in GROUPINGS:
-        raise ValueError(
-            f"unknown noise grouping {cfg.noise_groups!r}; choose from {', '.join(GROUPINGS)}"
-        )
-    if cfg.noise_groups == "superclass" and cfg.dataset not in ("cifar100", "embedded"):
-        raise ValueError(f"dataset {cfg.dataset!r} has no superclasses; use consecutive groups")
-    _check_counts(cfg)
-    _check_reals(cfg)
-    cfg.loss_spec.build()  # the loss's own checks
-    _check_schedule(cfg)
-    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.device):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    check_all(
+        lambda: _check_names(cfg),
+        lambda: check_loss(cfg.loss),
+        lambda: check_rate(cfg.noise),
+        *_count_checks(cfg),
+        *_real_checks(cfg),
+        *_schedule_checks(cfg),
+        lambda: _check_device(cfg.device),
+    )
+    cfg.loss_spec.build()  # the loss's own checks, once its name and options passed
     return cfg
 
 
-def _check_counts(cfg: Config) -> None:
-    """The integer options: sizes >= 1, counts >= 0, seeds in [0, 2**63)."""
+def _check_names(cfg: Config) -> None:
+    """The data set, its noise grouping and the model (the data set's default when not given)."""
+    from .datasets import DATASETS, check_dataset
+    from .models import DEFAULT_MODEL, check_model
+    from .noise import GROUPINGS
+
+    if cfg.model is None and cfg.dataset in DATASETS:
+        cfg.model = DEFAULT_MODEL[cfg.dataset]
+    check_all(
+        lambda: check_dataset(cfg.dataset),
+        lambda: cfg.model is None or check_model(cfg.model),
+        lambda: _check_grouping(cfg, GROUPINGS, known=cfg.dataset in DATASETS),
+    )
+
+
+def _check_grouping(cfg: Config, groupings, known: bool) -> None:
+    if cfg.noise_groups not in groupings:
+        raise ValueError(
+            f"unknown noise grouping {cfg.noise_groups!r}; choose from {', '.join(groupings)}"
+        )
+    if known and cfg.noise_groups == "superclass" and cfg.dataset not in ("cifar100", "embedded"):
+        raise ValueError(f"dataset {cfg.dataset!r} has no superclasses; use consecutive groups")
+
+
+def device_ok(device: str) -> bool:
+    """Whether ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (not whether it exists)."""
+    return re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device) is not None
+
+
+def _check_device(device: str) -> None:
+    if not device_ok(device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def _at_least(name: str, value, least: int) -> Callable[[], None]:
+    def check():
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+
+    return check
+
+
+def _count_checks(cfg: Config) -> list[Callable[[], object]]:
+    """The integer options: sizes >= 1, counts >= 0, seeds in [0, 2**63); the imbalance ratio."""
     positive = ("epochs", "batch_size", "eval_batch_size", "group_size", "image_size",
-                "val_per_class")  # fmt: skip
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    check_imbalance_ratio(cfg.imbalance_ratio)
-    if cfg.val_size is not None and cfg.val_size < 1:
-        raise ValueError(f"val_size must be >= 1, got {cfg.val_size}")
-    if cfg.checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}")
-    if cfg.workers < 0:
-        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
-    for name in ("seed", "data_seed", "noise_seed"):
-        check_seed(name, getattr(cfg, name))
+                "val_per_class", "val_size")  # fmt: skip
+    checks = [_at_least(name, getattr(cfg, name), 1) for name in positive]
+    checks += [_at_least(name, getattr(cfg, name), 0) for name in ("checkpoint_every", "workers")]
+    checks.append(lambda: check_imbalance_ratio(cfg.imbalance_ratio))
+    return checks + [
+        _seed(name, getattr(cfg, name)) for name in ("seed", "data_seed", "noise_seed")
+    ]
+
+
+def _seed(name: str, value: int) -> Callable[[], int]:
+    return lambda: check_seed(name, value)
 
 
 def check_seed(name: str, value: int) -> int:
@@ -389,32 +477,54 @@ def check_seed(name: str, value: int) -> int:
     return value
 
 
-def _check_reals(cfg: Config) -> None:
+def _real_checks(cfg: Config) -> list[Callable[[], None]]:
     """The real options: finite, in their range, and usable in float32 training; the loss
-    options by their checks in :data:`.loss_options.OPTIONS`."""
-    for name in ("lr", "dist_timeout"):
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be > 0, got {value}")
-    for name in ("weight_decay", "momentum", "gamma"):
-        value = getattr(cfg, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be >= 0, got {value}")
-        if name != "gamma" and value > FLOAT32_MAX:
+    options by their checks in :data:`.loss_options.OPTIONS` (each bad one a reason)."""
+    checks = [_real(name, getattr(cfg, name), positive=True) for name in ("lr", "dist_timeout")]
+    checks += [_real(name, getattr(cfg, name)) for name in ("weight_decay", "momentum", "gamma")]
+    return checks + [_reason(r) for r in loss_options.reasons(cfg.loss_spec.options)]
+
+
+def _real(name: str, value: float, positive: bool = False) -> Callable[[], None]:
+    def check():
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ValueError(f"{name} must be {'>' if positive else '>='} 0, got {value}")
+        if name in ("weight_decay", "momentum") and value > FLOAT32_MAX:
             raise ValueError(
                 f"{name} must be at most {FLOAT32_MAX:.4g} (training computes in float32), "
                 f"got {value:g}"
             )
-    loss_options.check(cfg.loss_spec.options)
+
+    return check
 
 
-def _check_schedule(cfg: Config) -> None:
+def _reason(text: str) -> Callable[[], None]:
+    def check():
+        raise ValueError(text)
+
+    return check
+
+
+def _schedule_checks(cfg: Config) -> list[Callable[[], None]]:
     """Momentum for Nesterov, increasing milestones, and a learning rate that stays a float32
     at every epoch (lr, times gamma at each milestone)."""
+    return [lambda: _check_nesterov(cfg), lambda: _check_milestones(cfg.milestones),
+            lambda: _check_lr_range(cfg)]  # fmt: skip
+
+
+def _check_nesterov(cfg: Config) -> None:
     if cfg.nesterov and cfg.momentum == 0:
         raise ValueError("Nesterov momentum needs momentum > 0")
-    if sorted(cfg.milestones) != list(cfg.milestones) or any(m < 1 for m in cfg.milestones):
-        raise ValueError(f"milestones must be increasing epochs >= 1, got {cfg.milestones}")
+
+
+def _check_milestones(milestones: list[int]) -> None:
+    if sorted(milestones) != list(milestones) or any(m < 1 for m in milestones):
+        raise ValueError(f"milestones must be increasing epochs >= 1, got {milestones}")
+
+
+def _check_lr_range(cfg: Config) -> None:
+    if not (math.isfinite(cfg.lr) and math.isfinite(cfg.gamma)):
+        return  # refused by their own checks
     rate, where = cfg.lr, "lr"
     for milestone in [m for m in cfg.milestones if m < cfg.epochs]:
         if rate > FLOAT32_MAX:

@@ -6,8 +6,8 @@ select it.
 Everything else is derived from it: the loss fields of :class:`.config.Config` (and so their
 command-line options, YAML keys and ``--help``), :class:`.config.LossSpec`, the run names
 (:func:`.losses.loss_slug`), the sweep's hyper-parameter axes (:data:`.sweep.HYPER`,
-:data:`.config.SWEPT`), the options a grid may select (:data:`.report.SELECTABLE`) and their
-validation (:func:`check`). Adding an option is one :class:`LossOption` here (plus the
+:data:`.config.SWEPT`), the options a grid may select (:data:`.report.selection.SELECTABLE`)
+and their validation (:func:`check`). Adding an option is one :class:`LossOption` here (plus the
 registered loss that takes it, in :mod:`smoothtopk.registry`).
 
 Imports neither torch nor YAML (the command line builds its parser from this table).
@@ -93,16 +93,31 @@ DEFAULTS = {name: o.default for name, o in OPTIONS.items()}
 SELECTABLE = tuple(name for name, o in OPTIONS.items() if o.selectable)
 
 
-def check(values: Mapping) -> dict:
-    """``values`` (option name -> value; ``None`` for an optional one keeps the loss's
-    default) after the checks of :data:`OPTIONS`; ValueError naming the first bad option."""
+def reasons(values: Mapping) -> list[str]:
+    """Why each bad value of ``values`` (option name -> value; ``None`` for an optional one
+    keeps the loss's default) is refused by the checks of :data:`OPTIONS`, in table order.
+
+    Example:
+        >>> reasons({"k": 0, "tau": 1.0, "alpha": -1.0})
+        ['k must be >= 1, got 0', 'alpha must be >= 0, got -1.0']
+    """
+    out = []
     for name, value in values.items():
         option = OPTIONS[name]
         if value is None and option.default is None:
             continue
         reason = option.check(value)
         if reason is not None:
-            raise ValueError(f"{name} {reason}, got {value}")
+            out.append(f"{name} {reason}, got {value}")
+    return out
+
+
+def check(values: Mapping) -> dict:
+    """``values`` after the checks of :data:`OPTIONS`; ValueError naming every bad option
+    (:func:`reasons`, joined by ``; ``)."""
+    bad = reasons(values)
+    if bad:
+        raise ValueError("; ".join(bad))
     return dict(values)
 
 

@@ -1,5 +1,24 @@
-"""What a run writes besides checkpoints: per-epoch metrics (CSV and JSON lines) and the
-environment it ran in."""
+"""Every file a run writes into its directory: the names (one place), and how each is written
+and read. Training decides *what* a file holds; only this module decides where it goes and in
+which format (the checkpoints' contents are :mod:`.checkpoint`'s, their names are here). Every
+write is atomic (:mod:`.checkpoint`'s temporary file, fsync, ``os.replace``).
+
+=====================  ===================================================================
+``config.yaml``        the resolved configuration (:func:`write_config`, :func:`read_config`);
+                       it marks a run directory
+``env.json``           the machine and versions (:func:`write_environment`;
+                       ``env-resume-<time>.json`` for each resume)
+``noise.pt``           the noisy labels, flips and groups (:func:`write_noise`)
+``noise.json``         their summary (:func:`read_noise_summary`)
+``long_tail.json``     long-tailed runs: class order, counts, thirds (:func:`write_long_tail`)
+``metrics.csv/jsonl``  one record per epoch (:func:`write_metrics`, :func:`read_metrics`)
+``last.pt``            the last checkpoint; ``best.pt`` the best epoch's (:data:`LAST`,
+                       :data:`BEST`)
+``results.json``       the run's summary (:func:`write_results`); it marks a finished run
+``failed.json``        why the last training of the run failed, until one succeeds
+                       (:func:`write_failure`, :func:`read_failure`)
+=====================  ===================================================================
+"""
 
 from __future__ import annotations
 
@@ -8,13 +27,88 @@ import io
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
 
 import torch
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text
+from .config import Config, from_saved, load_yaml, to_yaml
+
+CONFIG = "config.yaml"  #: marks a run directory
+RESULTS = "results.json"  #: marks a finished run
+LAST = "last.pt"  #: the checkpoint ``--resume`` continues from
+BEST = "best.pt"  #: the checkpoint of the best validation top-5 epoch
+ENV = "env.json"
+ENV_RESUME = "env-resume-"  #: prefix of the environment record of each resume
+NOISE = "noise.pt"
+NOISE_SUMMARY = "noise.json"
+LONG_TAIL = "long_tail.json"
+METRICS_CSV, METRICS_JSONL = "metrics.csv", "metrics.jsonl"
+FAILED = "failed.json"
+
+
+def path(run_dir: str, name: str) -> str:
+    """The path of the run file ``name`` (one of this module's names) in ``run_dir``."""
+    return os.path.join(run_dir, name)
+
+
+def write_config(run_dir: str, cfg: Config) -> None:
+    atomic_write_text(path(run_dir, CONFIG), to_yaml(cfg))
+
+
+def read_config(run_dir: str) -> Config:
+    """The saved config of a run (ValueError naming the file when it cannot be read)."""
+    return from_saved(load_yaml(path(run_dir, CONFIG)))
+
+
+def write_results(run_dir: str, summary: dict) -> None:
+    atomic_write_json(path(run_dir, RESULTS), summary)
+
+
+def write_failure(run_dir: str, error: BaseException) -> None:
+    """``failed.json``: the error that ended the training of the run, where and when."""
+    atomic_write_json(path(run_dir, FAILED), {
+        "error": f"{type(error).__name__}: {error}".splitlines()[0],
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })  # fmt: skip
+
+
+def read_failure(run_dir: str) -> dict | None:
+    """``failed.json`` of a run (``None``: none, or unreadable)."""
+    try:
+        with open(path(run_dir, FAILED)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def clear_failure(run_dir: str) -> None:
+    if os.path.exists(path(run_dir, FAILED)):
+        os.unlink(path(run_dir, FAILED))
+
+
+def write_noise(run_dir: str, labels: dict, summary: dict) -> None:
+    """``noise.pt`` (``labels``: tensors) and ``noise.json`` (``summary``)."""
+    atomic_torch_save(path(run_dir, NOISE), labels)
+    atomic_write_json(path(run_dir, NOISE_SUMMARY), summary)
+
+
+def read_noise_summary(run_dir: str) -> dict | None:
+    """``noise.json`` of a run, or ``None`` when it has none."""
+    file = path(run_dir, NOISE_SUMMARY)
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        return json.load(f)
+
+
+def write_long_tail(run_dir: str, info: dict) -> None:
+    atomic_write_json(path(run_dir, LONG_TAIL), info)
+
 
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_top1", "train_top5", "val_top1", "val_top5",
@@ -33,22 +127,22 @@ def write_metrics(run_dir: str, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow(row)
-    atomic_write_text(os.path.join(run_dir, "metrics.csv"), buffer.getvalue())
+    atomic_write_text(path(run_dir, METRICS_CSV), buffer.getvalue())
     lines = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write_text(os.path.join(run_dir, "metrics.jsonl"), lines)
+    atomic_write_text(path(run_dir, METRICS_JSONL), lines)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
     """The epoch records of ``metrics.jsonl`` (none if it is missing); ValueError naming the
     file and the line when it is not JSON lines or not UTF-8 text."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    file = path(run_dir, METRICS_JSONL)
+    if not os.path.exists(file):
         return []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(file, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start})") from None
+        raise ValueError(f"{file} is not UTF-8 text (byte {err.start})") from None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -56,7 +150,7 @@ def read_metrics(run_dir: str) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {number} is not JSON ({err.msg}): corrupted") from None
+            raise ValueError(f"{file} line {number} is not JSON ({err.msg}): corrupted") from None
     return records
 
 
@@ -138,12 +232,12 @@ def machine_label(info: dict) -> str:
 def read_environments(run_dir: str) -> list[dict]:
     """The environment records of a run: ``env.json``, then each ``env-resume-*.json`` (one per
     resume) in the order written; none for a run that has no record."""
-    names = sorted(n for n in os.listdir(run_dir) if n.startswith("env-resume-"))
+    names = sorted(n for n in os.listdir(run_dir) if n.startswith(ENV_RESUME))
     records = []
-    for name in ["env.json", *names]:
-        path = os.path.join(run_dir, name)
-        if os.path.isfile(path):
-            with open(path) as f:
+    for name in [ENV, *names]:
+        file = path(run_dir, name)
+        if os.path.isfile(file):
+            with open(file) as f:
                 records.append(json.load(f))
     return records
 
@@ -168,3 +262,10 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     return env
+
+
+def write_environment(run_dir: str, device: torch.device, world_size: int, resumed: bool) -> None:
+    """``env.json`` (a new run) or ``env-resume-<time>.json`` (a resumed one): :func:`environment`
+    and the number of processes."""
+    name = f"{ENV_RESUME}{time.time():.0f}.json" if resumed else ENV
+    atomic_write_json(path(run_dir, name), {**environment(device), "world_size": world_size})

@@ -8,14 +8,17 @@ a run may be resumed, and the lock of a sweep. Every command (train, sweep, demo
   a finished run with other settings is refused); the default directory of ``train`` adds the
   data set and :func:`config_hash`, a short hash of every option that changes a result, so two
   runs that differ in any such option never share a default directory.
-* **Markers.** A run directory holds ``config.yaml``; a sweep directory ``sweep.json``.
+* **Markers.** A run directory holds ``config.yaml``, a finished one ``results.json`` (the
+  files of a run are :mod:`.records`'); a sweep directory holds ``sweep.json``.
 * **May-write.** :func:`check_writable` (an output path that cannot be created is refused
   before anything is written), :func:`check_run_dir` (``--resume`` / ``--overwrite``).
 * **Resume compatibility.** Only :data:`RESUMABLE` options may change on resume
   (:func:`incompatible`, :func:`resume_config`); ``--resume`` needs ``last.pt``.
-* **Lock.** A running sweep holds an ``flock`` on ``OUT/.lock`` (:func:`locked`), a running
-  ``train`` on ``RUN_DIR/.lock`` (:func:`run_locked`): a second one into the same directory
-  is refused.
+* **Locks.** Whoever trains a run (``train``, a sweep's worker, a cluster job) holds its
+  claim ``RUN_DIR/.claim`` (:func:`run_locked`, :mod:`.claims`: an exclusive create, which holds
+  across nodes): a second one into the same run directory is refused. A running local sweep
+  also holds an ``flock`` on ``OUT/.lock`` (:func:`locked`): a second sweep on this machine is
+  refused before it plans.
 
 Example::
 
@@ -35,20 +38,19 @@ import json
 import os
 import shutil
 
-from .config import Config, from_saved, load_yaml, validate
+from . import claims
+from .claims import CLAIM, Busy
+from .config import Config, validate
+from .records import CONFIG, LAST, RESULTS
 
 try:
     import fcntl
 except ImportError:  # Windows: no directory locks
     fcntl = None
 
-CONFIG = "config.yaml"  #: marks a run directory
-LAST = "last.pt"
-BEST = "best.pt"
-RESULTS = "results.json"  #: marks a finished run
 SWEEP = "sweep.json"  #: marks a sweep directory
 OLD_DEMO = "demo.json"  #: marked a demo directory before the demo became a sweep preset
-LOCK = ".lock"  #: held by a running sweep (flock)
+LOCK = ".lock"  #: held by a running sweep (flock); in old run directories, by a train
 
 #: options that may differ when a run is resumed (they do not change its results)
 RESUMABLE = ("epochs", "workers", "device", "progress", "eval_batch_size", "checkpoint_every",
@@ -67,7 +69,7 @@ def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
     ``-lr<V>``/``-wd<V>`` for the options in ``extra`` (a sweep whose grid varies them, see
     :data:`NAME_EXTRAS`); ``-lt<R>``: the long-tailed protocol's ``--imbalance-ratio``, absent
     without it."""
-    tail = "" if cfg.imbalance_ratio is None else f"-lt{cfg.imbalance_ratio:g}"
+    tail = f"-lt{cfg.imbalance_ratio:g}" if cfg.long_tailed else ""
     name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}{tail}-seed{cfg.seed}"
     return name + "".join(f"-{NAME_EXTRAS[o]}{getattr(cfg, o):g}" for o in extra)
 
@@ -94,10 +96,6 @@ def is_run_dir(path: str) -> bool:
 
 def is_finished(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RESULTS))
-
-
-def saved_config(run_dir: str) -> Config:
-    return from_saved(load_yaml(os.path.join(run_dir, CONFIG)))
 
 
 def incompatible(saved: Config, cfg: Config) -> list[str]:
@@ -153,24 +151,32 @@ def check_writable(path: str, what: str = "run directory") -> None:
         raise ValueError(f"cannot write {what} {path}: {probe} is read-only or not writable")
 
 
+def _lockish(name: str) -> bool:
+    """A lock or claim file (not part of a run): ``.lock``, ``.claim``, a claim's tomb."""
+    return name == LOCK or name.startswith(CLAIM)
+
+
 def _started(path: str) -> bool:
-    """Whether ``path`` holds anything but a lock file (of a running or an ended ``train``)."""
-    return os.path.isdir(path) and bool(set(os.listdir(path)) - {LOCK})
+    """Whether ``path`` holds anything but lock and claim files."""
+    return os.path.isdir(path) and any(not _lockish(n) for n in os.listdir(path))
 
 
-def check_run_dir(run_dir: str, resume: bool, overwrite: bool) -> bool:
+def check_run_dir(run_dir: str, resume: bool, overwrite: bool, default: bool = False,
+                  job: str | None = None) -> bool:  # fmt: skip
     """Whether ``run_dir`` holds a run to resume; raises ValueError when it may not be used.
 
     ``resume`` needs a run with a checkpoint (``last.pt``): a missing or empty directory, or a
-    run without ``last.pt``, is refused (starting afresh is ``overwrite``'s job)."""
+    run without ``last.pt``, is refused (starting afresh is ``overwrite``'s job). ``default``:
+    ``run_dir`` is the options' :func:`default_run_dir` (the refusal says so). A live claim
+    is refused unless it is this process's or cluster job ``job``'s (:mod:`.claims`)."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     check_writable(run_dir)
-    check_unlocked(run_dir, "train")
-    return _may_use(run_dir, resume, overwrite)
+    claims.check_free(run_dir, job)
+    return _may_use(run_dir, resume, overwrite, default)
 
 
-def _may_use(run_dir: str, resume: bool, overwrite: bool) -> bool:
+def _may_use(run_dir: str, resume: bool, overwrite: bool, default: bool = False) -> bool:
     """:func:`check_run_dir` but the lock (which :func:`run_locked` holds when it asks)."""
     if not _started(run_dir):
         if resume:
@@ -190,10 +196,22 @@ def _may_use(run_dir: str, resume: bool, overwrite: bool) -> bool:
         return True
     if overwrite:
         return False
-    raise ValueError(
-        f"run directory {run_dir} already exists; pass --resume to continue it "
-        "or --overwrite to replace it"
-    )
+    raise ValueError(_exists(run_dir, default))
+
+
+def _exists(run_dir: str, default: bool) -> str:
+    """Why a train may not start in the run directory ``run_dir``, and every way out: resume
+    (with a checkpoint; longer with ``--epochs`` when finished), start over, another ``--out``."""
+    finished = is_finished(run_dir)
+    ways = []
+    if os.path.isfile(os.path.join(run_dir, LAST)):
+        ways.append("--resume to continue it" + " with more --epochs" * finished)
+    ways += ["--overwrite to start it over", "or --out DIR for a new run directory"]
+    why = f"holds {'a finished' if finished else 'an unfinished'} run"
+    if default:
+        why += (" (the default --out of these options: --device, --epochs and the other options "
+                "that may change on resume do not change it)")  # fmt: skip
+    return f"run directory {run_dir} already exists and {why}; pass {', '.join(ways)}"
 
 
 def member_mode(run_dir: str, overwrite: bool) -> tuple[bool, bool]:
@@ -215,11 +233,7 @@ def check_sweep_dir(out: str) -> None:
         raise ValueError(f"{out} exists and is not a sweep directory; choose another --out")
 
 
-# -- the lock of a sweep --------------------------------------------------------------------------
-
-
-class Busy(ValueError):
-    """Another sweep (or train) holds the lock of the directory."""
+# -- the locks ------------------------------------------------------------------------------------
 
 
 def _try_lock(fd: int, mode: int, directory: str, user: str = "sweep") -> None:
@@ -234,7 +248,7 @@ def _try_lock(fd: int, mode: int, directory: str, user: str = "sweep") -> None:
 
 
 def check_unlocked(directory: str, user: str = "sweep") -> None:
-    """Busy if a running ``user`` (sweep, train) holds ``directory``'s lock; writes nothing."""
+    """Busy if a running sweep holds ``directory``'s ``flock``; writes nothing."""
     path = os.path.join(directory, LOCK)
     if fcntl is None or not os.path.isfile(path):
         return
@@ -261,29 +275,31 @@ def locked(directory: str, user: str = "sweep"):
 
 
 @contextlib.contextmanager
-def run_locked(run_dir: str, resume: bool, overwrite: bool):
-    """Hold ``run_dir``'s lock while ``train`` writes it; Busy if another train or sweep holds
-    it. Under the lock the directory is checked again (:func:`check_run_dir`), since another
-    train may have started or finished there after this one's checks; when that check fails,
-    the lock file and directory this call created are removed (nothing is left written)."""
-    lock = os.path.join(run_dir, LOCK)
-    made = [p for p in (run_dir, lock) if not os.path.exists(p)]
+def run_locked(run_dir: str, resume: bool, overwrite: bool, user: str = "train",
+               job: str | None = None):  # fmt: skip
+    """Hold ``run_dir``'s claim (:func:`.claims.claimed`) while training writes it; Busy if
+    another live trainer holds it. Under the claim the directory is checked again
+    (:func:`check_run_dir`), since another trainer may have started or finished there after
+    this one's checks; when that check fails, the directory this call created is removed
+    (nothing is left written)."""
+    made = not os.path.exists(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
     try:
-        with locked(run_dir, "train"):
+        with claims.claimed(run_dir, user, job):
             _may_use(run_dir, resume, overwrite)
-            made = []  # this train owns the directory now
+            made = False  # this trainer owns the directory now
             yield
     finally:
-        for path in reversed(made):  # the lock file, then the directory it was made in
+        if made:
             with contextlib.suppress(OSError):
-                os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+                os.rmdir(run_dir)
 
 
 def clear_directory(directory: str) -> None:
-    """Delete everything in ``directory`` but its lock file (``--overwrite`` of a sweep)."""
+    """Delete everything in ``directory`` but its lock and claim files (``--overwrite``)."""
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
-        if name == LOCK:
+        if _lockish(name):
             continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

@@ -3,18 +3,22 @@ imbalance ratios of the long-tailed protocol) x seeds x loss hyper-parameters, o
 directory per combination, then a report with mean ± std over seeds.
 
 Each run lives in ``OUT/<name>``, the name built from its settings (:func:`.rundir.run_name`).
-Running the same sweep again skips every run whose ``results.json`` exists and continues
-unfinished ones from their last checkpoint, so an interrupted sweep resumes where it stopped. A
+Running the same sweep again skips every run whose ``results.json`` exists, leaves the runs that
+a live trainer holds (:mod:`.claims`) or whose cluster job waits to them, and continues
+unfinished and failed ones from their last checkpoint, so an interrupted sweep resumes where it
+stopped. The runs train in worker processes here or, with ``--launcher submitit``, as the tasks
+of a job array (:mod:`.cluster`). A
 hyper-parameter axis (``k``, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``, ``tau_la``,
 ``max_margin``) multiplies only the losses that use it (:func:`.losses.loss_params`):
 ``--tau 0.1,1`` gives two ``smooth-svm`` runs per setting but one ``ce`` run.
 
 A *grid* (``--grid 'smooth-svm:tau=0.1,1,10;lr=0.03,0.1'``, or ``grid:`` in the YAML file)
-gives each loss its own small set of options to choose from (:data:`.report.SELECTABLE`:
+gives each loss its own small set of options to choose from
+(:data:`.report.selection.SELECTABLE`:
 ``lr`` and ``weight_decay`` for every loss, ``tau``, ``alpha``, ``epsilon``, ``label_smoothing``,
 ``tau_la``, ``max_margin`` where the loss uses them); the report then selects, per loss, noise
 level (or subset) and seed, the configuration with the best clean validation top-5
-(:func:`.report.select_runs`).
+(:func:`.report.selection.select_runs`).
 
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
@@ -28,12 +32,25 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-from . import loss_options, rundir
+from . import claims, cluster, loss_options, records, rundir
 from .checkpoint import atomic_write_json
-from .config import FIELDS, PRESETS, SWEPT, Config, coerce, pick_preset, resolve
+from .config import (
+    FIELDS,
+    PRESETS,
+    SWEPT,
+    Config,
+    Problems,
+    check_all,
+    coerce,
+    pick_preset,
+    reasons_of,
+    resolve,
+)
 from .losses import LOSSES, check_loss, loss_params
-from .report import SELECTABLE, write_report
+from .report.selection import grid_options
+from .report.write import write_report
 from .train import Prepared, prepare_member
 from .workers import train_all
 
@@ -124,12 +141,6 @@ def parse_list(name: str, text: str) -> list:
 def has_grid(preset: str | None) -> bool:
     """Whether ``preset`` is a sweep preset with a per-loss grid (then the report selects)."""
     return bool(SWEEP_PRESETS.get(preset or "", {}).get("grid"))
-
-
-def grid_options(loss: str) -> tuple[str, ...]:
-    """The options a ``--grid`` may give ``loss``: ``lr``, ``weight_decay`` and those of
-    :data:`.report.SELECTABLE` the loss uses (not ``k``, which defines the loss)."""
-    return ("lr", "weight_decay") + tuple(p for p in loss_params(loss) if p in SELECTABLE)
 
 
 def _check_grid_option(loss: str, name: str) -> None:
@@ -263,22 +274,19 @@ def expand_named(
             raise ValueError(f"the list of values of {name} is empty")
     for loss in axes.get("loss", []):
         check_loss(loss)
-    base = resolve(preset, yaml_values, fixed)
-    given = {**(yaml_grid or {}), **(grid or {})}
-    default = list(given) if given and "loss" not in yaml_values else [base.loss]
-    losses = axes.get("loss", default)
+    losses = _losses(preset, yaml_values, axes, fixed, {**(yaml_grid or {}), **(grid or {})})
     grid = _grid_of(losses, preset_grid, yaml_grid, grid, axes, fixed)
-    named = []
+    named, reasons = [], []
     for loss in losses:
-        own = grid.get(loss, {})
-        names = list(DATA_AXES) + [h for h in HYPER if h in loss_params(loss)]
-        names = [n for n in names if n in axes]
-        values = [axes[n] for n in names] + list(own.values())
-        extra = tuple(o for o in rundir.NAME_EXTRAS if o in own)
-        for combo in itertools.product(*values):
-            cli = {**fixed, "loss": loss, **dict(zip(names + list(own), combo, strict=True))}
-            cfg = resolve(preset, yaml_values, cli)
+        for cli, extra in _runs_of(loss, axes, grid.get(loss, {}), fixed):
+            try:
+                cfg = resolve(preset, yaml_values, cli)
+            except ValueError as err:  # every bad run of the sweep is reported at once
+                reasons += reasons_of(err)
+                continue
             named.append((cfg, rundir.run_name(cfg, extra)))
+    if reasons:
+        raise Problems(reasons)
     seen: set[str] = set()
     for _, name in named:
         if name in seen:
@@ -287,42 +295,108 @@ def expand_named(
     return named
 
 
-STATUS_VERB = {"complete": "skip  ", "resume": "resume", "new": "train "}
+def _losses(preset, yaml_values: dict, axes: dict, fixed: dict, given: dict) -> list[str]:
+    """The losses of the sweep: ``--loss``, else those of a given grid (unless the file names
+    one), else the one of the shared options (which are resolved, and refused, here only then:
+    otherwise each run's options are, with all their reasons at once)."""
+    if "loss" in axes:
+        return axes["loss"]
+    if given and "loss" not in yaml_values:
+        return list(given)
+    return [resolve(preset, yaml_values, fixed).loss]
+
+
+def _runs_of(loss: str, axes: dict, own: dict, fixed: dict):
+    """The command-line options of each run of ``loss`` (its axes and its grid ``own``) and
+    the recipe options its name adds (:data:`.rundir.NAME_EXTRAS`)."""
+    names = list(DATA_AXES) + [h for h in HYPER if h in loss_params(loss)]
+    names = [n for n in names if n in axes]
+    values = [axes[n] for n in names] + list(own.values())
+    extra = tuple(o for o in rundir.NAME_EXTRAS if o in own)
+    for combo in itertools.product(*values):
+        yield {**fixed, "loss": loss, **dict(zip(names + list(own), combo, strict=True))}, extra
+
+
+#: the statuses of a planned run: (verb of its log line, whether this sweep trains it)
+STATUS = {"complete": ("skip   ", False), "running": ("running", False),
+          "queued": ("queued ", False), "failed": ("failed ", True), "resume": ("resume ", True),
+          "new": ("train  ", True)}  # fmt: skip
 
 
 @dataclass
 class SweepRun:
     cfg: Config
     run_dir: str
-    status: str  #: "complete" (skipped), "resume" (continued) or "new"
+    #: "complete" (skipped), "running" (claimed by a live trainer elsewhere), "queued" (its
+    #: cluster job waits), "failed" (its last training failed or its trainer died: trained
+    #: again), "resume" (continued) or "new"
+    status: str
     prepared: Prepared | None = None
+    note: str = ""  #: what the status line adds: the owner of a claim, the job, the failure
+
+    @property
+    def todo(self) -> bool:
+        return STATUS[self.status][1]
 
 
 def plan(
     out: str, configs: list[Config], overwrite: bool = False, names: list[str] | None = None
 ) -> list[SweepRun]:
     """Check the sweep directory and every run, load the data of the runs still to train;
-    writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``.
-    ``names``: the runs' directory names (:func:`expand_named`; default
-    :func:`.rundir.run_name`)."""
+    writes nothing. Finished runs (``results.json``) are not touched unless ``overwrite``, runs
+    that a live trainer holds (:mod:`.claims`) or whose cluster job waits
+    (:func:`.cluster.waiting`) are left to it. ``names``: the runs' directory names
+    (:func:`expand_named`; default :func:`.rundir.run_name`)."""
     rundir.check_sweep_dir(out)
+    if overwrite:
+        _check_none_held(out)
     names = names if names is not None else [rundir.run_name(cfg) for cfg in configs]
-    runs = []
-    for cfg, name in zip(configs, names, strict=True):
-        run_dir = os.path.join(out, name)
-        if not overwrite and rundir.is_finished(run_dir):
-            changed = rundir.incompatible(rundir.saved_config(run_dir), cfg)
-            if changed:
-                raise ValueError(
-                    f"{run_dir} was finished with other settings ({', '.join(changed)}); "
-                    "choose another --out or pass --overwrite"
-                )
-            runs.append(SweepRun(cfg, run_dir, "complete"))
-            continue
-        prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
-        status = "new" if prepared.resume_from is None else "resume"
-        runs.append(SweepRun(cfg, run_dir, status, prepared))
-    return runs
+    waiting = cluster.waiting(out) if os.path.isdir(out) else {}
+    plans = [
+        partial(_plan_one, os.path.join(out, n), c, overwrite, waiting)
+        for c, n in zip(configs, names, strict=True)
+    ]
+    return check_all(*plans)  # every run's refusal at once
+
+
+def _check_none_held(out: str) -> None:
+    """``--overwrite`` deletes the sweep: refused while a live trainer holds one of its runs."""
+    held = [d for d in sorted(os.listdir(out)) if os.path.isdir(os.path.join(out, d))
+            and claims.holder(os.path.join(out, d)) is not None]  # fmt: skip
+    if held:
+        raise ValueError(f"--overwrite would delete runs in training: {', '.join(held)} "
+                         f"(claimed: {claims.CLAIM}); wait for them to end")  # fmt: skip
+
+
+def _plan_one(run_dir: str, cfg: Config, overwrite: bool, waiting: dict) -> SweepRun:
+    if not overwrite and rundir.is_finished(run_dir):
+        changed = rundir.incompatible(records.read_config(run_dir), cfg)
+        if changed:
+            raise ValueError(
+                f"{run_dir} was finished with other settings ({', '.join(changed)}); "
+                "choose another --out or pass --overwrite"
+            )
+        return SweepRun(cfg, run_dir, "complete")
+    owner = claims.holder(run_dir)
+    if owner is not None:
+        return SweepRun(cfg, run_dir, "running", note=owner.describe())
+    job = waiting.get(os.path.basename(run_dir))
+    if job is not None:
+        return SweepRun(cfg, run_dir, "queued", note=f"job {job}")
+    failure = "" if overwrite else _failure(run_dir)
+    prepared = prepare_member(cfg, run_dir, overwrite=overwrite)
+    status = "failed" if failure else "new" if prepared.resume_from is None else "resume"
+    return SweepRun(cfg, run_dir, status, prepared, failure)
+
+
+def _failure(run_dir: str) -> str:
+    """Why the last training of the run failed: its ``failed.json``, or a claim whose owner
+    died (killed, or its node lost); empty if it did not."""
+    owner = claims.owner(run_dir)
+    if owner is not None:  # not alive: :func:`plan` left the live ones alone
+        return f"its trainer died: {owner.describe()}"
+    failure = records.read_failure(run_dir)
+    return f"{failure.get('error', '?')} (on {failure.get('host', '?')})" if failure else ""
 
 
 def run(
@@ -333,13 +407,15 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = print,
     select: bool | None = None,
+    launch: cluster.Launch | None = None,
 ) -> dict:
-    """Train the runs not yet complete (``jobs`` worker processes, see
-    :func:`.workers.train_all`), then write the report to ``OUT/report`` (with the selection
-    table if ``select``; ``None``: when some loss has several configurations, see
-    :func:`.report.write_report`). Returns the report with ``trained`` and ``skipped`` (run
-    directories) and ``seconds``. ``OUT`` stays locked (:func:`.rundir.locked`) while the
-    sweep runs: a second sweep there raises Busy."""
+    """Train the runs still to train (``jobs`` worker processes, see
+    :func:`.workers.train_all`; with ``launch``, submitted to a cluster: :func:`_submit`), then
+    write the report to ``OUT/report`` (with the selection table if ``select``; ``None``: when
+    some loss has several configurations, see :func:`.report.write.write_report`). Returns the
+    report (``table`` None when there is none yet) with ``trained`` (or ``submitted``) and
+    ``skipped`` (run directories) and ``seconds``. ``OUT`` stays locked
+    (:func:`.rundir.locked`) while the sweep runs here: a second sweep there raises Busy."""
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
@@ -348,15 +424,54 @@ def run(
             rundir.clear_directory(out)
         names = [os.path.basename(r.run_dir) for r in runs]
         atomic_write_json(os.path.join(out, rundir.SWEEP), {"runs": names})
-        todo = [r.prepared for r in runs if r.status != "complete"]
-        for r in runs:
-            note = " (complete)" if r.status == "complete" else ""
-            log(f"{STATUS_VERB[r.status]} {os.path.basename(r.run_dir)}{note}")
-        log(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to train")
-        if todo:
-            train_all(todo, jobs=jobs, progress=progress, log=log, desc="sweep runs")
-        report = write_report([r.run_dir for r in runs], os.path.join(out, "report"), select)
-    report["trained"] = [p.run_dir for p in todo]
-    report["skipped"] = [r.run_dir for r in runs if r.status == "complete"]
-    report["seconds"] = time.perf_counter() - start
-    return report
+        todo = _announce(runs, log)
+        if launch is not None:
+            result = _submit(out, runs, todo, launch, log, select)
+        else:
+            if todo:
+                train_all([r.prepared for r in todo], jobs=jobs, progress=progress, log=log,
+                          desc="sweep runs")  # fmt: skip
+            result = _report(out, runs, select)
+            result["trained"] = [r.run_dir for r in todo]
+    result["skipped"] = [r.run_dir for r in runs if r.status == "complete"]
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _announce(runs: list[SweepRun], log) -> list[SweepRun]:
+    """Log each run's status and the counts; returns the runs to train."""
+    for r in runs:
+        note = " (complete)" if r.status == "complete" else f": {r.note}" if r.note else ""
+        log(f"{STATUS[r.status][0]} {os.path.basename(r.run_dir)}{note}")
+    todo = [r for r in runs if r.todo]
+    counts = {s: sum(r.status == s for r in runs) for s in STATUS}
+    others = "".join(f", {counts[s]} {s}" for s in ("running", "queued") if counts[s])
+    failed = f" ({counts['failed']} failed before)" if counts["failed"] else ""
+    log(f"sweep: {len(runs)} runs, {counts['complete']} complete{others}, {len(todo)} to "
+        f"train{failed}")  # fmt: skip
+    return todo
+
+
+def _report(out: str, runs: list[SweepRun], select: bool | None) -> dict:
+    """The report of the sweep's runs (``OUT/report``); none while no run has an epoch."""
+    try:
+        return write_report([r.run_dir for r in runs], os.path.join(out, "report"), select)
+    except ValueError as err:  # no run has finished an epoch yet (all running elsewhere)
+        return {"table": None, "files": {}, "note": str(err)}
+
+
+def _submit(out, runs, todo, launch: cluster.Launch, log, select) -> dict:
+    """Submit ``todo`` to the cluster (:func:`.cluster.submit`); with ``launch.wait`` (always on
+    submitit's ``debug`` executor, which runs the jobs when waited for) wait for the jobs. The
+    report is written when every run of the sweep is complete."""
+    jobs = cluster.submit(out, todo, launch, log) if todo else []
+    failed = cluster.wait(jobs, log) if jobs and (launch.wait or launch.cluster == "debug") else []
+    done = all(rundir.is_finished(r.run_dir) for r in runs)
+    result = _report(out, runs, select) if done else {"table": None, "files": {}}
+    if not done and not failed:
+        result["note"] = (
+            "the report is written when every run is done: run the same command again to see "
+            f"the runs' state (or 'smoothtopk report {out}' for the runs with an epoch)"
+        )
+    result.update(submitted=[r.run_dir for r in todo], failed=failed, trained=[], jobs=jobs)
+    return result

@@ -40,12 +40,12 @@ from tqdm import tqdm
 from smoothtopk import TopkAccuracy
 
 from . import checkpoint as ckpt_io
-from . import distributed, rundir
-from .config import Config, lr_at, to_yaml
+from . import distributed, records, rundir
+from .config import Config, check_all, lr_at
 from .datasets import THIRDS, DataBundle, build_data, check_available
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
-from .records import environment, write_metrics
+from .report.selection import improves
 
 
 @dataclass
@@ -77,25 +77,15 @@ class _SkipFirst(Sampler):
 # -- prepare: every check, no writes --------------------------------------------------------------
 
 
-def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = False) -> Prepared:
+def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = False,
+            job: str | None = None) -> Prepared:  # fmt: skip
     """Validate everything and load the data; writes nothing. Raises ValueError on bad input.
 
     With ``resume`` and an existing run, ``cfg`` must be the run's saved config (see
-    :func:`.rundir.resume_config`)."""
-    resuming = rundir.check_run_dir(run_dir, resume, overwrite)
-    if resuming:
-        changed = rundir.incompatible(rundir.saved_config(run_dir), cfg)
-        if changed:
-            raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
+    :func:`.rundir.resume_config`). ``job``: the cluster job that trains it (a claim of that
+    job, left by a preempted incarnation, is its own)."""
+    resuming = _check_start(cfg, run_dir, resume, overwrite, job)
     _, num_replicas = distributed.world()
-    if cfg.batch_size % num_replicas:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the "
-            f"number of processes ({num_replicas})"
-        )
-    if not distributed.launched():
-        pick_device(cfg.device)  # CUDA requested but missing: refused before anything is written
-    cfg.loss_spec.check(check_available(cfg.dataset, cfg.data_dir, cfg.download))
     data = build_data(
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
         val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
@@ -104,7 +94,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
     check_loss_trains(cfg, training_counts(noisy.labels, data.num_classes))
-    resume_from = os.path.join(run_dir, rundir.LAST) if resuming else None
+    resume_from = records.path(run_dir, records.LAST) if resuming else None
     state = None
     if resume_from is not None:
         state = ckpt_io.load_checkpoint(resume_from, map_location="cpu")
@@ -120,11 +110,43 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
     )
 
 
-def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False) -> Prepared:
+def _check_start(cfg: Config, run_dir: str, resume: bool, overwrite: bool, job=None) -> bool:
+    """Every check of :func:`prepare` that needs no data loaded, all reported at once
+    (:class:`.config.Problems`): the run directory (resumed: its saved config), the global
+    batch, the device, the data on disk and ``k`` below its classes. Whether it resumes."""
+    resuming, *_ = check_all(
+        lambda: _check_run_dir(cfg, run_dir, resume, overwrite, job),
+        lambda: _check_batch(cfg.batch_size, distributed.world()[1]),
+        lambda: distributed.launched() or pick_device(cfg.device),
+        lambda: cfg.loss_spec.check(check_available(cfg.dataset, cfg.data_dir, cfg.download)),
+    )
+    return resuming
+
+
+def _check_run_dir(cfg: Config, run_dir: str, resume: bool, overwrite: bool, job=None) -> bool:
+    default = os.path.normpath(run_dir) == rundir.default_run_dir(cfg)
+    resuming = rundir.check_run_dir(run_dir, resume, overwrite, default, job)
+    if resuming:
+        changed = rundir.incompatible(records.read_config(run_dir), cfg)
+        if changed:
+            raise ValueError(f"--resume cannot change {', '.join(changed)} of {run_dir}")
+    return resuming
+
+
+def _check_batch(batch_size: int, num_replicas: int) -> None:
+    if batch_size % num_replicas:
+        raise ValueError(
+            f"batch_size {batch_size} (the global batch) must be a multiple of the "
+            f"number of processes ({num_replicas})"
+        )
+
+
+def prepare_member(cfg: Config, run_dir: str, overwrite: bool = False,
+                   job: str | None = None) -> Prepared:  # fmt: skip
     """:func:`prepare` for one run of a sweep (:func:`.rundir.member_mode`): resumed with a
     checkpoint, started over if killed in its first epoch, else new."""
     resume, replace = rundir.member_mode(run_dir, overwrite)
-    return prepare(cfg, run_dir, resume=resume, overwrite=replace)
+    return prepare(cfg, run_dir, resume=resume, overwrite=replace, job=job)
 
 
 def _check_fits(state: dict, path: str, cfg: Config, num_classes: int) -> None:
@@ -222,18 +244,16 @@ def macro_top(credit: torch.Tensor, total: torch.Tensor, thirds=None) -> dict:
 
 
 def _save_noise(run_dir: str, prepared: Prepared) -> None:
+    """The noisy labels of the run and their summary (:func:`.records.write_noise`)."""
     noisy = prepared.noisy
-    ckpt_io.atomic_torch_save(
-        os.path.join(run_dir, "noise.pt"),
-        {
-            "indices": prepared.data.train.indices,
-            "clean_labels": prepared.data.train.targets,
-            "noisy_labels": noisy.labels,
-            "flipped": noisy.flipped,
-            "resampled": noisy.resampled,
-            "groups": prepared.groups,
-        },
-    )
+    labels = {
+        "indices": prepared.data.train.indices,
+        "clean_labels": prepared.data.train.targets,
+        "noisy_labels": noisy.labels,
+        "flipped": noisy.flipped,
+        "resampled": noisy.resampled,
+        "groups": prepared.groups,
+    }
     summary = noisy.summary()
     summary.update(
         groups=prepared.cfg.noise_groups,
@@ -241,7 +261,7 @@ def _save_noise(run_dir: str, prepared: Prepared) -> None:
         seed=prepared.cfg.noise_seed,
         expected_flip_rate=_expected_flip_rate(noisy.rate, prepared.groups),
     )
-    ckpt_io.atomic_write_json(os.path.join(run_dir, "noise.json"), summary)
+    records.write_noise(run_dir, labels, summary)
 
 
 def _expected_flip_rate(p: float, groups: torch.Tensor) -> float:
@@ -314,7 +334,7 @@ class Loop:
 
     @property
     def last_path(self) -> str:
-        return os.path.join(self.run_dir, rundir.LAST)
+        return records.path(self.run_dir, records.LAST)
 
     def train_loader(self, skip_batches: int = 0) -> DataLoader:
         """The training batches of this process, after the first ``skip_batches``."""
@@ -352,17 +372,38 @@ def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: 
     _feed(loop, prepared)
     if log and start == 0 and skip == 0:
         log(_intro(loop, prepared))
-    for epoch in range(start, cfg.epochs):
-        resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
-        train = train_one_epoch(loop, epoch, *resumed)
-        val = evaluate(loop.net, loop.val_loader, device, loop.ks, *loop.per_class)
-        test = evaluate(loop.net, loop.test_loader, device, loop.ks, *loop.per_class)
-        _end_epoch(loop, _record(epoch, train, val, test), log)
+    try:
+        _epochs(loop, start, skip, partial, rng, log)
+    except Exception as err:  # a failure, not a preemption or an interrupt: recorded
+        if writer:
+            records.write_failure(prepared.run_dir, err)
+        raise
     summary = run_summary(cfg, loop.history, loop.best, prepared.noisy.effective_rate)
     summary["train_images"] = len(prepared.data.train)
     if writer:
-        ckpt_io.atomic_write_json(os.path.join(prepared.run_dir, rundir.RESULTS), summary)
+        records.write_results(prepared.run_dir, summary)
+        records.clear_failure(prepared.run_dir)
     return summary
+
+
+def _epochs(loop: Loop, start: int, skip: int, partial, rng, log) -> None:
+    """Train, evaluate and record the epochs from ``start`` (after ``skip`` of its batches)."""
+    for epoch in range(start, loop.cfg.epochs):
+        resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
+        train = train_one_epoch(loop, epoch, *resumed)
+        val = evaluate(loop.net, loop.val_loader, loop.device, loop.ks, *loop.per_class)
+        test = evaluate(loop.net, loop.test_loader, loop.device, loop.ks, *loop.per_class)
+        _end_epoch(loop, _record(epoch, train, val, test), log)
+
+
+def fit_claimed(prepared: Prepared, log=None, position: int = 0, user: str = "sweep",
+                job: str | None = None) -> dict:  # fmt: skip
+    """:func:`fit` holding the run directory's claim (:func:`.rundir.run_locked`: a trainer
+    elsewhere, even on another node, is refused; ``job``: the cluster job, whose own stale claim
+    a requeued incarnation takes over); :class:`.claims.Busy` if another one holds it."""
+    resume = prepared.resume_from is not None
+    with rundir.run_locked(prepared.run_dir, resume, prepared.overwrite, user, job):
+        return fit(prepared, log=log, position=position)
 
 
 def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) -> None:
@@ -372,13 +413,10 @@ def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) ->
         rundir.clear_directory(run_dir)  # keeps the lock that this process holds
     os.makedirs(run_dir, exist_ok=True)
     ckpt_io.remove_stale_temporaries(run_dir)
-    ckpt_io.atomic_write_text(os.path.join(run_dir, rundir.CONFIG), to_yaml(prepared.cfg))
-    name = "env.json" if prepared.resume_from is None else f"env-resume-{time.time():.0f}.json"
-    env = environment(device)
-    env["world_size"] = num_replicas
-    ckpt_io.atomic_write_json(os.path.join(run_dir, name), env)
+    records.write_config(run_dir, prepared.cfg)
+    records.write_environment(run_dir, device, num_replicas, prepared.resume_from is not None)
     _save_noise(run_dir, prepared)
-    if prepared.data.class_order is not None:
+    if prepared.cfg.long_tailed:
         _save_long_tail(run_dir, prepared.data)
 
 
@@ -386,8 +424,8 @@ def _save_long_tail(run_dir: str, data: DataBundle) -> None:
     """``long_tail.json``: the profile's class order, the training images per class and the
     head/medium/tail third of each class (what the per-third metrics average over)."""
     counts, thirds = data.train_counts(), data.thirds()
-    ckpt_io.atomic_write_json(
-        os.path.join(run_dir, "long_tail.json"),
+    records.write_long_tail(
+        run_dir,
         {
             "class_order": data.class_order.tolist(),
             "train_counts": counts.tolist(),
@@ -444,7 +482,7 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
     criterion = cfg.loss_spec.build(class_counts=counts).to(device)
     ks = topk_ks(prepared.data.num_classes)
     data = prepared.data
-    thirds = data.thirds() if data.class_order is not None else None  # long-tailed runs
+    thirds = data.thirds() if cfg.long_tailed else None
     return Loop(cfg, prepared.run_dir, device, net, optimizer, criterion, ks, writer,
                 per_class=(data.num_classes, thirds), position=position)  # fmt: skip
 
@@ -501,7 +539,7 @@ def _intro(loop: Loop, prepared: Prepared) -> str:
     return (
         f"{loop.run_dir}: {cfg.model} ({count_parameters(loop.net):,} parameters), "
         f"{cfg.loss_spec.label()}, noise {cfg.noise:g}, "
-        + (f"long-tailed R={cfg.imbalance_ratio:g}, " if cfg.imbalance_ratio is not None else "")
+        + (f"long-tailed R={cfg.imbalance_ratio:g}, " if cfg.long_tailed else "")
         + f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {loop.device}"
         + (f", {num_replicas} processes" if num_replicas > 1 else "")
     )
@@ -606,18 +644,19 @@ def _per_class_fields(split: str, result: dict) -> dict:
 
 
 def _end_epoch(loop: Loop, record: dict, log) -> None:
-    """History, best epoch (``best.pt``), ``last.pt``, the metric files and the log line."""
+    """History, best epoch (:func:`.report.selection.improves`: ``best.pt``), ``last.pt``, the
+    metric files and the log line."""
     loop.history.append(record)
     epoch = record["epoch"]
-    if loop.best is None or record["val_top5"] > loop.best["val_top5"]:
+    if improves(record, loop.best):
         keys = ("epoch", "val_top1", "val_top5", "test_top1", "test_top5")
         keys += tuple(f"{s}_{f}" for s in ("val", "test") for f in PER_CLASS_FIELDS)
         loop.best = {k: record[k] for k in keys if k in record}
-        loop.save(os.path.join(loop.run_dir, rundir.BEST), epoch, 0)
+        loop.save(records.path(loop.run_dir, records.BEST), epoch, 0)
     loop.save(loop.last_path, epoch, 0)
     loop.last_saved = _describe(epoch, 0)
     if loop.writer:
-        write_metrics(loop.run_dir, loop.history)
+        records.write_metrics(loop.run_dir, loop.history)
     if log:
         log(epoch_line(record, loop.cfg.epochs))
 

@@ -21,8 +21,9 @@ from queue import Empty
 import torch
 from tqdm import tqdm
 
+from .claims import Busy
 from .config import Config
-from .train import Prepared, fit, prepare
+from .train import Prepared, fit_claimed, prepare
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -89,11 +90,22 @@ def _run_one(
     cfg = Config(**cfg_values)
     cfg.progress = False
     t0 = time.perf_counter()
-    summary = fit(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), log=_report_epoch)
-    return run_dir, summary, time.perf_counter() - t0
+    return _claimed(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), _report_epoch, t0)
+
+
+def _claimed(prepared: Prepared, log, t0: float, position: int = 0) -> tuple[str, dict, float]:
+    """Train ``prepared`` under its claim (:func:`.train.fit_claimed`); a run that another
+    trainer took meanwhile is left to it (its summary: ``{"busy": why}``)."""
+    try:
+        summary = fit_claimed(prepared, log=log, position=position)
+    except Busy as err:
+        summary = {"busy": str(err)}
+    return prepared.run_dir, summary, time.perf_counter() - t0
 
 
 def _line(run_dir: str, summary: dict, seconds: float) -> str:
+    if "busy" in summary:
+        return f"{os.path.basename(run_dir)}: not trained here: {summary['busy']}"
     return (
         f"{os.path.basename(run_dir):22s} best epoch {summary['best_epoch']:3d}: "
         f"test top-1 {100 * summary['test_top1']:5.1f}%  "
@@ -121,9 +133,7 @@ def train_all(
     if jobs == 1:
         for prepared in runs:
             prepared.cfg.progress = progress
-            t0 = time.perf_counter()
-            summary = fit(prepared, log=None, position=1)
-            done.append((prepared.run_dir, summary, time.perf_counter() - t0))
+            done.append(_claimed(prepared, None, time.perf_counter(), position=1))
             write(_line(*done[-1]))
             bar.update()
     else:

@@ -1,0 +1,230 @@
+"""Aggregation: what a report's rows run along (:func:`axis_of`, :data:`AXES`) and the rows
+themselves, mean and sample standard deviation over seeds in percent: the results
+(:func:`aggregate`), the long-tailed protocol (:func:`long_tail_rows`) and the per-loss
+selection with its paired differences to CE (:func:`selection_rows`). The tables and plots
+(:mod:`.tables`, :mod:`.plots`) only format these rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..config import Config
+from .load import RunResult
+from .selection import candidates, select_runs, varied
+
+
+@dataclass(frozen=True)
+class Axis:
+    """What a report's rows run along: a config field, how its values sort, print and plot."""
+
+    name: str  #: the config field (and the rows' key)
+    title: str  #: the plots' x label
+    categorical: bool  #: plotted at equal spacing, one tick per value
+
+    def key(self, value) -> float:
+        """The sort key of a value (``subset``: ``"all"`` last; imbalance ``None``: 1)."""
+        if self.name == "subset":
+            return subset_key(value)
+        if self.name == "imbalance_ratio":
+            return 1.0 if value is None else value
+        return value
+
+    def text(self, value) -> str:
+        """A value as the tables show it: ``0.2``, ``1000``, ``10`` (``none``: balanced)."""
+        if self.name == "subset":
+            return str(value)
+        return "none" if value is None else f"{value:g}"
+
+
+#: the axes a report knows, in the order :func:`axis_of` tries them
+AXES = {
+    "subset": Axis("subset", "training subset", True),
+    "imbalance_ratio": Axis("imbalance_ratio", "imbalance ratio R", True),
+    "noise": Axis("noise", "label noise level p", False),
+}
+
+
+def axis_of(runs: list[RunResult]) -> str:
+    """``subset`` when the runs differ in training subset, else ``imbalance_ratio`` when they
+    differ in imbalance ratio and not in noise, else ``noise`` (the rule of every table and
+    plot; the value's :class:`Axis` is ``AXES[axis]``)."""
+    if len({r.cfg.subset for r in runs}) > 1:
+        return "subset"
+    if len({r.cfg.imbalance_ratio for r in runs}) > 1 and len({r.cfg.noise for r in runs}) == 1:
+        return "imbalance_ratio"
+    return "noise"
+
+
+def subset_key(value: str) -> float:
+    """The sort key of a training subset: its size, ``64k`` = 64000, ``all`` last."""
+    if value == "all":
+        return float("inf")
+    text = value.lower()
+    return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def data_label(cfg: Config, axis: str = "noise") -> str:
+    """The data set of a run as the tables show it: ``embedded``, or ``embedded LT10`` for the
+    long-tailed protocol with imbalance ratio 10 (unless the ratio is the ``axis``)."""
+    if not cfg.long_tailed or axis == "imbalance_ratio":
+        return cfg.dataset
+    return f"{cfg.dataset} LT{cfg.imbalance_ratio:g}"
+
+
+def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
+    """One row per (data set, loss, x) with mean test top-1/top-5 over seeds, in percent."""
+    axis = axis_of(runs)
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.best is None:
+            continue
+        groups[(data_label(run.cfg, axis), run.label, getattr(run.cfg, axis))].append(run)
+    rows = []
+    for (dataset, label, x), members in groups.items():
+        stats = {}
+        for metric in ("test_top1", "test_top5", "val_top5"):
+            mean, std = mean_std([100 * r.best[metric] for r in members])
+            stats[metric], stats[f"{metric}_std"] = mean, std
+        rows.append(
+            {
+                "dataset": dataset,
+                "loss": label,
+                axis: x,
+                "n": len(members),
+                "imbalance_ratio": members[0].cfg.imbalance_ratio,
+                **stats,
+                "best_epoch": ";".join(str(r.best["epoch"]) for r in members),
+                "complete": all(r.complete for r in members),
+                "runs": ";".join(r.path for r in members),
+            }
+        )
+    rows.sort(key=lambda r: (r["dataset"], AXES[axis].key(r[axis]), r["loss"]))
+    return axis, rows
+
+
+#: the columns of the long-tailed table: (field of the best epoch's record, header)
+LONG_TAIL_COLUMNS = (
+    ("test_top1", "top-1"), ("test_top5", "top-5"), ("test_macro_top1", "macro top-1"),
+    ("test_macro_top5", "macro top-5"), ("test_head_top5", "head top-5"),
+    ("test_medium_top5", "medium top-5"), ("test_tail_top5", "tail top-5"),
+)  # fmt: skip
+
+
+def long_tail_rows(runs: list[RunResult]) -> list[dict]:
+    """One row per (data set, imbalance ratio, noise, subset, loss) over the runs whose best
+    epoch has macro metrics: mean and std over seeds (%) of :data:`LONG_TAIL_COLUMNS`, the
+    means of the values present (a balanced run has no head/medium/tail)."""
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if run.best is not None and run.best.get("test_macro_top5") is not None:
+            c = run.cfg
+            groups[(c.dataset, c.imbalance_ratio, c.noise, c.subset, run.label)].append(run)
+    rows = []
+    for (dataset, ratio, noise, subset, label), members in groups.items():
+        row = {"dataset": dataset, "imbalance_ratio": ratio, "noise": noise, "subset": subset,
+               "loss": label, "n": len(members)}  # fmt: skip
+        for key, _ in LONG_TAIL_COLUMNS:
+            values = [100 * r.best[key] for r in members if r.best.get(key) is not None]
+            row[key] = mean_std(values) if values else None
+        rows.append(row)
+    rows.sort(key=lambda r: (r["dataset"], r["imbalance_ratio"] or 0, r["noise"],
+                             subset_key(r["subset"]), r["loss"]))  # fmt: skip
+    return rows
+
+
+def _options_text(cfg: Config, options: list[str]) -> str:
+    return ", ".join(f"{o}={getattr(cfg, o):g}" for o in options) or "-"
+
+
+def _paired(picked: dict[int, RunResult], ce: dict[int, RunResult], metric: str) -> dict:
+    """Mean ± std over the seeds both have (with ``metric``) of 100 * (loss - CE) on it."""
+    both = [s for s in sorted(picked) if s in ce]
+    seeds = [s for s in both if _has(picked[s], metric) and _has(ce[s], metric)]
+    diffs = [100 * (picked[s].best[metric] - ce[s].best[metric]) for s in seeds]
+    if not diffs:
+        return {f"diff_{metric}": None, f"diff_{metric}_std": None, f"diff_{metric}_seeds": []}
+    mean, std = mean_std(diffs)
+    return {f"diff_{metric}": mean, f"diff_{metric}_std": std, f"diff_{metric}_seeds": diffs,
+            "pairs": len(diffs)}  # fmt: skip
+
+
+def _has(run: RunResult, metric: str) -> bool:
+    return run.best.get(metric) is not None
+
+
+#: the long-tailed metrics of a selection row (of long-tailed runs: the long-tailed table's
+#: columns after micro top-1/top-5), and those of them paired with CE
+LONG_TAIL_METRICS = tuple(key for key, _ in LONG_TAIL_COLUMNS[2:])
+LONG_TAIL_PAIRED = ("test_macro_top5", "test_tail_top5")
+
+
+def _selection_stats(picked: dict[int, RunResult], ce: dict[int, RunResult]) -> dict:
+    """Mean ± std over seeds (%) of the selected runs' metrics (the long-tailed ones when every
+    selected run is long-tailed: ``long_tailed``), and the paired differences to CE's selected
+    runs ``ce`` (none for CE itself: ``ce`` empty; the long-tailed ones when CE's are too)."""
+    seeds = sorted(picked)
+    long_tail = all(picked[s].cfg.long_tailed for s in seeds)
+    stats: dict = {"pairs": 0, "long_tailed": long_tail}
+    for metric in ("val_top5", "test_top1", "test_top5", *LONG_TAIL_METRICS):
+        values = [100 * picked[s].best[metric] for s in seeds if _has(picked[s], metric)]
+        shown = values and (long_tail or metric not in LONG_TAIL_METRICS)
+        stats[metric], stats[f"{metric}_std"] = mean_std(values) if shown else (None, None)
+    ce_long_tail = long_tail and all(r.cfg.long_tailed for r in ce.values())
+    for metric in ("test_top1", "test_top5", *LONG_TAIL_PAIRED):
+        if metric in LONG_TAIL_PAIRED and not ce_long_tail:
+            stats[f"diff_{metric}"] = stats[f"diff_{metric}_std"] = None
+            stats[f"diff_{metric}_seeds"] = []
+            continue
+        stats.update(_paired(picked, ce, metric))
+    return stats
+
+
+def selection_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
+    """One row per (loss group, setting): the selected options per seed, test top-1/top-5 of
+    the selected runs (mean ± std over seeds, %; long-tailed runs also macro top-1/top-5 and
+    the thirds' top-5) and the paired difference to CE."""
+    axis, options = axis_of(runs), varied(runs)
+    cells: dict[tuple, dict[int, RunResult]] = defaultdict(dict)
+    counts = {key: len(m) for key, m in candidates(runs).items()}
+    for (group, setting, seed), run in select_runs(runs).items():
+        cells[(group, setting)][seed] = run
+    shown = _setting_columns(list({s for _, s in cells}), axis)
+    rows = []
+    for (group, setting), picked in cells.items():
+        seeds = sorted(picked)
+        ce = cells.get(("ce", setting), {}) if group != "ce" else {}
+        cfg = picked[seeds[0]].cfg
+        rows.append({
+            "dataset": cfg.dataset, "loss": group, axis: getattr(cfg, axis),
+            "setting": ", ".join(f"{k}={json.loads(v)}" for k, v in setting if k in shown),
+            "n": len(seeds), **_selection_stats(picked, ce),
+            "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, options[group])}"
+                                  for s in seeds),
+            "candidates": ";".join(str(counts[(group, setting, s)]) for s in seeds),
+            "complete": all(picked[s].complete for s in seeds),
+            "runs": ";".join(picked[s].path for s in seeds),
+        })  # fmt: skip
+    key = AXES[axis].key
+    rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
+    return axis, rows
+
+
+def _setting_columns(settings: list[tuple], axis: str) -> set[str]:
+    """The options, other than ``axis``, in which the settings differ (shown in the table)."""
+    seen: dict[str, set] = defaultdict(set)
+    for setting in settings:
+        for k, v in setting:
+            seen[k].add(v)
+    return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, "noise", "subset")}
