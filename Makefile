@@ -35,7 +35,8 @@ kernel: $(STAMP)
 # `interpreted` test: the backend suites (the `triton` parameter of conftest.ALL_BACKENDS) and
 # the Triton kernel's own tests.
 INTERPRETED := tests/test_triton_kernel.py tests/test_margins.py tests/test_backend_contract.py \
-	tests/test_edge_cases.py tests/test_properties.py tests/test_api.py tests/test_errors.py
+	tests/test_exactness.py tests/test_edge_cases.py tests/test_properties.py tests/test_api.py \
+	tests/test_errors.py
 test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 
