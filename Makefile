@@ -34,9 +34,9 @@ kernel: $(STAMP)
 # session's output whole when it ends; both must pass. INTERPRETED lists every file with an
 # `interpreted` test: the backend suites (the `triton` parameter of conftest.ALL_BACKENDS) and
 # the Triton kernel's own tests.
-INTERPRETED := tests/test_triton_kernel.py tests/test_margins.py tests/test_backend_contract.py \
-	tests/test_exactness.py tests/test_edge_cases.py tests/test_properties.py tests/test_api.py \
-	tests/test_errors.py
+INTERPRETED := tests/test_backend_contract.py tests/test_contract.py tests/test_exactness.py \
+	tests/test_edge_cases.py tests/test_properties.py tests/test_margins.py tests/test_api.py \
+	tests/test_errors.py tests/test_triton_kernel.py
 test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 

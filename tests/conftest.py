@@ -106,16 +106,3 @@ def only_some_when_interpreted(backend: str, why: str) -> None:
     of the test (``why`` says which, and why those suffice)."""
     if few(backend):
         pytest.skip(f"{backend} in Triton's interpreter (~0.1 s a row): {why}")
-
-
-BACKENDS = ("cpu", "pytorch")
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Run a test once with the fused CPU kernel and once with the PyTorch implementation
-    (the one used on other devices and the reference), forced by SMOOTHTOPK_BACKEND."""
-    if request.param == "cpu" and cpu_backend.load() is None:
-        pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
-    monkeypatch.setenv(backends.ENV, request.param)
-    return request.param
