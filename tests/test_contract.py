@@ -3,10 +3,10 @@
 The calling convention of ``F.cross_entropy`` (reductions, ``weight``, ``ignore_index``,
 spatial and unbatched shapes, dtypes, autocast, devices), Module = functional, one shared table
 of bad arguments, keyword-only hyper-parameters, ``torch.compile`` and gradcheck. The smooth loss
-runs once per backend of ``conftest.ALL_BACKENDS`` (Triton in the interpreter session, with its
-default options only, and in float32 where the others run float64). Loss-specific guarantees
-live beside each loss (``test_api.py``, ``test_edge_cases.py``, ``comparators/``). References:
-the loss itself on the rows that remain (flattening, dropping ignored rows),
+runs once per backend of ``backend_suite.ALL_BACKENDS`` (Triton in the interpreter session,
+with its default options only, and in float32 where the others run float64). Loss-specific
+guarantees live beside each loss (``test_api.py``, ``test_edge_cases.py``, ``comparators/``).
+References: the loss itself on the rows that remain (flattening, dropping ignored rows),
 ``F.cross_entropy``, and the brute-force reference of each registry entry.
 """
 
@@ -20,7 +20,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ALL_BACKENDS, few, force, only_some_when_interpreted, precise_dtype, require
+from backend_suite import (
+    ALL_BACKENDS,
+    few,
+    force,
+    only_some_when_interpreted,
+    precise_dtype,
+    require,
+)
 from smoothtopk.registry import LOSSES
 
 C = 7

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import precise_dtype
+from backend_suite import precise_dtype
 from exactness_grid import BOUNDS
 from reference import brute_force_loss
 from smoothtopk import smooth_topk_svm_loss, topk_svm_loss

@@ -11,7 +11,7 @@ gradient error <= 1e-4, float64 <= 1e-10 for both, normalised as described in
 import pytest
 import torch
 
-from conftest import ALL_BACKENDS, computes, few, require
+from backend_suite import ALL_BACKENDS, computes, few, require
 from exactness_grid import (
     ALPHAS,
     BOUNDS,

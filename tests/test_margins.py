@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from conftest import precise_dtype, require
+from backend_suite import precise_dtype, require
 from exactness_grid import BOUNDS
 from reference import brute_force_loss, hard_loss, log_space_loss_and_grad
 from smoothtopk import (

@@ -1,9 +1,10 @@
 """Mathematical properties of the loss family (hypothesis + gradcheck), on every backend.
 
-Each backend computes in its precise dtype (``conftest.precise_dtype``: float64, or float32 on
-Triton), and a loss value is judged by the loss bound of that dtype (``exactness_grid.BOUNDS``)
-relative to ``tau + alpha + |max s - s_y| / k``, the normalisation of docs/exactness.md. A
-backend run in Triton's interpreter gets a few examples of each property (``conftest.few``).
+Each backend computes in its precise dtype (``backend_suite.precise_dtype``: float64, or
+float32 on Triton), and a loss value is judged by the loss bound of that dtype
+(``exactness_grid.BOUNDS``) relative to ``tau + alpha + |max s - s_y| / k``, the normalisation
+of docs/exactness.md. A backend run in Triton's interpreter gets a few examples of each
+property (``backend_suite.few``).
 """
 
 import math
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import few, only_some_when_interpreted, precise_dtype, require
+from backend_suite import few, only_some_when_interpreted, precise_dtype, require
 from exactness_grid import BOUNDS
 from reference import brute_force_loss, hard_loss
 from smoothtopk import smooth_topk_svm_loss, topk_svm_loss
