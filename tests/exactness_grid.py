@@ -31,7 +31,7 @@ BRUTE_FORCE_MAX_N = 9
 #: the targets (docs/exactness.md): (loss, gradient) errors per dtype, normalised as above
 BOUNDS = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-10)}
 #: the cells of a backend run in Triton's interpreter (a row costs ~0.1 s there): every k, tau
-#: and alpha of the grid, the smallest and the largest n, each on ``FEW_ROWS`` of its rows
+#: and alpha of the grid, the smallest and the largest n, each on its ``few_rows``
 FEW_CELLS = (
     (2, 1, 10.0, 0.0),
     (6, 2, 1e-3, 1.0),
@@ -40,8 +40,6 @@ FEW_CELLS = (
     (100, 5, 0.1, 1.0),
     (1000, 1, 10.0, 1.0),
 )
-
-
 #: half of a cell's rows: each structure at each scale once, with its random target (the row
 #: ``2 p``, ``p = structure * len(SCALES) + scale``) or with the target on top (``2 p + 1``),
 #: alternating over both so that every structure and every scale has both kinds
@@ -50,6 +48,12 @@ FEW_ROWS = [
     for s in range(len(STRUCTURES))
     for c in range(len(SCALES))
 ]
+
+
+def few_rows(cell) -> list[int]:
+    """The rows of a cell of FEW_CELLS: every other one of FEW_ROWS (every structure, at two
+    of the scales, both kinds of target), the cells taking turns, so that they use them all."""
+    return FEW_ROWS[FEW_CELLS.index(cell) % 2 :: 2]
 
 
 def make_scores(structure: str, n: int, k: int, scale: float, generator: torch.Generator):

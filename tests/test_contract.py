@@ -229,6 +229,8 @@ def test_module_equals_functional_and_holds_weight_as_buffer(case, reduction):
 def test_dtype_preserved_and_low_precision_computed_in_float32(case, dtype, reduction):
     if case.backend is not None:
         require(case.backend, dtype)
+        if reduction == "mean":
+            only_some_when_interpreted(case.backend, "the reduction none (mean: its own test)")
     x, y = data(dtype=torch.float32, scale=1000.0)  # representable in float16, not its exp
     x = x.to(dtype).requires_grad_(True)
     out = case(x, y, reduction=reduction)
