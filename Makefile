@@ -31,8 +31,12 @@ kernel: $(STAMP)
 # of their own (Triton's interpreter is chosen at process start; tests/conftest.py skips them in
 # the other session). One intra-op thread per worker, so that three processes share two cores
 # without oversubscription (tests of threading set their counts themselves). -O prints each
-# session's output whole when it ends; both must pass.
-INTERPRETED := tests/test_triton_kernel.py tests/test_margins.py tests/test_backend_contract.py
+# session's output whole when it ends; both must pass. INTERPRETED lists every file with an
+# `interpreted` test: the backend suites (the `triton` parameter of backend_suite.ALL_BACKENDS)
+# and the Triton kernel's own tests.
+INTERPRETED := tests/test_backend_contract.py tests/test_contract.py tests/test_exactness.py \
+	tests/test_edge_cases.py tests/test_properties.py tests/test_margins.py tests/test_api.py \
+	tests/test_errors.py tests/test_triton_kernel.py
 test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 

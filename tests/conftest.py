@@ -12,13 +12,9 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     _INDUCTOR_CACHE = tempfile.TemporaryDirectory(prefix="smoothtopk-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE.name  # removed at exit
 
-from smoothtopk import backends  # noqa: E402
-from smoothtopk.backends import cpu as cpu_backend  # noqa: E402
+from backend_suite import ALL_BACKENDS, force  # noqa: E402
 
-BACKENDS = ("cpu", "pytorch")
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-#: every backend of :mod:`smoothtopk.backends`; Triton on CPU tensors in the interpreter session
-ALL_BACKENDS = [*BACKENDS, pytest.param("triton", marks=pytest.mark.interpreted)]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,22 +33,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=ALL_BACKENDS)
 def every_backend(request, monkeypatch):
-    """The backend contract suite (tests/test_backend_contract.py): each of ``cpu``,
-    ``pytorch`` and ``triton`` forced by SMOOTHTOPK_BACKEND; ``triton`` in the interpreter
-    session only (and skipped without Triton)."""
-    if request.param == "cpu" and cpu_backend.load() is None:
-        pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
-    if request.param == "triton":
-        pytest.importorskip("triton")
-    monkeypatch.setenv(backends.ENV, request.param)
-    return request.param
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Run a test once with the fused CPU kernel and once with the PyTorch implementation
-    (the one used on other devices and the reference), forced by SMOOTHTOPK_BACKEND."""
-    if request.param == "cpu" and cpu_backend.load() is None:
-        pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
-    monkeypatch.setenv(backends.ENV, request.param)
-    return request.param
+    """Run a test once per backend (``cpu``, ``pytorch``, ``triton``), forced by
+    SMOOTHTOPK_BACKEND; ``triton`` in the interpreter session only (and skipped without
+    Triton). The value is the backend's name."""
+    return force(request.param, monkeypatch)

@@ -7,6 +7,7 @@ Errors are normalised per row as the project's targets state:
 * loss: ``|ours - ref| / (tau + alpha + |max_j s_j - s_y| / k)``;
 * gradient: ``max_j |ours_j - ref_j| / max_j |ref_j|`` (the row's largest reference entry).
 float32 results are compared with the reference evaluated at the float32-rounded scores.
+The bounds of the project's targets are :data:`BOUNDS`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,32 @@ ALPHAS = (0.0, 1.0)
 SCALES = (1e-3, 1.0, 1e2, 1e4)
 STRUCTURES = ("random", "ties", "dominant", "leaders", "offset")
 BRUTE_FORCE_MAX_N = 9
+#: the targets (docs/exactness.md): (loss, gradient) errors per dtype, normalised as above
+BOUNDS = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-10)}
+#: the cells of a backend run in Triton's interpreter (a row costs ~0.1 s there): every k, tau
+#: and alpha of the grid, the smallest and the largest n, each on its ``few_rows``
+FEW_CELLS = (
+    (2, 1, 10.0, 0.0),
+    (6, 2, 1e-3, 1.0),
+    (9, 3, 1e-2, 0.0),
+    (20, 10, 1.0, 0.0),
+    (100, 5, 0.1, 1.0),
+    (1000, 1, 10.0, 1.0),
+)
+#: half of a cell's rows: each structure at each scale once, with its random target (the row
+#: ``2 p``, ``p = structure * len(SCALES) + scale``) or with the target on top (``2 p + 1``),
+#: alternating over both so that every structure and every scale has both kinds
+FEW_ROWS = [
+    2 * (s * len(SCALES) + c) + (s + c) % 2
+    for s in range(len(STRUCTURES))
+    for c in range(len(SCALES))
+]
+
+
+def few_rows(cell) -> list[int]:
+    """The rows of a cell of FEW_CELLS: every other one of FEW_ROWS (every structure, at two
+    of the scales, both kinds of target), the cells taking turns, so that they use them all."""
+    return FEW_ROWS[FEW_CELLS.index(cell) % 2 :: 2]
 
 
 def make_scores(structure: str, n: int, k: int, scale: float, generator: torch.Generator):
@@ -93,9 +120,14 @@ class Worst:
         )
 
 
-def measure(n: int, k: int, tau: float, alpha: float):
-    """``{dtype: (loss error, gradient error, non-finite count)}`` for one grid cell."""
+def measure(
+    n: int, k: int, tau: float, alpha: float, dtypes=(torch.float64, torch.float32), rows=None
+):
+    """``{dtype: (loss error, gradient error, non-finite count)}`` for one grid cell (its
+    ``rows`` only, if given)."""
     scores, targets = grid_inputs(n, k)
+    if rows is not None:
+        scores, targets = scores[rows], targets[rows]
     # Both dtypes see the same float32-representable scores, so one reference serves both.
     scores = scores.float().double()
     ref_loss, ref_grad = log_space_loss_and_grad(scores, targets, k, tau, alpha)
@@ -108,7 +140,7 @@ def measure(n: int, k: int, tau: float, alpha: float):
             dtype=torch.float64,
         )
     results = {}
-    for dtype in (torch.float64, torch.float32):
+    for dtype in dtypes:
         rounded = scores
         loss, grad = _ours(rounded.to(dtype), targets, k, tau, alpha)
         results[dtype] = _errors(
@@ -117,7 +149,11 @@ def measure(n: int, k: int, tau: float, alpha: float):
     return results
 
 
-def cells(sizes=SIZES):
+def cells(sizes=SIZES, few=False):
+    """The grid's cells ``(n, k, tau, alpha)`` of these sizes; ``few``: those of FEW_CELLS."""
+    if few:
+        yield from (cell for cell in FEW_CELLS if cell[0] in sizes)
+        return
     for n, k, tau, alpha in itertools.product(sizes, KS, TAUS, ALPHAS):
         if k < n:
             yield n, k, tau, alpha

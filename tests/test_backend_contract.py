@@ -3,7 +3,7 @@
 Each test takes the ``every_backend`` fixture: the fused CPU kernel and the PyTorch path run in
 the main pytest session, the Triton kernel in the session with ``TRITON_INTERPRET=1`` that
 ``make test`` starts (its parameter is marked ``interpreted``). Adding a backend adds a name
-to ``conftest.ALL_BACKENDS``.
+to ``backend_suite.ALL_BACKENDS``.
 
 References are independent of the code under test: ``F.cross_entropy`` (the k = 1, alpha = 0,
 tau = 1 member) and the rules of docs/math.md. These are the regressions of the fuzz campaign

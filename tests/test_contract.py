@@ -3,10 +3,11 @@
 The calling convention of ``F.cross_entropy`` (reductions, ``weight``, ``ignore_index``,
 spatial and unbatched shapes, dtypes, autocast, devices), Module = functional, one shared table
 of bad arguments, keyword-only hyper-parameters, ``torch.compile`` and gradcheck. The smooth loss
-runs once per CPU backend. Loss-specific guarantees live beside each loss (``test_api.py``,
-``test_edge_cases.py``, ``comparators/``). References: the loss itself on the rows that remain
-(flattening, dropping ignored rows), ``F.cross_entropy``, and the brute-force reference of each
-registry entry.
+runs once per backend of ``backend_suite.ALL_BACKENDS`` (Triton in the interpreter session,
+with its default options only, and in float32 where the others run float64). Loss-specific
+guarantees live beside each loss (``test_api.py``, ``test_edge_cases.py``, ``comparators/``).
+References: the loss itself on the rows that remain (flattening, dropping ignored rows),
+``F.cross_entropy``, and the brute-force reference of each registry entry.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smoothtopk import backends
-from smoothtopk.backends import cpu as cpu_backend
+from backend_suite import (
+    ALL_BACKENDS,
+    few,
+    force,
+    only_some_when_interpreted,
+    precise_dtype,
+    require,
+)
 from smoothtopk.registry import LOSSES
 
 C = 7
@@ -43,6 +50,11 @@ class Case:
         self.options = {p: v for p, v in SMALL.items() if p in self.spec.options} | options
         self.id = "-".join([name, *(f"{p}{v}" for p, v in options.items()), backend or ""])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precise dtype of the case: float64, or float32 on a backend without it."""
+        return torch.float64 if self.backend is None else precise_dtype(self.backend)
+
     def opts(self, device="cpu") -> dict:
         if self.spec.stochastic:
             return {**self.options, "generator": torch.Generator(device).manual_seed(0)}
@@ -57,12 +69,15 @@ class Case:
 
 def _cases():
     for name in LOSSES:
-        if name == "smooth-svm":
-            for backend in ("cpu", "pytorch"):
-                yield Case(name, backend)
-                yield Case(name, backend, k=1, tau=2.0)
-        else:
-            yield Case(name)
+        if name != "smooth-svm":
+            yield pytest.param(Case(name), id=Case(name).id)
+            continue
+        for param in ALL_BACKENDS:  # Triton's interpreter: the default options only
+            backend = param.values[0]
+            variants = [Case(name, backend)]
+            if not few(backend):
+                variants.append(Case(name, backend, k=1, tau=2.0))
+            yield from (pytest.param(case, marks=param.marks, id=case.id) for case in variants)
 
 
 CASES = list(_cases())
@@ -70,14 +85,12 @@ SPECS = [pytest.param(spec, id=name) for name, spec in LOSSES.items()]
 OURS = [pytest.param(spec, id=name) for name, spec in LOSSES.items() if not spec.torch_contract]
 
 
-@pytest.fixture(params=CASES, ids=[c.id for c in CASES])
+@pytest.fixture(params=CASES)
 def case(request, monkeypatch):
     """Each case, with the smooth loss's backend forced by SMOOTHTOPK_BACKEND."""
     case = request.param
-    if case.backend == "cpu" and cpu_backend.load() is None:
-        pytest.skip("the fused CPU kernel could not be built (see test_cpu_kernel.py)")
     if case.backend is not None:
-        monkeypatch.setenv(backends.ENV, case.backend)
+        force(case.backend, monkeypatch)
     return case
 
 
@@ -106,26 +119,42 @@ def test_options_are_the_defaults_of_functional_and_module():
 
 @pytest.mark.parametrize("ignore_index", [-100, 9, 4])
 def test_reductions_weight_and_ignore_index(case, ignore_index):
-    x, y = data()
+    """Each reduction is the weighted sum (mean) of the per-sample losses, value and gradient,
+    with the ignored rows (their target ``ignore_index``, -100 or a class) at weight 0."""
+    if case.backend is not None and ignore_index == 9:
+        only_some_when_interpreted(case.backend, "ignore_index -100 and 4 (a class)")
+    x, y = data(dtype=case.dtype)
+    x.requires_grad_(True)
     per_sample = case(x, y, reduction="none", ignore_index=-1)  # nothing ignored
+    y = y.clone()  # (the per-sample losses saved the original for their gradient)
     y[[1, 4]] = ignore_index
     valid = y != ignore_index
-    weight = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, C, dtype=case.dtype)
     w = weight[y.where(valid, 0)] * valid
     kw = {"ignore_index": ignore_index, "weight": weight}
-    torch.testing.assert_close(case(x, y, reduction="none", **kw), per_sample * w)
-    torch.testing.assert_close(case(x, y, reduction="sum", **kw), (per_sample * w).sum())
-    torch.testing.assert_close(case(x, y, **kw), (per_sample * w).sum() / w.sum())
+    grad_out = torch.linspace(-1.0, 2.0, len(y), dtype=case.dtype)  # for "none"
+    expected = {
+        "none": per_sample * w,
+        "sum": (per_sample * w).sum(),
+        "mean": (per_sample * w).sum() / w.sum(),
+    }
+    for reduction, reference in expected.items():
+        value = case(x, y, reduction=reduction, **kw)
+        torch.testing.assert_close(value, reference)
+        upstream = grad_out if reduction == "none" else None
+        (grad,) = torch.autograd.grad(value, x, upstream)
+        (reference_grad,) = torch.autograd.grad(reference, x, upstream, retain_graph=True)
+        torch.testing.assert_close(grad, reference_grad)
     unweighted = case(x, y, ignore_index=ignore_index)
     torch.testing.assert_close(unweighted, per_sample[valid].mean())
 
 
 def test_all_ignored_and_empty_batch_behave_like_cross_entropy(case):
-    x, _ = data()
+    x, _ = data(dtype=case.dtype)
     y = torch.full((6,), -100)
     assert torch.isnan(case(x, y)) and torch.isnan(F.cross_entropy(x, y))
     assert case(x, y, reduction="sum") == 0
-    empty = torch.zeros(0, C, dtype=torch.float64, requires_grad=True)
+    empty = torch.zeros(0, C, dtype=case.dtype, requires_grad=True)
     target = torch.zeros(0, dtype=torch.long)
     for reduction in ("none", "sum", "mean"):
         expected = F.cross_entropy(empty, target, reduction=reduction)
@@ -138,13 +167,13 @@ def test_all_ignored_and_empty_batch_behave_like_cross_entropy(case):
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_ignored_row_with_nan_scores_and_nan_weight_contributes_nothing(case, reduction):
-    x, y = data(n=3)
+    x, y = data(n=3, dtype=case.dtype)
     y[0], y[2] = 1 + (y[0] % (C - 1)), 1 + (y[2] % (C - 1))  # no counted row of class 0
     poisoned = x.clone()
     poisoned[1] = NAN
     poisoned.requires_grad_(True)
     y[1] = -100
-    weight = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, C, dtype=case.dtype)
     weight[0] = NAN  # the class of no counted row (and the placeholder of the ignored one)
     clean = x.clone().requires_grad_(True)  # the same rows (a stochastic loss: the same noise)
     value = case(poisoned, y, weight=weight, reduction=reduction)
@@ -162,8 +191,10 @@ def test_ignored_row_with_nan_scores_and_nan_weight_contributes_nothing(case, re
 
 
 def test_spatial_shape_equals_flattening_and_unbatched(case):
+    if case.backend is not None:  # flattening happens before the backend is chosen
+        only_some_when_interpreted(case.backend, "flattening is the same Python on every backend")
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, C, 3, 4, generator=generator, dtype=torch.float64)
+    x = torch.randn(2, C, 3, 4, generator=generator, dtype=case.dtype)
     y = torch.randint(0, C, (2, 3, 4), generator=generator)
     flat_x, flat_y = x.movedim(1, -1).reshape(-1, C), y.reshape(-1)
     none = case(x, y, reduction="none")
@@ -177,8 +208,10 @@ def test_spatial_shape_equals_flattening_and_unbatched(case):
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_module_equals_functional_and_holds_weight_as_buffer(case, reduction):
-    x, y = data()
-    weight = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
+    if case.backend is not None:
+        only_some_when_interpreted(case.backend, "the Modules are the same Python on every backend")
+    x, y = data(dtype=case.dtype)
+    weight = torch.linspace(0.5, 2.0, C, dtype=case.dtype)
     module = case.module(weight=weight, ignore_index=2, reduction=reduction)
     torch.testing.assert_close(
         module(x, y), case(x, y, weight=weight, ignore_index=2, reduction=reduction)
@@ -194,6 +227,10 @@ def test_module_equals_functional_and_holds_weight_as_buffer(case, reduction):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_dtype_preserved_and_low_precision_computed_in_float32(case, dtype, reduction):
+    if case.backend is not None:
+        require(case.backend, dtype)
+        if reduction == "mean":
+            only_some_when_interpreted(case.backend, "the reduction none (mean: its own test)")
     x, y = data(dtype=torch.float32, scale=1000.0)  # representable in float16, not its exp
     x = x.to(dtype).requires_grad_(True)
     out = case(x, y, reduction=reduction)
@@ -255,6 +292,8 @@ def test_cuda_matches_cpu(spec):
 def test_gradcheck_and_gradgradcheck(case):
     if case.spec.float32_only:
         pytest.skip("computed in float32: a float64 finite difference would judge its rounding")
+    if case.backend is not None:
+        require(case.backend, torch.float64)  # finite differences need float64
     # well-separated scores: no ties, no hinge at its kink
     x, y = data(n=4, seed=3, scale=3.0)
     x.requires_grad_(True)
@@ -267,6 +306,8 @@ def test_gradcheck_and_gradgradcheck(case):
 
 
 def test_torch_compile_fullgraph(case):
+    if case.backend is not None:
+        only_some_when_interpreted(case.backend, "compiled: test_backend_contract.py's one case")
     torch._dynamo.reset()  # the backend is read while tracing: no graph from another case
     x, y = data(n=8, dtype=torch.float32)
     options = dict(case.options)  # a stochastic loss draws from the global RNG here
