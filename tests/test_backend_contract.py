@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backend_suite import precise_dtype
 from smoothtopk import smooth_topk_svm_loss
 from smoothtopk.backends.pytorch import INDUCTOR_CRASH_BEFORE
 
@@ -193,11 +194,6 @@ def test_a_torch_whose_inductor_crashes_is_refused_not_crashed(monkeypatch):
     assert torch.isfinite(eager)  # eager calls are never refused
 
 
-def _exact_dtype(backend: str) -> torch.dtype:
-    """The most precise dtype a backend computes: float64, float32 for the Triton kernel."""
-    return torch.float32 if backend == "triton" else torch.float64
-
-
 # Class weights of every kind beside finite scores and classes ruled out by -inf: the k = 1,
 # alpha = 0, tau = 1 member answers as F.cross_entropy, value and NaN pattern of the gradient
 # (an infinite weight gave the target -inf where cross-entropy gives NaN).
@@ -223,7 +219,7 @@ def test_the_cross_entropy_member_answers_as_cross_entropy_under_every_weight(
 ):
     if every_backend == "triton" and target[1] == -100 and reduction == "sum":
         pytest.skip("Triton: the ignore_index case under mean and none; interpreted calls are slow")
-    dtype = _exact_dtype(every_backend)
+    dtype = precise_dtype(every_backend)
     scores = torch.tensor(WEIGHTED_SCORES, dtype=dtype)
     weight = torch.tensor(WEIGHTS[name], dtype=dtype)
     target = torch.tensor(target)
@@ -274,7 +270,7 @@ def test_gradient_near_k_equals_n_within_the_documented_bound(k, tau, every_back
 
     if every_backend == "triton" and (k not in (20, 32) or tau != 10.0):
         pytest.skip("Triton (k <= 32): the two hardest cases it takes; interpreted calls are slow")
-    dtype = _exact_dtype(every_backend)
+    dtype = precise_dtype(every_backend)
     generator = torch.Generator().manual_seed(k)
     scores = (torch.randn(6, k + 2, generator=generator, dtype=torch.float64) * 2).to(dtype)
     target = torch.randint(0, k + 2, (6,), generator=generator)
