@@ -114,6 +114,16 @@ def test_sweep_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, 
     assert not os.path.exists(out)
 
 
+def test_overwrite_plans_a_sweep_directory_that_does_not_exist_yet(tmp_path):
+    """``demo --overwrite`` into a new path (``make demo-check`` in a fresh clone, where
+    ``runs/`` does not exist) plans its runs and writes nothing (it read the missing directory
+    to look for claimed runs)."""
+    out = tmp_path / "runs" / "demo-check"
+    runs = sweep.plan(str(out), sweep.expand(None, None, {}, FIXED), overwrite=True)
+    assert len(runs) == len(sweep.expand(None, None, {}, FIXED)) and runs
+    assert not (tmp_path / "runs").exists()
+
+
 def test_sweep_refuses_a_directory_that_is_not_a_sweep(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file").write_text("x")

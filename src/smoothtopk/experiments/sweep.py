@@ -360,7 +360,11 @@ def plan(
 
 
 def _check_none_held(out: str) -> None:
-    """``--overwrite`` deletes the sweep: refused while a live trainer holds one of its runs."""
+    """``--overwrite`` deletes the sweep: refused while a live trainer holds one of its runs
+    (nothing to check when the directory does not exist yet, as ``make demo-check``'s first
+    run in a fresh clone)."""
+    if not os.path.isdir(out):
+        return
     held = [d for d in sorted(os.listdir(out)) if os.path.isdir(os.path.join(out, d))
             and claims.holder(os.path.join(out, d)) is not None]  # fmt: skip
     if held:
