@@ -34,6 +34,8 @@ from ._validation import (
 )
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: scores ``(M, C)`` and coefficients ``beta (M, C)`` -> ``sum_c beta_{ic} l_{ic}``, ``(M,)``
+RowLosses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -47,14 +49,16 @@ def num_classes_of(input: torch.Tensor) -> int:
 
 def rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(N, C, d1, ...)`` scores and ``(N, d1, ...)`` targets as ``(M, C)`` and ``(M,)``."""
-    num_classes = num_classes_of(input)
+    return score_rows(input), target.reshape(-1).long()
+
+
+def score_rows(input: torch.Tensor) -> torch.Tensor:
+    """``(C)``, ``(N, C)`` or ``(N, C, d1, ...)`` as ``(M, C)`` rows (scores or probabilities)."""
     if input.dim() == 1:
-        scores = input.unsqueeze(0)
-    elif input.dim() == 2:
-        scores = input
-    else:
-        scores = input.movedim(1, -1).reshape(-1, num_classes)
-    return scores, target.reshape(-1).long()
+        return input.unsqueeze(0)
+    if input.dim() == 2:
+        return input
+    return input.movedim(1, -1).reshape(-1, input.shape[1])
 
 
 def row_weights(weight, target: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
@@ -92,12 +96,16 @@ class Rows(NamedTuple):
     targets_checked: bool  # False: the device form of the range check is left to the caller
 
 
-def prepare(input, target, k, weight, ignore_index, reduction, device_check=True) -> Rows:
+def prepare(
+    input, target, k, weight, ignore_index, reduction, device_check=True, probabilities=False
+) -> Rows:
     """Check every argument of a loss call (``k`` against the number of classes unless None)
     and flatten to rows. ``device_check=False`` leaves the asynchronous device form of the
     targets' range check (:func:`check_target_range`) to the caller, whose kernel may check the
-    targets itself (``Rows.targets_checked`` says whether it is done)."""
-    check_input_target(input, target)
+    targets itself (``Rows.targets_checked`` says whether it is done). ``probabilities``: the
+    loss also takes class probabilities, which become ``Rows.target`` ``(M, C)`` (as the
+    scores; ``ignore_index`` plays no part, as in ``F.cross_entropy``)."""
+    check_input_target(input, target, probabilities)
     check_reduction(reduction)
     check_ignore_index(ignore_index)
     num_classes = num_classes_of(input)
@@ -107,6 +115,9 @@ def prepare(input, target, k, weight, ignore_index, reduction, device_check=True
     autocast = input.device.type != "meta" and torch.is_autocast_enabled(input.device.type)
     if autocast:
         input = input.float()
+    if target.is_floating_point():  # class probabilities, the input's shape
+        shape = torch.Size((input.shape[0], *input.shape[2:]) if input.dim() > 1 else ())
+        return Rows(score_rows(input), score_rows(target), shape, input.dtype, autocast, True)
     scores, flat_target = rows(input, target)
     checked = device_check or checks_eagerly(flat_target)
     if checked:
@@ -147,3 +158,50 @@ def classification_loss(
         losses = torch.where(valid, per_sample(scores, safe) * weights, 0.0)
         out = reduce(losses, weights, reduction)
     return finish(out, call, reduction)
+
+
+def expected_loss(
+    row_losses: RowLosses, call: Rows, weight, ignore_index, reduction, label_smoothing
+) -> torch.Tensor:
+    r"""``F.cross_entropy``'s rules for class probabilities and label smoothing: the expected
+    loss under the target distribution, from ``row_losses(scores, beta)``
+    ``= sum_c beta_{ic} l_{ic}`` (``l_{ic}`` the loss of class ``c`` for row ``i``) on rows from
+    :func:`prepare` with ``probabilities=True``. With ``w_c`` the class weights (1 without) and
+    ``eps`` the smoothing:
+
+    * probabilities ``q``: ``beta_{ic} = w_c ((1 - eps) q_{ic} + eps / C)``; ``"mean"`` divides
+      the sum by the number of rows;
+    * class indices ``t``: ``beta_{ic} = (eps / C) w_c + (1 - eps) w_{t_i} [c = t_i]``, and
+      ``beta_i = 0`` for an ignored row (whose scores are never read); ``"mean"`` divides by
+      ``sum w_{t_i}`` over the rows that count.
+    """
+    off = torch.autocast(call.scores.device.type, enabled=False) if call.autocast else nullcontext()
+    with off:
+        dtype = working_dtype(call.scores.dtype)
+        if call.target.is_floating_point():
+            beta = call.target.to(dtype)
+            if label_smoothing:
+                beta = beta * (1.0 - label_smoothing) + label_smoothing / beta.shape[1]
+            if weight is not None:
+                beta = beta * weight.to(dtype)
+            out = reduce(row_losses(call.scores, beta), None, reduction, beta.shape[0])
+        else:
+            valid = call.target != ignore_index
+            safe = torch.where(valid, call.target, 0)
+            weights = row_weights(weight, safe, valid, dtype)
+            beta = _smoothed_indices(safe, valid, weights, weight, label_smoothing, call.scores)
+            scores = torch.where(valid[:, None], call.scores, 0.0)  # ignored: never read
+            out = reduce(row_losses(scores, beta), weights, reduction)
+    return finish(out, call, reduction)
+
+
+def _smoothed_indices(safe, valid, weights, weight, label_smoothing, scores) -> torch.Tensor:
+    """``beta (M, C)`` of class indices under label smoothing (:func:`expected_loss`)."""
+    classes = scores.shape[1]
+    spread = valid[:, None].to(weights.dtype) * (label_smoothing / classes)
+    if weight is None:
+        beta = spread.expand(-1, classes).clone()
+    else:
+        beta = spread * weight.to(weights.dtype)
+    own = ((1.0 - label_smoothing) * weights)[:, None]
+    return beta.scatter_add_(1, safe[:, None], own)

@@ -75,7 +75,7 @@ def check_margins(alpha, input, target):
         )
     if not isinstance(alpha, torch.Tensor) or alpha.numel() == 1:
         return check_non_negative(alpha, "alpha")
-    check_input_target(input, target)
+    check_input_target(input, target, probabilities=True)  # the loss checks the target's kind
     classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     check_margin_tensor(alpha, classes)
     if alpha.device != input.device:
@@ -185,8 +185,10 @@ VMAP_REFUSED = (
 )
 
 
-def check_input_target(input, target) -> None:
-    """``input`` (C), (N, C) or (N, C, d1, ...) floating; ``target`` (), (N) or (N, d1, ...)."""
+def check_input_target(input, target, probabilities: bool = False) -> None:
+    """``input`` (C), (N, C) or (N, C, d1, ...) floating; ``target`` (), (N) or (N, d1, ...)
+    class indices or, where the loss takes them (``probabilities``), class probabilities of
+    the input's shape and a floating dtype, as ``F.cross_entropy``."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if not isinstance(target, torch.Tensor):
@@ -195,12 +197,16 @@ def check_input_target(input, target) -> None:
         raise RuntimeError(VMAP_REFUSED)
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must hold integer class indices (torch.int64), got dtype {target.dtype}"
-        )
     if input.dim() == 0:
         raise ValueError("input must have at least 1 dimension (the classes), got a scalar")
+    if probabilities and target.is_floating_point():
+        _check_probability_target(input, target)
+        return
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        kinds = " or class probabilities (floating, the input's shape)" if probabilities else ""
+        raise TypeError(
+            f"target must hold integer class indices (torch.int64){kinds}, got dtype {target.dtype}"
+        )
     if input.dim() == 1:
         expected = ()
     else:
@@ -212,6 +218,28 @@ def check_input_target(input, target) -> None:
         )
     if target.device != input.device:
         raise ValueError(f"target is on {target.device} but input is on {input.device}")
+
+
+def _check_probability_target(input: torch.Tensor, target: torch.Tensor) -> None:
+    """Class probabilities: the input's shape and device. The values are not read: any real
+    ``q`` gives ``sum_c q_c l_c`` (and its gradient in ``q``), as in ``F.cross_entropy``."""
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(
+            f"target of class probabilities (a floating dtype) must have the input's shape "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}; class indices are an integer "
+            f"dtype"
+        )
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+
+
+def check_label_smoothing(value) -> float:
+    """A float in ``[0, 1]``, as ``F.cross_entropy``'s ``label_smoothing``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
+    return float(value)
 
 
 def _is_batched(tensor: torch.Tensor) -> bool:

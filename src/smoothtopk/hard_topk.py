@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._convention import classification_loss
-from ._validation import check_margins, keyword_only
+from ._convention import classification_loss, expected_loss, prepare
+from ._validation import check_label_smoothing, check_margins, keyword_only
 
 
 @keyword_only
@@ -29,6 +29,7 @@ def topk_svm_loss(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     r"""Hard top-k SVM loss with the calling convention of ``F.cross_entropy``.
 
@@ -38,7 +39,10 @@ def topk_svm_loss(
     scores give NaN, as in cross-entropy; ``-inf`` scores rule classes out.
 
     Args:
-        input, target, weight, ignore_index, reduction: as in ``F.cross_entropy``.
+        input, target, weight, ignore_index, reduction, label_smoothing: as in
+            ``F.cross_entropy``: class indices or class probabilities ``q`` (the input's shape,
+            a floating dtype), for which the loss is the expectation ``sum_c q_c l_k(s, c)``
+            (:func:`smoothtopk.smooth_topk_svm_loss` says more).
         k: the top-k of interest, ``1 <= k < C`` (keyword-only, as every argument after
             ``target``).
         alpha: margin ``>= 0``, or per-class margins: a floating ``(C,)`` tensor of which
@@ -56,6 +60,14 @@ def topk_svm_loss(
         tensor(1.5000)
     """
     alpha = check_margins(alpha, input, target)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    if label_smoothing or target.is_floating_point():
+        call = prepare(input, target, k, weight, ignore_index, reduction, probabilities=True)
+
+        def row_losses(scores: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+            return (beta * hard_losses(scores, k, alpha)).sum(dim=1)
+
+        return expected_loss(row_losses, call, weight, ignore_index, reduction, label_smoothing)
     per_class = isinstance(alpha, torch.Tensor)
 
     def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
@@ -66,6 +78,18 @@ def topk_svm_loss(
         return F.relu(margin + (kth - true_score) / k) + _poison(scores)
 
     return classification_loss(per_sample, input, target, weight, ignore_index, reduction, k=k)
+
+
+def hard_losses(scores: torch.Tensor, k: int, alpha) -> torch.Tensor:
+    """``(M, C)``: ``l_k(s_i, c)`` for every row and class, in ``O(C)`` per row after a top-(k+1):
+    the k-th largest score other than ``c`` is the (k+1)-th of the row for the k largest
+    classes, the k-th for the others."""
+    scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
+    top, index = scores.topk(k + 1, dim=1)
+    among = torch.zeros_like(scores, dtype=torch.bool).scatter(1, index[:, :k], True)
+    kth = torch.where(among, top[:, k : k + 1], top[:, k - 1 : k])
+    margin = alpha.to(scores.dtype)[None, :] if isinstance(alpha, torch.Tensor) else alpha
+    return F.relu(margin + (kth - scores) / k) + _poison(scores)[:, None]
 
 
 def _poison(scores: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 from ._validation import (
     check_ignore_index,
     check_k,
+    check_label_smoothing,
     check_margin_tensor,
     check_margin_values,
     check_non_negative,
@@ -40,6 +41,8 @@ class _WeightedLoss(nn.Module):
 
     functional: Callable[..., torch.Tensor]
     hyper_parameters: tuple[str, ...] = ()
+    #: hyper-parameters left out of the repr at these values (``label_smoothing=0.0``)
+    quiet_defaults: dict = {"label_smoothing": 0.0}
 
     def __init__(self, weight: torch.Tensor | None, ignore_index: int, reduction: str) -> None:
         super().__init__()
@@ -71,7 +74,12 @@ class _WeightedLoss(nn.Module):
             self.alpha = check_non_negative(alpha, "alpha")
 
     def extra_repr(self) -> str:
-        hyper = [f"{name}={_short(getattr(self, name))}" for name in self.hyper_parameters]
+        quiet = self.quiet_defaults
+        hyper = [
+            f"{name}={_short(getattr(self, name))}"
+            for name in self.hyper_parameters
+            if not (name in quiet and getattr(self, name) == quiet[name])
+        ]
         return ", ".join([*hyper, self._common_repr()])
 
     def _common_repr(self) -> str:
@@ -97,7 +105,8 @@ class SmoothTopkSVMLoss(_WeightedLoss):
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``; target: ``()``, ``(N)`` or
-          ``(N, d1, ...)``; output: a scalar, or the target's shape for ``reduction="none"``.
+          ``(N, d1, ...)`` class indices, or class probabilities of the input's shape;
+          output: a scalar, or ``(N, d1, ...)`` for ``reduction="none"``.
 
     Example:
         >>> import torch
@@ -109,7 +118,7 @@ class SmoothTopkSVMLoss(_WeightedLoss):
     """
 
     functional = staticmethod(smooth_topk_svm_loss)
-    hyper_parameters = ("k", "tau", "alpha")
+    hyper_parameters = ("k", "tau", "alpha", "label_smoothing")
 
     def __init__(
         self,
@@ -119,11 +128,13 @@ class SmoothTopkSVMLoss(_WeightedLoss):
         weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
         self.k = check_k(k, None)  # against the number of classes at each call
         self.tau = check_positive(tau, "tau")
         self._set_alpha(alpha)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
 
 
 class TopkSVMLoss(_WeightedLoss):
@@ -140,7 +151,7 @@ class TopkSVMLoss(_WeightedLoss):
     """
 
     functional = staticmethod(topk_svm_loss)
-    hyper_parameters = ("k", "alpha")
+    hyper_parameters = ("k", "alpha", "label_smoothing")
 
     def __init__(
         self,
@@ -149,7 +160,9 @@ class TopkSVMLoss(_WeightedLoss):
         weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
         self.k = check_k(k, None)  # against the number of classes at each call
         self._set_alpha(alpha)
+        self.label_smoothing = check_label_smoothing(label_smoothing)

@@ -7,15 +7,17 @@ import inspect
 import torch
 
 from . import backends
-from ._convention import finish, prepare
+from ._convention import expected_loss, finish, prepare
 from ._validation import (
     VMAP_REFUSED,
+    check_label_smoothing,
     check_margins,
     check_positive,
     check_target_range,
     check_temperature_scale,
     keyword_only,
 )
+from .backends import every_class
 from .backends import pytorch as pytorch_backend
 
 
@@ -30,6 +32,7 @@ def smooth_topk_svm_loss(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     r"""Smooth top-k SVM loss :math:`L_{k,\tau}` with the calling convention of ``F.cross_entropy``.
 
@@ -51,9 +54,19 @@ def smooth_topk_svm_loss(
     gradient 0 (the limit; ``-inf`` scores rule classes out); NaN or ``+inf`` scores give NaN;
     ignored elements contribute nothing to the value or the gradient.
 
+    Probability targets and label smoothing (as ``F.cross_entropy``): for a target
+    distribution ``q`` the loss is the expectation :math:`\sum_c w_c q_c L_{k,\tau}(s, c)`
+    (cross-entropy's ``-sum_c w_c q_c log p_c`` at ``k = 1, alpha = 0, tau = 1``);
+    ``label_smoothing = eps`` replaces ``q`` by ``(1 - eps) q + eps / C``, for class indices
+    ``q`` being one-hot. All ``C`` losses come from one ``O(C k)`` pass per sample
+    (:mod:`smoothtopk.backends.every_class`, float64); for probabilities ``"mean"`` divides by
+    the number of samples, for class indices by the weight sum, as ``F.cross_entropy``.
+
     Args:
         input: scores (logits).
-        target: class indices, integer dtype; ``ignore_index`` marks elements to skip.
+        target: class indices, integer dtype (``ignore_index`` marks elements to skip), or
+            class probabilities, a floating tensor of the input's shape (e.g. mixup/cutmix
+            targets; its values are not checked, and a gradient flows to it).
         k: the top-k of interest, ``1 <= k < C`` (keyword-only, as every argument below).
         tau: temperature ``> 0``; smaller is closer to the hard top-k hinge.
         alpha: margin ``>= 0``, or per-class margins: a floating ``(C,)`` tensor (on the
@@ -62,10 +75,13 @@ def smooth_topk_svm_loss(
         weight: ``(C,)`` per-class weights, applied as ``weight[target]``.
         ignore_index: a target value that is ignored.
         reduction: ``"mean"`` (weighted mean over non-ignored elements), ``"sum"`` or ``"none"``.
+        label_smoothing: ``eps`` in ``[0, 1]``, the weight of the uniform distribution mixed
+            into the target (default 0).
 
     Shape:
         - input: ``(C)``, ``(N, C)`` or ``(N, C, d1, ...)``.
-        - target: ``()``, ``(N)`` or ``(N, d1, ...)``.
+        - target: ``()``, ``(N)`` or ``(N, d1, ...)`` class indices, or probabilities of the
+          input's shape.
         - output: a scalar, or the target's shape for ``reduction="none"``; float16/bfloat16
           inputs are computed in float32 and returned in their dtype.
 
@@ -80,9 +96,15 @@ def smooth_topk_svm_loss(
         >>> ce = smooth_topk_svm_loss(scores, target, k=1, tau=1.0, alpha=0.0)
         >>> torch.allclose(ce, F.cross_entropy(scores, target))
         True
+        >>> mixed = torch.tensor([[0.7, 0.0, 0.3, 0.0], [0.0, 0.5, 0.5, 0.0]])  # mixup's targets
+        >>> loss = smooth_topk_svm_loss(scores, mixed, k=2, label_smoothing=0.1)
     """
     tau = check_positive(tau, "tau")
     alpha = check_margins(alpha, input, target)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    if label_smoothing or target.is_floating_point():
+        return _expected(input, target, k, tau, alpha, weight, ignore_index, reduction,
+                         label_smoothing)  # fmt: skip
     call = prepare(input, target, k, weight, ignore_index, reduction, device_check=False)
     check_temperature_scale(k, tau)
     backend = backends.select(
@@ -97,6 +119,20 @@ def smooth_topk_svm_loss(
     else:
         out = _apply(backend, call.scores, arguments)
     return finish(out, call, reduction)
+
+
+def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, label_smoothing):
+    """Probability targets or label smoothing: the expected loss over the target distribution
+    (:func:`smoothtopk._convention.expected_loss`) from the loss of every class
+    (:func:`smoothtopk.backends.every_class.smooth_losses`, PyTorch operations on every device,
+    differentiated by autograd)."""
+    call = prepare(input, target, k, weight, ignore_index, reduction, probabilities=True)
+    check_temperature_scale(k, tau)
+
+    def row_losses(scores: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        return every_class.expected(scores, beta, k, tau, alpha)
+
+    return expected_loss(row_losses, call, weight, ignore_index, reduction, label_smoothing)
 
 
 def _apply(backend, scores: torch.Tensor, arguments: tuple) -> torch.Tensor:

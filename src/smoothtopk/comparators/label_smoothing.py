@@ -18,17 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from .._convention import classification_loss
-from .._validation import check_non_negative, keyword_only
+from .._validation import check_label_smoothing, keyword_only
 from ..modules import _WeightedLoss
 
 __all__ = ["LabelSmoothingCrossEntropyLoss", "label_smoothing_cross_entropy"]
-
-
-def _check_label_smoothing(label_smoothing) -> float:
-    value = check_non_negative(label_smoothing, "label_smoothing")
-    if value > 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
-    return value
 
 
 @keyword_only
@@ -61,7 +54,7 @@ def label_smoothing_cross_entropy(
         >>> torch.allclose(loss, torch.nn.functional.cross_entropy(s, y, label_smoothing=0.1))
         True
     """
-    label_smoothing = _check_label_smoothing(label_smoothing)
+    label_smoothing = check_label_smoothing(label_smoothing)
 
     def per_sample(scores: torch.Tensor, safe_target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -85,4 +78,4 @@ class LabelSmoothingCrossEntropyLoss(_WeightedLoss):
         reduction: str = "mean",
     ) -> None:
         super().__init__(weight, ignore_index, reduction)
-        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
