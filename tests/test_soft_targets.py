@@ -12,11 +12,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backend_suite import force
 from reference import brute_force_loss
 from smoothtopk import SmoothTopkSVMLoss, TopkSVMLoss, smooth_topk_svm_loss, topk_svm_loss
 from smoothtopk.backends import every_class
 
 INF = math.inf
+#: the implementations of the expected loss: the fused CPU kernel and PyTorch operations (the
+#: Triton kernel takes class indices only: test_triton_refuses_probability_targets)
+DENSE_BACKENDS = ["cpu", "pytorch"]
+
+
+@pytest.fixture(params=DENSE_BACKENDS)
+def dense_backend(request, monkeypatch):
+    return force(request.param, monkeypatch)
 
 
 def _expected_by_class(loss, scores, q, **options):
@@ -76,7 +85,9 @@ CASES = [(1, 10, 1.0, 3.0), (5, 30, 1.0, 3.0), (5, 100, 0.1, 10.0), (10, 50, 1.0
 
 
 @pytest.mark.parametrize("k,classes,tau,spread", CASES)
-def test_expected_loss_and_gradient_equal_the_sum_over_classes(k, classes, tau, spread):
+def test_expected_loss_and_gradient_equal_the_sum_over_classes(
+    k, classes, tau, spread, dense_backend
+):
     torch.manual_seed(k * classes)
     scores = (torch.randn(4, classes, dtype=torch.float64) * spread).requires_grad_()
     q = torch.rand(4, classes, dtype=torch.float64).softmax(dim=1)
@@ -89,7 +100,7 @@ def test_expected_loss_and_gradient_equal_the_sum_over_classes(k, classes, tau, 
     torch.testing.assert_close(grad, expected, rtol=1e-11, atol=1e-12)
 
 
-def test_float32_is_as_exact_as_its_rounding():
+def test_float32_is_as_exact_as_its_rounding(dense_backend):
     torch.manual_seed(0)
     scores = torch.randn(64, 100) * 4
     q = torch.rand(64, 100).softmax(dim=1)
@@ -103,7 +114,7 @@ def test_float32_is_as_exact_as_its_rounding():
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 1.0])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("kind", ["indices", "probabilities"])
-def test_cross_entropy_member(reduction, label_smoothing, weighted, kind):
+def test_cross_entropy_member(reduction, label_smoothing, weighted, kind, dense_backend):
     """k = 1, alpha = 0, tau = 1 is F.cross_entropy with the same targets and options (its
     mean divides by N for probabilities, by the weight sum for indices), values and
     gradients, with spatial dimensions."""
@@ -124,7 +135,7 @@ def test_cross_entropy_member(reduction, label_smoothing, weighted, kind):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
 
 
-def test_label_smoothing_is_the_mixture_of_the_class_index_losses():
+def test_label_smoothing_is_the_mixture_of_the_class_index_losses(dense_backend):
     torch.manual_seed(2)
     scores = torch.randn(5, 9, dtype=torch.float64)
     target = torch.tensor([0, 3, -100, 8, 2])
@@ -143,7 +154,7 @@ def test_label_smoothing_is_the_mixture_of_the_class_index_losses():
     torch.testing.assert_close(mean, expected.sum() / weight[target[valid]].sum())
 
 
-def test_probabilities_with_weight_and_smoothing_are_the_smoothed_distribution():
+def test_probabilities_with_weight_and_smoothing_are_the_smoothed_distribution(dense_backend):
     torch.manual_seed(3)
     scores = torch.randn(4, 7, dtype=torch.float64)
     q = torch.rand(4, 7, dtype=torch.float64).softmax(dim=1)
@@ -155,7 +166,7 @@ def test_probabilities_with_weight_and_smoothing_are_the_smoothed_distribution()
     torch.testing.assert_close(out, expected.mean(), rtol=1e-12, atol=1e-14)
 
 
-def test_two_hot_targets_mix_two_class_index_losses():
+def test_two_hot_targets_mix_two_class_index_losses(dense_backend):
     """Mixup's targets: lambda and 1 - lambda on two classes."""
     torch.manual_seed(4)
     scores = torch.randn(6, 10, dtype=torch.float64)
@@ -189,7 +200,7 @@ def test_hard_loss_takes_probabilities_and_smoothing(k):
     )
 
 
-def test_gradcheck_and_double_backward():
+def test_gradcheck_and_double_backward(dense_backend):
     torch.manual_seed(5)
     scores = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     q = torch.rand(3, 6, dtype=torch.float64).softmax(dim=1)
@@ -201,7 +212,7 @@ def test_gradcheck_and_double_backward():
     assert torch.autograd.gradgradcheck(loss, (scores,))
 
 
-def test_gradient_flows_to_probability_targets():
+def test_gradient_flows_to_probability_targets(dense_backend):
     """As F.cross_entropy: d loss / d q_c = l_c (e.g. a learned teacher's distribution)."""
     scores = torch.randn(2, 5, dtype=torch.float64)
     q = torch.rand(2, 5, dtype=torch.float64).softmax(dim=1).requires_grad_()
@@ -226,7 +237,7 @@ def test_modules_take_label_smoothing_and_probabilities():
     torch.testing.assert_close(hard(scores, q), expected)
 
 
-def test_compile_fullgraph_equals_eager():
+def test_compile_fullgraph_equals_eager(dense_backend):
     torch.manual_seed(7)
     scores = torch.randn(8, 12, requires_grad=True)
     q = torch.rand(8, 12).softmax(dim=1)
@@ -243,7 +254,7 @@ def test_compile_fullgraph_equals_eager():
     torch.testing.assert_close(compiled_grad, eager_grad)
 
 
-def test_autocast_computes_in_float32():
+def test_autocast_computes_in_float32(dense_backend):
     torch.manual_seed(8)
     scores = torch.randn(4, 9)
     q = torch.rand(4, 9).softmax(dim=1)
@@ -279,3 +290,39 @@ def test_losses_without_probabilities_say_so():
 
     with pytest.raises(TypeError, match="integer class indices"):
         truncated_topk_entropy_loss(torch.randn(4, 5), torch.rand(4, 5), k=2)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_edge_rows_and_margins_equal_the_class_index_losses(dense_backend, k):
+    """-inf classes, rows with k + 1, k and k - 1 finite scores, a NaN row, per-class
+    margins: value and gradient as the class-index losses summed class by class."""
+    torch.manual_seed(k)
+    classes = 12
+    scores = _edge_rows(classes, k)
+    scores[0, 2] = math.nan
+    q = torch.rand(5, classes, dtype=torch.float64).softmax(dim=1)
+    alpha = torch.rand(classes, dtype=torch.float64)
+    live = scores.clone()
+    live[0, 2] = 0.0
+    live.requires_grad_()
+    out = smooth_topk_svm_loss(scores, q, k=k, tau=0.5, alpha=alpha, reduction="none")
+    # the class-index loss in the same process: the pytorch backend unless forced otherwise
+    reference = _expected_by_class(smooth_topk_svm_loss, scores, q, k=k, tau=0.5, alpha=alpha)
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-13, equal_nan=True)
+    assert out[0].isnan()
+    rows = [1, 2]  # rows of finite loss (a -inf class of row 3 has k finite others: +inf)
+    out = smooth_topk_svm_loss(live[rows], q[rows], k=k, tau=0.5, alpha=alpha, reduction="sum")
+    reference = _expected_by_class(
+        smooth_topk_svm_loss, live[rows], q[rows], k=k, tau=0.5, alpha=alpha
+    ).sum()
+    (grad,) = torch.autograd.grad(out, live)
+    (expected,) = torch.autograd.grad(reference, live)
+    torch.testing.assert_close(grad, expected, rtol=1e-11, atol=1e-12)
+
+
+def test_triton_refuses_probability_targets(monkeypatch):
+    """The Triton kernel takes class indices: forced, it says so rather than computing
+    something else (auto takes the PyTorch operations on CUDA tensors)."""
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="Triton kernel takes class indices"):
+        smooth_topk_svm_loss(torch.randn(4, 5), torch.rand(4, 5), k=2)

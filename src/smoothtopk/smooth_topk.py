@@ -17,7 +17,6 @@ from ._validation import (
     check_temperature_scale,
     keyword_only,
 )
-from .backends import every_class
 from .backends import pytorch as pytorch_backend
 
 
@@ -124,13 +123,13 @@ def smooth_topk_svm_loss(
 def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, label_smoothing):
     """Probability targets or label smoothing: the expected loss over the target distribution
     (:func:`smoothtopk._convention.expected_loss`) from the loss of every class
-    (:func:`smoothtopk.backends.every_class.smooth_losses`, PyTorch operations on every device,
-    differentiated by autograd)."""
+    (:func:`smoothtopk.backends.every_class_loss`: the fused CPU kernel, else PyTorch
+    operations on every device)."""
     call = prepare(input, target, k, weight, ignore_index, reduction, probabilities=True)
     check_temperature_scale(k, tau)
 
     def row_losses(scores: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        return every_class.expected(scores, beta, k, tau, alpha)
+        return backends.every_class_loss(scores, k)(scores, beta, k, tau, alpha)
 
     return expected_loss(row_losses, call, weight, ignore_index, reduction, label_smoothing)
 

@@ -43,7 +43,7 @@ from types import ModuleType
 
 import torch
 
-from . import cpu, pytorch, triton
+from . import cpu, every_class, pytorch, triton
 
 ENV = "SMOOTHTOPK_BACKEND"
 #: the retired switch of the CPU kernel: refused, so that a setting of it is never silently lost
@@ -89,3 +89,24 @@ def select(scores: torch.Tensor, k: int, call: tuple | None = None) -> ModuleTyp
             return backend
         reasons.append(f"{name}: {reason}")
     raise RuntimeError("no backend can compute this call: " + "; ".join(reasons))
+
+
+def every_class_loss(scores: torch.Tensor, k: int):
+    """The implementation of ``sum_c beta_{ic} L(s_i, c)`` (probability targets, label
+    smoothing) for ``scores (M, C)``: ``expected(scores, beta, k, tau, alpha) -> (M,)`` of the
+    fused CPU kernel (:func:`smoothtopk.backends.cpu.expected`) where it computes the call, else
+    PyTorch operations (:func:`smoothtopk.backends.every_class.expected`, every device). The
+    Triton kernel takes class indices only: ``SMOOTHTOPK_BACKEND=triton`` raises here."""
+    choice = requested()
+    if choice == "triton":
+        raise RuntimeError(
+            f"{ENV}=triton cannot compute this call: the Triton kernel takes class indices; "
+            "probability targets and label smoothing run on the cpu or pytorch backend"
+        )
+    if choice in ("auto", "cpu"):
+        reason = cpu.unavailable(scores, k)
+        if reason is None:
+            return cpu.expected
+        if choice == "cpu":
+            raise RuntimeError(f"{ENV}=cpu cannot compute this call: {reason}")
+    return every_class.expected

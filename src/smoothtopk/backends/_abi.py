@@ -14,6 +14,8 @@ reads (the CPU kernel folds it into ``stats``)::
                              tau, reduction) -> grad
     smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats, anchor_index, total)
     smoothtopk::triton_backward(... as cpu_backward ..., total, splits) -> grad
+    smoothtopk::cpu_every_class(scores, beta, k, tau, alpha, alpha_per_class?, with_grad)
+        -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
 
 **Per-row layout** of ``stats`` (float64, :func:`stats_width` ``= 2 + 2k`` columns)::
 
@@ -74,6 +76,8 @@ SCHEMAS = {
     "cpu_backward": f"({_BACKWARD}) -> Tensor",
     "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor, Tensor)",
     "triton_backward": f"({_BACKWARD}, Tensor total, int splits) -> Tensor",
+    "cpu_every_class": "(Tensor scores, Tensor beta, int k, float tau, float alpha, "
+    "Tensor? alpha_per_class, bool with_grad) -> (Tensor, Tensor)",
 }
 
 
@@ -117,11 +121,18 @@ def _backward_fake(grad_out, scores, *_):
     return torch.empty_like(scores, memory_format=torch.contiguous_format)
 
 
+def _every_class_fake(scores, beta, k, tau, alpha, margins, with_grad):
+    out = scores.new_empty(scores.shape[0], dtype=working_dtype(scores.dtype))
+    grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
+    return out, (grad if with_grad else scores.new_empty(0))
+
+
 _FAKES = {
     "cpu_forward": _cpu_forward_fake,
     "cpu_backward": _backward_fake,
     "triton_forward": _triton_forward_fake,
     "triton_backward": _backward_fake,
+    "cpu_every_class": _every_class_fake,
 }
 
 

@@ -1,4 +1,4 @@
-"""Building and loading the fused CPU kernel (``csrc/smooth_topk_cpu.cpp``), once per machine.
+"""Building and loading the fused CPU kernels (``csrc/*.cpp``: one library), once per machine.
 
 A build lives in ``$TORCH_EXTENSIONS_DIR/<name>`` (default ``~/.cache/torch_extensions``), its
 name a hash of the source, the flags, torch, Python and (native builds) the CPU, and counts only
@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
+#: every C++ file of the library: the class-index kernel, and every class's loss at once
+SOURCES = (SOURCE, SOURCE.with_name("every_class_cpu.cpp"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]
 PORTABLE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 BUILT = "built"  # marker file in a build directory: its library is complete and loadable
@@ -101,7 +103,8 @@ def build_name(portable: bool) -> str:
     """A name per source, flags, torch, Python and (native builds: ``-march=native``) CPU, so
     that an existing library is the one this process would build."""
     flags = PORTABLE_FLAGS if portable else FLAGS
-    parts = [SOURCE.read_bytes(), " ".join(flags).encode(), torch.__version__.encode()]
+    parts = [*(source.read_bytes() for source in SOURCES), " ".join(flags).encode()]
+    parts.append(torch.__version__.encode())
     parts += [sys.version.encode(), platform.machine().encode()]
     if not portable:
         parts.append(_cpu_flags().encode())
@@ -159,7 +162,7 @@ def _build_lock(path: Path):
 
 def _announce(root: Path) -> None:
     print(
-        f"smoothtopk: compiling the fused CPU kernel ({SOURCE.name}, about 15 s); this happens "
+        f"smoothtopk: compiling the fused CPU kernels (csrc/*.cpp, about 30 s); this happens "
         f"once per machine (cached in {root}, set TORCH_EXTENSIONS_DIR to move it); "
         f"to build ahead of time: {AHEAD_OF_TIME}",
         file=sys.stderr,
@@ -181,7 +184,7 @@ def _compile(name: str, root: Path, flags: list[str], ldflags: list[str]) -> Non
     try:
         load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=flags,
             extra_ldflags=ldflags,
             build_directory=str(directory),
