@@ -39,8 +39,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
-#: every C++ file of the library: the class-index kernel, and every class's loss at once
+#: the compiled C++ files of the library: the class-index kernel, and every class's loss at once
 SOURCES = (SOURCE, SOURCE.with_name("every_class_cpu.cpp"))
+#: every file of the build, headers included: a change to any of them is a new build
+BUILD_FILES = (*SOURCES, SOURCE.with_name("vector_math.h"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]
 PORTABLE_FLAGS = ["-O3", "-ffp-contract=fast", "-fno-trapping-math"]
 BUILT = "built"  # marker file in a build directory: its library is complete and loadable
@@ -103,7 +105,7 @@ def build_name(portable: bool) -> str:
     """A name per source, flags, torch, Python and (native builds: ``-march=native``) CPU, so
     that an existing library is the one this process would build."""
     flags = PORTABLE_FLAGS if portable else FLAGS
-    parts = [*(source.read_bytes() for source in SOURCES), " ".join(flags).encode()]
+    parts = [*(path.read_bytes() for path in BUILD_FILES), " ".join(flags).encode()]
     parts.append(torch.__version__.encode())
     parts += [sys.version.encode(), platform.machine().encode()]
     if not portable:

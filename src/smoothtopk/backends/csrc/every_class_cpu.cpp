@@ -20,6 +20,9 @@
 //   the adjoints of A_m, B_m, e_b and sigma_b(w) are per-row vectors of k + 1 numbers, and a
 //   class of R gets u_c scale (explicit Horner derivative + sum_r (-u_c)^r F_r), a class of T
 //   -w_c scale (adjoint of w_c through sigma(w) and the leave-one-out recursions).
+// Every pass over the classes is a loop over arrays without branches (exp, log1p and Horner's
+// rule written for the vectoriser, vector_math.h; sums in 8 lanes); the k anchors and the rare
+// classes whose e^{z/tau} leaves the double range are then redone one by one.
 // Edge rules as the class-index loss, class by class: NaN or +inf in a row -> NaN (loss and
 // gradient); at most k finite scores -> finite classes 0, -inf classes +inf (exactly k finite)
 // or NaN, gradient 0; a -inf class of a live row has loss +inf and gradient -beta_c / k.
@@ -33,6 +36,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "vector_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,26 +49,32 @@
 
 namespace every_class {
 
+using vector_math::exp_nonpositive;
+using vector_math::kExpFloor;
+using vector_math::log1p_nonnegative;
+
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kExpFloor = -708.0;
+constexpr double kBig = 1e300;  // e^{z/tau} beyond this: z itself is used
 
 struct Options {
   int64_t k;
   double tau, scale, alpha;
   const double* alpha_per_class;  // nullptr: alpha for every class
   bool with_grad;
-  const double* exp_alpha;  // e^{alpha_c / tau}, per class (or one value)
+  const double* exp_alpha;  // e^{alpha_c / tau} for every class
 };
 
-// Per-thread buffers, sized once per row length.
+// Per-thread buffers, sized once per row length: arrays over the classes, then per-row ones.
 struct Scratch {
-  std::vector<double> s, beta, u, g, lambda_a, lambda_b, grad;
-  std::vector<int64_t> anchors;          // T, k classes; anchor_of[c] = position in T or -1
-  std::vector<int64_t> anchor_of;
+  std::vector<double> s, beta, u, a_val, b_val, loss, share, lambda_a, lambda_b, power, grad;
+  std::vector<int64_t> anchors;    // T, the k largest scores' classes
+  std::vector<int64_t> anchor_of;  // position in T, or -1
   std::vector<double> w, sigma, without, states;  // without: k x k; states: k x k x (k + 1)
   void resize(int64_t classes, int64_t k) {
-    for (auto* v : {&s, &beta, &u, &g, &lambda_a, &lambda_b, &grad}) v->assign(classes, 0.0);
+    for (auto* v : {&s, &beta, &u, &a_val, &b_val, &loss, &share, &lambda_a, &lambda_b, &power,
+                    &grad})
+      v->assign(classes, 0.0);
     anchors.assign(k, 0);
     anchor_of.assign(classes, -1);
     w.assign(k, 0.0);
@@ -72,6 +83,28 @@ struct Scratch {
     states.assign(k * k * (k + 1), 0.0);
   }
 };
+
+// sum_j a_j b_j in 8 lanes (vectorised; a fixed order, whatever the threads).
+double dot(const double* a, const double* b, int64_t n) {
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lanes[l] += a[j + l] * b[j + l];
+  double tail = 0.0;
+  for (; j < n; ++j) tail += a[j] * b[j];
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
+         ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail;
+}
+
+// out_c = sum_m coef_m (-v_c)^m for every class: Horner's rule, one pass per degree.
+void horner(const double* coef, int64_t degree, const double* __restrict v, int64_t n,
+            double* __restrict out) {
+  for (int64_t c = 0; c < n; ++c) out[c] = coef[degree];
+  for (int64_t m = degree - 1; m >= 0; --m) {
+    const double next = coef[m];
+    for (int64_t c = 0; c < n; ++c) out[c] = next - v[c] * out[c];
+  }
+}
 
 // The k largest scores' classes (ties: the lower class first), by insertion into a sorted list.
 void top_k(const double* s, int64_t classes, int64_t k, int64_t* anchors) {
@@ -100,13 +133,7 @@ void elementary(const double* w, int64_t n, int64_t skip, double* sigma, double*
   }
 }
 
-double horner(const double* c, int64_t degree, double v) {  // sum_m c_m (-v)^m
-  double out = c[degree];
-  for (int64_t m = degree - 1; m >= 0; --m) out = c[m] - v * out;
-  return out;
-}
-
-// The coefficients of d/dv sum_m c_m (-v)^m = sum_m (-(m + 1) c_{m+1}) (-v)^m, degree - 1.
+// The coefficients of d/dv sum_m c_m (-v)^m = sum_m (-(m + 1) c_{m+1}) (-v)^m.
 std::vector<double> derivative(const std::vector<double>& c) {
   std::vector<double> out(c.size() > 1 ? c.size() - 1 : 1, 0.0);
   for (size_t m = 0; m + 1 < c.size(); ++m) out[m] = -static_cast<double>(m + 1) * c[m + 1];
@@ -131,25 +158,53 @@ struct Row {
   std::vector<double> e, a_coef, b_coef;  // e_0..e_k, A_0..A_k, B_0..B_{k-1}
 };
 
+// e_0..e_k of u by the recursion e_d += u_j e_{d-1} in 8 interleaved lanes (class j in lane
+// j mod 8; one vector per degree, no dependency from one class to the next), then the lane
+// polynomials multiplied, truncated at degree k: non-negative terms only.
+void rest_polynomial(const double* __restrict u, int64_t n, int64_t k, std::vector<double>& e) {
+  constexpr int kLanes = 8;
+  std::vector<double> lanes((k + 1) * kLanes, 0.0);  // lanes[d * 8 + l]
+  std::fill(lanes.begin(), lanes.begin() + kLanes, 1.0);
+  double* __restrict p = lanes.data();
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t d = k; d >= 1; --d)
+      for (int l = 0; l < kLanes; ++l) p[d * kLanes + l] += u[j + l] * p[(d - 1) * kLanes + l];
+  for (; j < n; ++j)
+    for (int64_t d = k; d >= 1; --d) p[d * kLanes] += u[j] * p[(d - 1) * kLanes];
+  e.assign(k + 1, 0.0);
+  e[0] = 1.0;
+  std::vector<double> product(k + 1);
+  for (int l = 0; l < kLanes; ++l) {
+    for (int64_t d = 0; d <= k; ++d) {
+      double sum = 0.0;
+      for (int64_t i = 0; i <= d; ++i) sum += e[i] * p[(d - i) * kLanes + l];
+      product[d] = sum;
+    }
+    e.swap(product);
+  }
+}
+
 // Steps 1-2: anchors, u, w, e_b(u), sigma_b(w), leave-one-out sigma_b(w\c) and A_m, B_m.
 void prepare(Row& r) {
   auto& ws = r.ws;
   const int64_t k = r.o.k, n = r.classes;
   top_k(ws.s.data(), n, k, ws.anchors.data());
   r.anchor = ws.s[ws.anchors[k - 1]];
+  const double anchor = r.anchor, scale = r.o.scale;
+  const double* __restrict s = ws.s.data();
+  double* __restrict u = ws.u.data();
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {  // anchors (x >= 0) are zeroed below
+    const double x = (s[j] - anchor) * scale;
+    u[j] = exp_nonpositive(x < 0.0 ? x : 0.0);
+  }
   for (int64_t i = 0; i < k; ++i) {
     ws.anchor_of[ws.anchors[i]] = i;
-    ws.w[i] = std::exp((r.anchor - ws.s[ws.anchors[i]]) * r.o.scale);
+    ws.u[ws.anchors[i]] = 0.0;
+    ws.w[i] = std::exp((anchor - ws.s[ws.anchors[i]]) * scale);
   }
-  r.e.assign(k + 1, 0.0);
-  r.e[0] = 1.0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double x = (ws.s[j] - r.anchor) * r.o.scale;
-    const double u = ws.anchor_of[j] >= 0 || !(x > kExpFloor) ? 0.0 : std::exp(x);
-    ws.u[j] = u;
-    if (u == 0.0) continue;
-    for (int64_t d = k; d >= 1; --d) r.e[d] += u * r.e[d - 1];
-  }
+  rest_polynomial(ws.u.data(), n, k, r.e);
   elementary(ws.w.data(), k, -1, ws.sigma.data(), nullptr);
   std::vector<double> full(k + 1);
   for (int64_t i = 0; i < k; ++i) {
@@ -165,46 +220,67 @@ void prepare(Row& r) {
   }
 }
 
-// Step 3: every class's loss; with gradients, g_c and the lambdas. Returns sum_c beta_c L_c.
+// One class's loss and share (sigmoid(z / tau)) from A_c, B_c and e^{(a - s_c)/(k tau)}.
+void one_class(Row& r, int64_t c, double a_value, double b_value, double shift) {
+  auto& ws = r.ws;
+  const double tau = r.o.tau;
+  const double ratio = r.o.exp_alpha[c] * shift * (a_value / b_value);
+  ws.a_val[c] = a_value;
+  ws.b_val[c] = b_value;
+  if (ratio < kBig) {
+    ws.loss[c] = tau * log1p_nonnegative(ratio);
+    ws.share[c] = ratio / (1.0 + ratio);
+    return;
+  }  // e^{z/tau} beyond the double range (tiny tau, a -inf class): z itself
+  const double alpha = r.o.alpha_per_class ? r.o.alpha_per_class[c] : r.o.alpha;
+  const double log_ratio = a_value > 0.0 ? std::log(a_value / b_value) : -kInf;
+  const double z = alpha + (r.anchor - ws.s[c]) / static_cast<double>(r.o.k) + tau * log_ratio;
+  ws.loss[c] = softplus(z, tau);
+  ws.share[c] = z == -kInf ? 0.0 : sigmoid(z / tau);
+}
+
+// Step 3: every class's loss (and, with gradients, the lambdas). Returns sum_c beta_c L_c.
 double losses(Row& r) {
   auto& ws = r.ws;
-  const int64_t k = r.o.k;
-  double total = 0.0;
-  for (int64_t c = 0; c < r.classes; ++c) {
+  const int64_t k = r.o.k, n = r.classes;
+  const double tau = r.o.tau;
+  double* a_val = ws.a_val.data();
+  double* b_val = ws.b_val.data();
+  horner(r.a_coef.data(), k, ws.u.data(), n, a_val);
+  horner(r.b_coef.data(), k - 1, ws.u.data(), n, b_val);
+  const double* __restrict u = ws.u.data();
+  const double* __restrict exp_alpha = r.o.exp_alpha;
+  double* __restrict loss = ws.loss.data();
+  double* __restrict share = ws.share.data();
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {  // the rest; u_c = 0 (anchors, -inf) gives +inf, redone
+    const double ratio = exp_alpha[c] * (a_val[c] / b_val[c]) / u[c];
+    const double usable = ratio < kBig ? ratio : 0.0;
+    loss[c] = tau * log1p_nonnegative(usable);
+    share[c] = usable / (1.0 + usable);
+  }
+  for (int64_t c = 0; c < n; ++c) {
     const int64_t i = ws.anchor_of[c];
-    double a_value = 0.0, b_value = 0.0;
-    if (i < 0) {
-      a_value = horner(r.a_coef.data(), k, ws.u[c]);
-      b_value = horner(r.b_coef.data(), k - 1, ws.u[c]);
-    } else {
+    if (i >= 0) {
+      double a_value = 0.0, b_value = 0.0;
       for (int64_t b = 0; b < k; ++b) {
         a_value += ws.without[i * k + b] * r.e[b + 1];
         b_value += ws.without[i * k + b] * r.e[b];
       }
+      one_class(r, c, a_value, b_value, ws.w[i]);
+    } else if (!(ws.u[c] > 0.0) || !(r.o.exp_alpha[c] * (a_val[c] / b_val[c]) / ws.u[c] < kBig)) {
+      one_class(r, c, a_val[c], b_val[c], 1.0 / ws.u[c]);
     }
-    const double alpha = r.o.alpha_per_class ? r.o.alpha_per_class[c] : r.o.alpha;
-    const double margin_factor = r.o.alpha_per_class ? r.o.exp_alpha[c] : r.o.exp_alpha[0];
-    // e^{z/tau} = e^{alpha/tau} e^{(a - s_c)/(k tau)} A/B, the middle factor w_c or 1/u_c
-    const double shift = i >= 0 ? ws.w[i] : 1.0 / ws.u[c];
-    const double ratio = margin_factor * shift * (a_value / b_value);
-    double loss, share;  // tau softplus(z / tau) and sigmoid(z / tau)
-    if (ratio < 1e300) {  // one logarithm; the usual case (log1p only where it matters)
-      loss = r.o.tau * (ratio < 0.5 ? std::log1p(ratio) : std::log(1.0 + ratio));
-      share = ratio / (1.0 + ratio);
-    } else {  // e^{z/tau} beyond the double range: z itself (a tiny tau, a -inf class)
-      const double log_ratio = std::log(a_value / b_value);
-      const double z = alpha + (r.anchor - ws.s[c]) / static_cast<double>(k) + r.o.tau * log_ratio;
-      loss = softplus(z, r.o.tau);
-      share = sigmoid(z / r.o.tau);
-    }
-    total += ws.beta[c] * loss;
-    if (!r.o.with_grad) continue;
-    const double g = ws.beta[c] * share;
-    ws.g[c] = g;
-    ws.lambda_a[c] = g == 0.0 ? 0.0 : r.o.tau * g / a_value;
-    ws.lambda_b[c] = g == 0.0 ? 0.0 : r.o.tau * g / b_value;
   }
-  return total;
+  if (r.o.with_grad) {
+    for (int64_t c = 0; c < n; ++c) {
+      const double g = ws.beta[c] * ws.share[c];
+      ws.lambda_a[c] = g == 0.0 ? 0.0 : tau * g / a_val[c];
+      ws.lambda_b[c] = g == 0.0 ? 0.0 : tau * g / b_val[c];
+      ws.share[c] = g;  // from here on: g_c
+    }
+  }
+  return dot(ws.beta.data(), ws.loss.data(), n);
 }
 
 // The adjoints of the anchors' w from those of sigma(w) (d sigma_b / d w_i = sigma_{b-1}(w\i))
@@ -228,28 +304,50 @@ void anchor_adjoints(Row& r, const std::vector<double>& sigma_bar,
   }
 }
 
-// Step 4: the gradient of sum_c beta_c L_c into ws.grad.
+// The rest's gradient, every class (anchors are overwritten by the caller): -g_c / k + u_c scale
+// (sum_r (-u_c)^r F_r + lambda^A_c dA_c/du_c - lambda^B_c dB_c/du_c), F_r = sum_d e_bar_d
+// e_{d-1-r}: the adjoint of u_c through e(u), and through the Horner forms of A_c, B_c.
+void rest_gradient(Row& r, const std::vector<double>& e_bar) {
+  auto& ws = r.ws;
+  const int64_t k = r.o.k, n = r.classes;
+  std::vector<double> f(k, 0.0);
+  for (int64_t q = 0; q < k; ++q)
+    for (int64_t d = q + 1; d <= k; ++d) f[q] += e_bar[d] * r.e[d - 1 - q];
+  double* through_e = ws.a_val.data();  // the forward's A_c, B_c are no longer needed
+  double* slope_a = ws.b_val.data();
+  double* slope_b = ws.power.data();
+  horner(f.data(), k - 1, ws.u.data(), n, through_e);
+  horner(derivative(r.a_coef).data(), k - 1, ws.u.data(), n, slope_a);
+  if (k > 1) horner(derivative(r.b_coef).data(), k - 2, ws.u.data(), n, slope_b);
+  else std::fill(slope_b, slope_b + n, 0.0);
+  const double inverse_k = 1.0 / static_cast<double>(k), scale = r.o.scale;
+  for (int64_t c = 0; c < n; ++c) {
+    const double u_bar = through_e[c] + ws.lambda_a[c] * slope_a[c] - ws.lambda_b[c] * slope_b[c];
+    ws.grad[c] = -ws.share[c] * inverse_k + u_bar * ws.u[c] * scale;
+  }
+}
+
+// Step 4: the gradient of sum_c beta_c L_c into ws.grad (ws.share holds g_c).
 void gradient(Row& r) {
   auto& ws = r.ws;
   const int64_t k = r.o.k, n = r.classes;
   std::vector<double> a_bar(k + 1, 0.0), b_bar(k, 0.0), e_bar(k + 1, 0.0), sigma_bar(k + 1, 0.0);
   std::vector<double> without_bar(k * k, 0.0), w_bar(k, 0.0);
-  for (int64_t c = 0; c < n; ++c) {
-    const int64_t i = ws.anchor_of[c];
-    if (ws.g[c] == 0.0) continue;
-    if (i < 0) {  // adjoints of A_m, B_m: lambda (-u_c)^m
-      double power = 1.0;
-      for (int64_t m = 0; m <= k; ++m, power *= -ws.u[c]) {
-        a_bar[m] += ws.lambda_a[c] * power;
-        if (m < k) b_bar[m] -= ws.lambda_b[c] * power;
-      }
-    } else {
-      for (int64_t b = 0; b < k; ++b) {
-        e_bar[b + 1] += ws.lambda_a[c] * ws.without[i * k + b];
-        e_bar[b] -= ws.lambda_b[c] * ws.without[i * k + b];
-        without_bar[i * k + b] += ws.lambda_a[c] * r.e[b + 1] - ws.lambda_b[c] * r.e[b];
-      }
+  for (int64_t i = 0; i < k; ++i) {  // anchors: through sigma(w\c) and e; then out of the rest's
+    const int64_t c = ws.anchors[i];
+    for (int64_t b = 0; b < k; ++b) {
+      e_bar[b + 1] += ws.lambda_a[c] * ws.without[i * k + b];
+      e_bar[b] -= ws.lambda_b[c] * ws.without[i * k + b];
+      without_bar[i * k + b] += ws.lambda_a[c] * r.e[b + 1] - ws.lambda_b[c] * r.e[b];
     }
+    ws.lambda_a[c] = ws.lambda_b[c] = 0.0;
+  }
+  double* power = ws.power.data();  // (-u_c)^m: the adjoints of A_m, B_m, one pass per degree
+  std::fill(power, power + n, 1.0);
+  for (int64_t m = 0; m <= k; ++m) {
+    a_bar[m] = dot(ws.lambda_a.data(), power, n);
+    if (m < k) b_bar[m] = -dot(ws.lambda_b.data(), power, n);
+    for (int64_t c = 0; c < n; ++c) power[c] *= -ws.u[c];
   }
   for (int64_t m = 0; m <= k; ++m) {  // A_m = sum_b sigma_b e_{b-m}, B_m = sum sigma_b e_{b-1-m}
     for (int64_t b = m; b <= k; ++b) {
@@ -263,24 +361,11 @@ void gradient(Row& r) {
       }
   }
   anchor_adjoints(r, sigma_bar, without_bar, w_bar);
-  // e_d(u) -> u_j: sum_d e_bar_d e_{d-1}(u \ j) = sum_r (-u_j)^r F_r, F_r = sum_d e_bar_d e_{d-1-r}
-  std::vector<double> f(k, 0.0);
-  for (int64_t q = 0; q < k; ++q)
-    for (int64_t d = q + 1; d <= k; ++d) f[q] += e_bar[d] * r.e[d - 1 - q];
-  const std::vector<double> a_slope = derivative(r.a_coef), b_slope = derivative(r.b_coef);
+  rest_gradient(r, e_bar);
   const double inverse_k = 1.0 / static_cast<double>(k);
-  for (int64_t c = 0; c < n; ++c) {
-    const int64_t i = ws.anchor_of[c];
-    double out = -ws.g[c] * inverse_k;
-    if (i >= 0) {
-      out -= w_bar[i] * ws.w[i] * r.o.scale;
-    } else if (ws.u[c] > 0.0) {
-      double u_bar = horner(f.data(), k - 1, ws.u[c]);
-      u_bar += ws.lambda_a[c] * horner(a_slope.data(), k - 1, ws.u[c]);
-      if (k > 1) u_bar -= ws.lambda_b[c] * horner(b_slope.data(), k - 2, ws.u[c]);
-      out += u_bar * ws.u[c] * r.o.scale;
-    }
-    ws.grad[c] = out;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t c = ws.anchors[i];
+    ws.grad[c] = -ws.share[c] * inverse_k - w_bar[i] * ws.w[i] * r.o.scale;
   }
 }
 
@@ -352,8 +437,8 @@ std::tuple<at::Tensor, at::Tensor> cpu_every_class(const at::Tensor& scores_in,
   at::Tensor margin_values;
   if (margins.has_value()) margin_values = margins->to(at::kDouble).contiguous();
   const double* per_class = margins.has_value() ? margin_values.data_ptr<double>() : nullptr;
-  std::vector<double> exp_alpha(per_class ? classes : 1);
-  for (size_t c = 0; c < exp_alpha.size(); ++c)
+  std::vector<double> exp_alpha(classes);
+  for (int64_t c = 0; c < classes; ++c)
     exp_alpha[c] = std::exp((per_class ? per_class[c] : alpha) / tau);
   const Options o{k, tau, 1.0 / (static_cast<double>(k) * tau), alpha, per_class, with_grad,
                   exp_alpha.data()};
