@@ -331,6 +331,8 @@ class Loop:
     per_class: tuple = (None, None)
     last_saved: str = "none yet"  #: what ``last.pt`` holds, for error messages
     position: int = 0  #: of the progress bar
+    #: called after every training step (rank 0 only): a sweep worker's report to its parent
+    on_step: Callable[[], None] | None = None
 
     @property
     def last_path(self) -> str:
@@ -356,8 +358,11 @@ class Loop:
             )  # fmt: skip
 
 
-def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0) -> dict:
+def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0,
+        on_step: Callable[[], None] | None = None) -> dict:  # fmt: skip
     """Train (or continue) the run; returns the summary also written to ``results.json``.
+    ``log`` receives the run's lines (each epoch's: :func:`epoch_line`), ``on_step()`` is
+    called after each training step; both on rank 0 only.
 
     Under torch.distributed every process calls this after :func:`prepare` and a barrier."""
     cfg = prepared.cfg
@@ -368,6 +373,7 @@ def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: 
     if writer:
         _start_files(prepared, device, num_replicas)
     loop = _build(prepared, device, writer, position)
+    loop.on_step = on_step if writer else None
     start, skip, partial, rng = restore(loop, prepared.resume_state, log)
     _feed(loop, prepared)
     if log and start == 0 and skip == 0:
@@ -397,13 +403,13 @@ def _epochs(loop: Loop, start: int, skip: int, partial, rng, log) -> None:
 
 
 def fit_claimed(prepared: Prepared, log=None, position: int = 0, user: str = "sweep",
-                job: str | None = None) -> dict:  # fmt: skip
+                job: str | None = None, on_step=None) -> dict:  # fmt: skip
     """:func:`fit` holding the run directory's claim (:func:`.rundir.run_locked`: a trainer
     elsewhere, even on another node, is refused; ``job``: the cluster job, whose own stale claim
     a requeued incarnation takes over); :class:`.claims.Busy` if another one holds it."""
     resume = prepared.resume_from is not None
     with rundir.run_locked(prepared.run_dir, resume, prepared.overwrite, user, job):
-        return fit(prepared, log=log, position=position)
+        return fit(prepared, log=log, position=position, on_step=on_step)
 
 
 def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) -> None:
@@ -585,6 +591,8 @@ def train_one_epoch(
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
             _save_mid_epoch(loop, epoch, done, loss_sum, meter, t0)
+        if loop.on_step is not None:
+            loop.on_step()
     if distributed.world()[1] > 1:  # exact sums over the processes
         meter.all_reduce(device=device)
     correct, total = meter.counts()
