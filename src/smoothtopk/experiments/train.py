@@ -41,8 +41,9 @@ from smoothtopk import TopkAccuracy
 
 from . import checkpoint as ckpt_io
 from . import distributed, records, rundir
-from .config import Config, check_all, lr_at
+from .config import MIXING, Config, check_all, lr_at
 from .datasets import THIRDS, DataBundle, build_data, check_available
+from .mixing import Mixing, build_mixing, step_seed
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
 from .report.selection import improves
@@ -333,6 +334,8 @@ class Loop:
     position: int = 0  #: of the progress bar
     #: called after every training step (rank 0 only): a sweep worker's report to its parent
     on_step: Callable[[], None] | None = None
+    #: ``--mixup``/``--cutmix`` of the training batches (``None``: off)
+    mixing: Mixing | None = None
 
     @property
     def last_path(self) -> str:
@@ -490,7 +493,8 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
     data = prepared.data
     thirds = data.thirds() if cfg.long_tailed else None
     return Loop(cfg, prepared.run_dir, device, net, optimizer, criterion, ks, writer,
-                per_class=(data.num_classes, thirds), position=position)  # fmt: skip
+                per_class=(data.num_classes, thirds), position=position,
+                mixing=build_mixing(cfg.mixup, cfg.cutmix, data.num_classes))  # fmt: skip
 
 
 def restore(loop: Loop, state: dict | None, log=None) -> tuple[int, int, dict | None, dict | None]:
@@ -545,6 +549,7 @@ def _intro(loop: Loop, prepared: Prepared) -> str:
     return (
         f"{loop.run_dir}: {cfg.model} ({count_parameters(loop.net):,} parameters), "
         f"{cfg.loss_spec.label()}, noise {cfg.noise:g}, "
+        + "".join(f"{o} {getattr(cfg, o):g}, " for o in MIXING if getattr(cfg, o))
         + (f"long-tailed R={cfg.imbalance_ratio:g}, " if cfg.long_tailed else "")
         + f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {loop.device}"
         + (f", {num_replicas} processes" if num_replicas > 1 else "")
@@ -558,7 +563,12 @@ def train_one_epoch(
     ``partial`` sums of the steps done and the random states ``rng``), saving ``last.pt``
     every ``checkpoint_every`` steps. Returns lr, loss sum, top-k counts and the start time,
     summed over the processes. A non-finite loss on any process raises FloatingPointError
-    before its step is applied."""
+    before its step is applied.
+
+    With ``--mixup``/``--cutmix`` (:mod:`.mixing`) the loss is that of the mixed images
+    against their probability targets, and the training top-k counts are of the mixed
+    images' scores against each batch position's own hard (noisy) label, the image that
+    keeps weight λ: a diagnostic, lower than without mixing."""
     cfg, device = loop.cfg, loop.device
     t0, lr = time.perf_counter(), lr_at(cfg, epoch)
     for group in loop.optimizer.param_groups:
@@ -577,11 +587,14 @@ def train_one_epoch(
     batches = iter(loader)
     if rng is not None:  # after the loader drew its seeds, as the uninterrupted run did
         ckpt_io.set_rng_state(rng)
-    steps = first + len(loader)
+    steps, rank = first + len(loader), distributed.world()[0]
     for step, (x, y) in enumerate(_bar(loop, batches, len(loader), epoch), start=first):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        target = y  # the hard labels; mixed batches: probability targets, for the loss only
+        if loop.mixing is not None:
+            x, target = loop.mixing(x, y, step_seed(cfg.seed, rank, epoch, step))
         scores = loop.model(x)
-        loss = loop.criterion(scores, y)
+        loss = loop.criterion(scores, target)
         _stop_if_not_finite(loop, loss, epoch, step)
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
