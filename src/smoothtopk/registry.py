@@ -107,6 +107,11 @@ class LossEntry:
         float32_only: it computes in float32 whatever the input dtype (float64 included).
         torch_contract: PyTorch's own function, with PyTorch's checks and messages, not the
             package's (``_validation``) and with positional hyper-parameters.
+        probability_targets: like ``F.cross_entropy``, it also takes probability targets (a
+            float tensor of the input's shape ``(N, C)``) and a ``label_smoothing=`` in
+            ``[0, 1]`` (functional and Module): the one place that says so. The runner's
+            ``--mixup``, ``--cutmix`` and ``--label-smoothing`` are offered to these losses
+            (and ``--label-smoothing`` to those with a ``label_smoothing`` option).
     """
 
     name: str
@@ -119,6 +124,7 @@ class LossEntry:
     stochastic: bool = False
     float32_only: bool = False
     torch_contract: bool = False
+    probability_targets: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -130,8 +136,10 @@ class LossEntry:
         return "class_counts" in self.options
 
     def build(self, **options) -> nn.Module:
-        """The Module with the given options (the others keep their defaults)."""
-        unknown = sorted(set(options) - set(self.options))
+        """The Module with the given options (the others keep their defaults); with
+        :attr:`probability_targets`, ``label_smoothing`` too."""
+        known = set(self.options) | ({"label_smoothing"} if self.probability_targets else set())
+        unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"loss {self.name!r} takes no option {', '.join(unknown)}")
         return self.module(**options)
@@ -142,6 +150,7 @@ _SPECS = [
     LossEntry(
         "ce", F.cross_entropy, nn.CrossEntropyLoss,
         summary="cross-entropy, torch.nn.functional.cross_entropy", torch_contract=True,
+        probability_targets=True,
     ),
     LossEntry(
         "smooth-svm", smooth_topk_svm_loss, SmoothTopkSVMLoss,

@@ -18,6 +18,7 @@ FLOORS = {
     "report.selection": 5,
     "rundir": 4, "records": 3, "config": 2, "checkpoint": 2,
     "datasets": 1, "noise": 1, "models": 1, "losses": 1, "distributed": 1, "claims": 1,
+    "mixing": 1,
     "loss_options": 0, "report": 0,
 }  # fmt: skip
 

@@ -177,6 +177,13 @@ class Config:
     momentum: float = option(0.9, "Nesterov momentum")
     nesterov: bool = option(True, "use Nesterov momentum")
     weight_decay: float = option(1e-4, "weight decay")
+    # batch mixing (training batches only; evaluation and top-k accuracy keep hard labels)
+    mixup: float = option(0.0, "MixUp on the training batches: alpha of its Beta(alpha, alpha) "
+                          "(torchvision's v2.MixUp; 0: off); needs a loss that takes "
+                          "probability targets")  # fmt: skip
+    cutmix: float = option(0.0, "CutMix on the training batches: alpha of its Beta(alpha, "
+                           "alpha) (torchvision's v2.CutMix; 0: off); with --mixup, one of "
+                           "the two per batch, at random")  # fmt: skip
     milestones: list[int] = option(
         help="epochs after which the learning rate is multiplied by gamma", factory=lambda: [8, 12]
     )
@@ -262,6 +269,9 @@ PRESETS: dict[str, dict] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+#: the batch-mixing options (Beta parameters, 0: off): recipe options of the training batches,
+#: not loss options; they need a loss that takes probability targets
+MIXING = ("mixup", "cutmix")
 #: options that ``sweep`` takes as comma-separated lists (one run per value); ``train`` takes
 #: one value of each, ``demo`` a list of noise levels
 SWEPT = ("loss", "noise", "subset", "seed", *loss_options.NAMES, "imbalance_ratio")
@@ -395,9 +405,11 @@ def validate(cfg: Config) -> Config:
     """Checks that need no data; fills in the data set's default model. Every value that
     training could not use is refused here (ValueError naming the option), before anything is
     written, and every bad value at once (:class:`Problems`)."""
-    from .losses import check_loss
+    from .losses import LOSSES, check_loss, default_label_smoothing
     from .noise import check_rate
 
+    if cfg.label_smoothing is None and cfg.loss in LOSSES:  # the loss's own (0.1 or none)
+        cfg.label_smoothing = default_label_smoothing(cfg.loss)
     check_all(
         lambda: _check_names(cfg),
         lambda: check_loss(cfg.loss),
@@ -406,9 +418,21 @@ def validate(cfg: Config) -> Config:
         *_real_checks(cfg),
         *_schedule_checks(cfg),
         lambda: _check_device(cfg.device),
+        *_target_checks(cfg, known=cfg.loss in LOSSES),
     )
     cfg.loss_spec.build()  # the loss's own checks, once its name and options passed
     return cfg
+
+
+def _target_checks(cfg: Config, known: bool) -> list[Callable[[], None]]:
+    """``--mixup``/``--cutmix`` only for a loss that takes probability targets
+    (:func:`.losses.target_reasons`)."""
+    from .losses import target_reasons
+
+    if not known:
+        return []  # refused by its name
+    mixing = {name: getattr(cfg, name) for name in MIXING}
+    return [_reason(r) for r in target_reasons(cfg.loss, mixing)]
 
 
 def _check_names(cfg: Config) -> None:
@@ -481,7 +505,8 @@ def _real_checks(cfg: Config) -> list[Callable[[], None]]:
     """The real options: finite, in their range, and usable in float32 training; the loss
     options by their checks in :data:`.loss_options.OPTIONS` (each bad one a reason)."""
     checks = [_real(name, getattr(cfg, name), positive=True) for name in ("lr", "dist_timeout")]
-    checks += [_real(name, getattr(cfg, name)) for name in ("weight_decay", "momentum", "gamma")]
+    checks += [_real(name, getattr(cfg, name))
+               for name in ("weight_decay", "momentum", "gamma", *MIXING)]  # fmt: skip
     return checks + [_reason(r) for r in loss_options.reasons(cfg.loss_spec.options)]
 
 
@@ -489,7 +514,7 @@ def _real(name: str, value: float, positive: bool = False) -> Callable[[], None]
     def check():
         if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
             raise ValueError(f"{name} must be {'>' if positive else '>='} 0, got {value}")
-        if name in ("weight_decay", "momentum") and value > FLOAT32_MAX:
+        if name in ("weight_decay", "momentum", *MIXING) and value > FLOAT32_MAX:
             raise ValueError(
                 f"{name} must be at most {FLOAT32_MAX:.4g} (training computes in float32), "
                 f"got {value:g}"
@@ -561,4 +586,21 @@ def to_yaml(cfg: Config) -> str:
 
 def from_saved(values: dict) -> Config:
     _check_keys(values, "the saved config")
+    values = _saved_before_mixing(values)
     return Config(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def _saved_before_mixing(values: dict) -> dict:
+    """A config saved before ``--mixup`` existed (no ``mixup`` key) holds ``label_smoothing:
+    0.1`` for every loss, used then only by the losses that register the option
+    (``ce-label-smoothing``); for the others it is ``None`` (none) now, so that the run reads
+    as it trained (``ce`` takes label smoothing since) and a sweep or ``--resume`` meets it
+    with the same options."""
+    from .losses import LOSSES, default_label_smoothing
+
+    if "mixup" in values or values.get("label_smoothing") is None:
+        return values
+    loss = values.get("loss", Config.loss)
+    if loss in LOSSES and default_label_smoothing(loss) is not None:
+        return values
+    return {**values, "label_smoothing": None}

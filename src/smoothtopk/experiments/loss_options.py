@@ -78,8 +78,10 @@ OPTIONS: dict[str, LossOption] = {
                    _non_negative),
         LossOption("epsilon", "float", 1.0, "eps", "noise scale of smoothed-calibrated-hinge",
                    _positive),
-        LossOption("label_smoothing", "float", 0.1, "ls",
-                   "smoothing of ce-label-smoothing, in [0, 1]", _fraction),
+        LossOption("label_smoothing", "float | None", None, "ls",
+                   "label smoothing in [0, 1] of ce-label-smoothing and of every loss that "
+                   "takes probability targets (ce) (default: the loss's, 0.1 for "
+                   "ce-label-smoothing, none for the others)", _fraction),
         LossOption("tau_la", "float", 1.0, "tla",
                    "logit-adjustment strength of ce-logit-adjusted, >= 0", _non_negative),
         LossOption("max_margin", "float | None", None, "mm",

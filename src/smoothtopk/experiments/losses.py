@@ -5,7 +5,13 @@ tau -> 0 limit) and every comparator (``hinge-alpha``, ``trunc-entropy``, ...).
 A loss receives those of the run options ``k``, ``tau``, ``alpha``, ``epsilon``,
 ``label_smoothing``, ``tau_la`` and ``max_margin`` that are among its registered options
 (:func:`loss_params`; ``max_margin=None`` keeps each loss's default); its other options keep
-their defaults. A loss that needs the training-set class counts
+their defaults. A loss that takes probability targets
+(:attr:`smoothtopk.registry.LossEntry.probability_targets`, e.g. ``ce``) also takes
+``label_smoothing`` (``None``: none) and is the only kind that the runner's ``--mixup`` and
+``--cutmix`` may train (:func:`target_reasons`); the other losses ignore ``label_smoothing``
+unless they register it (``ce-label-smoothing``), as every option they do not use.
+
+A loss that needs the training-set class counts
 (:attr:`smoothtopk.registry.LossEntry.needs_class_counts`: ``ce-logit-adjusted``,
 ``smooth-svm-ldam``, ``smoothed-calibrated-hinge-ldam``) receives them as ``class_counts``
 (:func:`build_loss`; the runner gives the counts of the labels it trains on).
@@ -32,9 +38,45 @@ def check_loss(name: str) -> str:
 
 
 def loss_params(name: str) -> tuple[str, ...]:
-    """The run options (:data:`RUN_OPTIONS`) that loss ``name`` uses."""
-    options = registry.get(name).options
-    return tuple(p for p in RUN_OPTIONS if p in options)
+    """The run options (:data:`RUN_OPTIONS`) that loss ``name`` uses: its registered options
+    and, for a loss that takes probability targets, ``label_smoothing``."""
+    entry = registry.get(name)
+    smoothing = ("label_smoothing",) if entry.probability_targets else ()
+    return tuple(p for p in RUN_OPTIONS if p in entry.options or p in smoothing)
+
+
+def takes_probability_targets(name: str) -> bool:
+    """Whether loss ``name`` trains on probability targets (``--mixup``, ``--cutmix``):
+    :attr:`smoothtopk.registry.LossEntry.probability_targets`, the one place that says so."""
+    return registry.get(name).probability_targets
+
+
+def target_reasons(name: str, mixing: dict) -> list[str]:
+    """Why loss ``name`` cannot train with the batch ``mixing`` (option name -> Beta parameter,
+    0: off): mixed batches need a loss that takes probability targets. (``label_smoothing``,
+    a loss option, is ignored by a loss that does not use it, as every loss option.)
+
+    Example:
+        >>> (why,) = target_reasons("hinge-alpha", {"mixup": 0.2, "cutmix": 0.0})
+        >>> why.startswith("--mixup needs a loss that takes probability targets (ce")
+        True
+    """
+    mixed = [o for o, alpha in mixing.items() if alpha > 0]  # a negative one: its own check
+    if not mixed or takes_probability_targets(name):
+        return []
+    flags = " and ".join("--" + o for o in mixed)
+    return [f"{flags} {'needs' if len(mixed) == 1 else 'need'} a loss that takes probability "
+            f"targets ({', '.join(_losses_with_targets())}); {name} does not"]  # fmt: skip
+
+
+def _losses_with_targets() -> list[str]:
+    return [n for n in LOSSES if takes_probability_targets(n)]
+
+
+def default_label_smoothing(name: str) -> float | None:
+    """The label smoothing of loss ``name`` when none is given: its registered option's
+    default (0.1 for ``ce-label-smoothing``), else ``None`` (none)."""
+    return registry.get(name).options.get("label_smoothing")
 
 
 def check_loss_args(name: str, options: Mapping | None, num_classes: int) -> None:
@@ -68,15 +110,19 @@ def _used_options(name: str, options: Mapping | None) -> dict:
 
 def loss_label(name: str, options: Mapping | None = None) -> str:
     """A short human label: ``CE``, ``L_{5,1} (alpha=1)``, ``hard top-5 SVM (alpha=1)``,
-    ``hinge-alpha (k=5, alpha=1)``, ``ce-label-smoothing (label_smoothing=0.1)``."""
+    ``hinge-alpha (k=5, alpha=1)``, ``ce-label-smoothing (label_smoothing=0.1)``, ``CE
+    (label_smoothing=0.1)``."""
     values = loss_options.with_defaults(options)
     k, tau, alpha = values["k"], values["tau"], values["alpha"]
+    smoothing = values["label_smoothing"]
+    used = name in registry.LOSSES and "label_smoothing" in loss_params(name)
+    ls = f"label_smoothing={smoothing:g}" if used and smoothing is not None else ""
     if name == "ce":
-        return "CE"
+        return f"CE ({ls})" if ls else "CE"
     if name == "smooth-svm":
-        return f"L_{{{k},{tau:g}}} (alpha={alpha:g})"
+        return f"L_{{{k},{tau:g}}} (alpha={alpha:g}{', ' + ls if ls else ''})"
     if name == "hard-svm":
-        return f"hard top-{k} SVM (alpha={alpha:g})"
+        return f"hard top-{k} SVM (alpha={alpha:g}{', ' + ls if ls else ''})"
     if name not in registry.LOSSES:
         return name
     used = _used_options(name, values)

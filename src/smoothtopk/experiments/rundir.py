@@ -40,7 +40,7 @@ import shutil
 
 from . import claims
 from .claims import CLAIM, Busy
-from .config import Config, validate
+from .config import MIXING, Config, validate
 from .records import CONFIG, LAST, RESULTS
 
 try:
@@ -65,12 +65,14 @@ NAME_EXTRAS = {"lr": "lr", "weight_decay": "wd"}
 
 
 def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
-    """``<loss and the options it uses>-noise<P>-<subset>[-lt<R>]-seed<S>``, then
-    ``-lr<V>``/``-wd<V>`` for the options in ``extra`` (a sweep whose grid varies them, see
+    """``<loss and the options it uses>-noise<P>-<subset>[-lt<R>]-seed<S>[-mixup<A>][-cutmix<A>]``,
+    then ``-lr<V>``/``-wd<V>`` for the options in ``extra`` (a sweep whose grid varies them, see
     :data:`NAME_EXTRAS`); ``-lt<R>``: the long-tailed protocol's ``--imbalance-ratio``, absent
-    without it."""
+    without it; ``-mixup<A>``, ``-cutmix<A>``: the batch mixing (:data:`.config.MIXING`), absent
+    when off."""
     tail = f"-lt{cfg.imbalance_ratio:g}" if cfg.long_tailed else ""
     name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}{tail}-seed{cfg.seed}"
+    name += "".join(f"-{o}{getattr(cfg, o):g}" for o in MIXING if getattr(cfg, o))
     return name + "".join(f"-{NAME_EXTRAS[o]}{getattr(cfg, o):g}" for o in extra)
 
 

@@ -41,8 +41,9 @@ from smoothtopk import TopkAccuracy
 
 from . import checkpoint as ckpt_io
 from . import distributed, records, rundir
-from .config import Config, check_all, lr_at
+from .config import MIXING, Config, check_all, lr_at
 from .datasets import THIRDS, DataBundle, build_data, check_available
+from .mixing import Mixing, build_mixing, step_seed
 from .models import build_model, count_parameters
 from .noise import NoisyLabels, add_grouped_noise, make_groups
 from .report.selection import improves
@@ -331,6 +332,10 @@ class Loop:
     per_class: tuple = (None, None)
     last_saved: str = "none yet"  #: what ``last.pt`` holds, for error messages
     position: int = 0  #: of the progress bar
+    #: called after every training step (rank 0 only): a sweep worker's report to its parent
+    on_step: Callable[[], None] | None = None
+    #: ``--mixup``/``--cutmix`` of the training batches (``None``: off)
+    mixing: Mixing | None = None
 
     @property
     def last_path(self) -> str:
@@ -356,8 +361,11 @@ class Loop:
             )  # fmt: skip
 
 
-def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0) -> dict:
+def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: int = 0,
+        on_step: Callable[[], None] | None = None) -> dict:  # fmt: skip
     """Train (or continue) the run; returns the summary also written to ``results.json``.
+    ``log`` receives the run's lines (each epoch's: :func:`epoch_line`), ``on_step()`` is
+    called after each training step; both on rank 0 only.
 
     Under torch.distributed every process calls this after :func:`prepare` and a barrier."""
     cfg = prepared.cfg
@@ -368,6 +376,7 @@ def fit(prepared: Prepared, log: Callable[[str], None] | None = None, position: 
     if writer:
         _start_files(prepared, device, num_replicas)
     loop = _build(prepared, device, writer, position)
+    loop.on_step = on_step if writer else None
     start, skip, partial, rng = restore(loop, prepared.resume_state, log)
     _feed(loop, prepared)
     if log and start == 0 and skip == 0:
@@ -397,13 +406,13 @@ def _epochs(loop: Loop, start: int, skip: int, partial, rng, log) -> None:
 
 
 def fit_claimed(prepared: Prepared, log=None, position: int = 0, user: str = "sweep",
-                job: str | None = None) -> dict:  # fmt: skip
+                job: str | None = None, on_step=None) -> dict:  # fmt: skip
     """:func:`fit` holding the run directory's claim (:func:`.rundir.run_locked`: a trainer
     elsewhere, even on another node, is refused; ``job``: the cluster job, whose own stale claim
     a requeued incarnation takes over); :class:`.claims.Busy` if another one holds it."""
     resume = prepared.resume_from is not None
     with rundir.run_locked(prepared.run_dir, resume, prepared.overwrite, user, job):
-        return fit(prepared, log=log, position=position)
+        return fit(prepared, log=log, position=position, on_step=on_step)
 
 
 def _start_files(prepared: Prepared, device: torch.device, num_replicas: int) -> None:
@@ -484,7 +493,8 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
     data = prepared.data
     thirds = data.thirds() if cfg.long_tailed else None
     return Loop(cfg, prepared.run_dir, device, net, optimizer, criterion, ks, writer,
-                per_class=(data.num_classes, thirds), position=position)  # fmt: skip
+                per_class=(data.num_classes, thirds), position=position,
+                mixing=build_mixing(cfg.mixup, cfg.cutmix, data.num_classes))  # fmt: skip
 
 
 def restore(loop: Loop, state: dict | None, log=None) -> tuple[int, int, dict | None, dict | None]:
@@ -539,6 +549,7 @@ def _intro(loop: Loop, prepared: Prepared) -> str:
     return (
         f"{loop.run_dir}: {cfg.model} ({count_parameters(loop.net):,} parameters), "
         f"{cfg.loss_spec.label()}, noise {cfg.noise:g}, "
+        + "".join(f"{o} {getattr(cfg, o):g}, " for o in MIXING if getattr(cfg, o))
         + (f"long-tailed R={cfg.imbalance_ratio:g}, " if cfg.long_tailed else "")
         + f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test, {loop.device}"
         + (f", {num_replicas} processes" if num_replicas > 1 else "")
@@ -552,7 +563,12 @@ def train_one_epoch(
     ``partial`` sums of the steps done and the random states ``rng``), saving ``last.pt``
     every ``checkpoint_every`` steps. Returns lr, loss sum, top-k counts and the start time,
     summed over the processes. A non-finite loss on any process raises FloatingPointError
-    before its step is applied."""
+    before its step is applied.
+
+    With ``--mixup``/``--cutmix`` (:mod:`.mixing`) the loss is that of the mixed images
+    against their probability targets, and the training top-k counts are of the mixed
+    images' scores against each batch position's own hard (noisy) label, the image that
+    keeps weight λ: a diagnostic, lower than without mixing."""
     cfg, device = loop.cfg, loop.device
     t0, lr = time.perf_counter(), lr_at(cfg, epoch)
     for group in loop.optimizer.param_groups:
@@ -571,11 +587,14 @@ def train_one_epoch(
     batches = iter(loader)
     if rng is not None:  # after the loader drew its seeds, as the uninterrupted run did
         ckpt_io.set_rng_state(rng)
-    steps = first + len(loader)
+    steps, rank = first + len(loader), distributed.world()[0]
     for step, (x, y) in enumerate(_bar(loop, batches, len(loader), epoch), start=first):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        target = y  # the hard labels; mixed batches: probability targets, for the loss only
+        if loop.mixing is not None:
+            x, target = loop.mixing(x, y, step_seed(cfg.seed, rank, epoch, step))
         scores = loop.model(x)
-        loss = loop.criterion(scores, y)
+        loss = loop.criterion(scores, target)
         _stop_if_not_finite(loop, loss, epoch, step)
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -585,6 +604,8 @@ def train_one_epoch(
         done = step + 1
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
             _save_mid_epoch(loop, epoch, done, loss_sum, meter, t0)
+        if loop.on_step is not None:
+            loop.on_step()
     if distributed.world()[1] > 1:  # exact sums over the processes
         meter.all_reduce(device=device)
     correct, total = meter.counts()

@@ -8,6 +8,7 @@ one, so :func:`train_all` gives each of ``jobs`` spawned workers ``cpu_count // 
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing
 import os
 import signal
@@ -50,23 +51,31 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-#: in a worker process: the parent's queue of finished epochs (:func:`_init_worker`)
-_EPOCHS = None
+#: what a worker reports to its parent's bar (:func:`_init_worker`): a training step, an epoch
+STEP, EPOCH = "step", "epoch"
+#: in a worker process: the parent's queue of progress messages (:data:`STEP`, :data:`EPOCH`)
+_PROGRESS = None
 
 
-def _init_worker(parent: int, epochs) -> None:
+def _init_worker(parent: int, progress) -> None:
     """Worker initializer: die with ``parent`` (:func:`die_with_parent`) and report each
-    finished epoch on the queue ``epochs``, for the parent's progress bar."""
-    global _EPOCHS
-    _EPOCHS = epochs
+    training step and each finished epoch on the queue ``progress``, for the parent's bar."""
+    global _PROGRESS
+    _PROGRESS = progress
     die_with_parent(parent)
+
+
+def _report_step() -> None:
+    """A worker's run finished a training step (:func:`.train.fit`'s ``on_step``)."""
+    if _PROGRESS is not None:
+        _PROGRESS.put(STEP)
 
 
 def _report_epoch(message: str) -> None:
     """The log of a worker's run: each epoch line (:func:`.train.epoch_line`) is one finished
     epoch for the parent's bar; the other lines are dropped, as before."""
-    if _EPOCHS is not None and message.startswith("epoch "):
-        _EPOCHS.put(1)
+    if _PROGRESS is not None and message.startswith("epoch "):
+        _PROGRESS.put(EPOCH)
 
 
 def _watch_parent(parent: int) -> None:
@@ -90,14 +99,16 @@ def _run_one(
     cfg = Config(**cfg_values)
     cfg.progress = False
     t0 = time.perf_counter()
-    return _claimed(prepare(cfg, run_dir, resume=resume, overwrite=overwrite), _report_epoch, t0)
+    prepared = prepare(cfg, run_dir, resume=resume, overwrite=overwrite)
+    return _claimed(prepared, _report_epoch, t0, on_step=_report_step)
 
 
-def _claimed(prepared: Prepared, log, t0: float, position: int = 0) -> tuple[str, dict, float]:
+def _claimed(prepared: Prepared, log, t0: float, position: int = 0,
+             on_step=None) -> tuple[str, dict, float]:  # fmt: skip
     """Train ``prepared`` under its claim (:func:`.train.fit_claimed`); a run that another
     trainer took meanwhile is left to it (its summary: ``{"busy": why}``)."""
     try:
-        summary = fit_claimed(prepared, log=log, position=position)
+        summary = fit_claimed(prepared, log=log, position=position, on_step=on_step)
     except Busy as err:
         summary = {"busy": str(err)}
     return prepared.run_dir, summary, time.perf_counter() - t0
@@ -153,38 +164,75 @@ def remaining_epochs(prepared: Prepared) -> int:
     return prepared.cfg.epochs - (int(state["epoch"]) if state else 0)
 
 
+def remaining_steps(prepared: Prepared) -> int:
+    """The training steps that ``prepared`` has left in one process (a worker's run): batches
+    of ``batch_size`` per epoch (the last one smaller), less those a mid-epoch checkpoint
+    has done."""
+    per_epoch = math.ceil(len(prepared.data.train) / prepared.cfg.batch_size)
+    done = int(prepared.resume_state.get("step", 0)) if prepared.resume_state else 0
+    return remaining_epochs(prepared) * per_epoch - done
+
+
+class _Progress:
+    """The parent's second bar: the training steps of every worker (so that it moves within
+    seconds, during the first epoch of the first runs), with the epochs finished in its
+    postfix. Shown on a terminal only (tqdm's ``disable=None``), as every bar of the runner."""
+
+    def __init__(self, runs: list[Prepared], progress: bool):
+        self.epochs, self.total_epochs = 0, sum(remaining_epochs(r) for r in runs)
+        self.bar = tqdm(total=sum(remaining_steps(r) for r in runs), desc="steps", unit="step",
+                        postfix=self._epochs(), disable=None if progress else True, position=1,
+                        dynamic_ncols=True)  # fmt: skip
+
+    def _epochs(self) -> str:
+        return f"epochs {self.epochs}/{self.total_epochs}"
+
+    def take(self, queue) -> None:
+        """Apply the messages that ``queue`` holds now, in their order."""
+        steps = 0
+        for message in _drain(queue):
+            if message == STEP:
+                steps += 1
+                continue
+            self.bar.update(steps)  # the steps before this epoch's end, then the epoch
+            steps, self.epochs = 0, self.epochs + 1
+            self.bar.set_postfix_str(self._epochs(), refresh=False)
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _train_in_workers(runs: list[Prepared], jobs: int, progress: bool, finished) -> list:
     """Train ``runs`` in ``jobs`` spawned workers of ``cpu_count // jobs`` threads each,
-    calling ``finished(result)`` as each ends; a second bar counts the epochs the workers
-    finish, so that a long first run is not silence."""
+    calling ``finished(result)`` as each ends; a second bar counts the training steps that
+    the workers report (:class:`_Progress`), so that a long first epoch is not silence."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
-    epochs = context.Queue()
+    queue = context.Queue()
     pool = ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), epochs)
+        jobs, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), queue)
     )
-    steps = tqdm(total=sum(remaining_epochs(r) for r in runs), desc="epochs", unit="epoch",
-                 disable=None if progress else True, position=1, dynamic_ncols=True)  # fmt: skip
+    bar = _Progress(runs, progress)
     done = []
     with pool:
         pending = {pool.submit(_run_one, *_job(r), threads) for r in runs}
         while pending:
             ended, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            steps.update(_drain(epochs))
+            bar.take(queue)
             for future in ended:
                 done.append(future.result())
                 finished(done[-1])
-    steps.update(_drain(epochs))
-    steps.close()
+    bar.take(queue)
+    bar.close()
     return done
 
 
-def _drain(queue) -> int:
-    """How many items ``queue`` holds now (taken out)."""
-    count = 0
+def _drain(queue) -> list:
+    """The messages that ``queue`` holds now (taken out), in their order."""
+    messages = []
     while True:
         try:
-            queue.get_nowait()
+            messages.append(queue.get_nowait())
         except Empty:
-            return count
-        count += 1
+            return messages

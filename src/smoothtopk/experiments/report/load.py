@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..config import Config
+from ..config import MIXING, Config
 from ..records import (
     CONFIG,
     machine_label,
@@ -67,12 +67,17 @@ def load_run(path: str) -> RunResult:
                      noise.get("effective_flip_rate"), machines)  # fmt: skip
 
 
+#: the recipe options that a label names when the runs of one loss differ in them
+RECIPE = ("lr", "weight_decay", *MIXING)
+
+
 def label_recipes(runs: list[RunResult]) -> None:
-    """Add ``lr=...``/``weight_decay=...`` to the labels of a loss whose runs differ in them
-    (a sweep's grid), so that the results table never averages two learning rates as seeds."""
+    """Add ``lr=...``/``weight_decay=...``/``mixup=...``/``cutmix=...`` to the labels of a loss
+    whose runs differ in them (a sweep's grid, runs of two recipes), so that the results table
+    never averages two learning rates or two recipes as seeds."""
     for label in dict.fromkeys(r.label for r in runs):
         mine = [r for r in runs if r.label == label]
-        varied = [o for o in ("lr", "weight_decay") if len({getattr(r.cfg, o) for r in mine}) > 1]
+        varied = [o for o in RECIPE if len({getattr(r.cfg, o) for r in mine}) > 1]
         for run in mine:
             if varied:
                 extra = ", ".join(f"{o}={getattr(run.cfg, o):g}" for o in varied)

@@ -67,8 +67,8 @@ def grid_options(loss: str) -> tuple[str, ...]:
     :data:`SELECTABLE` the loss uses (not ``k``, which defines the loss).
 
     Example:
-        >>> grid_options("ce"), grid_options("smooth-svm")
-        (('lr', 'weight_decay'), ('lr', 'weight_decay', 'tau', 'alpha'))
+        >>> grid_options("hinge-alpha"), grid_options("ce")
+        (('lr', 'weight_decay', 'alpha'), ('lr', 'weight_decay', 'label_smoothing'))
     """
     return ("lr", "weight_decay") + tuple(p for p in loss_params(loss) if p in SELECTABLE)
 
