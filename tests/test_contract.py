@@ -114,6 +114,9 @@ def test_options_are_the_defaults_of_functional_and_module():
         constructor = {p.name: p.default for p in module}
         for common in COMMON:
             assert keyword.pop(common) == constructor.pop(common), (name, common)
+        if spec.probability_targets:  # F.cross_entropy's label_smoothing, off by default
+            smoothing = keyword.pop("label_smoothing"), constructor.pop("label_smoothing")
+            assert smoothing == (0.0, 0.0), name
         assert keyword == constructor == dict(spec.options), name
 
 
@@ -352,6 +355,19 @@ def test_matches_its_reference(spec, num_classes):
 X, Y = data(n=4)
 
 
+#: ``option`` values of :func:`_bad` for the two kinds of target a loss may take
+#: (``registry.LossEntry.probability_targets``)
+PROBABILITIES, INDICES_ONLY = "probability targets", "class indices only"
+
+
+def _applies(option, spec) -> bool:
+    if option is None:
+        return True
+    if option in (PROBABILITIES, INDICES_ONLY):
+        return spec.probability_targets == (option == PROBABILITIES)
+    return option in spec.options
+
+
 def _bad(description, error, match, call=None, at_construction=True, option=None, **kwargs):
     """``call(x, y) -> (input, target)`` replaces the inputs; ``kwargs`` are passed to the loss
     (and, ``at_construction``, to its Module); ``option``: only for losses that take it."""
@@ -376,7 +392,15 @@ BAD = [
     _bad("weight dtype", TypeError, "weight", weight=torch.ones(C, dtype=torch.long),
          at_construction=False),  # fmt: skip
     _bad("weight list", TypeError, "weight", weight=[1.0] * C),
-    _bad("float target", TypeError, "target", lambda x, y: (x, y.float())),
+    _bad("float target", TypeError, "target", lambda x, y: (x, y.float()), option=INDICES_ONLY),
+    _bad("float target of the indices' shape", ValueError, "class indices are an integer dtype",
+         lambda x, y: (x, y.float()), option=PROBABILITIES),
+    _bad("probabilities of another shape", ValueError, "input's shape",
+         lambda x, y: (x, torch.rand(x.shape[0], x.shape[1] + 1)), option=PROBABILITIES),
+    _bad("label_smoothing 1.5", ValueError, "label_smoothing", option=PROBABILITIES,
+         label_smoothing=1.5),
+    _bad("label_smoothing str", TypeError, "label_smoothing", option=PROBABILITIES,
+         label_smoothing="0.1"),
     _bad("bool target", TypeError, "target", lambda x, y: (x, y > 0)),
     _bad("target list", TypeError, "target", lambda x, y: (x, y.tolist())),
     _bad("target 2-D", ValueError, "target", lambda x, y: (x, y[:, None])),
@@ -423,7 +447,7 @@ BAD_CALLS = [
     for spec in LOSSES.values()
     if not spec.torch_contract
     for description, bad, option in BAD
-    if option is None or option in spec.options
+    if _applies(option, spec)
 ]
 
 

@@ -160,6 +160,14 @@ def classification_loss(
     return finish(out, call, reduction)
 
 
+def expects_distribution(target, label_smoothing: float) -> bool:
+    """Whether a call is an expectation over a target distribution (:func:`expected_loss`):
+    class probabilities, or label smoothing."""
+    return bool(label_smoothing) or (
+        isinstance(target, torch.Tensor) and target.is_floating_point()
+    )
+
+
 def expected_loss(
     row_losses: RowLosses, call: Rows, weight, ignore_index, reduction, label_smoothing
 ) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._convention import classification_loss, expected_loss, prepare
+from ._convention import classification_loss, expected_loss, expects_distribution, prepare
 from ._validation import check_label_smoothing, check_margins, keyword_only
 
 
@@ -61,7 +61,7 @@ def topk_svm_loss(
     """
     alpha = check_margins(alpha, input, target)
     label_smoothing = check_label_smoothing(label_smoothing)
-    if label_smoothing or target.is_floating_point():
+    if expects_distribution(target, label_smoothing):
         call = prepare(input, target, k, weight, ignore_index, reduction, probabilities=True)
 
         def row_losses(scores: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

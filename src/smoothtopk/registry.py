@@ -155,11 +155,11 @@ _SPECS = [
     LossEntry(
         "smooth-svm", smooth_topk_svm_loss, SmoothTopkSVMLoss,
         {"k": 5, "tau": 1.0, "alpha": 1.0}, "reference:brute_force_loss",
-        "the smooth top-k SVM loss L_{k,tau} (Berrada et al. 2018)",
+        "the smooth top-k SVM loss L_{k,tau} (Berrada et al. 2018)", probability_targets=True,
     ),
     LossEntry(
         "hard-svm", topk_svm_loss, TopkSVMLoss, {"k": 5, "alpha": 1.0}, "reference:hard_loss",
-        "the hard top-k SVM loss, the tau -> 0 limit of L_{k,tau}",
+        "the hard top-k SVM loss, the tau -> 0 limit of L_{k,tau}", probability_targets=True,
     ),
     LossEntry(
         "hinge-alpha", topk_hinge_alpha_loss, TopkHingeAlphaLoss, {"k": 5, "alpha": 1.0},

@@ -7,7 +7,7 @@ import inspect
 import torch
 
 from . import backends
-from ._convention import expected_loss, finish, prepare
+from ._convention import expected_loss, expects_distribution, finish, prepare
 from ._validation import (
     VMAP_REFUSED,
     check_label_smoothing,
@@ -101,7 +101,7 @@ def smooth_topk_svm_loss(
     tau = check_positive(tau, "tau")
     alpha = check_margins(alpha, input, target)
     label_smoothing = check_label_smoothing(label_smoothing)
-    if label_smoothing or target.is_floating_point():
+    if expects_distribution(target, label_smoothing):
         return _expected(input, target, k, tau, alpha, weight, ignore_index, reduction,
                          label_smoothing)  # fmt: skip
     call = prepare(input, target, k, weight, ignore_index, reduction, device_check=False)

@@ -219,3 +219,10 @@ def test_resume_mid_epoch_with_mixing_equals_the_uninterrupted_run(tmp_path, mon
         for d in (reference, resumed)
     ]  # fmt: skip
     assert rows[0] == rows[1]
+
+
+def test_help_names_the_losses_that_take_probability_targets():
+    """--help answers without torch, so loss_options holds a copy of the registry's list."""
+    from smoothtopk.experiments import loss_options
+
+    assert list(loss_options.PROBABILITY_TARGETS) == ALLOWED

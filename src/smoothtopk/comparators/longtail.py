@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .._convention import classification_loss, num_classes_of, working_dtype
 from .._validation import (
+    check_input_target,
     check_k,
     check_non_negative,
     check_positive,
@@ -160,6 +161,7 @@ def ldam_smooth_topk_svm_loss(
         >>> bool(loss == smooth_topk_svm_loss(s, y, k=2, alpha=ldam_margins(n)))
         True
     """
+    check_input_target(input, target)  # class indices: the LDAM margin is that of the target
     max_margin = check_non_negative(max_margin, "max_margin")
     alpha = max_margin
     if class_counts is not None:

@@ -68,6 +68,11 @@ def _fraction(value: float) -> str | None:
     return None if math.isfinite(value) and 0 <= value <= 1 else "must be in [0, 1]"
 
 
+#: the losses that take probability targets, for --help (which imports no torch): the registry
+#: (``LossEntry.probability_targets``) owns the fact, tests/experiments/test_exp_mixing.py holds
+#: this copy to it
+PROBABILITY_TARGETS = ("ce", "smooth-svm", "hard-svm")
+
 OPTIONS: dict[str, LossOption] = {
     o.name: o
     for o in (
@@ -80,8 +85,8 @@ OPTIONS: dict[str, LossOption] = {
                    _positive),
         LossOption("label_smoothing", "float | None", None, "ls",
                    "label smoothing in [0, 1] of ce-label-smoothing and of every loss that "
-                   "takes probability targets (ce) (default: the loss's, 0.1 for "
-                   "ce-label-smoothing, none for the others)", _fraction),
+                   f"takes probability targets ({', '.join(PROBABILITY_TARGETS)}) (default: the "
+                   "loss's, 0.1 for ce-label-smoothing, none for the others)", _fraction),
         LossOption("tau_la", "float", 1.0, "tla",
                    "logit-adjustment strength of ce-logit-adjusted, >= 0", _non_negative),
         LossOption("max_margin", "float | None", None, "mm",
