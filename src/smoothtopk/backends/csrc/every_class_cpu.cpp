@@ -252,10 +252,12 @@ double losses(Row& r) {
   const double* __restrict exp_alpha = r.o.exp_alpha;
   double* __restrict loss = ws.loss.data();
   double* __restrict share = ws.share.data();
+  double* __restrict ratios = ws.power.data();  // free until the gradient
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) {  // the rest; u_c = 0 (anchors, -inf) gives +inf, redone
     const double ratio = exp_alpha[c] * (a_val[c] / b_val[c]) / u[c];
     const double usable = ratio < kBig ? ratio : 0.0;
+    ratios[c] = ratio;
     loss[c] = tau * log1p_nonnegative(usable);
     share[c] = usable / (1.0 + usable);
   }
@@ -268,16 +270,20 @@ double losses(Row& r) {
         b_value += ws.without[i * k + b] * r.e[b];
       }
       one_class(r, c, a_value, b_value, ws.w[i]);
-    } else if (!(ws.u[c] > 0.0) || !(r.o.exp_alpha[c] * (a_val[c] / b_val[c]) / ws.u[c] < kBig)) {
+    } else if (!(ratios[c] < kBig)) {  // u_c = 0 or e^{z/tau} out of range (NaN included)
       one_class(r, c, a_val[c], b_val[c], 1.0 / ws.u[c]);
     }
   }
   if (r.o.with_grad) {
+    const double* __restrict beta = ws.beta.data();
+    double* __restrict lambda_a = ws.lambda_a.data();
+    double* __restrict lambda_b = ws.lambda_b.data();
+#pragma omp simd
     for (int64_t c = 0; c < n; ++c) {
-      const double g = ws.beta[c] * ws.share[c];
-      ws.lambda_a[c] = g == 0.0 ? 0.0 : tau * g / a_val[c];
-      ws.lambda_b[c] = g == 0.0 ? 0.0 : tau * g / b_val[c];
-      ws.share[c] = g;  // from here on: g_c
+      const double g = beta[c] * share[c];
+      lambda_a[c] = g == 0.0 ? 0.0 : tau * g / a_val[c];
+      lambda_b[c] = g == 0.0 ? 0.0 : tau * g / b_val[c];
+      share[c] = g;  // from here on: g_c
     }
   }
   return dot(ws.beta.data(), ws.loss.data(), n);
@@ -321,9 +327,15 @@ void rest_gradient(Row& r, const std::vector<double>& e_bar) {
   if (k > 1) horner(derivative(r.b_coef).data(), k - 2, ws.u.data(), n, slope_b);
   else std::fill(slope_b, slope_b + n, 0.0);
   const double inverse_k = 1.0 / static_cast<double>(k), scale = r.o.scale;
+  const double* __restrict lambda_a = ws.lambda_a.data();
+  const double* __restrict lambda_b = ws.lambda_b.data();
+  const double* __restrict g = ws.share.data();
+  const double* __restrict u = ws.u.data();
+  double* __restrict grad = ws.grad.data();
+#pragma omp simd
   for (int64_t c = 0; c < n; ++c) {
-    const double u_bar = through_e[c] + ws.lambda_a[c] * slope_a[c] - ws.lambda_b[c] * slope_b[c];
-    ws.grad[c] = -ws.share[c] * inverse_k + u_bar * ws.u[c] * scale;
+    const double u_bar = through_e[c] + lambda_a[c] * slope_a[c] - lambda_b[c] * slope_b[c];
+    grad[c] = -g[c] * inverse_k + u_bar * u[c] * scale;
   }
 }
 
@@ -342,12 +354,14 @@ void gradient(Row& r) {
     }
     ws.lambda_a[c] = ws.lambda_b[c] = 0.0;
   }
-  double* power = ws.power.data();  // (-u_c)^m: the adjoints of A_m, B_m, one pass per degree
+  double* __restrict power = ws.power.data();  // (-u_c)^m: the adjoints of A_m, B_m
+  const double* __restrict u = ws.u.data();
   std::fill(power, power + n, 1.0);
-  for (int64_t m = 0; m <= k; ++m) {
+  for (int64_t m = 0; m <= k; ++m) {  // one pass per degree
     a_bar[m] = dot(ws.lambda_a.data(), power, n);
     if (m < k) b_bar[m] = -dot(ws.lambda_b.data(), power, n);
-    for (int64_t c = 0; c < n; ++c) power[c] *= -ws.u[c];
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) power[c] *= -u[c];
   }
   for (int64_t m = 0; m <= k; ++m) {  // A_m = sum_b sigma_b e_{b-m}, B_m = sum sigma_b e_{b-1-m}
     for (int64_t b = m; b <= k; ++b) {
