@@ -39,8 +39,8 @@ import warnings
 
 import torch
 
-from .._validation import user_stacklevel
 from .._convention import working_dtype
+from .._validation import user_stacklevel
 from . import _abi, every_class, pytorch
 
 NAME = "triton"

@@ -320,6 +320,4 @@ def every_class_kernel(
                 value = -g / K + tl.where(u > 0.0, u_bar * u * scale, 0.0)
                 tl.store(g_row + offs, value.to(tl.float32).to(g_row.dtype.element_ty), mask=rest)
             value = -g_i / K - w_bar * w * scale
-            tl.store(
-                g_row + ids, value.to(tl.float32).to(g_row.dtype.element_ty), mask=active
-            )
+            tl.store(g_row + ids, value.to(tl.float32).to(g_row.dtype.element_ty), mask=active)
