@@ -18,9 +18,8 @@ reads (the CPU kernel folds it into ``stats``)::
         -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
     smoothtopk::triton_every_class(... as cpu_every_class ...) -> (out, grad)
 
-The every-class operators form the gradient in the forward; :func:`every_class_expected` is
-their one ``autograd.Function`` (the backward scales the kept gradient; double backward and
-gradients for ``beta`` recompute with PyTorch operations).
+The every-class operators form the gradient in the forward; one ``autograd.Function``,
+:func:`smoothtopk.backends.every_class.fused_expected`, serves both.
 
 **Per-row layout** of ``stats`` (float64, :func:`stats_width` ``= 2 + 2k`` columns)::
 
@@ -56,7 +55,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -157,62 +155,3 @@ def _define() -> None:
 
 
 _define()
-
-
-#: the every-class operators by name (the argument of :func:`every_class_expected`)
-EVERY_CLASS_OPS = {
-    name: getattr(getattr(torch.ops, NAMESPACE), name).default
-    for name in ("cpu_every_class", "triton_every_class")
-}
-
-
-def every_class_expected(name: str, scores, beta, k, tau, alpha) -> torch.Tensor:
-    """``sum_c beta_{ic} L(s_i, c)`` per row, ``(M,)`` (float64 for float64 scores, else
-    float32), by the every-class operator ``name``, which also forms the gradient when autograd
-    needs it (kept for the backward, as cross-entropy keeps its softmax). Double backward and a
-    gradient for ``beta`` recompute with PyTorch operations
-    (:func:`smoothtopk.backends.every_class.expected`)."""
-    margins = alpha if isinstance(alpha, torch.Tensor) else None
-    alpha = 0.0 if margins is not None else alpha
-    needed = torch.is_grad_enabled() and (scores.requires_grad or beta.requires_grad)
-    if not needed and torch.autograd.forward_ad._current_level < 0:
-        return EVERY_CLASS_OPS[name](scores, beta, k, tau, alpha, margins, False)[0]
-    return _Expected.apply(scores, beta, k, tau, alpha, margins, name)[0]
-
-
-class _Expected(torch.autograd.Function):
-    """An every-class operator's loss with the gradient it formed; see
-    :func:`every_class_expected`."""
-
-    @staticmethod
-    def forward(*args):  # (scores, beta, k, tau, alpha, margins, name); *args: see below
-        return EVERY_CLASS_OPS[args[-1]](*args[:-1], True)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        scores, beta, k, tau, alpha, margins, _ = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(scores, beta, margins, output[1])
-        ctx.options = (k, tau, alpha)
-
-    @staticmethod
-    def backward(ctx, grad_out, _):
-        from . import every_class
-
-        scores, beta, margins, grad = ctx.saved_tensors
-        k, tau, alpha = ctx.options
-        if not (torch.is_grad_enabled() or ctx.needs_input_grad[1]):
-            return (grad_out.to(grad.dtype)[:, None] * grad, *([None] * 6))
-        needed = ctx.needs_input_grad[:2]
-        with torch.enable_grad():  # double backward, or d/d beta: recorded PyTorch operations
-            alpha = margins if margins is not None else alpha
-            out = every_class.expected(scores, beta, k, tau, alpha)
-            wanted = [x for x, need in zip((scores, beta), needed, strict=True) if need]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out,
-                                             create_graph=torch.is_grad_enabled()))  # fmt: skip
-        return (*(next(grads) if need else None for need in needed), *([None] * 5))
-
-
-# torch binds a Function's arguments to its forward's signature at every call when it has a
-# setup_context: a precomputed signature of ``*args`` costs ~4 us against ~25 us (issue #20).
-_Expected.forward.__signature__ = inspect.signature(_Expected.forward)

@@ -54,7 +54,7 @@ import warnings
 import torch
 
 from .._validation import user_stacklevel
-from . import _abi, _cpu_build
+from . import _abi, _cpu_build, every_class
 
 NAME = "cpu"
 #: out-of-range targets raise in the kernel (TORCH_CHECK): no separate device check
@@ -91,8 +91,8 @@ def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alph
 def expected(scores, beta, k, tau, alpha):
     """``sum_c beta_{ic} L(s_i, c)`` per row, ``(M,)`` (float64 for float64 scores, else
     float32): :func:`smoothtopk.backends.every_class.expected` in one pass of the kernel, which
-    also forms the gradient when autograd needs it (:func:`_abi.every_class_expected`)."""
-    return _abi.every_class_expected("cpu_every_class", scores, beta, k, tau, alpha)
+    also forms the gradient when autograd needs it (:func:`every_class.fused_expected`)."""
+    return every_class.fused_expected("cpu_every_class", scores, beta, k, tau, alpha)
 
 
 def unavailable(scores: torch.Tensor, k: int) -> str | None:

@@ -297,7 +297,7 @@ def plan_splits(scores: torch.Tensor, k: int) -> int:
 def class_tile(k: int) -> int:
     """Classes per block of the every-class kernel's class passes: a ``(tile, KP)`` float64
     tile of powers ``(-u_c)^m`` stays near 2048 numbers."""
-    return max(16, 2048 // _padded_k(k))
+    return max(16, min(256, 1024 // _padded_k(k)))
 
 
 def _segment(classes: int, block: int, splits: int) -> tuple[int, int]:
@@ -558,5 +558,5 @@ def backward(
 def expected(scores, beta, k, tau, alpha):
     """``sum_c beta_{ic} L(s_i, c)`` per row, ``(M,)`` float32: probability targets and label
     smoothing (:func:`smoothtopk.backends.every_class.expected`) in one kernel launch, which
-    also forms the gradient when autograd needs it (:func:`_abi.every_class_expected`)."""
-    return _abi.every_class_expected("triton_every_class", scores, beta, k, tau, alpha)
+    also forms the gradient when autograd needs it (:func:`every_class.fused_expected`)."""
+    return every_class.fused_expected("triton_every_class", scores, beta, k, tau, alpha)
