@@ -15,7 +15,7 @@ FLOORS = {
     "_convention": 1, "margins": 1,
     "backends._abi": 2, "backends.polynomial": 2, "backends.anchors": 2,
     "backends._cpu_build": 2, "backends.triton_jit": 2, "hard_topk": 2, "metrics": 2,
-    "backends.pytorch": 3, "backends.every_class": 3,
+    "backends.pytorch": 3, "backends.every_class": 3, "backends.triton_every_class_jit": 3,
     "backends.cpu": 4, "backends.triton": 4,  # the Triton backend's self-check uses pytorch
     "backends": 5,
     "smooth_topk": 6,

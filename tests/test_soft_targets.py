@@ -7,25 +7,56 @@ precision (:func:`reference.brute_force_loss`), the class-index loss summed clas
 """
 
 import math
+import os
+from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from backend_suite import force
+from backend_suite import few, force, only_some_when_interpreted, precise_dtype
 from reference import brute_force_loss
-from smoothtopk import SmoothTopkSVMLoss, TopkSVMLoss, smooth_topk_svm_loss, topk_svm_loss
+from smoothtopk import SmoothTopkSVMLoss, TopkSVMLoss, backends, smooth_topk_svm_loss, topk_svm_loss
 from smoothtopk.backends import every_class
 
 INF = math.inf
-#: the implementations of the expected loss: the fused CPU kernel and PyTorch operations (the
-#: Triton kernel takes class indices only: test_triton_refuses_probability_targets)
-DENSE_BACKENDS = ["cpu", "pytorch"]
+#: the implementations of the expected loss: the fused CPU kernel, the Triton kernel (CPU tensors
+#: in Triton's interpreter: float32, few small rows) and PyTorch operations
+DENSE_BACKENDS = [
+    "cpu",
+    "pytorch",
+    pytest.param("triton", marks=pytest.mark.interpreted),
+]
+#: float32 tolerances of a backend that takes no float64 (Triton) against a float64 reference of
+#: the same (rounded) inputs: the output's rounding, float64 inside
+FLOAT32 = dict(rtol=2e-6, atol=1e-6)
 
 
 @pytest.fixture(params=DENSE_BACKENDS)
 def dense_backend(request, monkeypatch):
     return force(request.param, monkeypatch)
+
+
+def _dtype(backend: str) -> torch.dtype:
+    """The backend's precise dtype: float64, float32 for Triton."""
+    return precise_dtype(backend)
+
+
+def _tolerance(backend: str, rtol: float, atol: float) -> dict:
+    """The test's float64 tolerances, or :data:`FLOAT32` for a backend without float64."""
+    return dict(rtol=rtol, atol=atol) if _dtype(backend) == torch.float64 else FLOAT32
+
+
+@contextmanager
+def _reference(backend: str, monkeypatch):
+    """The context of a float64 reference: the PyTorch backend for a backend without float64
+    (forced, it would refuse the reference's float64 scores), else the backend itself."""
+    if _dtype(backend) == torch.float64:
+        yield
+        return
+    with monkeypatch.context() as patch:
+        patch.setenv(backends.ENV, "pytorch")
+        yield
 
 
 def _expected_by_class(loss, scores, q, **options):
@@ -86,26 +117,36 @@ CASES = [(1, 10, 1.0, 3.0), (5, 30, 1.0, 3.0), (5, 100, 0.1, 10.0), (10, 50, 1.0
 
 @pytest.mark.parametrize("k,classes,tau,spread", CASES)
 def test_expected_loss_and_gradient_equal_the_sum_over_classes(
-    k, classes, tau, spread, dense_backend
+    k, classes, tau, spread, dense_backend, monkeypatch
 ):
+    if classes > 64:
+        only_some_when_interpreted(dense_backend, "the cases of at most 64 classes")
     torch.manual_seed(k * classes)
-    scores = (torch.randn(4, classes, dtype=torch.float64) * spread).requires_grad_()
+    dtype = _dtype(dense_backend)
+    scores = (torch.randn(4, classes, dtype=torch.float64) * spread).to(dtype).requires_grad_()
     q = torch.rand(4, classes, dtype=torch.float64).softmax(dim=1)
     options = dict(k=k, tau=tau, alpha=1.0)
-    reference = _expected_by_class(smooth_topk_svm_loss, scores, q, **options)
-    out = smooth_topk_svm_loss(scores, q, reduction="none", **options)
-    torch.testing.assert_close(out, reference, rtol=1e-13, atol=1e-14)
+    with _reference(dense_backend, monkeypatch):
+        precise = scores.detach().double().requires_grad_()
+        reference = _expected_by_class(smooth_topk_svm_loss, precise, q, **options)
+        (expected,) = torch.autograd.grad(reference.sum(), precise)
+    out = smooth_topk_svm_loss(scores, q.to(dtype), reduction="none", **options)
+    torch.testing.assert_close(out.double(), reference, **_tolerance(dense_backend, 1e-13, 1e-14))
     (grad,) = torch.autograd.grad(out.sum(), scores)
-    (expected,) = torch.autograd.grad(reference.sum(), scores)
-    torch.testing.assert_close(grad, expected, rtol=1e-11, atol=1e-12)
+    tolerance = _tolerance(dense_backend, 1e-11, 1e-12)
+    torch.testing.assert_close(grad.double(), expected, **tolerance)
 
 
-def test_float32_is_as_exact_as_its_rounding(dense_backend):
+def test_float32_is_as_exact_as_its_rounding(dense_backend, monkeypatch):
     torch.manual_seed(0)
-    scores = torch.randn(64, 100) * 4
-    q = torch.rand(64, 100).softmax(dim=1)
+    rows, classes = (8, 40) if few(dense_backend) else (64, 100)
+    scores = torch.randn(rows, classes) * 4
+    q = torch.rand(rows, classes).softmax(dim=1)
     out = smooth_topk_svm_loss(scores, q, k=5, tau=0.3, reduction="none")
-    reference = smooth_topk_svm_loss(scores.double(), q.double(), k=5, tau=0.3, reduction="none")
+    with _reference(dense_backend, monkeypatch):
+        reference = smooth_topk_svm_loss(
+            scores.double(), q.double(), k=5, tau=0.3, reduction="none"
+        )
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), reference, rtol=4e-7, atol=0.0)
 
@@ -118,28 +159,37 @@ def test_cross_entropy_member(reduction, label_smoothing, weighted, kind, dense_
     """k = 1, alpha = 0, tau = 1 is F.cross_entropy with the same targets and options (its
     mean divides by N for probabilities, by the weight sum for indices), values and
     gradients, with spatial dimensions."""
+    if label_smoothing != 0.1 or reduction == "sum":
+        only_some_when_interpreted(dense_backend, "label_smoothing=0.1, means and per row")
     torch.manual_seed(1)
-    scores = torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)
+    dtype = _dtype(dense_backend)
+    scores = torch.randn(4, 6, 3, dtype=torch.float64).to(dtype).requires_grad_()
     if kind == "indices":
         target = torch.randint(0, 6, (4, 3))
         target[1, 2] = -100
     else:
-        target = torch.rand(4, 6, 3, dtype=torch.float64).softmax(dim=1)
-    weight = torch.rand(6, dtype=torch.float64) + 0.1 if weighted else None
+        target = torch.rand(4, 6, 3, dtype=torch.float64).softmax(dim=1).to(dtype)
+    weight = (torch.rand(6, dtype=torch.float64) + 0.1).to(dtype) if weighted else None
     options = dict(weight=weight, reduction=reduction, label_smoothing=label_smoothing)
     out = smooth_topk_svm_loss(scores, target, k=1, tau=1.0, alpha=0.0, **options)
-    expected = F.cross_entropy(scores, target, **options)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+    precise = scores.detach().double().requires_grad_()
+    as_double = (lambda x: x) if dtype == torch.float64 else (lambda x: x.double())
+    target = as_double(target) if target.is_floating_point() else target
+    options["weight"] = None if weight is None else weight.double()
+    expected = F.cross_entropy(precise, target, **options)
+    tolerance = _tolerance(dense_backend, 1e-12, 1e-14)
+    torch.testing.assert_close(out.double(), expected, **tolerance)
     (grad,) = torch.autograd.grad(out.sum(), scores)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), scores)
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), precise)
+    torch.testing.assert_close(grad.double(), expected_grad, **tolerance)
 
 
 def test_label_smoothing_is_the_mixture_of_the_class_index_losses(dense_backend):
     torch.manual_seed(2)
-    scores = torch.randn(5, 9, dtype=torch.float64)
+    dtype = _dtype(dense_backend)
+    scores = torch.randn(5, 9, dtype=torch.float64).to(dtype)
     target = torch.tensor([0, 3, -100, 8, 2])
-    weight = torch.rand(9, dtype=torch.float64)
+    weight = torch.rand(9, dtype=torch.float64).to(dtype)
     eps = 0.2
     options = dict(k=3, tau=0.5, alpha=1.0)
     own = smooth_topk_svm_loss(scores, target, weight=weight, reduction="none", **options)
@@ -149,30 +199,32 @@ def test_label_smoothing_is_the_mixture_of_the_class_index_losses(dense_backend)
     out = smooth_topk_svm_loss(
         scores, target, weight=weight, reduction="none", label_smoothing=eps, **options
     )
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out, expected, **_tolerance(dense_backend, 1e-12, 1e-14))
     mean = smooth_topk_svm_loss(scores, target, weight=weight, label_smoothing=eps, **options)
     torch.testing.assert_close(mean, expected.sum() / weight[target[valid]].sum())
 
 
 def test_probabilities_with_weight_and_smoothing_are_the_smoothed_distribution(dense_backend):
     torch.manual_seed(3)
-    scores = torch.randn(4, 7, dtype=torch.float64)
-    q = torch.rand(4, 7, dtype=torch.float64).softmax(dim=1)
-    weight = torch.rand(7, dtype=torch.float64)
+    dtype = _dtype(dense_backend)
+    scores = torch.randn(4, 7, dtype=torch.float64).to(dtype)
+    q = torch.rand(4, 7, dtype=torch.float64).softmax(dim=1).to(dtype)
+    weight = torch.rand(7, dtype=torch.float64).to(dtype)
     eps = 0.3
     smoothed = (1 - eps) * q + eps / 7
     expected = _expected_by_class(smooth_topk_svm_loss, scores, smoothed * weight, k=2)
     out = smooth_topk_svm_loss(scores, q, k=2, weight=weight, label_smoothing=eps)
-    torch.testing.assert_close(out, expected.mean(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out, expected.mean(), **_tolerance(dense_backend, 1e-12, 1e-14))
 
 
 def test_two_hot_targets_mix_two_class_index_losses(dense_backend):
     """Mixup's targets: lambda and 1 - lambda on two classes."""
     torch.manual_seed(4)
-    scores = torch.randn(6, 10, dtype=torch.float64)
+    dtype = _dtype(dense_backend)
+    scores = torch.randn(6, 10, dtype=torch.float64).to(dtype)
     first, second = torch.randint(0, 10, (6,)), torch.randint(0, 10, (6,))
     lam = 0.7
-    q = lam * F.one_hot(first, 10).double() + (1 - lam) * F.one_hot(second, 10).double()
+    q = lam * F.one_hot(first, 10).to(dtype) + (1 - lam) * F.one_hot(second, 10).to(dtype)
     expected = lam * smooth_topk_svm_loss(scores, first, reduction="none") + (
         1 - lam
     ) * smooth_topk_svm_loss(scores, second, reduction="none")
@@ -201,6 +253,11 @@ def test_hard_loss_takes_probabilities_and_smoothing(k):
 
 
 def test_gradcheck_and_double_backward(dense_backend):
+    """Float64 (gradcheck's finite differences): not Triton, whose gradient is checked
+    against the float64 reference by the other tests and whose double backward is the
+    autograd Function shared with the CPU kernel."""
+    if _dtype(dense_backend) != torch.float64:
+        pytest.skip(f"{dense_backend} takes no float64 scores; gradcheck needs them")
     torch.manual_seed(5)
     scores = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     q = torch.rand(3, 6, dtype=torch.float64).softmax(dim=1)
@@ -214,10 +271,12 @@ def test_gradcheck_and_double_backward(dense_backend):
 
 def test_gradient_flows_to_probability_targets(dense_backend):
     """As F.cross_entropy: d loss / d q_c = l_c (e.g. a learned teacher's distribution)."""
-    scores = torch.randn(2, 5, dtype=torch.float64)
-    q = torch.rand(2, 5, dtype=torch.float64).softmax(dim=1).requires_grad_()
+    dtype = _dtype(dense_backend)
+    scores = torch.randn(2, 5, dtype=torch.float64).to(dtype)
+    q = torch.rand(2, 5, dtype=torch.float64).softmax(dim=1).to(dtype).requires_grad_()
     smooth_topk_svm_loss(scores, q, k=2, reduction="sum").backward()
-    torch.testing.assert_close(q.grad, every_class.smooth_losses(scores, 2, 1.0, 1.0))
+    expected = every_class.smooth_losses(scores.double(), 2, 1.0, 1.0).to(dtype)
+    torch.testing.assert_close(q.grad, expected)
 
 
 def test_modules_take_label_smoothing_and_probabilities():
@@ -293,36 +352,106 @@ def test_losses_without_probabilities_say_so():
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
-def test_edge_rows_and_margins_equal_the_class_index_losses(dense_backend, k):
+def test_edge_rows_and_margins_equal_the_class_index_losses(dense_backend, k, monkeypatch):
     """-inf classes, rows with k + 1, k and k - 1 finite scores, a NaN row, per-class
     margins: value and gradient as the class-index losses summed class by class."""
     torch.manual_seed(k)
     classes = 12
-    scores = _edge_rows(classes, k)
+    dtype = _dtype(dense_backend)
+    scores = _edge_rows(classes, k).to(dtype)
     scores[0, 2] = math.nan
-    q = torch.rand(5, classes, dtype=torch.float64).softmax(dim=1)
-    alpha = torch.rand(classes, dtype=torch.float64)
+    q = torch.rand(5, classes, dtype=torch.float64).softmax(dim=1).to(dtype)
+    alpha = torch.rand(classes, dtype=torch.float64).to(dtype)
     live = scores.clone()
     live[0, 2] = 0.0
     live.requires_grad_()
+    precise = live.detach().double().requires_grad_()
+    options = dict(k=k, tau=0.5, alpha=alpha.double())
     out = smooth_topk_svm_loss(scores, q, k=k, tau=0.5, alpha=alpha, reduction="none")
-    # the class-index loss in the same process: the pytorch backend unless forced otherwise
-    reference = _expected_by_class(smooth_topk_svm_loss, scores, q, k=k, tau=0.5, alpha=alpha)
-    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-13, equal_nan=True)
-    assert out[0].isnan()
     rows = [1, 2]  # rows of finite loss (a -inf class of row 3 has k finite others: +inf)
+    # the class-index loss in the same process (the pytorch backend unless forced otherwise;
+    # in float64, by the pytorch backend, for a backend without float64)
+    with _reference(dense_backend, monkeypatch):
+        reference = _expected_by_class(smooth_topk_svm_loss, scores.double(), q.double(),
+                                       **options)  # fmt: skip
+        by_class = _expected_by_class(smooth_topk_svm_loss, precise[rows], q[rows].double(),
+                                      **options).sum()  # fmt: skip
+    tolerance = _tolerance(dense_backend, 1e-12, 1e-13)
+    torch.testing.assert_close(out.double(), reference, **tolerance, equal_nan=True)
+    assert out[0].isnan()
     out = smooth_topk_svm_loss(live[rows], q[rows], k=k, tau=0.5, alpha=alpha, reduction="sum")
-    reference = _expected_by_class(
-        smooth_topk_svm_loss, live[rows], q[rows], k=k, tau=0.5, alpha=alpha
-    ).sum()
     (grad,) = torch.autograd.grad(out, live)
-    (expected,) = torch.autograd.grad(reference, live)
-    torch.testing.assert_close(grad, expected, rtol=1e-11, atol=1e-12)
+    (expected,) = torch.autograd.grad(by_class, precise)
+    tolerance = _tolerance(dense_backend, 1e-11, 1e-12)
+    torch.testing.assert_close(grad.double(), expected, **tolerance)
 
 
-def test_triton_refuses_probability_targets(monkeypatch):
-    """The Triton kernel takes class indices: forced, it says so rather than computing
-    something else (auto takes the PyTorch operations on CUDA tensors)."""
-    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "triton")
-    with pytest.raises(RuntimeError, match="Triton kernel takes class indices"):
+@pytest.mark.interpreted
+def test_triton_computes_probability_targets_when_forced(monkeypatch):
+    """SMOOTHTOPK_BACKEND=triton computes probability targets and label smoothing (the
+    every-class kernel), and refuses what it cannot compute (float64) saying why."""
+    force("triton", monkeypatch)
+    torch.manual_seed(9)
+    scores, q = torch.randn(4, 7), torch.rand(4, 7).softmax(dim=1)
+    out = smooth_topk_svm_loss(scores, q, k=2, label_smoothing=0.1)
+    with _reference("triton", monkeypatch):
+        expected = smooth_topk_svm_loss(scores.double(), q.double(), k=2, label_smoothing=0.1)
+    torch.testing.assert_close(out.double(), expected, **FLOAT32)
+    with pytest.raises(RuntimeError, match="SMOOTHTOPK_BACKEND=triton cannot.*float64"):
+        smooth_topk_svm_loss(scores.double(), q.double(), k=2)
+
+
+def test_triton_forced_says_why_it_cannot(monkeypatch):
+    """Forced on CPU tensors outside the interpreter (or without Triton), the Triton backend
+    says why rather than computing elsewhere."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter computes CPU tensors")
+    monkeypatch.setenv(backends.ENV, "triton")
+    with pytest.raises(RuntimeError, match="SMOOTHTOPK_BACKEND=triton cannot compute"):
         smooth_topk_svm_loss(torch.randn(4, 5), torch.rand(4, 5), k=2)
+
+
+@pytest.fixture
+def auto_reaches_triton(monkeypatch):
+    """``auto`` with the CPU kernel out of the way, so that CPU tensors (in the interpreter)
+    reach the Triton backend as CUDA tensors do; no check made yet; the checks made."""
+    from smoothtopk.backends import triton as triton_backend
+
+    monkeypatch.delenv(backends.ENV, raising=False)
+    monkeypatch.setattr(backends.cpu, "unavailable", lambda scores, k: "out of the way")
+    monkeypatch.setattr(triton_backend, "_CHECKED", {})
+    calls = []
+    real = triton_backend._expected_disagreement
+    monkeypatch.setattr(
+        triton_backend, "_expected_disagreement", lambda *a: calls.append(a[1]) or real(*a)
+    )
+    return triton_backend, calls
+
+
+@pytest.mark.interpreted
+def test_auto_checks_the_every_class_kernel_once_per_kind(auto_reaches_triton, monkeypatch):
+    triton_backend, calls = auto_reaches_triton
+    torch.manual_seed(10)
+    scores, q = torch.randn(6, 20) * 2, torch.rand(6, 20).softmax(dim=1)
+    call = (q, 0.5, 1.0)
+    assert backends.every_class_loss(scores, 3, call) is triton_backend.expected
+    assert backends.every_class_loss(scores, 3, call) is triton_backend.expected
+    assert calls == [3]  # checked once for this kind
+    out = smooth_topk_svm_loss(scores, q, k=3, tau=0.5, reduction="none")
+    assert calls == [3]
+    expected = every_class.expected(scores.double(), q.double(), 3, 0.5, 1.0)
+    torch.testing.assert_close(out.double(), expected, **FLOAT32)
+
+    real = triton_backend.triton_every_class
+
+    def wrong(*args):  # a kernel whose losses are 5 % off, as a miscompiled one could be
+        out, grad = real(*args)
+        return out * 1.05, grad
+
+    monkeypatch.setattr(triton_backend, "triton_every_class", wrong)
+    with pytest.warns(RuntimeWarning, match="disagreed with the PyTorch path") as seen:
+        assert backends.every_class_loss(scores, 2, (q, 0.5, 1.0)) is every_class.expected
+    seen = [w for w in seen if "disagreed" in str(w.message)]  # not the interpreter's own
+    assert len(seen) == 1 and "probability targets, k=2" in str(seen[0].message)
+    assert backends.every_class_loss(scores, 2, (q, 0.5, 1.0)) is every_class.expected
+    assert calls == [3, 2]  # and no second check, no second warning

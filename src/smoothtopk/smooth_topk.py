@@ -123,13 +123,14 @@ def smooth_topk_svm_loss(
 def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, label_smoothing):
     """Probability targets or label smoothing: the expected loss over the target distribution
     (:func:`smoothtopk._convention.expected_loss`) from the loss of every class
-    (:func:`smoothtopk.backends.every_class_loss`: the fused CPU kernel, else PyTorch
-    operations on every device)."""
+    (:func:`smoothtopk.backends.every_class_loss`: the fused CPU or Triton kernel, else
+    PyTorch operations on every device)."""
     call = prepare(input, target, k, weight, ignore_index, reduction, probabilities=True)
     check_temperature_scale(k, tau)
 
     def row_losses(scores: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        return backends.every_class_loss(scores, k)(scores, beta, k, tau, alpha)
+        implementation = backends.every_class_loss(scores, k, (beta, tau, alpha))
+        return implementation(scores, beta, k, tau, alpha)
 
     return expected_loss(row_losses, call, weight, ignore_index, reduction, label_smoothing)
 

@@ -91,22 +91,25 @@ def select(scores: torch.Tensor, k: int, call: tuple | None = None) -> ModuleTyp
     raise RuntimeError("no backend can compute this call: " + "; ".join(reasons))
 
 
-def every_class_loss(scores: torch.Tensor, k: int):
+def every_class_loss(scores: torch.Tensor, k: int, call: tuple | None = None):
     """The implementation of ``sum_c beta_{ic} L(s_i, c)`` (probability targets, label
     smoothing) for ``scores (M, C)``: ``expected(scores, beta, k, tau, alpha) -> (M,)`` of the
-    fused CPU kernel (:func:`smoothtopk.backends.cpu.expected`) where it computes the call, else
-    PyTorch operations (:func:`smoothtopk.backends.every_class.expected`, every device). The
-    Triton kernel takes class indices only: ``SMOOTHTOPK_BACKEND=triton`` raises here."""
+    first of the fused CPU kernel (:func:`smoothtopk.backends.cpu.expected`) and the Triton
+    kernel (:func:`smoothtopk.backends.triton.expected`) that computes the call, else PyTorch
+    operations (:func:`smoothtopk.backends.every_class.expected`, every device). ``call`` is
+    ``(beta, tau, alpha)``, for ``auto``'s self-check of the Triton kernel (as :func:`select`);
+    a forced backend that cannot compute the call raises."""
     choice = requested()
-    if choice == "triton":
-        raise RuntimeError(
-            f"{ENV}=triton cannot compute this call: the Triton kernel takes class indices; "
-            "probability targets and label smoothing run on the cpu or pytorch backend"
-        )
-    if choice in ("auto", "cpu"):
-        reason = cpu.unavailable(scores, k)
+    for name in ("cpu", "triton"):
+        if choice not in ("auto", name):
+            continue
+        backend = module(name)
+        reason = backend.unavailable(scores, k)
+        check = getattr(backend, "self_check_expected", None)
+        if reason is None and choice == "auto" and call is not None and check is not None:
+            reason = check(scores, k, *call)
         if reason is None:
-            return cpu.expected
-        if choice == "cpu":
-            raise RuntimeError(f"{ENV}=cpu cannot compute this call: {reason}")
+            return backend.expected
+        if choice == name:
+            raise RuntimeError(f"{ENV}={choice} cannot compute this call: {reason}")
     return every_class.expected

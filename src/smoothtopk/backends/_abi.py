@@ -16,6 +16,10 @@ reads (the CPU kernel folds it into ``stats``)::
     smoothtopk::triton_backward(... as cpu_backward ..., total, splits) -> grad
     smoothtopk::cpu_every_class(scores, beta, k, tau, alpha, alpha_per_class?, with_grad)
         -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
+    smoothtopk::triton_every_class(... as cpu_every_class ...) -> (out, grad)
+
+The every-class operators form the gradient in the forward; one ``autograd.Function``,
+:func:`smoothtopk.backends.every_class.fused_expected`, serves both.
 
 **Per-row layout** of ``stats`` (float64, :func:`stats_width` ``= 2 + 2k`` columns)::
 
@@ -71,13 +75,17 @@ _BACKWARD = (
     "Tensor grad_out, Tensor scores, Tensor target, Tensor stats, Tensor anchor_index, "
     "int ignore_index, int k, float tau, str reduction"
 )
+_EVERY_CLASS = (
+    "(Tensor scores, Tensor beta, int k, float tau, float alpha, Tensor? alpha_per_class, "
+    "bool with_grad)"
+)
 SCHEMAS = {
     "cpu_forward": f"({_FORWARD}) -> (Tensor, Tensor, Tensor)",
     "cpu_backward": f"({_BACKWARD}) -> Tensor",
     "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor, Tensor)",
     "triton_backward": f"({_BACKWARD}, Tensor total, int splits) -> Tensor",
-    "cpu_every_class": "(Tensor scores, Tensor beta, int k, float tau, float alpha, "
-    "Tensor? alpha_per_class, bool with_grad) -> (Tensor, Tensor)",
+    "cpu_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
+    "triton_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
 }
 
 
@@ -133,6 +141,7 @@ _FAKES = {
     "triton_forward": _triton_forward_fake,
     "triton_backward": _backward_fake,
     "cpu_every_class": _every_class_fake,
+    "triton_every_class": _every_class_fake,
 }
 
 

@@ -48,7 +48,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import threading
 import warnings
 
@@ -67,7 +66,6 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 _forward_op = torch.ops.smoothtopk.cpu_forward.default
 _backward_op = torch.ops.smoothtopk.cpu_backward.default
-_every_class_op = torch.ops.smoothtopk.cpu_every_class.default
 
 
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):
@@ -93,50 +91,8 @@ def backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alph
 def expected(scores, beta, k, tau, alpha):
     """``sum_c beta_{ic} L(s_i, c)`` per row, ``(M,)`` (float64 for float64 scores, else
     float32): :func:`smoothtopk.backends.every_class.expected` in one pass of the kernel, which
-    also forms the gradient when autograd needs it (kept for the backward, as cross-entropy
-    keeps its softmax). Double backward and a gradient for ``beta`` recompute with PyTorch
-    operations."""
-    margins = alpha if isinstance(alpha, torch.Tensor) else None
-    alpha = 0.0 if margins is not None else alpha
-    needed = torch.is_grad_enabled() and (scores.requires_grad or beta.requires_grad)
-    if not needed and torch.autograd.forward_ad._current_level < 0:
-        return _every_class_op(scores, beta, k, tau, alpha, margins, False)[0]
-    return _Expected.apply(scores, beta, k, tau, alpha, margins)[0]
-
-
-class _Expected(torch.autograd.Function):
-    """The kernel's loss with the gradient it formed; see :func:`expected`."""
-
-    @staticmethod
-    def forward(*args):  # (scores, beta, k, tau, alpha, margins); *args: see below
-        return _every_class_op(*args, True)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        scores, beta, k, tau, alpha, margins = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(scores, beta, margins, output[1])
-        ctx.options = (k, tau, alpha)
-
-    @staticmethod
-    def backward(ctx, grad_out, _):
-        scores, beta, margins, grad = ctx.saved_tensors
-        k, tau, alpha = ctx.options
-        if not (torch.is_grad_enabled() or ctx.needs_input_grad[1]):
-            return (grad_out.to(grad.dtype)[:, None] * grad, *([None] * 5))
-        needed = ctx.needs_input_grad[:2]
-        with torch.enable_grad():  # double backward, or d/d beta: recorded PyTorch operations
-            alpha = margins if margins is not None else alpha
-            out = every_class.expected(scores, beta, k, tau, alpha)
-            wanted = [x for x, need in zip((scores, beta), needed, strict=True) if need]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out,
-                                             create_graph=torch.is_grad_enabled()))  # fmt: skip
-        return (*(next(grads) if need else None for need in needed), *([None] * 4))
-
-
-# torch binds a Function's arguments to its forward's signature at every call when it has a
-# setup_context: a precomputed signature of ``*args`` costs ~4 us against ~25 us (issue #20).
-_Expected.forward.__signature__ = inspect.signature(_Expected.forward)
+    also forms the gradient when autograd needs it (:func:`every_class.fused_expected`)."""
+    return every_class.fused_expected("cpu_every_class", scores, beta, k, tau, alpha)
 
 
 def unavailable(scores: torch.Tensor, k: int) -> str | None:

@@ -29,7 +29,9 @@ less the target). With ``e_b = e_b(u)``:
 (:mod:`smoothtopk.backends.polynomial`) and every sum is normalised by the matching power of
 ``mass``: nothing overflows for any number of classes. The work is float64 (the Horner sums lose
 up to binomial(k, k/2) units in the last place); the result is ``(M, C)`` float64, and autograd
-differentiates it (double backward included): ``O(k C)`` per row either way.
+differentiates it (double backward included): ``O(k C)`` per row either way. The fused kernels
+(``smoothtopk::cpu_every_class``, ``triton_every_class``) compute the same sums and their
+gradient in one call; :func:`fused_expected` is their one ``autograd.Function``.
 
 Edge rules, those of the single-target loss class by class (``docs/math.md``): a row with a NaN
 or ``+inf`` score is NaN; in a row with fewer than ``k`` finite scores besides ``c``, a finite
@@ -48,9 +50,12 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
+from . import _abi
 from .anchors import EXP_FLOOR, LOG_ZERO
 from .polynomial import normalized_elementary_symmetric
 
@@ -142,3 +147,59 @@ def _horner(coefficients: list[torch.Tensor], v: torch.Tensor) -> torch.Tensor:
 def _log(x: torch.Tensor) -> torch.Tensor:
     """``log x`` with ``log 0`` a finite stand-in (so that autograd never meets ``inf - inf``)."""
     return torch.where(x > 0, torch.log(x.clamp_min(torch.finfo(x.dtype).tiny)), LOG_ZERO)
+
+
+#: the every-class operators by name (the argument of :func:`every_class_expected`)
+EVERY_CLASS_OPS = {
+    name: getattr(getattr(torch.ops, _abi.NAMESPACE), name).default
+    for name in ("cpu_every_class", "triton_every_class")
+}
+
+
+def fused_expected(name: str, scores, beta, k, tau, alpha) -> torch.Tensor:
+    """``sum_c beta_{ic} L(s_i, c)`` per row, ``(M,)`` (float64 for float64 scores, else
+    float32), by the every-class operator ``name``, which also forms the gradient when autograd
+    needs it (kept for the backward, as cross-entropy keeps its softmax). Double backward and a
+    gradient for ``beta`` recompute with PyTorch operations (:func:`expected`)."""
+    margins = alpha if isinstance(alpha, torch.Tensor) else None
+    alpha = 0.0 if margins is not None else alpha
+    needed = torch.is_grad_enabled() and (scores.requires_grad or beta.requires_grad)
+    if not needed and torch.autograd.forward_ad._current_level < 0:
+        return EVERY_CLASS_OPS[name](scores, beta, k, tau, alpha, margins, False)[0]
+    return _Expected.apply(scores, beta, k, tau, alpha, margins, name)[0]
+
+
+class _Expected(torch.autograd.Function):
+    """An every-class operator's loss with the gradient it formed; see
+    :func:`fused_expected`."""
+
+    @staticmethod
+    def forward(*args):  # (scores, beta, k, tau, alpha, margins, name); *args: see below
+        return EVERY_CLASS_OPS[args[-1]](*args[:-1], True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        scores, beta, k, tau, alpha, margins, _ = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(scores, beta, margins, output[1])
+        ctx.options = (k, tau, alpha)
+
+    @staticmethod
+    def backward(ctx, grad_out, _):
+        scores, beta, margins, grad = ctx.saved_tensors
+        k, tau, alpha = ctx.options
+        if not (torch.is_grad_enabled() or ctx.needs_input_grad[1]):
+            return (grad_out.to(grad.dtype)[:, None] * grad, *([None] * 6))
+        needed = ctx.needs_input_grad[:2]
+        with torch.enable_grad():  # double backward, or d/d beta: recorded PyTorch operations
+            alpha = margins if margins is not None else alpha
+            out = expected(scores, beta, k, tau, alpha)
+            wanted = [x for x, need in zip((scores, beta), needed, strict=True) if need]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out,
+                                             create_graph=torch.is_grad_enabled()))  # fmt: skip
+        return (*(next(grads) if need else None for need in needed), *([None] * 5))
+
+
+# torch binds a Function's arguments to its forward's signature at every call when it has a
+# setup_context: a precomputed signature of ``*args`` costs ~4 us against ~25 us (issue #20).
+_Expected.forward.__signature__ = inspect.signature(_Expected.forward)

@@ -39,8 +39,9 @@ import warnings
 
 import torch
 
+from .._convention import working_dtype
 from .._validation import user_stacklevel
-from . import _abi, pytorch
+from . import _abi, every_class, pytorch
 
 NAME = "triton"
 #: the forward kernels clear a flag on an out-of-range target, asserted on the device (as
@@ -135,15 +136,30 @@ def self_check(scores, k, target, weight, ignore_index, tau, alpha, reduction) -
     margins = isinstance(alpha, torch.Tensor)
     kind = (scores.device, scores.dtype, k, scores.shape[1], plan_splits(scores, k))
     kind += (weight is not None, margins, reduction)
+    return _verdict(
+        kind, lambda: _disagreement(scores, k, target, weight, ignore_index, tau, alpha, reduction)
+    )
+
+
+def self_check_expected(scores, k, beta, tau, alpha) -> str | None:
+    """:func:`self_check` for the every-class kernel (probability targets, label smoothing):
+    its loss and gradient on the call's first rows against the PyTorch operations, once per
+    kind (device, dtype, ``k``, ``n``, per-class margins). Arguments as :func:`expected`."""
+    kind = ("every class", scores.device, scores.dtype, k, scores.shape[1])
+    kind += (isinstance(alpha, torch.Tensor),)
+    return _verdict(kind, lambda: _expected_disagreement(scores, k, beta, tau, alpha))
+
+
+def _verdict(kind: tuple, disagreement) -> str | None:
+    """The self-check's verdict on ``kind``: ``disagreement()`` the first time (outside a
+    trace), warned about once when it is not None."""
     if kind not in _CHECKED:
         if torch.compiler.is_compiling():
             return (
                 "not yet checked against the PyTorch path for this kind of call, and a "
                 "torch.compile trace cannot check it: call the loss once before compiling"
             )
-        _CHECKED[kind] = _disagreement(
-            scores, k, target, weight, ignore_index, tau, alpha, reduction
-        )
+        _CHECKED[kind] = disagreement()
         if _CHECKED[kind] is not None:
             warnings.warn(
                 f"smoothtopk: {_CHECKED[kind]}; auto uses the PyTorch path for such calls "
@@ -167,11 +183,33 @@ def _disagreement(scores, k, target, weight, ignore_index, tau, alpha, reduction
         ref_grad = pytorch.backward(
             grad_out, x, t, weight, ignore_index, ref_saved, k, tau, alpha, reduction
         )
+    kind = f"k={k}, n={scores.shape[1]}, {scores.dtype}, {splits} program(s) per row"
+    return _compare(scores, (out, grad), (ref, ref_grad), kind)
+
+
+def _expected_disagreement(scores, k, beta, tau, alpha) -> str | None:
+    """:func:`_disagreement` for the every-class kernel: loss and gradient of the first rows."""
+    x, b = scores[:PROBE_ROWS].detach(), beta[:PROBE_ROWS].detach()
+    alpha = alpha.detach() if isinstance(alpha, torch.Tensor) else alpha
+    margins = alpha if isinstance(alpha, torch.Tensor) else None
+    with torch.no_grad():
+        out, grad = triton_every_class(x, b, k, tau, 0.0 if margins is not None else alpha,
+                                       margins, True)  # fmt: skip
+    with torch.enable_grad():
+        leaf = x.clone().requires_grad_()
+        ref = every_class.expected(leaf, b, k, tau, alpha)
+        (ref_grad,) = torch.autograd.grad(ref.sum(), leaf)
+    kind = f"probability targets, k={k}, n={scores.shape[1]}, {scores.dtype}"
+    return _compare(scores, (out, grad), (ref.detach(), ref_grad), kind)
+
+
+def _compare(scores, ours, reference, kind: str) -> str | None:
+    """None if loss and gradient agree within :data:`PROBE_TOLERANCE`, else the message."""
     tolerance = PROBE_TOLERANCE[scores.dtype]
-    errors = torch.stack([_error(out, ref), _error(grad, ref_grad)]).tolist()  # the one sync
+    errors = torch.stack([_error(ours[0], reference[0]), _error(ours[1], reference[1])])
+    errors = errors.tolist()  # the one sync
     if max(errors) <= tolerance:
         return None
-    kind = f"k={k}, n={scores.shape[1]}, {scores.dtype}, {splits} program(s) per row"
     return (
         f"the Triton kernel disagreed with the PyTorch path on {scores.device} ({kind}): "
         f"relative differences {errors[0]:.1e} (loss) and {errors[1]:.1e} (gradient)"
@@ -213,6 +251,11 @@ def _kernels():
     return importlib.import_module("smoothtopk.backends.triton_jit")
 
 
+def _every_class_kernels():
+    """The module of the every-class ``triton.jit`` kernel, imported on first use."""
+    return importlib.import_module("smoothtopk.backends.triton_every_class_jit")
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(a // -b)
 
@@ -249,6 +292,12 @@ def plan_splits(scores: torch.Tensor, k: int) -> int:
         return 1
     wanted = _cdiv(2 * _processors(scores.device.index or 0), rows)
     return max(1, min(wanted, classes // (4 * block_size(classes, k)), 256))
+
+
+def class_tile(k: int) -> int:
+    """Classes per block of the every-class kernel's class passes: a ``(tile, KP)`` float64
+    tile of powers ``(-u_c)^m`` stays near 2048 numbers."""
+    return max(16, min(256, 1024 // _padded_k(k)))
 
 
 def _segment(classes: int, block: int, splits: int) -> tuple[int, int]:
@@ -432,12 +481,55 @@ def _triton_backward(
     return grad
 
 
+def _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad):
+    """``(out (M,), grad (M, n) or (0,))``: ``sum_c beta_ic L(s_i, c)`` per row (float32; float64
+    for float64 scores) and, with ``with_grad``, its gradient in the scores' dtype; class ``c``'s
+    margin is ``alpha_per_class[c]`` when given, else ``alpha``. One program per row
+    (``triton_every_class_jit``)."""
+    if scores.dim() != 2 or beta.shape != scores.shape:
+        raise RuntimeError("smoothtopk: scores and beta must be (rows, classes)")
+    rows, classes = scores.shape
+    if not 1 <= k < classes:
+        raise RuntimeError("smoothtopk: need 1 <= k < classes")
+    scores, beta = scores.contiguous(), beta.contiguous()
+    out = scores.new_empty(rows, dtype=working_dtype(scores.dtype))
+    grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
+    grad = grad if with_grad else scores.new_empty(0)
+    if rows == 0:
+        return out, grad
+    has_alpha = alpha_per_class is not None
+    margins = alpha_per_class.to(torch.float64).contiguous() if has_alpha else scores
+    exp_margins = torch.exp(margins / float(tau)) if has_alpha else scores
+    block = block_size(classes, k)
+    with _on_device(scores.device):
+        _every_class_kernels().every_class_kernel[(rows,)](
+            scores,
+            beta,
+            margins,
+            exp_margins,
+            out,
+            grad if with_grad else scores,
+            classes,
+            HAS_ALPHA=has_alpha,
+            WITH_GRAD=with_grad,
+            K=k,
+            KP=_padded_k(k),
+            BLOCK=block,
+            LOG=block.bit_length() - 1,
+            TILE=class_tile(k),
+            **_scalars(k, tau, 0.0 if has_alpha else alpha),
+        )
+    return out, grad
+
+
 # The implementations of the operators of _abi, for CUDA tensors (and CPU tensors, which only
 # the interpreter runs; unavailable() keeps every other CPU call away).
 torch.library.impl("smoothtopk::triton_forward", ("cuda", "cpu"), _triton_forward)
 torch.library.impl("smoothtopk::triton_backward", ("cuda", "cpu"), _triton_backward)
 triton_forward = torch.ops.smoothtopk.triton_forward.default
 triton_backward = torch.ops.smoothtopk.triton_backward.default
+torch.library.impl("smoothtopk::triton_every_class", ("cuda", "cpu"), _triton_every_class)
+triton_every_class = torch.ops.smoothtopk.triton_every_class.default
 
 
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits=None):
@@ -461,3 +553,10 @@ def backward(
     return triton_backward(
         grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
     )
+
+
+def expected(scores, beta, k, tau, alpha):
+    """``sum_c beta_{ic} L(s_i, c)`` per row, ``(M,)`` float32: probability targets and label
+    smoothing (:func:`smoothtopk.backends.every_class.expected`) in one kernel launch, which
+    also forms the gradient when autograd needs it (:func:`every_class.fused_expected`)."""
+    return every_class.fused_expected("triton_every_class", scores, beta, k, tau, alpha)
