@@ -455,3 +455,24 @@ def test_auto_checks_the_every_class_kernel_once_per_kind(auto_reaches_triton, m
     assert len(seen) == 1 and "probability targets, k=2" in str(seen[0].message)
     assert backends.every_class_loss(scores, 2, (q, 0.5, 1.0)) is every_class.expected
     assert calls == [3, 2]  # and no second check, no second warning
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_a_class_far_ahead_at_a_small_temperature(dense_backend, monkeypatch, k):
+    """tau = 1e-3 and a top class 3.7 ahead: its e^{(s - a)/(k tau)} is far beyond the double
+    range; the gradient is finite and the class-by-class one (the PyTorch path once gave NaN)."""
+    torch.manual_seed(k)
+    dtype = _dtype(dense_backend)
+    scores = torch.randn(2, 20, dtype=torch.float64)
+    scores[0, 13], scores[0, 3] = 5.06, 1.40
+    scores = scores.to(dtype).requires_grad_()
+    q = torch.rand(2, 20, dtype=torch.float64).softmax(dim=1)
+    options = dict(k=k, tau=1e-3, alpha=1.0)
+    with _reference(dense_backend, monkeypatch):
+        precise = scores.detach().double().requires_grad_()
+        reference = _expected_by_class(smooth_topk_svm_loss, precise, q, **options)
+        (expected,) = torch.autograd.grad(reference.sum(), precise)
+    out = smooth_topk_svm_loss(scores, q.to(dtype), reduction="sum", **options)
+    (grad,) = torch.autograd.grad(out, scores)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad.double(), expected, **_tolerance(dense_backend, 1e-11, 1e-12))

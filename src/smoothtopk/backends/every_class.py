@@ -102,7 +102,9 @@ def _log_ratios(s: torch.Tensor, k: int, tau: float):
     top, anchor_index = s.topk(k, dim=1)
     anchor = top[:, -1:].detach()  # the value does not depend on the anchor: a constant
     argument = (s - anchor) * scale
-    u = torch.where(argument > EXP_FLOOR[s.dtype], argument, -torch.inf).exp()
+    # the anchors' arguments are >= 0 (their u is zeroed next): at most 0, so that exp never
+    # overflows to +inf, whose 0 * inf in the backward would be NaN
+    u = torch.where(argument > EXP_FLOOR[s.dtype], argument.clamp_max(0.0), -torch.inf).exp()
     u = u.scatter(1, anchor_index, 0.0)  # the rest R: 0 on the anchors
     scaled, log_mass = normalized_elementary_symmetric(u, k)  # e_b / mass^b, b = 1..k
     e = torch.cat([torch.ones_like(log_mass), scaled], dim=1)  # (M, k + 1), e_0 = 1
