@@ -1,41 +1,47 @@
 #!/usr/bin/env bash
-# The GPU check of issue #10, prepared for a session that is lent a GPU (docs/benchmarks.md,
-# "On a GPU"). About 8 minutes on an H200, at most about 8.5:
-#   (a) the tests that need CUDA (`pytest tests -k cuda`: they skip without a GPU; the Triton
-#       interpreter suite is CI's), on 4 workers where pytest-xdist is installed, at most
-#       GPU_TESTS_LIMIT seconds (180); GPU_TESTS_K changes the selection;
-#   (b) the reduced benchmark grid (`python -m benchmarks.run --gpu-quick`): no configuration
-#       is started after GPU_BENCH_BUDGET seconds (210), the whole at most that plus 75;
-#   (c) a summary: versions, test outcome, the targets table and the forward+backward tables.
+# The GPU check of issues #10 and #20, prepared for a session that is lent a GPU
+# (docs/benchmarks.md, "On a GPU"). At most GPU_CHECK_TOTAL seconds (480), every compile
+# included, by a plan computed from measured compile times (benchmarks/gpu_plan.py; print it
+# without a GPU: `bash benchmarks/gpu_check.sh --dry-run`):
+#   (0) the environment (versions, GPU);
+#   (1) prepare, in parallel and stopped at its budget: one warm process per benchmark
+#       configuration (fills Triton's and torch.compile's caches once), the C++ kernel's build,
+#       then the CUDA tests (`pytest tests -k cuda -n 4`; GPU_TESTS_K changes the selection);
+#   (2) the benchmark configurations one by one, most informative first (k = 5 at n = 1000 and
+#       10^4, then k = 1, k = 20, n = 10^6; float32, then bfloat16), each in a fresh process
+#       stopped at its budget, results.json rewritten after each;
+#   (3) a summary: versions, test outcome, the plan against the seconds each step took, the
+#       targets table and the forward+backward tables.
 #
-#   bash benchmarks/gpu_check.sh "$OUT"          # all three, files into $OUT
-#   bash benchmarks/gpu_check.sh "$OUT" tests    # (a) and (c) only, e.g. for a rerun
-#   bash benchmarks/gpu_check.sh "$OUT" bench    # (b) and (c) only
+#   bash benchmarks/gpu_check.sh "$OUT"              # the check, files into $OUT
+#   bash benchmarks/gpu_check.sh --dry-run           # the plan: steps, budgets, total (no GPU)
+#   GPU_CHECK_TOTAL=200 bash benchmarks/gpu_check.sh "$OUT"   # a shorter rerun
 #
-# Writes into the folder given as $1 (default $OUT, else benchmarks/results/gpu): environment.txt,
-# gpu_tests.log, bench.log, results.json, results.md, benchmarks.png (6 files). Runs from the
-# source tree (PYTHONPATH=src plus the repository root); needs only torch, triton and pytest.
-# Optional packages travel as wheels in .whl/ at the repository root (liger-kernel: see
-# docs/benchmarks.md); they are installed into /tmp/smoothtopk-site without the network, and
-# a contender whose package is missing is reported as skipped. Exit status: 0 when the tests
-# and the benchmark ran without failure (targets missed are reported, not failures), 1 when
-# either failed or no CUDA device is visible, 2 for a bad argument.
+# Writes into the folder given as $1 (default $OUT, else benchmarks/results/gpu):
+# environment.txt, plan.txt, gpu_tests.log, warm.log, steps.json (each step's budget and
+# seconds), results.json, results.md, benchmarks.png. Runs from the source tree
+# (PYTHONPATH=src plus the repository root); needs only torch, triton and pytest. Optional
+# packages travel as wheels in .whl/ at the repository root (liger-kernel: see
+# docs/benchmarks.md); they are installed into /tmp/smoothtopk-site without the network, and a
+# contender whose package is missing is reported as skipped. Exit status: 0 when the tests
+# passed and the benchmark steps ran (targets missed are reported, not failures), 1 when the
+# tests failed or were stopped, or no CUDA device is visible, 2 for a bad argument.
 set -u -o pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-phase=${2:-all}
-case "$phase" in
-  all | tests | bench) ;;
-  *) echo "gpu_check.sh: error: the phase (\$2) must be all, tests or bench, got '$phase'" >&2; exit 2 ;;
-esac
+started=$(date +%s)
+total=${GPU_CHECK_TOTAL:-480}
+PY=${PYTHON:-python3}
+if [ "${1:-}" = --dry-run ]; then
+  cd "$root" && PYTHONPATH="$root/src:$root" "$PY" -m benchmarks.gpu_plan --dry-run --total "$total"
+  exit $?
+fi
+case "${1:-}" in -*) echo "gpu_check.sh: error: unknown option '$1'" >&2; exit 2 ;; esac
 out=${1:-${OUT:-$root/benchmarks/results/gpu}}
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
 cd "$root" || exit 2
+deadline=$((started + total - 15))  # the summary's 15 s (gpu_plan.SUMMARY_S) after it
 
-PY=${PYTHON:-python3}
-tests_limit=${GPU_TESTS_LIMIT:-180}
-bench_budget=${GPU_BENCH_BUDGET:-210}
-tests_k=${GPU_TESTS_K:-cuda}
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/smoothtopk-ext}
 unset SMOOTHTOPK_BACKEND TRITON_INTERPRET  # auto backends, compiled (not interpreted) Triton
 path="$root/src:$root"
@@ -67,48 +73,36 @@ if ! "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/de
   exit 1
 fi
 
-tests_rc=skipped
-if [ "$phase" != bench ]; then
-  workers=()
-  "$PY" -c "import xdist" 2>/dev/null && workers=(-n 4)
-  echo "== (a) GPU tests: pytest tests -k \"$tests_k\" ${workers[*]}, at most $tests_limit s"
-  timeout -k 10 "$tests_limit" "$PY" -m pytest -q -rfEs --maxfail=10 -p no:cacheprovider \
-    "${workers[@]}" tests -k "$tests_k" 2>&1 | tee "$out/gpu_tests.log"
-  tests_rc=$?
-  [ "$tests_rc" = 124 ] && echo "the tests ran past $tests_limit s and were stopped"
+echo "== plan and run: benchmarks.gpu_plan, deadline in $((deadline - $(date +%s))) s"
+timeout -k 5 "$((deadline - $(date +%s)))" "$PY" -m benchmarks.gpu_plan run --out "$out" \
+  --deadline "$deadline" --total "$total" 2>&1 | tee "$out/plan.txt"
+plan_rc=$?
+[ "$plan_rc" = 124 ] && echo "the plan ran past its deadline and was stopped"
+if [ ! -s "$out/results.md" ] && [ -s "$out/results.json" ]; then  # stopped: what it measured
+  "$PY" -m benchmarks.report "$out/results.json" --md "$out/results.md" \
+    --png "$out/benchmarks.png" --title "smoothtopk GPU benchmarks (gpu_check.sh, stopped)"
 fi
 
-bench_rc=skipped
-if [ "$phase" != tests ]; then
-  echo "== (b) reduced GPU benchmark: benchmarks.run --gpu-quick --budget $bench_budget"
-  rm -f "$out/results.json" "$out/results.md" "$out/benchmarks.png"
-  timeout -k 10 "$((bench_budget + 75))" "$PY" -m benchmarks.run --gpu-quick \
-    --budget "$bench_budget" --out "$out" --title "smoothtopk GPU benchmarks (gpu_check.sh)" \
-    2>&1 | tee "$out/bench.log"
-  bench_rc=$?
-  if [ "$bench_rc" != 0 ] && [ -s "$out/results.json" ]; then  # stopped: report what it measured
-    "$PY" -m benchmarks.report "$out/results.json" --md "$out/results.md" \
-      --png "$out/benchmarks.png" --title "smoothtopk GPU benchmarks (gpu_check.sh, stopped)"
-  fi
-fi
-
-echo "== (c) summary"
+echo "== summary"
 cat "$out/environment.txt"
-if [ "$tests_rc" != skipped ]; then
-  echo "tests (exit status $tests_rc):"
-  grep -E "^(FAILED|ERROR|SKIPPED) |[0-9]+ (passed|failed|skipped|deselected|errors?)|no tests ran" \
-    "$out/gpu_tests.log" | tail -n 20
-  [ "$tests_rc" = 5 ] && echo "(no test matched -k \"$tests_k\": set GPU_TESTS_K)"
+tests_rc=$("$PY" -c "import json, sys; steps = json.load(open(sys.argv[1]))['steps']
+print(next((s['tests_exit'] for s in steps if s['step'] == 'prepare'), 'not run'))" \
+  "$out/steps.json" 2>/dev/null || echo "not run")
+echo "tests (exit status $tests_rc):"
+[ -s "$out/gpu_tests.log" ] && grep -E "^(FAILED|ERROR|SKIPPED) |[0-9]+ (passed|failed|skipped|deselected|errors?)|no tests ran" \
+  "$out/gpu_tests.log" | tail -n 20
+echo "steps (budget s -> seconds taken):"
+"$PY" -c "import json, sys
+for s in json.load(open(sys.argv[1]))['steps']:
+    name = s['step'] if s['step'] != 'bench' else f\"n={s['n']} k={s['k']} {s['dtype']}\"
+    print(f\"  {name}: {s['budget_s']} -> {s['seconds']}\")" "$out/steps.json" 2>/dev/null
+if [ -s "$out/results.md" ]; then
+  awk '/^## /{show = ($0 ~ /^## (Targets|forward\+backward)/)} show' "$out/results.md"
+  grep -E "^Not run" "$out/results.md"
+else
+  echo "no results.md: see plan.txt"
 fi
-if [ "$bench_rc" != skipped ]; then
-  echo "benchmark (exit status $bench_rc):"
-  if [ -s "$out/results.md" ]; then
-    awk '/^## /{show = ($0 ~ /^## (Targets|forward\+backward)/)} show' "$out/results.md"
-    grep -E "^Not run" "$out/results.md"
-  else
-    echo "no results.md: see bench.log"
-  fi
-fi
+echo "$(( $(date +%s) - started )) s in all (limit $total s)"
 ls -l "$out"
-case "$tests_rc" in 0 | 5 | skipped) ;; *) exit 1 ;; esac  # pytest's 5: no test selected
-case "$bench_rc" in 0 | skipped) ;; *) exit 1 ;; esac
+case "$tests_rc" in 0 | 5) ;; *) exit 1 ;; esac  # pytest's 5: no test selected
+case "$plan_rc" in 0) ;; *) exit 1 ;; esac
