@@ -80,3 +80,15 @@ def only_some_when_interpreted(backend: str, why: str) -> None:
     of the test (``why`` says which, and why those suffice)."""
     if few(backend):
         pytest.skip(f"{backend} in Triton's interpreter (~0.1 s a row): {why}")
+
+
+def auto_reaches_triton(monkeypatch):
+    """``auto`` with the CPU kernel out of the way, so that CPU tensors (in the interpreter)
+    reach the Triton backend as CUDA tensors do, in a process with no self-check made yet;
+    returns the Triton backend module (whose self-checks a test may then watch)."""
+    from smoothtopk.backends import triton as triton_backend
+
+    monkeypatch.delenv(backends.ENV, raising=False)
+    monkeypatch.setattr(backends.cpu, "unavailable", lambda scores, k: "out of the way")
+    monkeypatch.setattr(triton_backend, "_CHECKED", {})
+    return triton_backend

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import backend_suite
 from backend_suite import few, force, only_some_when_interpreted, precise_dtype
 from reference import brute_force_loss
 from smoothtopk import SmoothTopkSVMLoss, TopkSVMLoss, backends, smooth_topk_svm_loss, topk_svm_loss
@@ -413,13 +414,8 @@ def test_triton_forced_says_why_it_cannot(monkeypatch):
 
 @pytest.fixture
 def auto_reaches_triton(monkeypatch):
-    """``auto`` with the CPU kernel out of the way, so that CPU tensors (in the interpreter)
-    reach the Triton backend as CUDA tensors do; no check made yet; the checks made."""
-    from smoothtopk.backends import triton as triton_backend
-
-    monkeypatch.delenv(backends.ENV, raising=False)
-    monkeypatch.setattr(backends.cpu, "unavailable", lambda scores, k: "out of the way")
-    monkeypatch.setattr(triton_backend, "_CHECKED", {})
+    """:func:`backend_suite.auto_reaches_triton`, and the every-class checks made."""
+    triton_backend = backend_suite.auto_reaches_triton(monkeypatch)
     calls = []
     real = triton_backend._expected_disagreement
     monkeypatch.setattr(

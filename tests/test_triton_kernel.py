@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import backend_suite
 from exactness_grid import BOUNDS, _errors, cells, grid_inputs
 from reference import log_space_loss_and_grad
 from smoothtopk import smooth_topk_svm_loss
@@ -391,13 +392,8 @@ def test_an_old_triton_is_declined_naming_both_versions(monkeypatch):
 
 @pytest.fixture
 def auto_reaches_triton(monkeypatch):
-    """``auto`` with the CPU kernel out of the way, so that CPU tensors (in the interpreter)
-    reach the Triton backend as CUDA tensors do; a process with no check made yet."""
-    from smoothtopk import backends
-
-    monkeypatch.delenv(backends.ENV, raising=False)
-    monkeypatch.setattr(backends.cpu, "unavailable", lambda scores, k: "out of the way")
-    monkeypatch.setattr(triton_kernel, "_CHECKED", {})
+    """:func:`backend_suite.auto_reaches_triton`, and the class-index checks made."""
+    backend_suite.auto_reaches_triton(monkeypatch)
     calls = []
     real = triton_kernel._disagreement
     monkeypatch.setattr(
