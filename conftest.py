@@ -8,7 +8,10 @@ tests skip with the reason (``tests/test_optional_triton.py`` runs this case in 
 import importlib.util
 
 TRITON = importlib.util.find_spec("triton") is not None
-collect_ignore = [] if TRITON else ["src/smoothtopk/backends/triton_jit.py"]
+#: the modules of ``triton.jit`` kernels (imported on first use by ``backends/triton.py``)
+TRITON_JIT = ["src/smoothtopk/backends/triton_jit.py",
+              "src/smoothtopk/backends/triton_every_class_jit.py"]  # fmt: skip
+collect_ignore = [] if TRITON else TRITON_JIT
 
 
 def pytest_report_header(config):
