@@ -84,3 +84,23 @@ def test_interval_and_verdicts():
     assert paired_interval([-3.0, -4.0])["verdict"] == "within seed noise"  # t(1) = 12.7
     single = paired_interval([2.0])
     assert single["verdict"] == "one seed" and single["low"] is None
+
+
+def test_a_selected_value_on_a_grid_edge_is_warned(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed in (0, 1):
+        for lr, val5 in ((0.03, 0.9), (0.1, 0.8), (0.3, 0.7)):  # validation picks the lowest
+            run(root, "ce", seed, [(0.3, val5, 0.3, 0.9)], lr=lr)
+        for lr, val5 in ((0.03, 0.8), (0.1, 0.9), (0.3, 0.7)):  # the middle: no warning
+            run(root, "smooth-svm", seed, [(0.3, val5, 0.3, 0.9)], lr=lr)
+    result = write_report([root], str(tmp_path / "report"))
+    warning = (
+        "- Warning: grid edge: ce at noise 0.4: lr = 0.03 is the lowest of its grid "
+        "(0.03, 0.1, 0.3) at seeds 0, 1."
+    )
+    table = result["selection_table"]
+    assert table.count(warning) == 2  # under each rule's table
+    assert "smooth-svm (k=5) at" not in table
+    with open(result["files"]["selection_csv"]) as f:
+        text = f.read()
+    assert "lr = 0.03 is the lowest of its grid (0.03, 0.1, 0.3) at seeds 0, 1" in text

@@ -271,7 +271,8 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
     to CE with its 95 % interval and verdict (:func:`paired_interval`)."""
     axis, options = axis_of(runs), varied(runs)
     cells: dict[tuple, dict[int, RunResult]] = defaultdict(dict)
-    counts = {key: len(m) for key, m in candidates(runs).items()}
+    pool = candidates(runs)
+    counts = {key: len(m) for key, m in pool.items()}
     for (group, setting, seed), run in select_runs(runs, by).items():
         cells[(group, setting)][seed] = run
     shown = _setting_columns(list({s for _, s in cells}), axis)
@@ -287,12 +288,31 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
             "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, options[group])}"
                                   for s in seeds),
             "candidates": ";".join(str(counts[(group, setting, s)]) for s in seeds),
+            "edges": grid_edges(picked, [r for s in seeds for r in pool[(group, setting, s)]],
+                                options[group]),
             "complete": all(picked[s].complete for s in seeds),
             "runs": ";".join(picked[s].path for s in seeds),
         })  # fmt: skip
     key = AXES[axis].key
     rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
     return axis, rows
+
+
+def grid_edges(picked: dict[int, RunResult], pool: list[RunResult], options: list[str]) -> list:
+    """The selected values that lie on an edge of their grid: for each swept option (learning
+    rate, tau, ...: the candidates ``pool`` differ in it) whose selected value at some seed is
+    the smallest or the largest of the candidates' values, ``(option, value, "lowest" or
+    "highest", grid, seeds)``. A grid of two values has only edges; each is still named."""
+    found = []
+    for option in options:
+        grid = sorted({getattr(r.cfg, option) for r in pool if getattr(r.cfg, option) is not None})
+        if len(grid) < 2:
+            continue
+        for value, side in ((grid[0], "lowest"), (grid[-1], "highest")):
+            seeds = [s for s in sorted(picked) if getattr(picked[s].cfg, option) == value]
+            if seeds:
+                found.append((option, value, side, grid, seeds))
+    return found
 
 
 def _setting_columns(settings: list[tuple], axis: str) -> set[str]:

@@ -193,7 +193,7 @@ def selection_table(axis: str, rows: list[dict], by: str = "val_top5") -> str:
                                            "final_test_top5"))]  # fmt: skip
         cells += _long_tail_cells(r) if long_tail else []
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n\n" + selection_note(by)
+    text = "\n".join(lines) + "\n\n" + selection_note(by) + edge_warnings(axis, rows)
     if long_tail:
         text += ("\nmacro: the mean over classes; head / medium / tail: the macro top-5 of the "
                  "thirds of the classes by training count.\n")  # fmt: skip
@@ -205,6 +205,32 @@ def selection_table(axis: str, rows: list[dict], by: str = "val_top5") -> str:
 _PAIRED_CSV = tuple(f"diff_{m}{s}" for m in ("test_top1", "test_top5", "final_test_top1",
                                               "final_test_top5")
                     for s in ("", "_std", "_low", "_high"))  # fmt: skip
+
+
+def edge_text(edge: tuple) -> str:
+    """``lr = 0.03 is the lowest of its grid (0.03, 0.1, 0.3) at seeds 0, 2``."""
+    option, value, side, grid, seeds = edge
+    values = ", ".join(f"{v:g}" for v in grid)
+    where = ", ".join(str(s) for s in seeds)
+    seed = "seeds" if len(seeds) > 1 else "seed"
+    return f"{option} = {value:g} is the {side} of its grid ({values}) at {seed} {where}"
+
+
+def edge_warnings(axis: str, rows: list[dict]) -> str:
+    """One warning line per loss, setting and option whose selected value lies on an edge of
+    its grid (:func:`.aggregate.grid_edges`): the loss may not be shown at its best; empty
+    when none does."""
+    lines = []
+    for r in rows:
+        where = f"{axis} {AXES[axis].text(r[axis])}" + (f", {r['setting']}" if r["setting"] else "")
+        lines += [f"- Warning: grid edge: {r['loss']} at {where}: {edge_text(e)}."
+                  for e in r.get("edges", [])]  # fmt: skip
+    if not lines:
+        return ""
+    return ("\nGrid edges (a selected value at an edge of its grid: a wider grid may do "
+            "better):\n\n" + "\n".join(lines) + "\n")  # fmt: skip
+
+
 SELECTION_COLUMNS = ("val_top1", "val_top1_std", "val_top5", "val_top5_std", "test_top1",
                      "test_top1_std", "test_top5", "test_top5_std", "final_test_top1",
                      "final_test_top1_std", "final_test_top5", "final_test_top5_std",
@@ -219,13 +245,15 @@ def selection_csv(axis: str, rows: list[dict]) -> str:
     per_seed = [f"diff_{m}_seeds" for m in paired]
     verdicts = [f"diff_{m}_verdict" for m in paired]
     cols = ["selected_by", "setting", "dataset", "loss", axis, "n", "selected", "candidates",
+            "grid_edges",
             *SELECTION_COLUMNS, *verdicts, *per_seed, "pairs", "complete", "runs"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({**r, **{m: "" if r[m] is None else f"{r[m]:.2f}"
                                  for m in SELECTION_COLUMNS},
-                         **{c: ";".join(f"{d:.2f}" for d in r[c]) for c in per_seed}})  # fmt: skip
+                         **{c: ";".join(f"{d:.2f}" for d in r[c]) for c in per_seed},
+                         "grid_edges": "; ".join(edge_text(e) for e in r["edges"])})  # fmt: skip
     return buffer.getvalue()
 
 
