@@ -104,3 +104,34 @@ def test_a_selected_value_on_a_grid_edge_is_warned(tmp_path):
     with open(result["files"]["selection_csv"]) as f:
         text = f.read()
     assert "lr = 0.03 is the lowest of its grid (0.03, 0.1, 0.3) at seeds 0, 1" in text
+
+
+@pytest.mark.parametrize("total", [2, 10, 12, 20])
+def test_every_line_of_a_plot_has_its_own_colour(total):
+    from smoothtopk.experiments.report.plots import MARKERS, style
+
+    styles = [style(i, total) for i in range(total)]
+    assert len({s["color"] for s in styles}) == total  # twelve losses: twelve colours
+    assert len({s["marker"] for s in styles}) == min(total, len(MARKERS))
+
+
+def test_the_accuracy_plot_draws_each_loss_in_its_own_style(monkeypatch):
+    import matplotlib.axes
+
+    from smoothtopk.experiments.report.plots import plot_accuracy
+
+    drawn = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def spy(self, *args, **kwargs):
+        drawn.append((kwargs["label"], kwargs["color"], kwargs["marker"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    rows = [{"dataset": "embedded", "loss": f"loss{i}", "noise": p, "n": 1, "test_top1": 10.0,
+             "test_top1_std": 0.0, "test_top5": 50.0, "test_top5_std": 0.0}
+            for i in range(12) for p in (0.0, 0.4)]  # fmt: skip
+    assert plot_accuracy("noise", rows)[:4] == b"\x89PNG"
+    per_panel = drawn[:12]
+    assert len({color for _, color, _ in per_panel}) == 12
+    assert [label for label, _, _ in per_panel] == [f"loss{i}" for i in range(12)]
