@@ -149,6 +149,7 @@ def test_default_run_directory_changes_with_every_option_that_changes_a_result()
         "milestones": [5],
         "augment": False,
         "noise_seed": 3,
+        "subsample_seed": 2,
         "model": "resnet18-cifar",
     }
     for name, value in changed.items():  # fmt: skip

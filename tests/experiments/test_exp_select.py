@@ -108,7 +108,9 @@ def test_selection_files_and_every_candidate_listed(tmp_path):
     files = result["files"]
     table = open(files["selection_table"]).read()
     assert table == result["selection_table"]
-    assert table.splitlines()[0].startswith("| noise | loss | selected (per seed) | n |")
+    assert table.splitlines()[0] == "## Selected by validation top-5"
+    assert table.splitlines()[2].startswith("| noise | loss | selected (per seed) | n |")
+    assert "## Selected by validation top-1" in table
     assert "| 0 | smooth-svm (k=5) | seed 0: tau=1; seed 1: tau=10 | 2 |" in table
     with open(files["selection_candidates"]) as f:
         candidates = list(csv.DictReader(f))
@@ -116,7 +118,11 @@ def test_selection_files_and_every_candidate_listed(tmp_path):
     chosen = sorted(c["run"] for c in candidates if c["selected"] == "True")
     assert chosen == sorted(p for p, _ in expected.values())
     with open(files["selection_csv"]) as f:
-        assert [r["loss"] for r in csv.DictReader(f)] == ["ce", "smooth-svm (k=5)"]
+        rows = list(csv.DictReader(f))
+    assert [(r["selected_by"], r["loss"]) for r in rows] == [
+        ("val_top5", "ce"), ("val_top5", "smooth-svm (k=5)"),
+        ("val_top1", "ce"), ("val_top1", "smooth-svm (k=5)"),
+    ]  # fmt: skip
     with open(files["selection_plot"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # the results table keeps the two learning rates of CE apart instead of averaging them
@@ -146,9 +152,9 @@ def _results(out):
     return runs
 
 
-def _selection_csv(out):
+def _selection_csv(out, by="val_top5"):
     with open(os.path.join(out, "report", "selection.csv")) as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r["selected_by"] == by]
 
 
 def _validation_choice(results, **where):
@@ -301,10 +307,12 @@ def test_report_select_flag_pairs_single_configurations_with_ce(tmp_path, capsys
     assert main(["report", root, "--out", str(tmp_path / "paired"), "--select"]) == 0
     assert "Δ top-5 vs CE" in capsys.readouterr().out
     with open(tmp_path / "paired" / "selection.csv") as f:
-        rows = list(csv.DictReader(f))
-    # per seed: +20 and +5 points -> 12.5 ± 10.61
+        rows = [r for r in csv.DictReader(f) if r["selected_by"] == "val_top5"]
+    # per seed: +20 and +5 points -> 12.5 ± 10.61; 95 % interval 12.5 ± 12.706 * 10.61 / √2
     assert [r["diff_test_top5"] for r in rows] == ["", "12.50"]
     assert rows[1]["diff_test_top5_std"] == "10.61"
     assert rows[1]["diff_test_top5_seeds"] == "20.00;5.00"
     table = (tmp_path / "paired" / "selection.md").read_text()
-    assert "| +12.5 ± 10.6 (+20.0, +5.0) |" in table
+    assert (rows[1]["diff_test_top5_low"], rows[1]["diff_test_top5_high"]) == ("-82.79", "107.79")
+    assert rows[1]["diff_test_top5_verdict"] == "within seed noise"
+    assert "| +12.5 [-82.8, +107.8] within seed noise (+20.0, +5.0) |" in table

@@ -138,7 +138,16 @@ class Config:
         None, "where the data set lives (cifar100: the folder holding cifar-100-python/)"
     )
     download: bool = option(False, "download CIFAR-100 with torchvision if it is missing")
-    data_seed: int = option(0, "seed of the embedded data, the train/validation split and subsets")
+    data_seed: int = option(
+        0,
+        "seed of the data set itself: the embedded data and the train/validation split "
+        "(fixed across --seed)",
+    )
+    subsample_seed: int | None = option(
+        None,
+        "seed of the training subsample (--subset, --imbalance-ratio); default: --seed, so "
+        "each seed draws its own subsample; give it to pin one draw for every seed",
+    )
     val_size: int | None = option(
         None, "validation images split off the training set (cifar100 5000, embedded 500)"
     )
@@ -159,7 +168,11 @@ class Config:
         "consecutive", "consecutive (as the public code) or superclass (cifar100's semantic groups)"
     )
     group_size: int = option(5, "classes per group for consecutive noise groups")
-    noise_seed: int = option(0, "seed of the label noise draw")
+    noise_seed: int | None = option(
+        None,
+        "seed of the label noise draw; default: --seed, so each seed draws its own noise "
+        "(and every loss at that seed the same); give it to pin one draw for every seed",
+    )
     # model and loss
     model: str | None = option(
         None, "small-cnn, densenet-bc, resnet18 or resnet18-cifar (default: by data set)"
@@ -210,6 +223,18 @@ class Config:
         one answer that training (``long_tail.json``, per-third metrics), run names and reports
         ask."""
         return self.imbalance_ratio is not None
+
+    @property
+    def noise_draw_seed(self) -> int:
+        """The seed of the label noise draw: ``noise_seed`` when pinned, else ``seed`` (each
+        seed its own draw; losses at one seed share it)."""
+        return self.seed if self.noise_seed is None else self.noise_seed
+
+    @property
+    def subsample_draw_seed(self) -> int:
+        """The seed of the training subsample (balanced subset, long-tailed split):
+        ``subsample_seed`` when pinned, else ``seed``."""
+        return self.seed if self.subsample_seed is None else self.subsample_seed
 
     @property
     def loss_spec(self) -> LossSpec:
@@ -485,8 +510,12 @@ def _count_checks(cfg: Config) -> list[Callable[[], object]]:
     checks += [_at_least(name, getattr(cfg, name), 0) for name in ("checkpoint_every", "workers")]
     checks.append(lambda: check_imbalance_ratio(cfg.imbalance_ratio))
     return checks + [
-        _seed(name, getattr(cfg, name)) for name in ("seed", "data_seed", "noise_seed")
+        _seed(name, getattr(cfg, name)) for name in SEEDS if getattr(cfg, name) is not None
     ]
+
+
+#: the seed options (``noise_seed`` and ``subsample_seed`` may be None: derived from ``seed``)
+SEEDS = ("seed", "data_seed", "noise_seed", "subsample_seed")
 
 
 def _seed(name: str, value: int) -> Callable[[], int]:
@@ -586,8 +615,17 @@ def to_yaml(cfg: Config) -> str:
 
 def from_saved(values: dict) -> Config:
     _check_keys(values, "the saved config")
-    values = _saved_before_mixing(values)
+    values = _saved_before_mixing(_saved_before_draws(values))
     return Config(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def _saved_before_draws(values: dict) -> dict:
+    """A config saved before each seed drew its own subsample (no ``subsample_seed`` key) drew
+    it with ``data_seed``: pinned to that, so that the run reads (and resumes) as it trained.
+    Its ``noise_seed`` was always saved as a number, which pins it already."""
+    if "subsample_seed" in values:
+        return values
+    return {**values, "subsample_seed": values.get("data_seed", Config.data_seed)}
 
 
 def _saved_before_mixing(values: dict) -> dict:

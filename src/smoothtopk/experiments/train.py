@@ -91,9 +91,10 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
         val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
         augment=cfg.augment, imbalance_ratio=cfg.imbalance_ratio,
+        subsample_seed=cfg.subsample_draw_seed,
     )  # fmt: skip
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
-    noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_seed)
+    noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_draw_seed)
     check_loss_trains(cfg, training_counts(noisy.labels, data.num_classes))
     resume_from = records.path(run_dir, records.LAST) if resuming else None
     state = None
@@ -259,7 +260,7 @@ def _save_noise(run_dir: str, prepared: Prepared) -> None:
     summary.update(
         groups=prepared.cfg.noise_groups,
         num_groups=int(prepared.groups.max()) + 1,
-        seed=prepared.cfg.noise_seed,
+        seed=prepared.cfg.noise_draw_seed,
         expected_flip_rate=_expected_flip_rate(noisy.rate, prepared.groups),
     )
     records.write_noise(run_dir, labels, summary)

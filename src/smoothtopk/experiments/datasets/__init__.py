@@ -83,15 +83,18 @@ def build_data(
     image_size: int = 224,
     augment: bool = True,
     imbalance_ratio: float | None = None,
+    subsample_seed: int | None = None,
 ) -> DataBundle:
-    """Load (or generate) a data set and split it; ``seed`` fixes generation and splits (and
-    the long-tailed subsample of the training split when ``imbalance_ratio`` is given)."""
+    """Load (or generate) a data set and split it; ``seed`` fixes generation and the
+    train/validation split, ``subsample_seed`` (default: ``seed``) the training subsample: the
+    balanced ``subset`` and the long-tailed split when ``imbalance_ratio`` is given."""
+    sub_seed = seed if subsample_seed is None else subsample_seed
     bundle = _load(name, data_dir, download, seed, val_size, val_per_class, subset, image_size,
-                   augment)  # fmt: skip
+                   augment, sub_seed)  # fmt: skip
     if imbalance_ratio is None:
         return bundle
     train = bundle.train
-    keep, order = long_tail_indices(train.targets, bundle.num_classes, imbalance_ratio, seed)
+    keep, order = long_tail_indices(train.targets, bundle.num_classes, imbalance_ratio, sub_seed)
     bundle.train = LabeledSubset(train.base, train.indices[keep], train.targets[keep],
                                  train.transform)  # fmt: skip
     bundle.class_order = order
@@ -99,7 +102,7 @@ def build_data(
 
 
 def _load(name, data_dir, download, seed, val_size, val_per_class, subset, image_size,
-          augment) -> DataBundle:  # fmt: skip
+          augment, sub_seed) -> DataBundle:  # fmt: skip
     num_classes = check_available(name, data_dir, download)
     if name == "embedded":
         gen = embedded.generate(seed)
@@ -108,7 +111,7 @@ def _load(name, data_dir, download, seed, val_size, val_per_class, subset, image
         per_class = parse_subset(subset, num_classes)
         if per_class is not None:  # a balanced subset of the training split
             picked, _ = balanced_split_indices(
-                gen.train_labels[train_idx], num_classes, 0, per_class, seed
+                gen.train_labels[train_idx], num_classes, 0, per_class, sub_seed
             )
             train_idx = train_idx[picked]
         train = LabeledSubset(pool, train_idx, gen.train_labels[train_idx])
@@ -124,7 +127,7 @@ def _load(name, data_dir, download, seed, val_size, val_per_class, subset, image
         return DataBundle(name, train, val, test, len(names), names, mapping)
     per_class = parse_subset(subset, num_classes)
     train, val, test, names = imagefolder.load(
-        data_dir, name, seed, val_per_class, per_class, image_size, augment
+        data_dir, name, seed, val_per_class, per_class, image_size, augment, sub_seed
     )
     return DataBundle(name, train, val, test, len(names), names, None)
 

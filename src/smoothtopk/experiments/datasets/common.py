@@ -74,15 +74,22 @@ def balanced_split_indices(
     val_per_class: int,
     train_per_class: int | None,
     seed: int,
+    train_seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: ``val_per_class`` held-out validation samples, then ``train_per_class`` (or all
     the rest when ``None``) training samples, drawn in a seeded random order.
 
-    The validation set does not depend on ``train_per_class``, and smaller training subsets are
-    contained in larger ones (the same seeded order per class).
+    The validation set does not depend on ``train_per_class`` nor on ``train_seed``, and smaller
+    training subsets are contained in larger ones (the same seeded order per class). With a
+    ``train_seed`` other than ``seed``, the training samples are drawn from the rest in an order
+    of their own (a generator seeded with ``train_seed``): the subsample varies, validation
+    stays; with ``train_seed`` None or equal to ``seed``, one order draws both (as before
+    ``train_seed`` existed).
     """
     targets = torch.as_tensor(targets, dtype=torch.int64)
     gen = torch.Generator().manual_seed(int(seed))
+    own = train_seed is not None and int(train_seed) != int(seed)
+    train_gen = torch.Generator().manual_seed(int(train_seed)) if own else None
     train, val = [], []
     for c in range(num_classes):
         members = (targets == c).nonzero().flatten()
@@ -95,6 +102,8 @@ def balanced_split_indices(
             )
         val.append(members[:val_per_class])
         rest = members[val_per_class:]
+        if train_gen is not None and train_per_class is not None:
+            rest = rest[torch.randperm(rest.numel(), generator=train_gen)]
         train.append(rest if train_per_class is None else rest[:train_per_class])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 

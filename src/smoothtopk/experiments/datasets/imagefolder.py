@@ -52,8 +52,11 @@ def load(
     train_per_class: int | None = None,
     image_size: int = 224,
     augment: bool = True,
+    train_seed: int | None = None,
 ):
-    """(train, validation, test, class names); ``kind`` is ``"imagenet"`` or ``"folder"``."""
+    """(train, validation, test, class names); ``kind`` is ``"imagenet"`` or ``"folder"``;
+    ``seed`` draws the validation images, ``train_seed`` (default: ``seed``) the training
+    subsample (:func:`.common.balanced_split_indices`)."""
     check_present(root, kind)
     normalize = transforms.Normalize(MEAN, STD)
     resize = int(round(image_size * 256 / 224))
@@ -88,7 +91,7 @@ def load(
         )
     targets = torch.as_tensor(base.targets, dtype=torch.int64)
     train_idx, val_idx = balanced_split_indices(
-        targets, len(base.classes), val_per_class, train_per_class, seed
+        targets, len(base.classes), val_per_class, train_per_class, seed, train_seed
     )
     train = LabeledSubset(base, train_idx, targets[train_idx], train_tf)
     val = LabeledSubset(base, val_idx, targets[val_idx], plain)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from .load import RunResult
-from .selection import candidates, select_runs, varied
+from .selection import best_by, candidates, select_runs, varied
 
 
 @dataclass(frozen=True)
@@ -148,20 +148,75 @@ def _options_text(cfg: Config, options: list[str]) -> str:
     return ", ".join(f"{o}={getattr(cfg, o):g}" for o in options) or "-"
 
 
-def _paired(picked: dict[int, RunResult], ce: dict[int, RunResult], metric: str) -> dict:
-    """Mean ± std over the seeds both have (with ``metric``) of 100 * (loss - CE) on it."""
-    both = [s for s in sorted(picked) if s in ce]
-    seeds = [s for s in both if _has(picked[s], metric) and _has(ce[s], metric)]
-    diffs = [100 * (picked[s].best[metric] - ce[s].best[metric]) for s in seeds]
-    if not diffs:
-        return {f"diff_{metric}": None, f"diff_{metric}_std": None, f"diff_{metric}_seeds": []}
+#: two-sided 95 % quantiles of Student's t with 1 ... 30 degrees of freedom
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+CLEAR, NOISE, ONE_SEED = "clear", "within seed noise", "one seed"
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` >= 1 degrees of freedom (a table to 30,
+    then the normal quantile with two Cornish-Fisher terms, within 0.001)."""
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_interval(diffs: list[float]) -> dict:
+    """The paired difference over seeds: mean, 95 % t-interval and verdict.
+
+    With n seeds' differences d_i (loss minus CE at one seed: same draws, same data), mean d̄,
+    sample standard deviation s: ``d̄ ± t_{0.975, n-1} · s / √n``. The verdict is ``clear``
+    when the interval excludes 0, ``within seed noise`` when it holds 0, ``one seed`` (no
+    interval) for a single pair.
+
+    Example:
+        >>> r = paired_interval([20.0, 5.0])
+        >>> round(r["low"], 1), round(r["high"], 1), r["verdict"]
+        (-82.8, 107.8, 'within seed noise')
+        >>> paired_interval([3.0, 4.0, 5.0])["verdict"], paired_interval([3.0])["verdict"]
+        ('clear', 'one seed')
+    """
     mean, std = mean_std(diffs)
-    return {f"diff_{metric}": mean, f"diff_{metric}_std": std, f"diff_{metric}_seeds": diffs,
+    n = len(diffs)
+    if n < 2:
+        return {"mean": mean, "std": None, "low": None, "high": None, "verdict": ONE_SEED}
+    half = t975(n - 1) * std / math.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = CLEAR if low > 0 or high < 0 else NOISE
+    return {"mean": mean, "std": std, "low": low, "high": high, "verdict": verdict}
+
+
+def _paired(picked: dict, ce: dict, metric: str, record=best_by, name: str | None = None) -> dict:
+    """Over the seeds both have (with ``metric`` in the epoch ``record`` gives): the mean, std,
+    95 % interval and verdict (:func:`paired_interval`) of 100 * (loss - CE) on it, under the
+    keys ``diff_<name>...`` (``name``: ``metric``)."""
+    key = f"diff_{name or metric}"
+    both = [s for s in sorted(picked) if s in ce]
+    seeds = [s for s in both if _has(record(picked[s]), metric) and _has(record(ce[s]), metric)]
+    diffs = [100 * (record(picked[s])[metric] - record(ce[s])[metric]) for s in seeds]
+    if not diffs:
+        return {key: None, f"{key}_std": None, f"{key}_seeds": [], f"{key}_low": None,
+                f"{key}_high": None, f"{key}_verdict": ""}  # fmt: skip
+    ci = paired_interval(diffs)
+    return {key: ci["mean"], f"{key}_std": ci["std"], f"{key}_seeds": diffs,
+            f"{key}_low": ci["low"], f"{key}_high": ci["high"], f"{key}_verdict": ci["verdict"],
             "pairs": len(diffs)}  # fmt: skip
 
 
-def _has(run: RunResult, metric: str) -> bool:
-    return run.best.get(metric) is not None
+def _has(record: dict | None, metric: str) -> bool:
+    return record is not None and record.get(metric) is not None
+
+
+def final_record(run) -> dict | None:
+    """The record of a run's last epoch (``None`` before its first)."""
+    return run.history[-1] if run.history else None
+
+
+#: the metrics reported at the final epoch too (keys ``final_<metric>``, ``diff_final_...``)
+FINAL_METRICS = ("test_top1", "test_top5")
 
 
 #: the long-tailed metrics of a selection row (of long-tailed runs: the long-tailed table's
@@ -170,35 +225,55 @@ LONG_TAIL_METRICS = tuple(key for key, _ in LONG_TAIL_COLUMNS[2:])
 LONG_TAIL_PAIRED = ("test_macro_top5", "test_tail_top5")
 
 
-def _selection_stats(picked: dict[int, RunResult], ce: dict[int, RunResult]) -> dict:
-    """Mean ± std over seeds (%) of the selected runs' metrics (the long-tailed ones when every
-    selected run is long-tailed: ``long_tailed``), and the paired differences to CE's selected
-    runs ``ce`` (none for CE itself: ``ce`` empty; the long-tailed ones when CE's are too)."""
+def _selection_stats(picked: dict[int, RunResult], ce: dict[int, RunResult],
+                     by: str = "val_top5") -> dict:  # fmt: skip
+    """Mean ± std over seeds (%) of the selected runs' metrics at their best epoch by ``by``
+    (the long-tailed ones when every selected run is long-tailed: ``long_tailed``) and of
+    :data:`FINAL_METRICS` at their final epoch (``final_<metric>``), and the paired
+    differences to CE's selected runs ``ce`` at both ends (none for CE itself: ``ce`` empty;
+    the long-tailed ones when CE's are too)."""
     seeds = sorted(picked)
     long_tail = all(picked[s].cfg.long_tailed for s in seeds)
     stats: dict = {"pairs": 0, "long_tailed": long_tail}
-    for metric in ("val_top5", "test_top1", "test_top5", *LONG_TAIL_METRICS):
-        values = [100 * picked[s].best[metric] for s in seeds if _has(picked[s], metric)]
+    best = partial_best(by)
+    for metric in ("val_top1", "val_top5", "test_top1", "test_top5", *LONG_TAIL_METRICS):
+        values = [100 * best(picked[s])[metric] for s in seeds if _has(best(picked[s]), metric)]
         shown = values and (long_tail or metric not in LONG_TAIL_METRICS)
         stats[metric], stats[f"{metric}_std"] = mean_std(values) if shown else (None, None)
+    for metric in FINAL_METRICS:
+        values = [100 * final_record(picked[s])[metric] for s in seeds
+                  if _has(final_record(picked[s]), metric)]  # fmt: skip
+        key = f"final_{metric}"
+        stats[key], stats[f"{key}_std"] = mean_std(values) if values else (None, None)
     ce_long_tail = long_tail and all(r.cfg.long_tailed for r in ce.values())
     for metric in ("test_top1", "test_top5", *LONG_TAIL_PAIRED):
         if metric in LONG_TAIL_PAIRED and not ce_long_tail:
-            stats[f"diff_{metric}"] = stats[f"diff_{metric}_std"] = None
-            stats[f"diff_{metric}_seeds"] = []
+            stats.update(_paired({}, {}, metric))
             continue
-        stats.update(_paired(picked, ce, metric))
+        stats.update(_paired(picked, ce, metric, best))
+    pairs = stats["pairs"]
+    for metric in FINAL_METRICS:
+        stats.update(_paired(picked, ce, metric, final_record, f"final_{metric}"))
+    stats["pairs"] = pairs
     return stats
 
 
-def selection_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
-    """One row per (loss group, setting): the selected options per seed, test top-1/top-5 of
-    the selected runs (mean ± std over seeds, %; long-tailed runs also macro top-1/top-5 and
-    the thirds' top-5) and the paired difference to CE."""
+def partial_best(by: str):
+    """The record of a run's best epoch under rule ``by`` (:func:`.selection.best_by`)."""
+    return lambda run: best_by(run, by)
+
+
+def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, list[dict]]:
+    """One row per (loss group, setting) under the selection rule ``by`` (validation top-5 or
+    top-1, :data:`.selection.RULES`): the selected options per seed, test top-1/top-5 of the
+    selected runs at their best and at their final epoch (mean ± std over seeds, %;
+    long-tailed runs also macro top-1/top-5 and the thirds' top-5) and the paired difference
+    to CE with its 95 % interval and verdict (:func:`paired_interval`)."""
     axis, options = axis_of(runs), varied(runs)
     cells: dict[tuple, dict[int, RunResult]] = defaultdict(dict)
-    counts = {key: len(m) for key, m in candidates(runs).items()}
-    for (group, setting, seed), run in select_runs(runs).items():
+    pool = candidates(runs)
+    counts = {key: len(m) for key, m in pool.items()}
+    for (group, setting, seed), run in select_runs(runs, by).items():
         cells[(group, setting)][seed] = run
     shown = _setting_columns(list({s for _, s in cells}), axis)
     rows = []
@@ -209,16 +284,35 @@ def selection_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
         rows.append({
             "dataset": cfg.dataset, "loss": group, axis: getattr(cfg, axis),
             "setting": ", ".join(f"{k}={json.loads(v)}" for k, v in setting if k in shown),
-            "n": len(seeds), **_selection_stats(picked, ce),
+            "n": len(seeds), "selected_by": by, **_selection_stats(picked, ce, by),
             "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, options[group])}"
                                   for s in seeds),
             "candidates": ";".join(str(counts[(group, setting, s)]) for s in seeds),
+            "edges": grid_edges(picked, [r for s in seeds for r in pool[(group, setting, s)]],
+                                options[group]),
             "complete": all(picked[s].complete for s in seeds),
             "runs": ";".join(picked[s].path for s in seeds),
         })  # fmt: skip
     key = AXES[axis].key
     rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
     return axis, rows
+
+
+def grid_edges(picked: dict[int, RunResult], pool: list[RunResult], options: list[str]) -> list:
+    """The selected values that lie on an edge of their grid: for each swept option (learning
+    rate, tau, ...: the candidates ``pool`` differ in it) whose selected value at some seed is
+    the smallest or the largest of the candidates' values, ``(option, value, "lowest" or
+    "highest", grid, seeds)``. A grid of two values has only edges; each is still named."""
+    found = []
+    for option in options:
+        grid = sorted({getattr(r.cfg, option) for r in pool if getattr(r.cfg, option) is not None})
+        if len(grid) < 2:
+            continue
+        for value, side in ((grid[0], "lowest"), (grid[-1], "highest")):
+            seeds = [s for s in sorted(picked) if getattr(picked[s].cfg, option) == value]
+            if seeds:
+                found.append((option, value, side, grid, seeds))
+    return found
 
 
 def _setting_columns(settings: list[tuple], axis: str) -> set[str]:

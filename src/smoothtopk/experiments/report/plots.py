@@ -15,6 +15,26 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+#: 20 distinct colours (matplotlib's tab20, dark shades first, then the light ones) and 10
+#: markers: line i of a plot gets colour i and marker i, so no two of up to 20 lines share a
+#: colour, and no two of up to 10 share a marker either (docs/results_noise.png drew twelve
+#: losses with a ten-colour cycle: two shared one)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def style(index: int, total: int) -> dict:
+    """The colour and marker of line ``index`` among ``total``: tab10's colours while they
+    suffice, else tab20's (dark shades first); one marker each, cycling after ten (where the
+    colours still differ); beyond 20 lines the colours repeat with other markers."""
+    import matplotlib
+
+    if total <= 10:
+        color = matplotlib.colormaps["tab10"](index % 10)
+    else:
+        color = matplotlib.colormaps["tab20"](((index % 20) * 2) % 20 + (index % 20) // 10)
+    return {"color": color, "marker": MARKERS[(index + index // 20) % len(MARKERS)]}
+
+
 #: the panels of the accuracy plots: (row field, title); the tail panel when rows have it
 PANELS = (("test_top1", "top-1"), ("test_top5", "top-5"), ("test_tail_top5", "tail-third top-5"))
 
@@ -41,8 +61,9 @@ def plot_accuracy(axis: str, rows: list[dict]):
             mine.sort(key=lambda r: ax.key(r[axis]))
             xs = [values.index(r[axis]) if ax.categorical else r[axis] for r in mine]
             errors = [r[f"{metric}_std"] for r in mine]
+            index = lines.index((dataset, loss))
             panel.errorbar(xs, [r[metric] for r in mine], yerr=errors if any(errors) else None,
-                           marker="o", capsize=3,
+                           capsize=3, **style(index, len(lines)),
                            label=f"{loss}, {dataset}" if several else loss)  # fmt: skip
         if ax.categorical:
             panel.set_xticks(range(len(values)), [ax.text(v) for v in values])

@@ -6,6 +6,8 @@
 * **the per-loss selection of a grid** (:func:`select_runs`): among the runs of one loss,
   setting and seed, the highest validation top-5 at its best epoch, then validation top-1,
   then the smaller options;
+* **the two rules** (:data:`RULES`): by validation top-5 (the rule above, training's) or by
+  validation top-1 (the same with the two metrics swapped); the report shows both;
 * **what a grid may select** (:data:`SELECTABLE`, :func:`grid_options`), which the sweep's
   ``--grid`` checks against.
 
@@ -32,7 +34,12 @@ _NOT_SETTING = {*SELECTABLE, *RESUMABLE, "preset", "seed", "loss", "k"}
 # -- the best epoch of a run ----------------------------------------------------------------
 
 
-def improves(record: dict, best: dict | None) -> bool:
+#: the selection rules: the validation metric that picks the epoch and the configuration,
+#: then the one that breaks its ties
+RULES = {"val_top5": "val_top1", "val_top1": "val_top5"}
+
+
+def improves(record: dict, best: dict | None, by: str = "val_top5") -> bool:
     """Whether the epoch ``record`` becomes a run's best epoch after ``best`` (the best so
     far, ``None`` before the first): a strictly higher validation top-5, so that of tied epochs
     the earliest stays.
@@ -41,11 +48,12 @@ def improves(record: dict, best: dict | None) -> bool:
         >>> improves({"val_top5": 0.5}, None), improves({"val_top5": 0.5}, {"val_top5": 0.5})
         (True, False)
     """
-    return best is None or record["val_top5"] > best["val_top5"]
+    return best is None or record[by] > best[by]
 
 
-def select_best(history: list[dict]) -> dict | None:
-    """The best epoch's record of ``history`` by :func:`improves` (``None`` if empty).
+def select_best(history: list[dict], by: str = "val_top5") -> dict | None:
+    """The best epoch's record of ``history`` by :func:`improves` (``None`` if empty), the
+    epoch with the highest ``by`` (a key of :data:`RULES`).
 
     Example:
         >>> select_best([{"epoch": 1, "val_top5": 0.4}, {"epoch": 2, "val_top5": 0.6},
@@ -54,7 +62,7 @@ def select_best(history: list[dict]) -> dict | None:
     """
     best = None
     for record in history:
-        if improves(record, best):
+        if improves(record, best, by):
             best = record
     return best
 
@@ -109,12 +117,19 @@ def _smaller_options(run) -> tuple:
     return tuple((v is not None, 0.0 if v is None else v) for v in values)
 
 
-def select_runs(runs: list) -> dict[tuple, object]:
+def best_by(run, by: str = "val_top5") -> dict | None:
+    """The record of a run's best epoch under rule ``by``: ``run.best`` for validation top-5
+    (training's rule), else :func:`select_best` of its history."""
+    return run.best if by == "val_top5" else select_best(run.history, by)
+
+
+def select_runs(runs: list, by: str = "val_top5") -> dict[tuple, object]:
     """(loss group, setting, seed) -> the selected run.
 
     Each run's own epoch is its best (:func:`select_best`); among the candidates, the run with
     the highest validation top-5 at that epoch wins, ties broken by validation top-1, then by
-    the smaller :data:`SELECTABLE` options. No test metric is read.
+    the smaller :data:`SELECTABLE` options. With ``by="val_top1"`` the two validation metrics
+    swap roles (the epoch too is the best by validation top-1). No test metric is read.
 
     Example:
         >>> from types import SimpleNamespace as Run
@@ -126,7 +141,9 @@ def select_runs(runs: list) -> dict[tuple, object]:
     chosen = {}
     for key, members in candidates(runs).items():
         ordered = sorted(members, key=_smaller_options)
-        chosen[key] = max(ordered, key=lambda r: (r.best["val_top5"], r.best["val_top1"]))
+        ties = RULES[by]
+        bests = {id(r): best_by(r, by) for r in ordered}
+        chosen[key] = max(ordered, key=lambda r: (bests[id(r)][by], bests[id(r)][ties]))
     return chosen
 
 

@@ -9,7 +9,7 @@ import io
 
 from .aggregate import AXES, LONG_TAIL_COLUMNS, LONG_TAIL_METRICS, LONG_TAIL_PAIRED
 from .load import RunResult
-from .selection import SELECTABLE, candidates, loss_group, select_runs
+from .selection import RULES, SELECTABLE, candidates, loss_group, select_runs
 
 
 def machines_note(runs: list[RunResult]) -> str:
@@ -62,9 +62,9 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
                 cells += ["", ""]
                 continue
             mark = "" if r["complete"] else "*"
-            if many_seeds:
-                top1 = f"{r['test_top1']:.1f} ± {r['test_top1_std']:.1f}{mark} (n={r['n']})"
-                top5 = f"{r['test_top5']:.1f} ± {r['test_top5_std']:.1f}{mark}"
+            if many_seeds:  # a one-seed cell has no ± (its spread is unknown, not 0)
+                top1 = f"{_pm(r['test_top1'], r['test_top1_std'], n=r['n'])}{mark} (n={r['n']})"
+                top5 = f"{_pm(r['test_top5'], r['test_top5_std'], n=r['n'])}{mark}"
             else:
                 top1, top5 = f"{r['test_top1']:.1f}{mark}", f"{r['test_top5']:.1f}{mark}"
             cells += [top1, top5]
@@ -107,34 +107,55 @@ def long_tail_table(rows: list[dict]) -> str:
             if value is None:
                 cells.append("")
             else:
-                cells.append(f"{value[0]:.1f} ± {value[1]:.1f}" if many else f"{value[0]:.1f}")
+                cells.append(_pm(value[0], value[1], n=r["n"]))
         lines.append("| " + " | ".join(cells + ([str(r["n"])] if many else [])) + " |")
     return "\n".join(lines) + "\n"
 
 
 # -- the selection table -------------------------------------------------------------------------
 
-SELECTION_NOTE = (
-    "Per loss, setting and seed, the configuration with the best clean validation top-5 (at its "
-    "best epoch; ties: validation top-1, then the smaller options) is selected; the test "
-    "accuracy of that run at that epoch is reported, and never chooses anything. Δ: the "
-    "per-seed paired difference to CE (selected the same way), mean ± std over seeds, in "
-    "points, then each seed's difference in seed order.\n"
-)
+#: the selection rules as the tables name them
+RULE_NAMES = {"val_top5": "validation top-5", "val_top1": "validation top-1"}
 
 
-def _pm(mean, std, signed: bool = False) -> str:
+def selection_note(by: str = "val_top5") -> str:
+    """What a selection table shows, under the rule ``by``."""
+    rule, ties = RULE_NAMES[by], RULE_NAMES[RULES[by]]
+    return (
+        f"Per loss, setting and seed, the configuration with the best clean {rule} (at its "
+        f"best epoch by {rule}; ties: {ties}, then the smaller options) is selected; the test "
+        "accuracy of that run at that epoch (test) and at its last epoch (final) is "
+        "reported, and never chooses anything. Δ: the per-seed paired difference to CE "
+        "(selected the same way; the same noise and subsample draws at a seed), in points: "
+        "its mean, the 95 % interval mean ± t(0.975, n−1) · s / √n over the n seeds (s: the "
+        "sample standard deviation of the differences), the verdict (clear: the interval "
+        "excludes 0; within seed noise: it holds 0; one seed: no interval), then each seed's "
+        "difference in seed order. One-seed cells have no ±.\n"
+    )
+
+
+SELECTION_NOTE = selection_note()
+
+
+def _pm(mean, std, signed: bool = False, n: int = 2) -> str:
+    """``mean ± std``, or ``mean`` alone for one seed (``n`` 1) or no spread (``std`` None)."""
     if mean is None:
         return ""
-    return f"{mean:+.1f} ± {std:.1f}" if signed else f"{mean:.1f} ± {std:.1f}"
+    text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    return text if std is None or n < 2 else f"{text} ± {std:.1f}"
 
 
 def _delta(r: dict, metric: str) -> str:
-    """A paired-difference cell: ``+4.7 ± 1.7 (+3.1, +6.5, +4.5)``, the seeds' values last."""
-    if r[f"diff_{metric}"] is None:
+    """A paired-difference cell: ``+4.7 [+0.5, +8.9] clear (+3.1, +6.5, +4.5)``: the mean,
+    the 95 % interval, the verdict, the seeds' values last (one pair: ``+4.7 one seed``)."""
+    key = f"diff_{metric}"
+    if r[key] is None:
         return ""
-    seeds = ", ".join(f"{d:+.1f}" for d in r[f"diff_{metric}_seeds"])
-    return f"{_pm(r[f'diff_{metric}'], r[f'diff_{metric}_std'], True)} ({seeds})"
+    if r[f"{key}_low"] is None:
+        return f"{r[key]:+.1f} {r[f'{key}_verdict']}"
+    seeds = ", ".join(f"{d:+.1f}" for d in r[f"{key}_seeds"])
+    interval = f"[{r[f'{key}_low']:+.1f}, {r[f'{key}_high']:+.1f}]"
+    return f"{r[key]:+.1f} {interval} {r[f'{key}_verdict']} ({seeds})"
 
 
 _HEADERS = dict(LONG_TAIL_COLUMNS)
@@ -144,31 +165,35 @@ SELECTION_LONG_TAIL = (*(_HEADERS[m] for m in LONG_TAIL_METRICS),
 
 
 def _long_tail_cells(r: dict) -> list[str]:
-    return [_pm(r[m], r[f"{m}_std"]) for m in LONG_TAIL_METRICS] + [
+    return [_pm(r[m], r[f"{m}_std"], n=r["n"]) for m in LONG_TAIL_METRICS] + [
         _delta(r, m) for m in LONG_TAIL_PAIRED
     ]
 
 
-def selection_table(axis: str, rows: list[dict]) -> str:
-    """The markdown selection table: one row per loss and noise level (or subset, or
-    imbalance ratio); long-tailed rows add macro, per-third and their paired columns."""
+def selection_table(axis: str, rows: list[dict], by: str = "val_top5") -> str:
+    """The markdown selection table under the rule ``by``: one row per loss and noise level (or
+    subset, or imbalance ratio), test accuracy at the best and at the final epoch with their
+    paired differences to CE (95 % interval, verdict); long-tailed rows add macro, per-third and
+    their paired columns."""
     setting = any(r["setting"] for r in rows)
     long_tail = any(r["long_tailed"] for r in rows)
     head = (["setting"] if setting else []) + [axis, "loss", "selected (per seed)", "n",
-            "val top-5", "test top-1", "test top-5", "Δ top-1 vs CE", "Δ top-5 vs CE"]  # fmt: skip
+            f"val {by[-5:]}", "test top-1", "test top-5", "final top-1", "final top-5",
+            "Δ top-1 vs CE", "Δ top-5 vs CE", "Δ final top-1", "Δ final top-5"]  # fmt: skip
     head += list(SELECTION_LONG_TAIL) if long_tail else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        mark = "" if r["complete"] else "*"
+        mark, n = "" if r["complete"] else "*", r["n"]
         cells = ([r["setting"]] if setting else []) + [AXES[axis].text(r[axis]), r["loss"],
-                                                        r["selected"], str(r["n"])]  # fmt: skip
-        cells += [_pm(r["val_top5"], r["val_top5_std"]),
-                  _pm(r["test_top1"], r["test_top1_std"]) + mark,
-                  _pm(r["test_top5"], r["test_top5_std"]) + mark,
-                  _delta(r, "test_top1"), _delta(r, "test_top5")]  # fmt: skip
+                                                        r["selected"], str(n)]  # fmt: skip
+        cells += [_pm(r[by], r[f"{by}_std"], n=n),
+                  *(_pm(r[m], r[f"{m}_std"], n=n) + mark
+                    for m in ("test_top1", "test_top5", "final_test_top1", "final_test_top5")),
+                  *(_delta(r, m) for m in ("test_top1", "test_top5", "final_test_top1",
+                                           "final_test_top5"))]  # fmt: skip
         cells += _long_tail_cells(r) if long_tail else []
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n\n" + SELECTION_NOTE
+    text = "\n".join(lines) + "\n\n" + selection_note(by) + edge_warnings(axis, rows)
     if long_tail:
         text += ("\nmacro: the mean over classes; head / medium / tail: the macro top-5 of the "
                  "thirds of the classes by training count.\n")  # fmt: skip
@@ -177,24 +202,58 @@ def selection_table(axis: str, rows: list[dict]) -> str:
     return text
 
 
-SELECTION_COLUMNS = ("val_top5", "val_top5_std", "test_top1", "test_top1_std", "test_top5",
-                     "test_top5_std", "diff_test_top1", "diff_test_top1_std", "diff_test_top5",
-                     "diff_test_top5_std",
+_PAIRED_CSV = tuple(f"diff_{m}{s}" for m in ("test_top1", "test_top5", "final_test_top1",
+                                              "final_test_top5")
+                    for s in ("", "_std", "_low", "_high"))  # fmt: skip
+
+
+def edge_text(edge: tuple) -> str:
+    """``lr = 0.03 is the lowest of its grid (0.03, 0.1, 0.3) at seeds 0, 2``."""
+    option, value, side, grid, seeds = edge
+    values = ", ".join(f"{v:g}" for v in grid)
+    where = ", ".join(str(s) for s in seeds)
+    seed = "seeds" if len(seeds) > 1 else "seed"
+    return f"{option} = {value:g} is the {side} of its grid ({values}) at {seed} {where}"
+
+
+def edge_warnings(axis: str, rows: list[dict]) -> str:
+    """One warning line per loss, setting and option whose selected value lies on an edge of
+    its grid (:func:`.aggregate.grid_edges`): the loss may not be shown at its best; empty
+    when none does."""
+    lines = []
+    for r in rows:
+        where = f"{axis} {AXES[axis].text(r[axis])}" + (f", {r['setting']}" if r["setting"] else "")
+        lines += [f"- Warning: grid edge: {r['loss']} at {where}: {edge_text(e)}."
+                  for e in r.get("edges", [])]  # fmt: skip
+    if not lines:
+        return ""
+    return ("\nGrid edges (a selected value at an edge of its grid: a wider grid may do "
+            "better):\n\n" + "\n".join(lines) + "\n")  # fmt: skip
+
+
+SELECTION_COLUMNS = ("val_top1", "val_top1_std", "val_top5", "val_top5_std", "test_top1",
+                     "test_top1_std", "test_top5", "test_top5_std", "final_test_top1",
+                     "final_test_top1_std", "final_test_top5", "final_test_top5_std",
+                     *_PAIRED_CSV,
                      *(f"{m}{s}" for m in LONG_TAIL_METRICS for s in ("", "_std")),
                      *(f"diff_{m}{s}" for m in LONG_TAIL_PAIRED for s in ("", "_std")))  # fmt: skip
 
 
 def selection_csv(axis: str, rows: list[dict]) -> str:
     buffer = io.StringIO()
-    per_seed = [f"diff_{m}_seeds" for m in ("test_top1", "test_top5", *LONG_TAIL_PAIRED)]
-    cols = ["setting", "dataset", "loss", axis, "n", "selected", "candidates",
-            *SELECTION_COLUMNS, *per_seed, "pairs", "complete", "runs"]  # fmt: skip
+    paired = ("test_top1", "test_top5", "final_test_top1", "final_test_top5", *LONG_TAIL_PAIRED)
+    per_seed = [f"diff_{m}_seeds" for m in paired]
+    verdicts = [f"diff_{m}_verdict" for m in paired]
+    cols = ["selected_by", "setting", "dataset", "loss", axis, "n", "selected", "candidates",
+            "grid_edges",
+            *SELECTION_COLUMNS, *verdicts, *per_seed, "pairs", "complete", "runs"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({**r, **{m: "" if r[m] is None else f"{r[m]:.2f}"
                                  for m in SELECTION_COLUMNS},
-                         **{c: ";".join(f"{d:.2f}" for d in r[c]) for c in per_seed}})  # fmt: skip
+                         **{c: ";".join(f"{d:.2f}" for d in r[c]) for c in per_seed},
+                         "grid_edges": "; ".join(edge_text(e) for e in r["edges"])})  # fmt: skip
     return buffer.getvalue()
 
 

@@ -67,11 +67,18 @@ def _results_text(axis: str, rows: list[dict], runs: list[RunResult]) -> tuple[s
 
 
 def write_selection(runs: list[RunResult], out_dir: str) -> dict:
-    """Write ``selection.md``, ``selection.csv``, ``selection_candidates.csv`` and
-    ``selection_vs_<axis>.png`` (test accuracy of the selected configurations) into
-    ``out_dir``; returns ``selection_table``, ``selection_rows`` and ``selection_files``."""
-    axis, rows = selection_rows(runs)
-    table = selection_table(axis, rows)
+    """Write ``selection.md`` (two tables: the selection by validation top-5, then by
+    validation top-1), ``selection.csv`` (the rows of both, column ``selected_by``),
+    ``selection_candidates.csv`` and ``selection_vs_<axis>.png`` (test accuracy of the
+    configurations selected by validation top-5) into ``out_dir``; returns
+    ``selection_table``, ``selection_rows`` (by validation top-5), ``selection_rows_top1`` and
+    ``selection_files``."""
+    axis, rows = selection_rows(runs, "val_top5")
+    _, rows_top1 = selection_rows(runs, "val_top1")
+    table = (
+        "## Selected by validation top-5\n\n" + selection_table(axis, rows, "val_top5")
+        + "\n## Selected by validation top-1\n\n" + selection_table(axis, rows_top1, "val_top1")
+    )  # fmt: skip
     files = {
         "selection_table": os.path.join(out_dir, "selection.md"),
         "selection_csv": os.path.join(out_dir, "selection.csv"),
@@ -79,7 +86,8 @@ def write_selection(runs: list[RunResult], out_dir: str) -> dict:
         "selection_plot": os.path.join(out_dir, f"selection_vs_{axis}.png"),
     }
     atomic_write_text(files["selection_table"], table)
-    atomic_write_text(files["selection_csv"], selection_csv(axis, rows))
+    atomic_write_text(files["selection_csv"], selection_csv(axis, rows + rows_top1))
     atomic_write_text(files["selection_candidates"], candidates_csv(runs))
     atomic_write_bytes(files["selection_plot"], plot_accuracy(axis, rows))
-    return {"selection_table": table, "selection_rows": rows, "selection_files": files}
+    return {"selection_table": table, "selection_rows": rows, "selection_rows_top1": rows_top1,
+            "selection_files": files}  # fmt: skip
