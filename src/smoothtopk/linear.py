@@ -187,9 +187,18 @@ def _plan(input, linear_weight, linear_bias, target, k, alpha, weight, ignore_in
 
 
 def _logits(x, linear_weight, linear_bias, score_dtype) -> torch.Tensor:
-    """One chunk's scores ``(rows, C)`` in the backend's dtype."""
-    scores = torch.nn.functional.linear(x, linear_weight, linear_bias)
-    return scores if scores.dtype == score_dtype else scores.to(score_dtype)
+    """One chunk's scores ``(rows, C)``, contiguous, in the backend's dtype. Formed as
+    ``(W x^T)^T``: with a chunk's few rows, CPU BLAS runs the ``(C, rows)`` product about 1.5x
+    faster than the ``(rows, C)`` one (measured at 64 rows, d = 256, C = 5e4); the transposing
+    copy costs a pass over the chunk."""
+    if linear_bias is None:
+        product = torch.mm(linear_weight, x.t())
+    else:
+        product = torch.addmm(linear_bias[:, None], linear_weight, x.t())
+    scores = product.t()
+    if scores.dtype != score_dtype:  # autocast: one copy that casts and transposes
+        scores = scores.to(dtype=score_dtype, memory_format=torch.contiguous_format)
+    return scores.contiguous()
 
 
 def _casts(x, linear_weight, linear_bias, mm_dtype):
@@ -300,6 +309,7 @@ def _gradient_forward(x, linear_weight, linear_bias, target, reduction, needs, o
                              "sum")  # fmt: skip
         del scores, saved
         _accumulate(grads, g.to(mm_dtype), xm[start:end], wm, start, end)
+        del g  # before the next chunk's logits: two (rows, C) buffers at a time, not three
     total = sum((o.double() for o in outs), x.new_zeros((), dtype=torch.float64))
     return (total * scale).to(_out_dtype(score_dtype)), grads
 
@@ -318,8 +328,8 @@ def _accumulate(grads, g, xm, wm, start, end) -> None:
     """Add one chunk's share: ``g @ W`` into its rows of ``dx``, ``g^T x`` into ``dW``,
     ``sum g`` into ``db`` (``g``, ``xm``, ``wm`` in the matmul dtype)."""
     grad_x, grad_w, grad_b = grads
-    if grad_x is not None:
-        grad_x[start:end] = g @ wm
+    if grad_x is not None:  # (W^T g^T)^T: the faster orientation with few rows, as _logits
+        grad_x[start:end] = torch.mm(wm.t(), g.t()).t()
     if grad_w is not None:
         if grad_w.dtype == g.dtype:
             grad_w.addmm_(g.t(), xm)
@@ -372,6 +382,7 @@ def _rows_backward(ctx, grad_out):
                              saved, k, tau, alpha, "none")  # fmt: skip
         del scores, saved
         _accumulate(grads, g.to(mm_dtype), xm[start:end], wm, start, end)
+        del g  # before the next chunk's logits: two (rows, C) buffers at a time, not three
     return grads
 
 
