@@ -285,7 +285,11 @@ class _LinearSmoothTopk(torch.autograd.Function):
         if ctx.reduction == "none":
             grads = _rows_backward(ctx, grad_out)
         else:
-            grads = [None if g is None else g.mul_(grad_out) for g in ctx.saved_tensors]
+            try:
+                saved = ctx.saved_tensors
+            except RuntimeError as error:  # scaled in place by a first backward already
+                raise RuntimeError(DOUBLE_BACKWARD) from error
+            grads = [None if g is None else g.mul_(grad_out) for g in saved]
         return (*grads, *([None] * 10))
 
 
