@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install kernel test test-suite test-interpreted test-floor lint format demo demo-check bench bench-full clean
+.PHONY: install kernel test test-suite test-interpreted test-floor lint format demo demo-check bench bench-full bench-linear clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ kernel: $(STAMP)
 # and the Triton kernel's own tests.
 INTERPRETED := tests/test_backend_contract.py tests/test_contract.py tests/test_exactness.py \
 	tests/test_edge_cases.py tests/test_properties.py tests/test_margins.py tests/test_api.py \
-	tests/test_errors.py tests/test_triton_kernel.py tests/test_soft_targets.py
+	tests/test_errors.py tests/test_triton_kernel.py tests/test_soft_targets.py tests/test_linear.py
 test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 
@@ -89,6 +89,11 @@ bench: $(BENCH_STAMP)
 
 bench-full: $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --full $(BENCH_ARGS)
+
+# The fused linear loss against the unfused one and F.linear_cross_entropy (issue #23; about
+# 10 minutes on 2 cores): time and peak memory, docs/benchmarks.md.
+bench-linear: $(STAMP)
+	$(PY) -m benchmarks.linear $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -18,7 +18,7 @@ FLOORS = {
     "backends.pytorch": 3, "backends.every_class": 3, "backends.triton_every_class_jit": 3,
     "backends.cpu": 4, "backends.triton": 4,  # the Triton backend's self-check uses pytorch
     "backends": 5,
-    "smooth_topk": 6,
+    "smooth_topk": 6, "linear": 6,
     "modules": 7,
     "comparators": 8,
     "registry": 9,

@@ -13,26 +13,33 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from .hard_topk import topk_svm_loss
+    from .linear import linear_smooth_topk_svm_loss, linear_topk_counts
     from .margins import ldam_margins
     from .metrics import TopkAccuracy, topk_accuracy
-    from .modules import SmoothTopkSVMLoss, TopkSVMLoss
+    from .modules import LinearSmoothTopkSVMLoss, SmoothTopkSVMLoss, TopkSVMLoss
     from .smooth_topk import smooth_topk_svm_loss
 
 #: public name -> the module that defines it
 _HOME = {
+    "LinearSmoothTopkSVMLoss": "modules",
     "SmoothTopkSVMLoss": "modules",
     "TopkAccuracy": "metrics",
     "TopkSVMLoss": "modules",
     "ldam_margins": "margins",
+    "linear_smooth_topk_svm_loss": "linear",
+    "linear_topk_counts": "linear",
     "smooth_topk_svm_loss": "smooth_topk",
     "topk_accuracy": "metrics",
     "topk_svm_loss": "hard_topk",
 }
 __all__ = [
+    "LinearSmoothTopkSVMLoss",
     "SmoothTopkSVMLoss",
     "TopkAccuracy",
     "TopkSVMLoss",
     "ldam_margins",
+    "linear_smooth_topk_svm_loss",
+    "linear_topk_counts",
     "smooth_topk_svm_loss",
     "topk_accuracy",
     "topk_svm_loss",

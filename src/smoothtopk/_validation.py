@@ -307,3 +307,41 @@ def user_stacklevel() -> int:
     while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_NOT_USER):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_linear(input, linear_weight, linear_bias, target, same_dtype: bool = True) -> None:
+    """The fused linear loss's operands: ``input`` ``(N, d)`` or ``(d)``, ``linear_weight``
+    ``(C, d)``, ``linear_bias`` ``(C,)`` or None, floating, on one device, of one dtype (unless
+    autocast casts them: ``same_dtype=False``); ``target`` ``(N)`` or ``()``."""
+    operands = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
+    for name, value in operands.items():
+        if value is None and name == "linear_bias":
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        if value.device != input.device:
+            raise ValueError(f"{name} is on {value.device} but input is on {input.device}")
+        if same_dtype and value.dtype != input.dtype:
+            raise TypeError(f"{name} is {value.dtype} but input is {input.dtype} (outside "
+                            "autocast, input and the layer must have one dtype)")  # fmt: skip
+    if input.dim() not in (1, 2):
+        raise ValueError(f"input must be (N, in_features) or (in_features), got shape "
+                         f"{tuple(input.shape)}")  # fmt: skip
+    if linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
+        raise ValueError(
+            f"linear_weight must have shape (num_classes, {input.shape[-1]}) for input of shape "
+            f"{tuple(input.shape)} (in_features = input.shape[-1]), got "
+            f"{tuple(linear_weight.shape)}"
+        )
+    classes = linear_weight.shape[0]
+    if linear_bias is not None and tuple(linear_bias.shape) != (classes,):
+        raise ValueError(f"linear_bias must have shape ({classes},) (one entry per class of "
+                         f"linear_weight), got {tuple(linear_bias.shape)}")  # fmt: skip
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    expected = tuple(input.shape[:-1])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"target must have shape {expected} for input of shape "
+                         f"{tuple(input.shape)}, got {tuple(target.shape)}")  # fmt: skip

@@ -24,9 +24,11 @@ from ._validation import (
     check_margin_values,
     check_non_negative,
     check_positive,
+    check_positive_int,
     check_reduction,
 )
 from .hard_topk import topk_svm_loss
+from .linear import linear_smooth_topk_svm_loss
 from .smooth_topk import smooth_topk_svm_loss
 
 
@@ -166,3 +168,76 @@ class TopkSVMLoss(_WeightedLoss):
         self.k = check_k(k, None)  # against the number of classes at each call
         self._set_alpha(alpha)
         self.label_smoothing = check_label_smoothing(label_smoothing)
+
+
+class LinearSmoothTopkSVMLoss(_WeightedLoss):
+    r"""A linear classifier and its smooth top-k SVM loss, fused
+    (:func:`smoothtopk.linear_smooth_topk_svm_loss`): the logits are never formed whole. The
+    Module owns its layer, ``self.linear = nn.Linear(in_features, num_classes, bias=bias)``, as
+    ``nn.LinearCrossEntropyLoss`` does; ``forward(input, target)`` takes the features.
+
+    Shape:
+        - input: ``(N, in_features)`` or ``(in_features)``; target: ``(N)`` or ``()``; output:
+          a scalar, or the target's shape for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> criterion = LinearSmoothTopkSVMLoss(16, 1000, k=5, bias=True)
+        >>> criterion
+        LinearSmoothTopkSVMLoss(
+          in_features=16, num_classes=1000, k=5, tau=1.0, alpha=1.0, reduction='mean'
+          (linear): Linear(in_features=16, out_features=1000, bias=True)
+        )
+        >>> loss = criterion(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
+        >>> loss.backward()
+        >>> criterion.linear.weight.grad.shape
+        torch.Size([1000, 16])
+    """
+
+    functional = staticmethod(linear_smooth_topk_svm_loss)
+    hyper_parameters = ("k", "tau", "alpha")
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        bias: bool = False,
+        k: int = 5,
+        tau: float = 1.0,
+        alpha: float | torch.Tensor = 1.0,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        chunk_size: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(weight, ignore_index, reduction)
+        in_features = check_positive_int(in_features, "in_features")
+        num_classes = check_positive_int(num_classes, "num_classes")
+        self.k = check_k(k, num_classes)
+        self.tau = check_positive(tau, "tau")
+        self._set_alpha(alpha)
+        self.chunk_size = None if chunk_size is None else check_positive_int(
+            chunk_size, "chunk_size")  # fmt: skip
+        self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        hyper = {name: getattr(self, name) for name in self.hyper_parameters}
+        return linear_smooth_topk_svm_loss(
+            input,
+            self.linear.weight,
+            target,
+            linear_bias=self.linear.bias,
+            **hyper,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        layer = f"in_features={self.linear.in_features}, num_classes={self.linear.out_features}"
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
+        return f"{layer}, {super().extra_repr()}{chunk}"

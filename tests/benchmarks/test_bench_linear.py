@@ -1,0 +1,17 @@
+"""benchmarks/linear.py end to end on one tiny shape (no timing or memory thresholds, ever)."""
+
+import json
+
+import pytest
+import torch.nn.functional as F
+
+
+def test_one_tiny_shape_end_to_end(tmp_path):
+    if not hasattr(F, "linear_cross_entropy"):
+        pytest.skip("this torch has no F.linear_cross_entropy (the lce_chunked contender)")
+    from benchmarks import linear
+
+    assert linear.main(["--shapes", "16x8x50", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert set(rows[0]["results"]) == set(linear.CONTENDERS)
+    assert "| 16 | 8 | 50 | fused |" in (tmp_path / "results.md").read_text()
