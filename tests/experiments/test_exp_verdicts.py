@@ -135,3 +135,29 @@ def test_the_accuracy_plot_draws_each_loss_in_its_own_style(monkeypatch):
     per_panel = drawn[:12]
     assert len({color for _, color, _ in per_panel}) == 12
     assert [label for label, _, _ in per_panel] == [f"loss{i}" for i in range(12)]
+
+
+@pytest.mark.parametrize(
+    "preset,runs,losses",
+    [
+        ("noise1-select", 60, {"ce", "smooth-svm"}),
+        ("tau-study", 54, {"ce", "smooth-svm"}),
+        ("nonsmooth-select", 180, {"hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy"}),
+    ],
+)
+def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses):
+    """#22's studies: the run counts docs/experiments.md states, names all distinct."""
+    from smoothtopk.experiments import sweep
+
+    named = sweep.expand_named(preset)
+    configs = [config for config, _ in named]
+    assert len(named) == runs and len({name for _, name in named}) == runs
+    assert {config.loss for config in configs} == losses
+    if preset == "noise1-select":
+        assert {config.noise for config in configs} == {1.0}
+        assert {config.seed for config in configs} == {0, 1, 2, 3, 4}
+    if preset == "tau-study":
+        taus = {config.tau for config in configs if config.loss == "smooth-svm"}
+        assert taus == {0.001, 0.01, 0.1, 1.0, 10.0}
+    if preset == "nonsmooth-select":
+        assert {config.lr for config in configs} == {0.03, 0.1, 0.3}

@@ -195,7 +195,9 @@ def _add_sweep(sub) -> None:
                        help=f"a recipe ({', '.join(config_mod.PRESETS)}), or demo-sweep (the "
                        "demo), or demo-full: every loss x noise 0 ... 0.8 x seeds 0,1,2 "
                        "(embedded data), or noise-select / subsets-select / longtail-select: "
-                       "the paper's protocols with per-loss selection")  # fmt: skip
+                       "the paper's protocols with per-loss selection, or noise1-select / "
+                       "tau-study / nonsmooth-select: noise p = 1, tau on powers of ten, the "
+                       "non-smooth losses with their own learning rates")  # fmt: skip
     sweep.add_argument("--grid", action="append", default=None,
                        metavar="LOSS:OPTION=V,V[;OPTION=V,...]",
                        help="options of LOSS to select from by clean validation top-5 (lr and "

@@ -79,6 +79,11 @@ LONG_TAIL_GRID = {
     "smoothed-calibrated-hinge-ldam": SELECT_GRID["ce"],
 }
 IMBALANCE_RATIOS = (10.0, 100.0)
+#: the non-smooth losses of the paper's comparison, each with the selection grid's learning
+#: rates (#22: they ran at one untuned rate before)
+NON_SMOOTH_LOSSES = ("hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy")
+#: the temperature study: tau on powers of ten around the selection grid's, both ends included
+TAU_STUDY = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
@@ -105,6 +110,37 @@ SWEEP_PRESETS: dict[str, dict] = {
         "preset": "demo",
         "axes": {"loss": ["ce", "smooth-svm"], "subset": list(SUBSETS), "seed": [0, 1, 2]},
         "grid": SELECT_GRID,
+    },
+    # the paper's noise p = 1.0 (every label of a look-alike group replaced by another of its
+    # group), the noise-select losses and grid, 5 seeds = 60 runs (#22)
+    "noise1-select": {
+        "preset": "demo",
+        "axes": {"loss": ["ce", "smooth-svm"], "noise": [1.0], "seed": [0, 1, 2, 3, 4]},
+        "grid": SELECT_GRID,
+    },
+    # the temperature study: L_{5,tau} at each tau (an axis: the report's results table has a
+    # row per tau; no selection, which would pick one tau), CE beside it, noise 0, 0.4, 0.8,
+    # the recipe's learning rate = (5 + 1) x 3 x 3 seeds = 54 runs (#22)
+    "tau-study": {
+        "preset": "demo",
+        "axes": {
+            "loss": ["ce", "smooth-svm"],
+            "tau": list(TAU_STUDY),
+            "noise": [0.0, 0.4, 0.8],
+            "seed": [0, 1, 2],
+        },  # fmt: skip
+    },
+    # the non-smooth losses with their own learning-rate grid, noise 0 ... 0.8 x 3 seeds
+    # = 4 x 5 x 3 x 3 = 180 runs; their training accuracy per epoch is in each run's record
+    # (the paper's "they fail to fit the training data", #22)
+    "nonsmooth-select": {
+        "preset": "demo",
+        "axes": {
+            "loss": list(NON_SMOOTH_LOSSES),
+            "noise": list(NOISE_LEVELS),
+            "seed": [0, 1, 2],
+        },  # fmt: skip
+        "grid": {loss: {"lr": LEARNING_RATES} for loss in NON_SMOOTH_LOSSES},
     },
     # the long-tailed protocol (#14): CIFAR-100-LT profiles R = 10, 100 of the embedded data
     # (balanced validation and test), five losses, the same selection = 2 x 3 x 27 = 162 runs
