@@ -58,6 +58,7 @@ def test_both_rules_and_both_ends(tmp_path):
     table = result["selection_table"]
     assert "## Selected by validation top-1" in table
     assert "| Δ final top-1 | Δ final top-5 |" in table
+    assert "| n | val top-5 | test top-1 |" in table and "| n | val top-1 | test top-1 |" in table
     assert "+11.0 [+8.5, +13.5] clear (+10.0, +11.0, +12.0)" in table
     assert "mean ± t(0.975, n−1) · s / √n" in table
 

@@ -178,7 +178,7 @@ def selection_table(axis: str, rows: list[dict], by: str = "val_top5") -> str:
     setting = any(r["setting"] for r in rows)
     long_tail = any(r["long_tailed"] for r in rows)
     head = (["setting"] if setting else []) + [axis, "loss", "selected (per seed)", "n",
-            f"val {by[-5:]}", "test top-1", "test top-5", "final top-1", "final top-5",
+            f"val top-{by[-1]}", "test top-1", "test top-5", "final top-1", "final top-5",
             "Δ top-1 vs CE", "Δ top-5 vs CE", "Δ final top-1", "Δ final top-5"]  # fmt: skip
     head += list(SELECTION_LONG_TAIL) if long_tail else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
