@@ -197,8 +197,6 @@ SIGNATURE = dict(
     "name,k", [("forward_row_kernel", 5), ("backward_kernel", 5), ("backward_kernel", 32)]
 )
 def test_compiles_for_sm90(name, k):
-    from triton.backends.compiler import GPUTarget
-
     kern = getattr(triton_kernel._kernels(), name)
     block = triton_kernel.block_size(10**6, k)
     constexprs = dict(K=k, KP=triton_kernel._padded_k(k), BLOCK=block)
@@ -207,14 +205,23 @@ def test_compiles_for_sm90(name, k):
         if name.startswith("forward")
         else dict(REDUCTION=2, FIX=True)
     )
-    signature = {a: SIGNATURE.get(a, "constexpr") for a in kern.arg_names}
+    spilled = _compile_for_sm90(kern, SIGNATURE, constexprs, f"{name} k={k} BLOCK={block}")
+    assert spilled == 0  # measured: none at these configurations (k=32 forward: 128 bytes)
+
+
+def _compile_for_sm90(kern, signature: dict, constexprs: dict, what: str) -> int:
+    """Compile ``kern`` for sm_90 without a GPU; check its registers and 64-bit row offsets;
+    return the bytes it spills (printed with its registers)."""
+    from triton.backends.compiler import GPUTarget
+
+    signature = {a: signature.get(a, "constexpr") for a in kern.arg_names}
     source = triton.compiler.ASTSource(fn=kern, signature=signature, constexprs=constexprs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
     registers, spilled = _resources(compiled)
-    print(f"{name} k={k} BLOCK={block}: {registers} registers, {spilled} bytes spilled")
+    print(f"{what}: {registers} registers, {spilled} bytes spilled")
     assert 0 < registers <= 255
-    assert spilled == 0  # measured: none at these configurations (k=32 forward: 136 bytes)
     _assert_64_bit_offsets(compiled.asm["ttir"])
+    return spilled
 
 
 #: the every-class kernel's arguments (margins in float64, as the operator passes them)
@@ -228,21 +235,14 @@ def test_every_class_kernel_compiles_for_sm90(k):
     """The probability-target kernel, with margins and the gradient. Measured (4 warps):
     k=5 236 registers, none spilled; k=32 255 registers, 1632 bytes spilled (not yet located;
     its per-row part holds several 64 x 64 float64 tiles)."""
-    from triton.backends.compiler import GPUTarget
-
     kern = triton_kernel._every_class_kernels().every_class_kernel
     block = triton_kernel.block_size(10**6, k)
     constexprs = dict(K=k, KP=triton_kernel._padded_k(k), BLOCK=block, LOG=block.bit_length() - 1,
                       TILE=triton_kernel.class_tile(k), HAS_ALPHA=True, WITH_GRAD=True)  # fmt: skip
-    signature = {a: EVERY_CLASS_SIGNATURE.get(a, "constexpr") for a in kern.arg_names}
-    source = triton.compiler.ASTSource(fn=kern, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    registers, spilled = _resources(compiled)
-    print(f"every_class_kernel k={k} BLOCK={block}: {registers} registers, {spilled} bytes spilled")
-    assert 0 < registers <= 255
+    what = f"every_class_kernel k={k} BLOCK={block}"
+    spilled = _compile_for_sm90(kern, EVERY_CLASS_SIGNATURE, constexprs, what)
     if k <= 5:
         assert spilled == 0
-    _assert_64_bit_offsets(compiled.asm["ttir"])
 
 
 # the arguments indexed by row (weight_ptr and alpha_ptr are indexed by class, below 2^31)

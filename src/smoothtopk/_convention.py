@@ -61,6 +61,13 @@ def score_rows(input: torch.Tensor) -> torch.Tensor:
     return input.movedim(1, -1).reshape(-1, input.shape[1])
 
 
+def row_poison(scores: torch.Tensor) -> torch.Tensor:
+    """``(M,)``: 0 for a row of finite or ``-inf`` scores, NaN for a row with a NaN or ``+inf``
+    score (added to a row's losses: NaN in, NaN out, as ``F.cross_entropy``; no gradient)."""
+    clipped = scores.detach().clamp_min(0.0)
+    return (clipped - clipped).sum(dim=1)
+
+
 def row_weights(weight, target: torch.Tensor, valid: torch.Tensor, dtype) -> torch.Tensor:
     """``weight[t_i]`` (1 without weight) for kept rows, exactly 0 for ignored ones: the weight
     of an ignored row's placeholder class is never read into a product."""

@@ -15,7 +15,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._convention import classification_loss, expected_loss, expects_distribution, prepare
+from ._convention import (
+    classification_loss,
+    expected_loss,
+    expects_distribution,
+    prepare,
+    row_poison,
+)
 from ._validation import check_label_smoothing, check_margins, keyword_only
 
 
@@ -75,7 +81,7 @@ def topk_svm_loss(
         others = scores.scatter(1, safe_target[:, None], float("-inf"))
         kth = others.topk(k, dim=1).values[:, -1]
         margin = alpha.to(scores.dtype)[safe_target] if per_class else alpha
-        return F.relu(margin + (kth - true_score) / k) + _poison(scores)
+        return F.relu(margin + (kth - true_score) / k) + row_poison(scores)
 
     return classification_loss(per_sample, input, target, weight, ignore_index, reduction, k=k)
 
@@ -89,10 +95,4 @@ def hard_losses(scores: torch.Tensor, k: int, alpha) -> torch.Tensor:
     among = torch.zeros_like(scores, dtype=torch.bool).scatter(1, index[:, :k], True)
     kth = torch.where(among, top[:, k : k + 1], top[:, k - 1 : k])
     margin = alpha.to(scores.dtype)[None, :] if isinstance(alpha, torch.Tensor) else alpha
-    return F.relu(margin + (kth - scores) / k) + _poison(scores)[:, None]
-
-
-def _poison(scores: torch.Tensor) -> torch.Tensor:
-    """0 for rows of finite or ``-inf`` scores, NaN for rows with a NaN or ``+inf`` score."""
-    clipped = scores.detach().clamp_min(0.0)
-    return (clipped - clipped).sum(dim=1)
+    return F.relu(margin + (kth - scores) / k) + row_poison(scores)[:, None]

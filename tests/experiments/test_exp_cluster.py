@@ -3,7 +3,6 @@ of a run directory (the lock that holds across nodes), a 2-run sweep through sub
 executor in which one task is preempted and requeued and resumes bitwise, the state of each run
 when the sweep runs again, and the SLURM job array (submitit's mocked ``sbatch``/``sacct``)."""
 
-import contextlib
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import time
 
 import pytest
 import torch
+from claim_holder import holding
 
 from smoothtopk.experiments import claims, cluster, records, sweep
 from smoothtopk.experiments.checkpoint import load_checkpoint
@@ -22,29 +22,8 @@ from smoothtopk.experiments.config import resolve
 
 submitit = pytest.importorskip("submitit")
 
+
 # claims.py imports nothing of the runner: another process loads it without torch (fast)
-HOLD = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("claims", sys.argv[1])
-claims = sys.modules["claims"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(claims)
-with claims.claimed(sys.argv[2], "train"):
-    print("held", flush=True); time.sleep(120)
-"""
-
-
-@contextlib.contextmanager
-def held_by_another_process(run_dir):
-    other = subprocess.Popen([sys.executable, "-c", HOLD, claims.__file__, str(run_dir)],
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert other.stdout.readline().strip() == "held"
-        yield other
-    finally:
-        other.kill()
-        other.wait()
-
-
 def fake_claim(run_dir, age: float, host: str = "elsewhere", job=None, pid: int = 1):
     """A claim written by a trainer on ``host`` whose last heartbeat was ``age`` s ago."""
     path = os.path.join(run_dir, claims.CLAIM)
@@ -58,7 +37,7 @@ def fake_claim(run_dir, age: float, host: str = "elsewhere", job=None, pid: int 
 
 
 def test_a_claim_excludes_every_other_trainer_until_its_owner_dies(tmp_path):
-    with held_by_another_process(tmp_path) as other:
+    with holding(tmp_path) as other:
         with pytest.raises(claims.Busy, match=f"process {other.pid} on {socket.gethostname()}"):
             claims.claim(str(tmp_path))
         other.kill()

@@ -1,14 +1,12 @@
 """The command line's contract on bad input, case by case: one line ``smoothtopk: error: ...``
 on stderr, exit status 2, and nothing written (every file of the tree keeps its bytes)."""
 
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from claim_holder import holding
 
 from smoothtopk.experiments import rundir
 from smoothtopk.experiments.cli import main
@@ -16,22 +14,6 @@ from smoothtopk.experiments.config import resolve
 from smoothtopk.experiments.train import fit, prepare
 
 FAST = {"epochs": 1, "subset": "1000", "val_size": 200, "progress": False, "device": "cpu"}
-
-
-@contextlib.contextmanager
-def holding(run_dir, user="train"):
-    """Another process that holds ``run_dir``'s claim until the block ends (then killed)."""
-    code = ("import sys, time; from smoothtopk.experiments import claims\n"
-            f"with claims.claimed(sys.argv[1], {user!r}):\n"
-            "    print('held', flush=True); time.sleep(120)")  # fmt: skip
-    other = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
-                             text=True)  # fmt: skip
-    try:
-        assert other.stdout.readline().strip() == "held"
-        yield other
-    finally:
-        other.kill()
-        other.wait()
 
 
 def snapshot(root) -> dict:

@@ -55,6 +55,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from .._convention import row_poison
 from . import _abi
 from .anchors import EXP_FLOOR, LOG_ZERO
 from .polynomial import normalized_elementary_symmetric
@@ -71,7 +72,7 @@ def smooth_losses(scores: torch.Tensor, k: int, tau: float, alpha) -> torch.Tens
     """``(M, C)`` float64: ``L_{k,tau}(scores_i, c)`` for every row ``i`` and class ``c``;
     ``alpha`` a float or per-class margins ``(C,)`` (class ``c`` uses ``alpha[c]``)."""
     s = scores.double()
-    poison = _poison(s)  # (M, 1): 0, or NaN for a row with a NaN or +inf score
+    poison = row_poison(s)[:, None]  # 0, or NaN for a row with a NaN or +inf score
     finite = torch.isfinite(s)
     dead = finite.sum(dim=1, keepdim=True) <= k  # fewer than k finite scores besides some c
     lively = ~dead & (poison == 0)
@@ -87,12 +88,6 @@ def smooth_losses(scores: torch.Tensor, k: int, tau: float, alpha) -> torch.Tens
         finite, 0.0, torch.where(finite.sum(dim=1, keepdim=True) == k, torch.inf, torch.nan)
     )
     return torch.where(dead, dead_value, loss) + poison
-
-
-def _poison(s: torch.Tensor) -> torch.Tensor:
-    """0 for a row of finite or ``-inf`` scores, NaN for a row with a NaN or ``+inf`` one."""
-    clipped = s.detach().clamp_min(0.0)
-    return (clipped - clipped).sum(dim=1, keepdim=True)
 
 
 def _log_ratios(s: torch.Tensor, k: int, tau: float):
