@@ -253,6 +253,16 @@ def _select(scores, target, k, weight, ignore_index, tau, alpha, reduction):
     return backends.select(scores, k, (target, weight, ignore_index, tau, alpha, reduction))
 
 
+def _chunk(xm, wm, bm, target, backend, reduction, options):
+    """One chunk's logits, the backend (chosen on the first chunk: ``backend`` None) and its
+    forward: ``(scores, backend, out, saved)``."""
+    weight, ignore_index, k, tau, alpha, _, _, score_dtype = options
+    scores = _logits(xm, wm, bm, score_dtype)
+    backend = backend or _select(scores, target, k, weight, ignore_index, tau, alpha, reduction)
+    out, saved = backend.forward(scores, target, weight, ignore_index, k, tau, alpha, reduction)
+    return scores, backend, out, saved
+
+
 def _small(saved, rows: int, k: int) -> bool:
     """Whether a chunk's saved factors are ``O(k)`` per row (the fused kernels' are; the
     PyTorch backend's hold ``(rows, C)`` and are recomputed in the backward instead)."""
@@ -305,9 +315,7 @@ def _gradient_forward(x, linear_weight, linear_bias, target, reduction, needs, o
     outs, backend = [], None
     for start, end in _spans(x.shape[0], chunk):
         t = target[start:end]
-        scores = _logits(xm[start:end], wm, bm, score_dtype)
-        backend = backend or _select(scores, t, k, weight, ignore_index, tau, alpha, "sum")
-        out, saved = backend.forward(scores, t, weight, ignore_index, k, tau, alpha, "sum")
+        scores, backend, out, saved = _chunk(xm[start:end], wm, bm, t, backend, "sum", options)
         outs.append(out)
         g = backend.backward(grad_scale, scores, t, weight, ignore_index, saved, k, tau, alpha,
                              "sum")  # fmt: skip
@@ -351,9 +359,7 @@ def _rows_forward(ctx, x, linear_weight, linear_bias, target, needs):
     keep = True
     for start, end in _spans(x.shape[0], chunk):
         t = target[start:end]
-        scores = _logits(xm[start:end], wm, bm, score_dtype)
-        backend = backend or _select(scores, t, k, weight, ignore_index, tau, alpha, "none")
-        out, saved = backend.forward(scores, t, weight, ignore_index, k, tau, alpha, "none")
+        _, backend, out, saved = _chunk(xm[start:end], wm, bm, t, backend, "none", ctx.options)
         outs.append(out)
         keep = keep and _small(saved, end - start, k)
         kept.append(saved if keep else ())
