@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.benchmark import Timer
 
-from smoothtopk import _convention, _validation, backends, smooth_topk_svm_loss
+from smoothtopk import _convention, _validation, backends, smooth_topk, smooth_topk_svm_loss
 from smoothtopk.backends import triton as triton_backend
 
 #: operators that allocate or re-view memory without a kernel
@@ -87,10 +87,12 @@ def cuda_code_path(launches: list):
     try:
         for (module, name), value in patches.items():
             setattr(module, name, value)
+        smooth_topk.clear_plans()  # no plan chosen outside the stubs is reused, nor kept after
         yield
     finally:
         for (module, name), value in saved.items():
             setattr(module, name, value)
+        smooth_topk.clear_plans()
 
 
 def _inputs(batch, classes):

@@ -37,3 +37,14 @@ def every_backend(request, monkeypatch):
     SMOOTHTOPK_BACKEND; ``triton`` in the interpreter session only (and skipped without
     Triton). The value is the backend's name."""
     return force(request.param, monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Every test checks and chooses its calls afresh: tests stub backends (their availability,
+    their self-checks), and a plan remembered by an earlier test would bypass the stub."""
+    from smoothtopk import smooth_topk
+
+    smooth_topk.clear_plans()
+    yield
+    smooth_topk.clear_plans()

@@ -431,13 +431,14 @@ def test_auto_checks_the_kernel_once_per_kind_of_call(auto_reaches_triton):
 def test_a_kernel_that_disagrees_is_not_used_by_auto(auto_reaches_triton, monkeypatch):
     from smoothtopk import backends
 
-    real = triton_kernel.triton_forward
+    real = triton_kernel._triton_forward
 
     def wrong(*args):  # a kernel whose losses are 5 % off, as a miscompiled one could be
         out, *rest = real(*args)
         return (out * 1.05, *rest)
 
-    monkeypatch.setattr(triton_kernel, "triton_forward", wrong)
+    # the implementation, which eager calls run without the dispatcher (backends._abi.direct)
+    monkeypatch.setattr(triton_kernel, "_triton_forward", wrong)
     scores, target = torch.randn(6, 30) * 2, torch.randint(0, 30, (6,))
     with pytest.warns(RuntimeWarning, match="disagreed with the PyTorch path") as seen:
         loss, _ = _loss_and_grad(scores, target, k=2)

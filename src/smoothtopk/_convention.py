@@ -134,9 +134,14 @@ def prepare(
 
 def finish(out: torch.Tensor, call: Rows, reduction: str) -> torch.Tensor:
     """The result in the target's shape (``"none"``) and the input's dtype."""
+    return restore(out, call.shape, call.dtype, reduction)
+
+
+def restore(out: torch.Tensor, shape: torch.Size, dtype: torch.dtype, reduction: str):
+    """``out`` reshaped to ``shape`` for ``"none"``, in ``dtype``."""
     if reduction == "none":
-        out = out.reshape(call.shape)
-    return out if out.dtype == call.dtype else out.to(call.dtype)
+        out = out.reshape(shape)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def classification_loss(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import os
+from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
 from . import backends
-from ._convention import expected_loss, expects_distribution, finish, prepare
+from ._convention import expected_loss, expects_distribution, finish, prepare, restore, rows
 from ._validation import (
     VMAP_REFUSED,
     check_label_smoothing,
@@ -98,6 +101,11 @@ def smooth_topk_svm_loss(
         >>> mixed = torch.tensor([[0.7, 0.0, 0.3, 0.0], [0.0, 0.5, 0.5, 0.0]])  # mixup's targets
         >>> loss = smooth_topk_svm_loss(scores, mixed, k=2, label_smoothing=0.1)
     """
+    key = _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction,
+                    label_smoothing)  # fmt: skip
+    plan = _PLANS.get(key) if key is not None else None
+    if plan is not None:  # checked and chosen before: the lean eager path
+        return _run(plan, input, target, weight, ignore_index, k, tau, alpha, reduction)
     tau = check_positive(tau, "tau")
     alpha = check_margins(alpha, input, target)
     label_smoothing = check_label_smoothing(label_smoothing)
@@ -109,6 +117,8 @@ def smooth_topk_svm_loss(
     backend = backends.select(
         call.scores, k, (call.target, weight, ignore_index, tau, alpha, reduction)
     )
+    if key is not None:
+        _remember(key, backend, input, target)
     if not (call.targets_checked or backend.CHECKS_TARGETS):  # the device form, off the CPU
         check_target_range(call.target, call.scores.shape[1], ignore_index)
     arguments = (call.target, weight, ignore_index, k, tau, alpha, reduction)
@@ -118,6 +128,95 @@ def smooth_topk_svm_loss(
     else:
         out = _apply(backend, call.scores, arguments)
     return finish(out, call, reduction)
+
+
+class _Plan(NamedTuple):
+    """What an eager call needs beyond its arguments once they have been checked."""
+
+    backend: ModuleType  # backends.select's choice
+    classes: int
+    flat: bool  # scores (M, C) and int64 targets (M,) already: no reshape
+    range_check: bool  # the backend's kernel does not check the targets itself
+
+
+#: plans by :func:`_plan_key`; cleared when full (shapes that vary call by call)
+_PLANS: dict[tuple, _Plan] = {}
+_MAX_PLANS = 512
+
+
+def _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction, label_smoothing):
+    """The key of a call whose checks and backend choice depend only on it, or None.
+
+    The argument checks and :func:`smoothtopk.backends.select` cost several times the kernel at
+    small shapes (issue #20); they depend on the shapes, dtypes and devices of the tensors, the
+    Python values of the rest, ``SMOOTHTOPK_BACKEND`` and autocast, so a call with the key of a
+    call that passed them passes them too. Only plain tensors, Python scalars of the exact
+    types (``k=5.0`` must still be refused), a float margin, class indices without label
+    smoothing, in eager mode outside ``torch.func`` transforms, forward-mode AD and autocast;
+    every other call takes the full path. Target values are never part of it: the kernels
+    check them (or :func:`check_target_range` does, :class:`_Plan`).
+    """
+    if (
+        not (
+            type(input) is torch.Tensor
+            and type(target) is torch.Tensor
+            and type(k) is int
+            and type(tau) is float
+            and type(alpha) is float
+            and type(ignore_index) is int
+            and type(reduction) is str
+            and type(label_smoothing) is float
+            and label_smoothing == 0.0
+            and (weight is None or type(weight) is torch.Tensor)
+        )
+        or _traced_or_transformed()
+    ):
+        return None
+    device = input.device
+    if device.type == "meta" or torch.is_autocast_enabled(device.type):  # meta: no autocast
+        return None
+    weight_key = None if weight is None else (
+        weight.shape, weight.dtype, weight.device, weight.requires_grad
+    )  # fmt: skip
+    return (
+        input.shape, input.dtype, device, target.shape, target.dtype, target.device, k, tau,
+        alpha, weight_key, ignore_index, reduction, os.environ.get(backends.ENV),
+        os.environ.get(backends.RETIRED),
+    )  # fmt: skip
+
+
+def clear_plans() -> None:
+    """Forget every checked call: the next call of each kind is checked and its backend chosen
+    again (for code that changes what a backend can do, such as tests that stub one)."""
+    _PLANS.clear()
+
+
+def _traced_or_transformed() -> bool:
+    """A torch.compile trace, a ``torch.func`` transform or a forward-mode AD level."""
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or torch.autograd.forward_ad._current_level >= 0
+    )
+
+
+def _remember(key: tuple, backend: ModuleType, input, target) -> None:
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    flat = input.dim() == 2 and target.dtype == torch.int64
+    classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    _PLANS[key] = _Plan(backend, classes, flat, not backend.CHECKS_TARGETS)
+
+
+def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduction):
+    """A call of a known plan: rows, the range check where the kernel does not do it, the
+    backend through the eager Function, the target's shape and the input's dtype."""
+    scores, flat_target = (input, target) if plan.flat else rows(input, target)
+    if plan.range_check:
+        check_target_range(flat_target, plan.classes, ignore_index)
+    arguments = (flat_target, weight, ignore_index, k, tau, alpha, reduction)
+    out = _apply(plan.backend, scores, arguments, eager=True)
+    return restore(out, target.shape, input.dtype, reduction)
 
 
 def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, label_smoothing):
@@ -135,15 +234,17 @@ def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, lab
     return expected_loss(row_losses, call, weight, ignore_index, reduction, label_smoothing)
 
 
-def _apply(backend, scores: torch.Tensor, arguments: tuple) -> torch.Tensor:
+def _apply(backend, scores: torch.Tensor, arguments: tuple, eager: bool = False) -> torch.Tensor:
     """The loss through the ``autograd.Function``, or, when no gradient can flow (grad mode off,
     as in evaluation, or scores that do not require grad; no forward-mode AD level open, which
     the Function refuses), the backend's forward alone: nothing to save, no Function to pay
-    for."""
+    for. ``eager``: no trace, transform or forward-mode AD (:func:`_traced_or_transformed`),
+    so the Function's classic form serves."""
     backward_needed = torch.is_grad_enabled() and scores.requires_grad
     if not backward_needed and torch.autograd.forward_ad._current_level < 0:
         return backend.forward(scores, *arguments)[0]
-    return _SmoothTopkSVM.apply(scores, *arguments, backend.NAME)[0]
+    function = _EagerSmoothTopkSVM if eager else _SmoothTopkSVM
+    return function.apply(scores, *arguments, backend.NAME)[0]
 
 
 class _SmoothTopkSVM(torch.autograd.Function):
@@ -210,3 +311,18 @@ class _SmoothTopkSVM(torch.autograd.Function):
 
 
 _SmoothTopkSVM.forward.__signature__ = inspect.signature(_SmoothTopkSVM.forward)
+
+
+class _EagerSmoothTopkSVM(torch.autograd.Function):
+    """:class:`_SmoothTopkSVM` in the classic form (``forward(ctx, ...)``), for eager calls
+    outside ``torch.func`` transforms and traces, which refuse or need ``setup_context``: torch
+    applies it without binding the arguments to a signature or calling ``setup_context`` through
+    its machinery, about 30 us less per call (issue #20). Same forward, same backward."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        output = _SmoothTopkSVM.forward(*args)
+        _SmoothTopkSVM.setup_context(ctx, args, output)
+        return output
+
+    backward = staticmethod(_SmoothTopkSVM.backward)

@@ -538,7 +538,8 @@ def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, spli
     splits = plan_splits(scores, k) if splits is None else splits
     margins = alpha if isinstance(alpha, torch.Tensor) else None  # read as alpha[t_i]
     alpha = 0.0 if margins is not None else alpha
-    out, stats, anchors, total = triton_forward(
+    op = _triton_forward if _abi.direct(scores) else triton_forward
+    out, stats, anchors, total = op(
         scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
     )
     return out, (stats, anchors, total)
@@ -550,7 +551,8 @@ def backward(
     """The contract's backward: ``dOut/dscores``, shape ``(M, n)``, the scores' dtype."""
     stats, anchors, total = saved
     splits = plan_splits(scores, k) if splits is None else splits
-    return triton_backward(
+    op = _triton_backward if _abi.direct(scores) else triton_backward
+    return op(
         grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
     )
 

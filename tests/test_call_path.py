@@ -1,0 +1,152 @@
+"""The lean eager call path of the smooth loss (issue #20): a call of a kind already checked skips
+the argument checks and the backend choice, and nothing else changes — the same numbers, the
+same errors for every argument that was not part of the checked call, the same gradients
+(first and second order) as the full path."""
+
+import pytest
+import torch
+
+from smoothtopk import backends, smooth_topk, smooth_topk_svm_loss
+from smoothtopk.backends import _abi
+
+
+def _inputs(rows=6, classes=9, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randn(rows, classes, generator=generator, dtype=dtype)
+    return scores, torch.randint(0, classes, (rows,), generator=generator)
+
+
+def _full_path(monkeypatch):
+    """Calls of this test take the full path: no key, so no plan is used or kept."""
+    monkeypatch.setattr(smooth_topk, "_plan_key", lambda *args: None)
+
+
+def test_a_checked_kind_of_call_skips_the_checks_and_the_choice(every_backend, monkeypatch):
+    scores, target = _inputs(dtype=torch.float32)
+    chosen = []
+    select = backends.select
+    monkeypatch.setattr(backends, "select", lambda *a: chosen.append(1) or select(*a))
+    smooth_topk_svm_loss(scores, target, k=3)
+    smooth_topk_svm_loss(scores + 1.0, target.flip(0), k=3)  # the same kind, other values
+    assert len(chosen) == 1
+    smooth_topk_svm_loss(scores, target, k=2)  # another kind: checked and chosen again
+    assert len(chosen) == 2
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(k=3.0), TypeError, "k must be an int"),
+        (dict(k=True), TypeError, "k must be an int"),
+        (dict(k=9), ValueError, "1 <= k < number of classes"),
+        (dict(tau=float("nan")), ValueError, "tau must be finite"),
+        (dict(tau=0.0), ValueError, "tau must be a finite number > 0"),
+        (dict(alpha=-1.0), ValueError, "finite number >= 0"),
+        (dict(reduction="avg"), ValueError, "reduction must be one of"),
+        (dict(ignore_index=1.0), TypeError, "ignore_index must be an int"),
+        (dict(label_smoothing=False), TypeError, "label_smoothing"),
+        (dict(weight=torch.ones(8)), ValueError, "weight must have shape"),
+        (dict(weight=torch.ones(9, requires_grad=True)), ValueError, "must not require grad"),
+    ],
+)
+def test_arguments_outside_a_checked_call_are_still_refused(change, error, match, every_backend):
+    """A valid call of the same shapes first, then one argument changed: the plan of the valid
+    call must not let the bad one through (``k=3.0 == 3`` hashes alike: the types are part of
+    the key)."""
+    scores, target = _inputs(dtype=torch.float32)
+    options = dict(k=3, tau=1.0, alpha=1.0, reduction="mean", ignore_index=-100)
+    smooth_topk_svm_loss(scores, target, **options)
+    with pytest.raises(error, match=match):
+        smooth_topk_svm_loss(scores, target, **{**options, **change})
+
+
+def test_target_values_are_checked_on_every_call(every_backend):
+    """Target values are not part of a plan: an out-of-range class after a valid call of the
+    same kind is refused (by the kernel or by the range check)."""
+    scores, target = _inputs(dtype=torch.float32)
+    smooth_topk_svm_loss(scores, target, k=3)
+    bad = target.clone()
+    bad[2] = 9
+    with pytest.raises((ValueError, RuntimeError), match="target"):
+        smooth_topk_svm_loss(scores, bad, k=3)
+
+
+def test_the_backend_variable_is_read_at_every_call(monkeypatch):
+    scores, target = _inputs()
+    monkeypatch.setenv(backends.ENV, "pytorch")
+    smooth_topk_svm_loss(scores, target, k=3)
+    monkeypatch.setenv(backends.ENV, "no-such-backend")
+    with pytest.raises(ValueError, match="SMOOTHTOPK_BACKEND must be one of"):
+        smooth_topk_svm_loss(scores, target, k=3)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(6, 9), (9,), (3, 9, 2, 2)])
+def test_the_lean_path_equals_the_full_path(shape, reduction, every_backend, monkeypatch):
+    """Values, gradients and second-order gradients (``create_graph``) of a planned call equal
+    those of the full path, for 1-D, 2-D and spatial inputs, weights and ignored elements."""
+    if every_backend == "triton" and (reduction != "mean" or len(shape) != 2):
+        pytest.skip("Triton in the interpreter: one case")
+    dtype = torch.float32 if every_backend == "triton" else torch.float64
+    generator = torch.Generator().manual_seed(len(shape))
+    scores = torch.randn(shape, generator=generator, dtype=dtype)
+    target_shape = () if len(shape) == 1 else (shape[0], *shape[2:])
+    target = torch.randint(0, 9, target_shape, generator=generator)
+    if target.dim() > 0:
+        target.view(-1)[0] = -100
+    weight = torch.rand(9, generator=generator, dtype=dtype) + 0.5
+    options = dict(k=3, tau=0.5, alpha=1.0, weight=weight, reduction=reduction)
+
+    def value_and_grads(s):
+        s = s.clone().requires_grad_(True)
+        out = smooth_topk_svm_loss(s, target, **options)
+        (grad,) = torch.autograd.grad(out.sum(), s, create_graph=True)
+        (second,) = torch.autograd.grad((grad * grad).sum(), s)
+        return out.detach(), grad.detach(), second
+
+    smooth_topk_svm_loss(scores, target, **options)  # the plan
+    assert smooth_topk._PLANS, "the call was not planned"
+    planned = value_and_grads(scores)
+    smooth_topk.clear_plans()
+    _full_path(monkeypatch)
+    full = value_and_grads(scores)
+    for a, b in zip(planned, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_calls_that_are_not_planned(every_backend):
+    """Per-class margins (read on the host), label smoothing, class probabilities, autocast and
+    torch.func transforms take the full path: no plan is made for them."""
+    scores, target = _inputs(dtype=torch.float32)
+    probabilities = torch.softmax(torch.randn(6, 9), dim=1)
+    smooth_topk_svm_loss(scores, target, k=3, alpha=torch.full((9,), 0.5))
+    smooth_topk_svm_loss(scores, target, k=3, label_smoothing=0.1)
+    smooth_topk_svm_loss(scores, probabilities, k=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        smooth_topk_svm_loss(scores, target, k=3)
+    torch.func.grad(lambda s: smooth_topk_svm_loss(s, target, k=3))(scores)
+    assert not smooth_topk._PLANS
+
+
+def test_plans_are_bounded(monkeypatch):
+    monkeypatch.setattr(smooth_topk, "_MAX_PLANS", 3)
+    for rows in range(1, 8):
+        smooth_topk_svm_loss(*_inputs(rows=rows), k=2)
+        assert 1 <= len(smooth_topk._PLANS) <= 3
+
+
+def test_operators_are_called_directly_only_in_plain_eager_mode():
+    """The Triton backend's implementations skip the dispatcher only for plain tensors outside
+    traces and dispatch modes, which must see the operator."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    plain = torch.zeros(2, 3)
+    assert _abi.direct(plain)
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        assert not _abi.direct(plain)
+    assert not _abi.direct(torch.nn.Parameter(plain))
