@@ -150,3 +150,62 @@ def test_operators_are_called_directly_only_in_plain_eager_mode():
     with Watch():
         assert not _abi.direct(plain)
     assert not _abi.direct(torch.nn.Parameter(plain))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_the_cpu_operator_is_differentiable_twice(reduction):
+    """``smoothtopk::cpu_loss`` (autograd in C++): gradcheck and gradgradcheck in float64 with
+    weights, an ignored row and per-class margins (the double backward is the PyTorch path's
+    recorded recomputation)."""
+    cpu = backends.module("cpu")
+    if cpu.unavailable(torch.zeros(1, 4, dtype=torch.float64), 1) is not None:
+        pytest.skip("the fused CPU kernel could not be built")
+    scores, target = _inputs(rows=5, classes=7)
+    target[1] = -100
+    weight = torch.linspace(0.5, 2.0, 7, dtype=torch.float64)
+    margins = torch.linspace(0.0, 1.5, 7, dtype=torch.float64)
+    for alpha in (0.7, margins):
+
+        def loss(s, alpha=alpha):
+            return cpu.loss(s, target, weight, -100, 3, 0.8, alpha, reduction)
+
+        s = scores.clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(loss, (s,))
+        assert torch.autograd.gradgradcheck(loss, (s,))
+
+
+def test_the_cpu_operator_in_inference_mode_and_without_grad():
+    """Below autograd (inference mode) the operator's CPU kernel gives the value alone; with
+    grad mode off no graph is made; both equal the differentiable call."""
+    scores, target = _inputs()
+    expected = smooth_topk_svm_loss(scores.clone().requires_grad_(True), target, k=3)
+    with torch.inference_mode():
+        inferred = smooth_topk_svm_loss(scores, target, k=3)
+    with torch.no_grad():
+        plain = smooth_topk_svm_loss(scores.clone().requires_grad_(True), target, k=3)
+    assert plain.grad_fn is None and not plain.requires_grad
+    torch.testing.assert_close(inferred, expected.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(plain, expected.detach(), rtol=0, atol=0)
+
+
+def test_a_graph_through_the_lean_path_keeps_autograd_rules():
+    """retain_graph accumulates a second backward; without it a second backward is refused;
+    saved-tensor hooks (as activation offloading uses) see the saved tensors."""
+    scores, target = _inputs()
+    smooth_topk_svm_loss(scores, target, k=3)  # plan
+    s = scores.clone().requires_grad_(True)
+    packed = []
+
+    def pack(tensor):
+        packed.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = smooth_topk_svm_loss(s, target, k=3)
+    assert torch.Size(scores.shape) in packed
+    out.backward(retain_graph=True)
+    once = s.grad.clone()
+    out.backward()
+    torch.testing.assert_close(s.grad, 2 * once)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.backward()

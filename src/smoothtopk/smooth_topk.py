@@ -210,12 +210,18 @@ def _remember(key: tuple, backend: ModuleType, input, target) -> None:
 
 def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduction):
     """A call of a known plan: rows, the range check where the kernel does not do it, the
-    backend through the eager Function, the target's shape and the input's dtype."""
+    backend's differentiable operator (``loss``, the CPU kernel's: autograd in C++) or its
+    forward and backward through the eager Function, the target's shape and the input's
+    dtype."""
     scores, flat_target = (input, target) if plan.flat else rows(input, target)
     if plan.range_check:
         check_target_range(flat_target, plan.classes, ignore_index)
     arguments = (flat_target, weight, ignore_index, k, tau, alpha, reduction)
-    out = _apply(plan.backend, scores, arguments, eager=True)
+    differentiable = getattr(plan.backend, "loss", None)  # autograd in C++, where there is one
+    if differentiable is not None:
+        out = differentiable(scores, *arguments)
+    else:
+        out = _apply(plan.backend, scores, arguments, eager=True)
     return restore(out, target.shape, input.dtype, reduction)
 
 

@@ -22,6 +22,9 @@ The contract of a backend module (``docs/architecture.md``)::
                                                 # optional: auto's check of the results
     forward(scores, target, weight, ignore_index, k, tau, alpha, reduction) -> (out, saved)
     backward(grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction)
+    loss(scores, target, weight, ignore_index, k, tau, alpha, reduction) -> out
+                                                # optional: forward + backward as one
+                                                # differentiable operator (eager calls only)
 
 ``scores (M, C)``, ``target (M,)`` int64 (``ignore_index`` or a class), ``alpha`` a float or
 per-class margins, a ``(C,)`` floating tensor on the scores' device (row ``i`` uses

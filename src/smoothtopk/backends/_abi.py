@@ -12,14 +12,22 @@ reads (the CPU kernel folds it into ``stats``)::
                             alpha_per_class?) -> (out, stats, anchor_index)
     smoothtopk::cpu_backward(grad_out, scores, target, stats, anchor_index, ignore_index, k,
                              tau, reduction) -> grad
+    smoothtopk::cpu_loss(... as cpu_forward ...) -> out     # differentiable: autograd in C++
+    smoothtopk::recorded_backward(grad_out, scores, target, weight?, ignore_index, k, tau,
+                                  alpha, reduction, alpha_per_class?) -> grad
     smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats, anchor_index, total)
     smoothtopk::triton_backward(... as cpu_backward ..., total, splits) -> grad
     smoothtopk::cpu_every_class(scores, beta, k, tau, alpha, alpha_per_class?, with_grad)
         -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
     smoothtopk::triton_every_class(... as cpu_every_class ...) -> (out, grad)
 
-The every-class operators form the gradient in the forward; one ``autograd.Function``,
-:func:`smoothtopk.backends.every_class.fused_expected`, serves both.
+``cpu_loss`` is ``cpu_forward``'s value with its autograd formula registered in C++
+(``csrc/autograd_cpu.cpp``: ``cpu_backward``, or under ``create_graph`` ``recorded_backward``, the
+PyTorch path's recomputation with recorded operations), so that an eager step runs no Python
+after the call; the Triton operators' implementations are Python and are called directly in
+plain eager mode (:func:`direct`). The every-class operators form the gradient in the forward;
+one ``autograd.Function``, :func:`smoothtopk.backends.every_class.fused_expected`, serves
+both.
 
 **Per-row layout** of ``stats`` (float64, :func:`stats_width` ``= 2 + 2k`` columns)::
 
@@ -79,8 +87,13 @@ _EVERY_CLASS = (
     "(Tensor scores, Tensor beta, int k, float tau, float alpha, Tensor? alpha_per_class, "
     "bool with_grad)"
 )
+_RECORDED = (
+    "Tensor grad_out, Tensor scores, Tensor target, Tensor? weight, int ignore_index, int k, "
+    "float tau, float alpha, str reduction, Tensor? alpha_per_class"
+)
 SCHEMAS = {
     "cpu_forward": f"({_FORWARD}) -> (Tensor, Tensor, Tensor)",
+    "cpu_loss": f"({_FORWARD}) -> Tensor",
     "cpu_backward": f"({_BACKWARD}) -> Tensor",
     "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor, Tensor)",
     "triton_backward": f"({_BACKWARD}, Tensor total, int splits) -> Tensor",
@@ -130,6 +143,10 @@ def _cpu_forward_fake(scores, target, weight, ignore_index, k, tau, alpha, reduc
     return _forward_outputs(scores, k, reduction)
 
 
+def _cpu_loss_fake(scores, target, weight, ignore_index, k, tau, alpha, reduction, margins):
+    return _forward_outputs(scores, k, reduction)[0]
+
+
 def _triton_forward_fake(
     scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
 ):
@@ -148,6 +165,7 @@ def _every_class_fake(scores, beta, k, tau, alpha, margins, with_grad):
 
 _FAKES = {
     "cpu_forward": _cpu_forward_fake,
+    "cpu_loss": _cpu_loss_fake,
     "cpu_backward": _backward_fake,
     "triton_forward": _triton_forward_fake,
     "triton_backward": _backward_fake,
@@ -157,12 +175,16 @@ _FAKES = {
 
 
 def _define() -> None:
-    """Every schema and fake, once per process (this file may be imported twice, by path)."""
+    """Every schema and fake, once per process (this file may be imported twice, by path);
+    ``recorded_backward`` has no fake: its one kernel, the PyTorch path's
+    (:func:`smoothtopk.backends.pytorch.recorded_backward`), is made of ATen operations."""
     for name, schema in SCHEMAS.items():
         if hasattr(getattr(torch.ops, NAMESPACE), name):
             continue
         torch.library.define(f"{NAMESPACE}::{name}", schema)
         torch.library.register_fake(f"{NAMESPACE}::{name}")(_FAKES[name])
+    if not hasattr(getattr(torch.ops, NAMESPACE), "recorded_backward"):
+        torch.library.define(f"{NAMESPACE}::recorded_backward", f"({_RECORDED}) -> Tensor")
 
 
 _define()

@@ -39,8 +39,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
-#: the compiled C++ files of the library: the class-index kernel, and every class's loss at once
-SOURCES = (SOURCE, SOURCE.with_name("every_class_cpu.cpp"))
+#: the compiled C++ files of the library: the class-index kernel, its autograd formula (one
+#: differentiable operator), and every class's loss at once
+SOURCES = (
+    SOURCE, SOURCE.with_name("autograd_cpu.cpp"), SOURCE.with_name("every_class_cpu.cpp")
+)  # fmt: skip
 #: every file of the build, headers included: a change to any of them is a new build
 BUILD_FILES = (*SOURCES, SOURCE.with_name("vector_math.h"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-fopenmp"]

@@ -66,6 +66,17 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 _forward_op = torch.ops.smoothtopk.cpu_forward.default
 _backward_op = torch.ops.smoothtopk.cpu_backward.default
+_loss_op = torch.ops.smoothtopk.cpu_loss.default
+
+
+def loss(scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """The loss of :func:`forward`, differentiable by autograd in C++ (``smoothtopk::cpu_loss``,
+    ``csrc/autograd_cpu.cpp``): an eager step with no Python after this call, as
+    ``F.cross_entropy``. For eager calls outside ``torch.func`` transforms and forward-mode AD;
+    the public loss routes traced calls through its ``autograd.Function``."""
+    margins = alpha if isinstance(alpha, torch.Tensor) else None
+    alpha = 0.0 if margins is not None else alpha
+    return _loss_op(scores, target, weight, ignore_index, k, tau, alpha, reduction, margins)
 
 
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import torch
 
 from .._convention import reduce, row_gradients, row_weights
+from . import _abi
 from .anchors import _MAX_ENUMERATED as MAX_ENUMERATED
 from .anchors import EXP_FLOOR, anchor_sums, exp_normal
 from .anchors import LOG_ZERO as _LOG_ZERO
@@ -130,6 +131,21 @@ def recorded_backward(grad_out, scores, target, weight, ignore_index, k, tau, al
     weights = row_weights(weight, safe, valid, work.dtype)
     row_grad = row_gradients(grad_out.to(work.dtype), weights, reduction)
     return gradient(pieces, safe, valid, row_grad, scores.shape[1]).to(scores.dtype)
+
+
+def _recorded_backward_op(
+    grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction, alpha_per_class
+):
+    """``smoothtopk::recorded_backward`` (:mod:`._abi`), the double backward of the C++
+    ``cpu_loss``: :func:`recorded_backward`, per-class margins as the operator passes them."""
+    alpha = alpha if alpha_per_class is None else alpha_per_class
+    return recorded_backward(grad_out, scores, target, weight, ignore_index, k, tau, alpha,
+                             reduction)  # fmt: skip
+
+
+torch.library.impl(
+    f"{_abi.NAMESPACE}::recorded_backward", "CompositeImplicitAutograd", _recorded_backward_op
+)
 
 
 def _poison(x: torch.Tensor) -> torch.Tensor:
