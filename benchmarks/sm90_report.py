@@ -121,10 +121,11 @@ def launches(batch: int, classes: int, k: int) -> list[dict]:
     log = block.bit_length() - 1
     flags = dict(HAS_WEIGHT=False, HAS_ALPHA=False, K=k, KP=kp)
     ints = dict(n=classes, ignore_index=-100, seg=seg, splits=splits)
-    backward = dict(K=k, KP=kp, REDUCTION=REDUCTION_MEAN, BLOCK=block)
+    wide = dict(WIDE=launcher.wide(k, 1.0))  # tau = 1: the float32 exponential
+    backward = dict(K=k, KP=kp, REDUCTION=REDUCTION_MEAN, BLOCK=block, **wide)
     if splits == 1:
         items = [
-            dict(kernel="forward_row_kernel", constexprs=dict(flags, BLOCK=block, LOG=log)),
+            dict(kernel="forward_row_kernel", constexprs=dict(flags, BLOCK=block, LOG=log, **wide)),
             dict(kernel="backward_kernel", constexprs=dict(backward, FIX=True)),
         ]
         return [dict(item, ints=ints, splits=1) for item in items]
@@ -132,7 +133,8 @@ def launches(batch: int, classes: int, k: int) -> list[dict]:
     items = [
         dict(kernel="top_segment_kernel", constexprs=dict(K=k, KP=kp, BLOCK=block)),
         dict(kernel="select_kernel", constexprs=dict(K=k, KP=kp, CANDIDATES=candidates)),
-        dict(kernel="rest_segment_kernel", constexprs=dict(K=k, KP=kp, BLOCK=block, LOG=log)),
+        dict(kernel="rest_segment_kernel", constexprs=dict(K=k, KP=kp, BLOCK=block, LOG=log,
+                                                          **wide)),
         dict(kernel="finish_kernel", constexprs=dict(flags, SP=sp, LOG=sp.bit_length() - 1)),
         dict(kernel="backward_kernel", constexprs=dict(backward, FIX=False)),
         dict(kernel="fix_kernel", constexprs=dict(K=k, KP=kp, REDUCTION=REDUCTION_MEAN)),

@@ -110,6 +110,32 @@ def test_chunked_and_split_rows():
 
 
 @interpreted
+@pytest.mark.parametrize("tau", [1e-3, 0.3, 20.0])
+def test_the_float32_exponential_is_as_exact_as_the_float64_one(tau, monkeypatch):
+    """The streaming passes form ``u_j`` in float32 (``wide`` is False at these tau): within
+    the float32 targets of the log-space reference, one program per row and split rows, as the
+    float64 form (forced) is."""
+    generator = torch.Generator().manual_seed(int(tau * 1000))
+    scores = torch.randn(3, 300, generator=generator) * 5
+    scores[1, :10] = scores[1].max()  # ties at the anchor
+    target = torch.tensor([0, 150, 299])
+    assert not triton_kernel.wide(5, tau)
+    narrow = [assert_exact(scores, target, 5, tau, 1.0, splits=s) for s in (1, 2)]
+    monkeypatch.setattr(triton_kernel, "wide", lambda k, tau: True)
+    wide = [assert_exact(scores, target, 5, tau, 1.0, splits=s) for s in (1, 2)]
+    print(f"tau={tau}: float32 exponential {narrow}, float64 {wide}")
+
+
+def test_the_exponential_is_wide_exactly_outside_the_float_scale():
+    """float64 when ``1 / (k tau)`` leaves ``[1e-36, max float32]`` (the CPU kernel's rule)."""
+    largest = torch.finfo(torch.float32).max
+    for k, tau in [(1, 1.0), (5, 1e-3), (32, 1e-30), (1, 1e30), (5, 1e-37)]:
+        scale = 1.0 / (k * tau)
+        assert triton_kernel.wide(k, tau) == (not 1e-36 <= scale <= largest), (k, tau)
+    assert triton_kernel.wide(1, 1e-39) and triton_kernel.wide(1, 1e37)
+
+
+@interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype):
     generator = torch.Generator().manual_seed(4)
@@ -194,12 +220,14 @@ SIGNATURE = dict(
 
 @pytest.mark.skipif(INTERPRETING, reason="compiles")
 @pytest.mark.parametrize(
-    "name,k", [("forward_row_kernel", 5), ("backward_kernel", 5), ("backward_kernel", 32)]
-)
-def test_compiles_for_sm90(name, k):
+    "name,k,wide",
+    [("forward_row_kernel", 5, False), ("forward_row_kernel", 5, True),
+     ("backward_kernel", 5, False), ("backward_kernel", 32, False)],
+)  # fmt: skip
+def test_compiles_for_sm90(name, k, wide):
     kern = getattr(triton_kernel._kernels(), name)
     block = triton_kernel.block_size(10**6, k)
-    constexprs = dict(K=k, KP=triton_kernel._padded_k(k), BLOCK=block)
+    constexprs = dict(K=k, KP=triton_kernel._padded_k(k), BLOCK=block, WIDE=wide)
     constexprs.update(
         dict(HAS_WEIGHT=True, HAS_ALPHA=True, LOG=block.bit_length() - 1)
         if name.startswith("forward")

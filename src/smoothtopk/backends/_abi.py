@@ -72,6 +72,10 @@ from .._convention import working_dtype
 NAMESPACE = "smoothtopk"
 #: ``k log(2n)`` bound: every float64 sum of the kernels stays below ``e^700 < max double``
 MAX_LOG_TERM = 700.0
+#: the fused kernels form ``u_j = e^{(s_j - a) / (k tau)}`` of float32 (and narrower) scores in
+#: float32 when ``1 / (k tau)`` lies in ``[MIN_FLOAT_SCALE, MAX_FLOAT]``, else in float64 (the C++
+#: file's ``kMinFloatScale``, ``exponent_in_double``; the Triton backend's ``wide``)
+MIN_FLOAT_SCALE, MAX_FLOAT = 1e-36, float(torch.finfo(torch.float32).max)
 #: columns of a row of ``stats``: the anchor, the slope, the first of the ``k`` rest coefficients
 ANCHOR, SLOPE, REST_COEFFICIENTS = 0, 1, 2
 

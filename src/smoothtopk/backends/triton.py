@@ -310,6 +310,14 @@ def _scalars(k: int, tau: float, alpha: float) -> dict:
     return dict(tau=float(tau), alpha=float(alpha), scale=1.0 / (k * float(tau)))
 
 
+def wide(k: int, tau: float) -> bool:
+    """Whether the streaming passes form ``u_j = e^{(s_j - a) / (k tau)}`` in float64: when
+    ``1 / (k tau)`` is not a normal float32 at least ``MIN_FLOAT_SCALE`` (the CPU kernel's rule,
+    ``exponent_in_double``); otherwise in float32, as the CPU kernel does for float32 scores."""
+    scale = 1.0 / (k * float(tau))
+    return not _abi.MIN_FLOAT_SCALE <= scale <= _abi.MAX_FLOAT
+
+
 def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs):
     """Fill ``outputs = (row losses, row weights, stats, anchors, ok)`` (float64, int64; ``ok``
     an int32 flag that a target out of range clears);
@@ -335,6 +343,7 @@ def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha
             ignore_index,
             BLOCK=block,
             LOG=log,
+            WIDE=wide(k, tau),
             **common,
         )
         return
@@ -376,6 +385,7 @@ def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha
         KP=kp,
         BLOCK=block,
         LOG=log,
+        WIDE=wide(k, tau),
     )
     kern.finish_kernel[(rows,)](
         scores,
@@ -457,6 +467,7 @@ def _launch_backward(
         1.0 / (k * float(tau)),
         BLOCK=block,
         FIX=splits == 1,
+        WIDE=wide(k, tau),
         **mode,
     )
     if splits > 1:

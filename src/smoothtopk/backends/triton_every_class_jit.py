@@ -233,7 +233,9 @@ def every_class_kernel(
         active = lanes < K
         a32 = tl.min(buf, 0)
         a = a32.to(tl.float64)
-        e, ties = _segment_rest(s_row, 0, n, -1, a, scale, K, KP, BLOCK, LOG)
+        # u in float64 (WIDE): the rest classes' losses deflate e_b by Horner in the same u_c,
+        # recomputed in float64 below; one rounding for both keeps the alternating sums exact
+        e, ties = _segment_rest(s_row, 0, n, -1, a, scale, K, KP, BLOCK, LOG, True)
         e = _binomial_ties(e, ties - tl.sum((active & (buf == a32)).to(tl.int32), 0), K, KP)
         e = tl.where(lanes <= K, e, 0.0)
         top = buf.to(tl.float64)

@@ -130,6 +130,20 @@ def _lanes_as_tile(e, K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _rest_weight(x, a, scale, WIDE: tl.constexpr):
+    """``u = e^{(x - a) scale}`` in float64 for ``x <= a`` (``a`` a float64 holding a float32
+    score): in float32 unless ``WIDE``, as the CPU kernel (``exponent_in_double``): the scores
+    are float32 (or narrower) and ``scale`` a normal float, so ``x - a`` and the product carry
+    two float32 roundings, relative, and a difference that overflows means ``u = 0``
+    (docs/exactness.md). ``WIDE``: ``scale`` outside ``[1e-36, max float]``, all in float64."""
+    if WIDE:
+        u = tl.exp((x.to(tl.float64) - a) * scale)
+    else:
+        u = tl.exp((x.to(tl.float32) - a.to(tl.float32)) * scale.to(tl.float32)).to(tl.float64)
+    return u
+
+
+@triton.jit
 def _segment_rest(
     s_row,
     lo,
@@ -141,6 +155,7 @@ def _segment_rest(
     KP: tl.constexpr,
     BLOCK: tl.constexpr,
     LOG: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """``e_b(u)`` (``(KP,)``, b = 0..K) over the classes of ``[lo, hi)`` below ``a``, and the
     count of non-target classes equal to ``a`` (tied with the anchor; their ``u`` is 1)."""
@@ -151,10 +166,11 @@ def _segment_rest(
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         inside = offs < hi
-        x = tl.load(s_row + offs, mask=inside, other=-INF).to(tl.float64)
+        x = tl.load(s_row + offs, mask=inside, other=-INF)
         other = offs != target
-        u = tl.where((x < a) & other, tl.exp((x - a) * scale), 0.0)
-        ties += ((x == a) & other & inside).to(tl.int32)
+        u = _rest_weight(x, a, scale, WIDE)
+        u = tl.where((x.to(tl.float64) < a) & other, u, 0.0)
+        ties += ((x.to(tl.float64) == a) & other & inside).to(tl.int32)
         e = _absorb(e, u, K)
     tile = _lanes_as_tile(e, K, KP, BLOCK)
     return _lane_product(tile, K, KP, BLOCK, LOG), tl.sum(ties, 0)
@@ -318,6 +334,7 @@ def forward_row_kernel(
     KP: tl.constexpr,
     BLOCK: tl.constexpr,
     LOG: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """One program per row: top-k pass, rest pass, finish. Grid ``(M,)``."""
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
@@ -329,7 +346,7 @@ def forward_row_kernel(
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
-    e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, KP, BLOCK, LOG)
+    e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, KP, BLOCK, LOG, WIDE)
     _finish(
         e,
         ties,
@@ -424,6 +441,7 @@ def rest_segment_kernel(
     KP: tl.constexpr,
     BLOCK: tl.constexpr,
     LOG: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Split rows, step 3: ``e_b(u)`` of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
@@ -433,7 +451,7 @@ def rest_segment_kernel(
     a = tl.min(tl.load(top_val + row * KP + tl.arange(0, KP)), 0).to(tl.float64)
     lo = part * seg
     hi = tl.minimum(lo + seg, n)
-    e, ties = _segment_rest(s_row, lo, hi, target, a, scale, K, KP, BLOCK, LOG)
+    e, ties = _segment_rest(s_row, lo, hi, target, a, scale, K, KP, BLOCK, LOG, WIDE)
     tl.store(poly_ptr + (row * splits + part) * KP + tl.arange(0, KP), e)
     tl.store(ties_ptr + row * splits + part, ties)
 
@@ -572,6 +590,7 @@ def backward_kernel(
     BLOCK: tl.constexpr,
     REDUCTION: tl.constexpr,
     FIX: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """``dL/ds_j = factor u_j sum_m (-u_j)^m D_m`` (Horner, float64). Grid ``(M, splits)``;
     ``FIX`` (one split) also writes the anchors and the target."""
@@ -586,8 +605,8 @@ def backward_kernel(
     hi = tl.minimum(lo + seg, n)
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        x = tl.load(s_row + offs, mask=offs < hi, other=0.0).to(tl.float64)
-        u = tl.where(x < a, tl.exp((x - a) * scale), 1.0)
+        x = tl.load(s_row + offs, mask=offs < hi, other=0.0)
+        u = tl.where(x.to(tl.float64) < a, _rest_weight(x, a, scale, WIDE), 1.0)
         h = tl.zeros([BLOCK], tl.float64) + tl.load(stats + 1 + K)
         for m in tl.static_range(K - 2, -1, -1):
             h = tl.load(stats + 2 + m) - u * h
