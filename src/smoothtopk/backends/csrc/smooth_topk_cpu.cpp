@@ -593,9 +593,10 @@ double gather_row_weights(const std::optional<at::Tensor>& weight, const int64_t
                           int64_t rows, int64_t classes, int64_t ignore_index,
                           double* row_weight) {
   for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < classes),
-                "smoothtopk: target ", y[r], " is neither in [0, ", classes,
-                ") nor ignore_index ", ignore_index);
+    // ValueError, with the message of the Python check (_validation.check_target_range)
+    TORCH_CHECK_VALUE(y[r] == ignore_index || (y[r] >= 0 && y[r] < classes),
+                      "target must be in [0, ", classes, ") or equal to ignore_index=",
+                      ignore_index, ", found ", y[r]);
   }
   double total = 0.0;
   if (!weight.has_value()) {
