@@ -9,7 +9,8 @@ needed), the target check on its device form (an asynchronous assertion, as on C
 reports per configuration, against ``F.cross_entropy`` measured the same way in the same
 process:
 
-* host time of one forward+backward (``torch.utils.benchmark``, median of interleaved rounds);
+* host time of one forward+backward (``torch.utils.benchmark`` on the process's CPU time,
+  median of interleaved rounds);
 * kernels per forward+backward: ATen operators that do device work (recorded by a
   ``TorchDispatchMode``; allocations and views excluded) plus the stubbed Triton launches;
 * the GPU self-check's one-time cost per kind of call (:func:`smoothtopk.backends.triton.
@@ -102,7 +103,10 @@ def _inputs(batch, classes):
 
 
 def _median_us(statement, env, seconds):
-    timer = Timer(statement, globals=env)
+    """Median µs of the statement in this process's CPU time (``time.process_time``): the host
+    work itself, which other processes on a shared machine do not inflate as they do wall
+    time."""
+    timer = Timer(statement, globals=env, timer=time.process_time)
     return timer.blocked_autorange(min_run_time=seconds).median * 1e6
 
 
