@@ -277,3 +277,35 @@ def candidates_csv(runs: list[RunResult]) -> str:
                 "selected": id(r) in chosen, "run": r.path,
             })  # fmt: skip
     return buffer.getvalue()
+
+
+# -- the k study ---------------------------------------------------------------------------------
+
+#: the two epochs of the k table: (row key, heading)
+TOPK_EPOCHS = (
+    ("final", "at the final epoch"),
+    ("best", "at the epoch of the best validation top-k (for each k its own)"),
+)
+
+
+def topk_table(rows: list[dict]) -> str:
+    """The k study's tables (markdown): test top-k (%) for k = 1 ... 10 per data set, noise
+    level, subset and training loss, at the final epoch, then at the best validation top-k
+    epoch; ``mean ± std`` over seeds (none for one seed); columns that do not vary are left
+    out."""
+    ks = sorted({k for r in rows for k in r["ks"]})
+    varying = [c for c in ("dataset", "subset") if len({r[c] for r in rows}) > 1]
+    head = [*varying, "noise", "loss", "n", *(f"top-{k}" for k in ks)]
+    text = ""
+    for key, heading in TOPK_EPOCHS:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [str(r[c]) for c in varying] + [f"{r['noise']:g}", r["loss"], str(r["n"])]
+            cells += [_pm(*r[key][k], n=r["n"]) if k in r[key] else "" for k in ks]
+            lines.append("| " + " | ".join(cells) + " |")
+        text += f"### Test top-k {heading}\n\n" + "\n".join(lines) + "\n\n"
+    return text + (
+        "Test accuracy (%) for every evaluation k of every training loss; a run's best "
+        "validation top-k epoch is chosen for each k by its own validation top-k (ties: the "
+        "earliest), never by test accuracy. n: seeds; mean ± sample std over them.\n"
+    )
