@@ -91,7 +91,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
         val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
         augment=cfg.augment, imbalance_ratio=cfg.imbalance_ratio,
-        subsample_seed=cfg.subsample_draw_seed,
+        subsample_seed=cfg.subsample_draw_seed, lookalike_group_size=cfg.lookalike_group_size,
     )  # fmt: skip
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_draw_seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -69,6 +70,18 @@ def axis_of(runs: list[RunResult]) -> str:
     return "noise"
 
 
+def natural_key(text: str) -> tuple:
+    """The sort key of a label with numbers in it, the numbers by value: ``embedded g3`` before
+    ``embedded g10``, ``lookalike_group_size=3`` before ``lookalike_group_size=10``.
+
+    Example:
+        >>> sorted(["a=10", "a=3", "b"], key=natural_key)
+        ['a=3', 'a=10', 'b']
+    """
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
 def subset_key(value: str) -> float:
     """The sort key of a training subset: its size, ``64k`` = 64000, ``all`` last."""
     if value == "all":
@@ -88,10 +101,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def data_label(cfg: Config, axis: str = "noise") -> str:
     """The data set of a run as the tables show it: ``embedded``, or ``embedded LT10`` for the
-    long-tailed protocol with imbalance ratio 10 (unless the ratio is the ``axis``)."""
+    long-tailed protocol with imbalance ratio 10 (unless the ratio is the ``axis``), ``embedded
+    g3`` for look-alike groups of 3 (:attr:`..config.Config.regrouped`)."""
+    label = cfg.dataset + (f" g{cfg.lookalike_group_size}" if cfg.regrouped else "")
     if not cfg.long_tailed or axis == "imbalance_ratio":
-        return cfg.dataset
-    return f"{cfg.dataset} LT{cfg.imbalance_ratio:g}"
+        return label
+    return f"{label} LT{cfg.imbalance_ratio:g}"
 
 
 def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
@@ -121,7 +136,7 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
                 "runs": ";".join(r.path for r in members),
             }
         )
-    rows.sort(key=lambda r: (r["dataset"], AXES[axis].key(r[axis]), r["loss"]))
+    rows.sort(key=lambda r: (natural_key(r["dataset"]), AXES[axis].key(r[axis]), r["loss"]))
     return axis, rows
 
 
@@ -293,7 +308,7 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
         ce = cells.get(("ce", setting), {}) if group != "ce" else {}
         cfg = picked[seeds[0]].cfg
         rows.append({
-            "dataset": cfg.dataset, "loss": group, axis: getattr(cfg, axis),
+            "dataset": data_label(cfg, axis), "loss": group, axis: getattr(cfg, axis),
             "setting": ", ".join(f"{k}={json.loads(v)}" for k, v in setting if k in shown),
             "n": len(seeds), "selected_by": by, **_selection_stats(picked, ce, by),
             "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, options[group])}"
@@ -305,7 +320,7 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
             "runs": ";".join(picked[s].path for s in seeds),
         })  # fmt: skip
     key = AXES[axis].key
-    rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
+    rows.sort(key=lambda r: (natural_key(r["setting"]), key(r[axis]), r["loss"] != "ce", r["loss"]))
     return axis, rows
 
 
@@ -377,7 +392,8 @@ def topk_rows(runs: list[RunResult]) -> list[dict]:
             row[name] = {k: mean_std([100 * record(r, k)[f"test_top{k}"] for r in members])
                          for k in ks}  # fmt: skip
         rows.append(row)
-    rows.sort(key=lambda r: (r["dataset"], r["noise"], subset_key(r["subset"]), r["order"]))
+    rows.sort(key=lambda r: (natural_key(r["dataset"]), r["noise"], subset_key(r["subset"]),
+                             r["order"]))  # fmt: skip
     return rows
 
 
@@ -410,5 +426,5 @@ def training_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
             row[metric] = [mean_std([100 * h[metric] for r in members for h in r.history
                                      if h["epoch"] == e])[0] for e in epochs]  # fmt: skip
         rows.append(row)
-    rows.sort(key=lambda r: (r["dataset"], AXES[axis].key(r[axis]), r["order"]))
+    rows.sort(key=lambda r: (natural_key(r["dataset"]), AXES[axis].key(r[axis]), r["order"]))
     return axis, rows

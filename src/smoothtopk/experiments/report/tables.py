@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
-from .aggregate import AXES, LONG_TAIL_COLUMNS, LONG_TAIL_METRICS, LONG_TAIL_PAIRED
+from .aggregate import AXES, LONG_TAIL_COLUMNS, LONG_TAIL_METRICS, LONG_TAIL_PAIRED, natural_key
 from .load import RunResult
 from .selection import RULES, SELECTABLE, candidates, loss_group, select_runs
 
@@ -45,7 +45,8 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     key = AXES[axis].key
     xs = sorted(
-        dict.fromkeys((r["dataset"], r[axis]) for r in rows), key=lambda t: (t[0], key(t[1]))
+        dict.fromkeys((r["dataset"], r[axis]) for r in rows),
+        key=lambda t: (natural_key(t[0]), key(t[1])),
     )
     datasets = {d for d, _ in xs}
     many_seeds = any(r["n"] > 1 for r in rows)
@@ -261,7 +262,8 @@ def candidates_csv(runs: list[RunResult]) -> str:
     """Every candidate run with what it was judged by (validation) and its test accuracy (%)."""
     chosen = {id(r) for r in select_runs(runs).values()}
     buffer = io.StringIO()
-    cols = ["loss", "noise", "subset", "imbalance_ratio", "seed", *SELECTABLE, "best_epoch",
+    cols = ["loss", "noise", "subset", "imbalance_ratio", "lookalike_group_size", "seed",
+            *SELECTABLE, "best_epoch",
             "val_top1", "val_top5", "test_top1", "test_top5", "selected", "run"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=cols)
     writer.writeheader()
@@ -270,6 +272,7 @@ def candidates_csv(runs: list[RunResult]) -> str:
             writer.writerow({
                 "loss": loss_group(r.cfg), "noise": r.cfg.noise, "subset": r.cfg.subset,
                 "imbalance_ratio": r.cfg.imbalance_ratio, "seed": r.cfg.seed,
+                "lookalike_group_size": r.cfg.lookalike_group_size,
                 **{o: getattr(r.cfg, o) for o in SELECTABLE},
                 "best_epoch": r.best["epoch"],
                 **{m: f"{100 * r.best[m]:.2f}" for m in ("val_top1", "val_top5", "test_top1",
