@@ -174,6 +174,8 @@ def plot_training_accuracy(axis: str, rows: list[dict]) -> bytes:
     settings = list(dict.fromkeys((r["dataset"], r[axis]) for r in rows))
     losses = list(dict.fromkeys(r["loss"] for r in sorted(rows, key=lambda r: r["order"])))
     plt, fig, panels = _figure(2, len(settings))
+    from matplotlib.ticker import MaxNLocator
+
     for col, (dataset, x) in enumerate(settings):
         mine = [r for r in rows if (r["dataset"], r[axis]) == (dataset, x)]
         for line, metric in enumerate(("train_top1", "train_top5")):
@@ -182,9 +184,10 @@ def plot_training_accuracy(axis: str, rows: list[dict]) -> bytes:
                 panel.plot(r["epochs"], r[metric], label=r["loss"], markersize=4,
                            **style(losses.index(r["loss"]), len(losses)))  # fmt: skip
             seeds = "/".join(sorted({str(r["n"]) for r in mine}))
-            panel.set_title(f"{dataset}, {AXES[axis].title} {AXES[axis].text(x)}\ntraining "
+            panel.set_title(f"{dataset}, {AXES[axis].title} = {AXES[axis].text(x)}\ntraining "
                             f"top-{metric[-1]} (mean of {seeds} seed(s))", fontsize=9)  # fmt: skip
             panel.set_xlabel("epoch")
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
             panel.set_ylabel(f"training top-{metric[-1]} accuracy (%)")
             panel.grid(alpha=0.3)
     return _finish(plt, fig, panels)
