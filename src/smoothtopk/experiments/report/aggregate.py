@@ -320,7 +320,8 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
             "runs": ";".join(picked[s].path for s in seeds),
         })  # fmt: skip
     key = AXES[axis].key
-    rows.sort(key=lambda r: (natural_key(r["setting"]), key(r[axis]), r["loss"] != "ce", r["loss"]))
+    rows.sort(key=lambda r: (natural_key(r["setting"]), key(r[axis]), r["loss"] != "ce",
+                             natural_key(r["loss"])))  # fmt: skip
     return axis, rows
 
 
