@@ -160,6 +160,12 @@ class Config:
         "seeded order): the largest class has about R times the images of the smallest; R >= 1, "
         "validation and test stay as they are (default: none)",
     )
+    lookalike_group_size: int | None = option(
+        None,
+        "embedded data only: classes per look-alike group, 2 to 50 (default 5: 20 groups; 3: 32 "
+        "groups of 3 and one of 4; 10: 10 groups); the 100 classes and the images' other draws "
+        "stay (#22: is k = 5 = the group size an artefact?)",
+    )
     image_size: int = option(224, "crop size for imagenet/folder data")
     augment: bool = option(True, "training augmentation (random crop and flip)")
     # label noise (training split only)
@@ -223,6 +229,15 @@ class Config:
         one answer that training (``long_tail.json``, per-third metrics), run names and reports
         ask."""
         return self.imbalance_ratio is not None
+
+    @property
+    def regrouped(self) -> bool:
+        """Whether the embedded data has look-alike groups of another size than its default 5
+        (``--lookalike-group-size``): the one answer that run names, the default directory's
+        hash and reports ask."""
+        from .datasets.embedded import GROUP_SIZE
+
+        return self.lookalike_group_size not in (None, GROUP_SIZE)
 
     @property
     def noise_draw_seed(self) -> int:
@@ -299,7 +314,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 MIXING = ("mixup", "cutmix")
 #: options that ``sweep`` takes as comma-separated lists (one run per value); ``train`` takes
 #: one value of each, ``demo`` a list of noise levels
-SWEPT = ("loss", "noise", "subset", "seed", *loss_options.NAMES, "imbalance_ratio")
+SWEPT = ("loss", "noise", "subset", "seed", *loss_options.NAMES, "imbalance_ratio",
+         "lookalike_group_size")  # fmt: skip
 TYPES = typing.get_type_hints(Config)  #: field name -> its type (``int | None``, ...)
 
 
@@ -472,7 +488,23 @@ def _check_names(cfg: Config) -> None:
         lambda: check_dataset(cfg.dataset),
         lambda: cfg.model is None or check_model(cfg.model),
         lambda: _check_grouping(cfg, GROUPINGS, known=cfg.dataset in DATASETS),
+        lambda: cfg.dataset not in DATASETS or _check_lookalike(cfg),
     )
+
+
+def _check_lookalike(cfg: Config) -> None:
+    """The embedded data's look-alike group size (:func:`.datasets.embedded.check_group_size`),
+    filled in (5) when not given; refused for the other data sets, whose groups are fixed."""
+    from .datasets import embedded
+
+    if cfg.dataset != "embedded":
+        if cfg.lookalike_group_size is not None:
+            raise ValueError(f"lookalike_group_size is an option of the embedded data only, not "
+                             f"of dataset {cfg.dataset!r}")  # fmt: skip
+        return
+    if cfg.lookalike_group_size is None:
+        cfg.lookalike_group_size = embedded.GROUP_SIZE
+    embedded.check_group_size(cfg.lookalike_group_size)
 
 
 def _check_grouping(cfg: Config, groupings, known: bool) -> None:
@@ -615,7 +647,7 @@ def to_yaml(cfg: Config) -> str:
 
 def from_saved(values: dict) -> Config:
     _check_keys(values, "the saved config")
-    values = _saved_before_mixing(_saved_before_draws(values))
+    values = _saved_before_mixing(_saved_before_draws(_saved_before_group_size(values)))
     return Config(**{k: coerce(k, v) for k, v in values.items()})
 
 
@@ -626,6 +658,16 @@ def _saved_before_draws(values: dict) -> dict:
     if "subsample_seed" in values:
         return values
     return {**values, "subsample_seed": values.get("data_seed", Config.data_seed)}
+
+
+def _saved_before_group_size(values: dict) -> dict:
+    """A config saved before ``lookalike_group_size`` existed trained the embedded data with
+    its groups of 5: filled in, so that the run reads (and resumes) as it trained."""
+    if "lookalike_group_size" in values or values.get("dataset", Config.dataset) != "embedded":
+        return values
+    from .datasets.embedded import GROUP_SIZE
+
+    return {**values, "lookalike_group_size": GROUP_SIZE}
 
 
 def _saved_before_mixing(values: dict) -> dict:

@@ -110,12 +110,19 @@ def write_long_tail(run_dir: str, info: dict) -> None:
     atomic_write_json(path(run_dir, LONG_TAIL), info)
 
 
+#: the top-k accuracies an evaluation records on validation and test (``val_top<k>``,
+#: ``test_top<k>``; #22's k study); k above the number of classes is left out. Runs recorded
+#: before this have top-1 and top-5 only
+EVAL_KS = tuple(range(1, 11))
+
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_top1", "train_top5", "val_top1", "val_top5",
     "test_top1", "test_top5", "epoch_seconds",
     # per class (macro averages; head/medium/tail thirds in long-tailed runs): empty if absent
     "val_macro_top5", "test_macro_top1", "test_macro_top5", "test_head_top5", "test_medium_top5",
     "test_tail_top5",
+    # the other top-k of EVAL_KS: empty in epochs recorded before they were
+    *(f"{split}_top{k}" for split in ("val", "test") for k in EVAL_KS if k not in (1, 5)),
 )  # fmt: skip
 
 

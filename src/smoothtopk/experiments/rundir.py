@@ -65,12 +65,14 @@ NAME_EXTRAS = {"lr": "lr", "weight_decay": "wd"}
 
 
 def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
-    """``<loss and the options it uses>-noise<P>-<subset>[-lt<R>]-seed<S>[-mixup<A>][-cutmix<A>]``,
+    """``<loss, options>-noise<P>-<subset>[-lt<R>][-groups<G>]-seed<S>[-mixup<A>][-cutmix<A>]``,
     then ``-lr<V>``/``-wd<V>`` for the options in ``extra`` (a sweep whose grid varies them, see
     :data:`NAME_EXTRAS`); ``-lt<R>``: the long-tailed protocol's ``--imbalance-ratio``, absent
-    without it; ``-mixup<A>``, ``-cutmix<A>``: the batch mixing (:data:`.config.MIXING`), absent
-    when off."""
+    without it; ``-groups<G>``: the embedded data's ``--lookalike-group-size``, absent at its
+    default 5 (:attr:`.config.Config.regrouped`); ``-mixup<A>``, ``-cutmix<A>``: the batch
+    mixing (:data:`.config.MIXING`), absent when off."""
     tail = f"-lt{cfg.imbalance_ratio:g}" if cfg.long_tailed else ""
+    tail += f"-groups{cfg.lookalike_group_size}" if cfg.regrouped else ""
     name = f"{cfg.loss_spec.slug()}-noise{cfg.noise:g}-{cfg.subset}{tail}-seed{cfg.seed}"
     name += "".join(f"-{o}{getattr(cfg, o):g}" for o in MIXING if getattr(cfg, o))
     return name + "".join(f"-{NAME_EXTRAS[o]}{getattr(cfg, o):g}" for o in extra)
@@ -78,8 +80,12 @@ def run_name(cfg: Config, extra: tuple[str, ...] = ()) -> str:
 
 def config_hash(cfg: Config) -> str:
     """6 hex digits of SHA-256 over every option that changes a result (all but
-    :data:`RESUMABLE` and the preset's name, whose values are in the options)."""
+    :data:`RESUMABLE` and the preset's name, whose values are in the options; the look-alike
+    group size only when it is not the default, so that runs from before the option keep their
+    default directory)."""
     values = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE and k != "preset"}
+    if not cfg.regrouped:
+        values.pop("lookalike_group_size")
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 

@@ -22,7 +22,9 @@ level (or subset) and seed, the configuration with the best clean validation top
 
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
-``longtail-select`` the long-tailed protocol (imbalance ratios 10 and 100) with the same rule.
+``longtail-select`` the long-tailed protocol (imbalance ratios 10 and 100) with the same rule;
+``noise1-select``, ``tau-study``, ``k-study``, ``group-size`` and ``nonsmooth-select`` are
+#22's studies (docs/results.md).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from .train import Prepared, prepare_member
 from .workers import train_all
 
 #: the axes of the data protocol (every loss gets each value), in run-name order
-DATA_AXES = ("noise", "subset", "imbalance_ratio", "seed")
+DATA_AXES = ("noise", "subset", "imbalance_ratio", "lookalike_group_size", "seed")
 HYPER = loss_options.NAMES  #: the loss options (:mod:`.loss_options`), in run-name order
 NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 #: balanced training subsets of the embedded data (4,500 training images; 39 of the rarest class)
@@ -84,6 +86,12 @@ IMBALANCE_RATIOS = (10.0, 100.0)
 NON_SMOOTH_LOSSES = ("hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy")
 #: the temperature study: tau on powers of ten around the selection grid's, both ends included
 TAU_STUDY = (0.001, 0.01, 0.1, 1.0, 10.0)
+#: the k study: the k the smooth loss trains with (every run evaluates top-1 ... top-10)
+K_STUDY = (1, 2, 5, 10)
+#: the group-size artefact: the embedded data's look-alike groups of 3, 5 (its own) and 10
+LOOKALIKE_GROUP_SIZES = (3, 5, 10)
+#: the noise levels of the studies that are not the noise protocol itself
+STUDY_NOISE = (0.0, 0.4, 0.8)
 
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
@@ -126,9 +134,35 @@ SWEEP_PRESETS: dict[str, dict] = {
         "axes": {
             "loss": ["ce", "smooth-svm"],
             "tau": list(TAU_STUDY),
-            "noise": [0.0, 0.4, 0.8],
+            "noise": list(STUDY_NOISE),
             "seed": [0, 1, 2],
         },  # fmt: skip
+    },
+    # the k study: L_{k,1} trained at each k (an axis: a row and a curve per k, no selection),
+    # CE beside it, the recipe's learning rate; the report's topk.md and accuracy_vs_k.png
+    # give test top-1 ... top-10 of each = (4 + 1) x 3 noise levels x 3 seeds = 45 runs (#22)
+    "k-study": {
+        "preset": "demo",
+        "axes": {
+            "loss": ["ce", "smooth-svm"],
+            "k": list(K_STUDY),
+            "noise": list(STUDY_NOISE),
+            "seed": [0, 1, 2],
+        },  # fmt: skip
+    },
+    # the group-size artefact: CE and L_{5,1} on the embedded data with look-alike groups of
+    # 3, 5 and 10 classes (the 100 classes stay), the noise protocol's consecutive groups of 5,
+    # the same 3 learning rates for both losses and the selection = 2 x 3 x 3 sizes x 3 noise
+    # levels x 3 seeds = 162 runs (#22: does k = 5 = the group size favour the top-5 loss?)
+    "group-size": {
+        "preset": "demo",
+        "axes": {
+            "loss": ["ce", "smooth-svm"],
+            "lookalike_group_size": list(LOOKALIKE_GROUP_SIZES),
+            "noise": list(STUDY_NOISE),
+            "seed": [0, 1, 2],
+        },  # fmt: skip
+        "grid": {"ce": {"lr": LEARNING_RATES}, "smooth-svm": {"lr": LEARNING_RATES}},
     },
     # the non-smooth losses with their own learning-rate grid, noise 0 ... 0.8 x 3 seeds
     # = 4 x 5 x 3 x 3 = 180 runs; their training accuracy per epoch is in each run's record

@@ -1,4 +1,4 @@
-"""The training loop: SGD with Nesterov momentum, top-1/top-5 on validation and test every
+"""The training loop: SGD with Nesterov momentum, top-1 ... top-10 on validation and test every
 epoch, model selection by the best validation top-5, atomic checkpoints and ``--resume``.
 
 A run is split in two steps so that bad input never leaves a trace:
@@ -7,7 +7,7 @@ A run is split in two steps so that bad input never leaves a trace:
   data, writing nothing; it raises ``ValueError`` with a one-line message on bad input;
 * :func:`fit` creates the run directory and trains: :func:`restore` continues from a
   checkpoint, :func:`train_one_epoch` runs the steps of one epoch (with mid-epoch checkpoints),
-  :func:`evaluate` counts top-1/top-5 on a split.
+  :func:`evaluate` counts top-1 ... top-10 on a split.
 
 Multi-process training: launched by ``torchrun``, every process joins the process group from
 torchrun's environment (:func:`.distributed.init`: NCCL on CUDA, Gloo on CPU), the model is
@@ -91,7 +91,7 @@ def prepare(cfg: Config, run_dir: str, resume: bool = False, overwrite: bool = F
         cfg.dataset, cfg.data_dir, cfg.download, seed=cfg.data_seed, val_size=cfg.val_size,
         val_per_class=cfg.val_per_class, subset=cfg.subset, image_size=cfg.image_size,
         augment=cfg.augment, imbalance_ratio=cfg.imbalance_ratio,
-        subsample_seed=cfg.subsample_draw_seed,
+        subsample_seed=cfg.subsample_draw_seed, lookalike_group_size=cfg.lookalike_group_size,
     )  # fmt: skip
     groups = make_groups(data.num_classes, cfg.noise_groups, cfg.group_size, data.superclasses)
     noisy = add_grouped_noise(data.train.targets, cfg.noise, groups, cfg.noise_draw_seed)
@@ -187,18 +187,27 @@ def pick_device(name: str) -> torch.device:
 
 
 def topk_ks(num_classes: int) -> tuple[int, int]:
-    """(1, 5), with 5 lowered to the number of classes for tiny data sets."""
+    """(1, 5), with 5 lowered to the number of classes for tiny data sets: the top-k of the
+    training counts and the headline pair of every evaluation (``top1``, ``top5``)."""
     return 1, min(5, num_classes)
+
+
+def eval_ks(num_classes: int) -> tuple[int, ...]:
+    """The k that evaluation measures: :data:`.records.EVAL_KS` up to the number of classes."""
+    return tuple(k for k in records.EVAL_KS if k <= num_classes)
 
 
 @torch.no_grad()
 def evaluate(model, loader, device, ks, num_classes: int | None = None, thirds=None) -> dict:
-    """Top-1/top-5 fractions on a (sharded) split and the exact counts behind them, summed
-    over the processes. With ``num_classes``, also the macro averages (:func:`macro_top`);
-    with ``thirds`` (``(C,)`` head/medium/tail index of each class), macro top-5 per third."""
+    """Top-k fractions for every k of ``ks`` on a (sharded) split (``topk``: k -> fraction),
+    the headline pair ``top1``/``top5`` (k = 1 and the largest k <= 5) and its exact counts
+    (``correct``), summed over the processes. With ``num_classes``, also the macro averages of
+    the pair (:func:`macro_top`); with ``thirds`` (``(C,)`` head/medium/tail index of each
+    class), macro top-5 per third."""
     model.eval()
-    meter = TopkAccuracy(k=ks)
-    macro = None if num_classes is None else TopkAccuracy(ks, average="macro",
+    pair = (1, max(k for k in ks if k <= 5))
+    meter = TopkAccuracy(k=tuple(ks))
+    macro = None if num_classes is None else TopkAccuracy(pair, average="macro",
                                                           num_classes=num_classes)  # fmt: skip
     for x, y in loader:
         scores, y = model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
@@ -209,14 +218,10 @@ def evaluate(model, loader, device, ks, num_classes: int | None = None, thirds=N
         for m in (meter, macro) if macro is not None else (meter,):
             m.all_reduce(device=device)
     credit, total = meter.counts()  # ties get their shared credit: fractions of a sample
-    correct = [float(c) for c in credit]
-    total = int(total)
-    out = {
-        "top1": correct[0] / max(total, 1),
-        "top5": correct[1] / max(total, 1),
-        "correct": correct,
-        "total": total,
-    }
+    topk = {k: float(c) / max(int(total), 1) for k, c in zip(meter.k, credit, strict=True)}
+    correct = [float(credit[list(meter.k).index(k)]) for k in pair]
+    out = {"top1": topk[pair[0]], "top5": topk[pair[1]], "correct": correct,
+           "total": int(total), "topk": topk}  # fmt: skip
     if macro is not None:
         out.update(macro_top(*macro.counts(), thirds))
     return out
@@ -320,7 +325,7 @@ class Loop:
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
     criterion: torch.nn.Module
-    ks: tuple[int, int]
+    ks: tuple[int, int]  #: the training counts' top-k (:func:`topk_ks`)
     writer: bool
     model: torch.nn.Module | None = None
     train_set: object = None
@@ -337,6 +342,7 @@ class Loop:
     on_step: Callable[[], None] | None = None
     #: ``--mixup``/``--cutmix`` of the training batches (``None``: off)
     mixing: Mixing | None = None
+    eval_ks: tuple[int, ...] = (1, 5)  #: the top-k of each evaluation (:func:`eval_ks`)
 
     @property
     def last_path(self) -> str:
@@ -401,8 +407,8 @@ def _epochs(loop: Loop, start: int, skip: int, partial, rng, log) -> None:
     for epoch in range(start, loop.cfg.epochs):
         resumed = (skip, partial, rng) if epoch == start and skip else (0, None, None)
         train = train_one_epoch(loop, epoch, *resumed)
-        val = evaluate(loop.net, loop.val_loader, loop.device, loop.ks, *loop.per_class)
-        test = evaluate(loop.net, loop.test_loader, loop.device, loop.ks, *loop.per_class)
+        val = evaluate(loop.net, loop.val_loader, loop.device, loop.eval_ks, *loop.per_class)
+        test = evaluate(loop.net, loop.test_loader, loop.device, loop.eval_ks, *loop.per_class)
         _end_epoch(loop, _record(epoch, train, val, test), log)
 
 
@@ -495,7 +501,8 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
     thirds = data.thirds() if cfg.long_tailed else None
     return Loop(cfg, prepared.run_dir, device, net, optimizer, criterion, ks, writer,
                 per_class=(data.num_classes, thirds), position=position,
-                mixing=build_mixing(cfg.mixup, cfg.cutmix, data.num_classes))  # fmt: skip
+                mixing=build_mixing(cfg.mixup, cfg.cutmix, data.num_classes),
+                eval_ks=eval_ks(data.num_classes))  # fmt: skip
 
 
 def restore(loop: Loop, state: dict | None, log=None) -> tuple[int, int, dict | None, dict | None]:
@@ -654,11 +661,17 @@ def _record(epoch: int, train: dict, val: dict, test: dict) -> dict:
         "val_correct": val["correct"], "val_total": val["total"],
         "test_correct": test["correct"], "test_total": test["total"],
         **_per_class_fields("val", val), **_per_class_fields("test", test),
+        **_topk_fields("val", val), **_topk_fields("test", test),
     }  # fmt: skip
 
 
 #: the per-class fields of a record, when measured (macro; head/medium/tail in long-tailed runs)
 PER_CLASS_FIELDS = ("macro_top1", "macro_top5", *(f"{name}_top5" for name in THIRDS))
+
+
+def _topk_fields(split: str, result: dict) -> dict:
+    """``<split>_top<k>`` for the k of the evaluation beside the headline pair (#22)."""
+    return {f"{split}_top{k}": v for k, v in result["topk"].items() if k not in (1, 5)}
 
 
 def _per_class_fields(split: str, result: dict) -> dict:

@@ -84,13 +84,15 @@ def build_data(
     augment: bool = True,
     imbalance_ratio: float | None = None,
     subsample_seed: int | None = None,
+    lookalike_group_size: int | None = None,
 ) -> DataBundle:
     """Load (or generate) a data set and split it; ``seed`` fixes generation and the
     train/validation split, ``subsample_seed`` (default: ``seed``) the training subsample: the
-    balanced ``subset`` and the long-tailed split when ``imbalance_ratio`` is given."""
+    balanced ``subset`` and the long-tailed split when ``imbalance_ratio`` is given.
+    ``lookalike_group_size``: the embedded data's classes per look-alike group (None: 5)."""
     sub_seed = seed if subsample_seed is None else subsample_seed
     bundle = _load(name, data_dir, download, seed, val_size, val_per_class, subset, image_size,
-                   augment, sub_seed)  # fmt: skip
+                   augment, sub_seed, lookalike_group_size)  # fmt: skip
     if imbalance_ratio is None:
         return bundle
     train = bundle.train
@@ -102,10 +104,10 @@ def build_data(
 
 
 def _load(name, data_dir, download, seed, val_size, val_per_class, subset, image_size,
-          augment, sub_seed) -> DataBundle:  # fmt: skip
+          augment, sub_seed, group_size=None) -> DataBundle:  # fmt: skip
     num_classes = check_available(name, data_dir, download)
     if name == "embedded":
-        gen = embedded.generate(seed)
+        gen = embedded.generate(seed, group_size=group_size or embedded.GROUP_SIZE)
         pool = TensorImages(gen.train_images, gen.train_labels)
         train_idx, val_idx = random_split_indices(len(pool), val_size or 500, seed)
         per_class = parse_subset(subset, num_classes)

@@ -8,7 +8,9 @@ How (every draw from one ``torch.Generator`` seeded with ``seed``, so the data s
 on every machine and every call):
 
 1. 20 *group* prototypes: 3x16x16 smooth random colour fields (Gaussian noise on a 4x4 grid,
-   upsampled bilinearly), one per group of 5 look-alike classes. The groups are a fixed, seeded
+   upsampled bilinearly), one per group of 5 look-alike classes (``group_size``, the option
+   ``--lookalike-group-size``, changes the size of the groups and nothing else:
+   :func:`_prototypes`). The groups are a fixed, seeded
    assignment of the classes (:func:`superclasses`), not the consecutive label blocks 0-4, 5-9,
    ...: as in CIFAR-100, whose alphabetical labels are not ordered by superclass, label noise
    within consecutive blocks (the paper's protocol) mostly moves a label to an unrelated class,
@@ -50,6 +52,7 @@ class EmbeddedData:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    group_size: int = GROUP_SIZE  #: classes per look-alike group (:func:`superclasses`)
 
     @property
     def num_classes(self) -> int:
@@ -58,12 +61,32 @@ class EmbeddedData:
     @property
     def groups(self) -> torch.Tensor:
         """The look-alike group (superclass) of each class: :func:`superclasses`."""
-        return superclasses()
+        return superclasses(self.group_size)
 
 
-def superclasses() -> torch.Tensor:
-    """``(100,)`` int64: the look-alike group of each class, 20 groups of 5, from a fixed seeded
-    permutation of the classes (so not the consecutive blocks of ``--noise-groups consecutive``).
+#: the look-alike group sizes the data can have (``--lookalike-group-size``): two or more
+#: classes per group, two or more groups
+GROUP_SIZES = range(2, NUM_CLASSES // 2 + 1)
+
+
+def check_group_size(size) -> int:
+    """``size`` if the embedded data can have look-alike groups of that many classes
+    (:data:`GROUP_SIZES`); ValueError naming the option otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int) or size not in GROUP_SIZES:
+        raise ValueError(
+            f"lookalike_group_size must be an integer from {GROUP_SIZES[0]} to "
+            f"{GROUP_SIZES[-1]} (classes per look-alike group of the {NUM_CLASSES} classes), "
+            f"got {size!r}"
+        )
+    return size
+
+
+def superclasses(group_size: int = GROUP_SIZE) -> torch.Tensor:
+    """``(100,)`` int64: the look-alike group of each class, ``100 // group_size`` groups of
+    ``group_size`` classes (the remainder, ``100 % group_size`` classes, joins the last group:
+    3 gives 32 groups of 3 and one of 4), from a fixed seeded permutation of the classes (so
+    not the consecutive blocks of ``--noise-groups consecutive``; the same permutation for
+    every size, so groups of 10 are pairs of the groups of 5).
 
     Example:
         >>> groups = superclasses()
@@ -71,10 +94,15 @@ def superclasses() -> torch.Tensor:
         True
         >>> bool((groups == torch.arange(100) // GROUP_SIZE).all())
         False
+        >>> sorted(torch.bincount(superclasses(3)).tolist()) == [3] * 32 + [4]
+        True
     """
+    check_group_size(group_size)
     order = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(GROUPING_SEED))
     groups = torch.empty(NUM_CLASSES, dtype=torch.int64)
-    groups[order] = torch.arange(NUM_CLASSES) // GROUP_SIZE
+    groups[order] = (torch.arange(NUM_CLASSES) // group_size).clamp(
+        max=NUM_CLASSES // group_size - 1
+    )
     return groups
 
 
@@ -117,20 +145,38 @@ def generate(
     class_scale: float = 0.25,
     clutter: float = 1.2,
     pixel_noise: float = 1.0,
+    group_size: int = GROUP_SIZE,
 ) -> EmbeddedData:
-    """Generate the data set; the same arguments give the same tensors, bit for bit."""
+    """Generate the data set; the same arguments give the same tensors, bit for bit.
+    ``group_size``: classes per look-alike group (:func:`superclasses`; :func:`_prototypes`)."""
     if train_per_class < 1 or test_per_class < 1:
         raise ValueError("train_per_class and test_per_class must be >= 1")
-    return _generate(seed, train_per_class, test_per_class, class_scale, clutter, pixel_noise)
+    check_group_size(group_size)
+    return _generate(seed, train_per_class, test_per_class, class_scale, clutter, pixel_noise,
+                     group_size)  # fmt: skip
+
+
+def _prototypes(seed, gen: torch.Generator, class_scale: float, group_size: int) -> torch.Tensor:
+    """The 100 class prototypes: a group field per look-alike group plus a class field.
+
+    The draws of ``gen`` are those of the default groups of 5 whatever ``group_size`` (20
+    group fields, then the class fields), so that another group size changes only the
+    grouping: the class fields and every sample's transform, clutter and noise stay. The
+    fields of other groups come from a generator of their own seeded with ``seed`` (the
+    first 20 are the default groups' fields)."""
+    default = _smooth_field(NUM_CLASSES // GROUP_SIZE, 4, gen)
+    groups = superclasses(group_size)
+    if group_size != GROUP_SIZE:
+        own = torch.Generator().manual_seed(int(seed))
+        default = _smooth_field(int(groups.max()) + 1, 4, own)
+    return default[groups] + class_scale * _smooth_field(NUM_CLASSES, 4, gen)
 
 
 @lru_cache(maxsize=4)
-def _generate(seed, train_per_class, test_per_class, class_scale, clutter, pixel_noise):
+def _generate(seed, train_per_class, test_per_class, class_scale, clutter, pixel_noise,
+              group_size=GROUP_SIZE):  # fmt: skip
     gen = torch.Generator().manual_seed(int(seed))
-    num_groups = NUM_CLASSES // GROUP_SIZE
-    group_protos = _smooth_field(num_groups, 4, gen)
-    class_protos = group_protos[superclasses()]
-    class_protos = class_protos + class_scale * _smooth_field(NUM_CLASSES, 4, gen)
+    class_protos = _prototypes(seed, gen, class_scale, group_size)
 
     train_labels = torch.arange(NUM_CLASSES).repeat_interleave(train_per_class)
     test_labels = torch.arange(NUM_CLASSES).repeat_interleave(test_per_class)
@@ -141,4 +187,4 @@ def _generate(seed, train_per_class, test_per_class, class_scale, clutter, pixel
     std = train.std(dim=(0, 2, 3), keepdim=True)
     train = ((train - mean) / std).contiguous()
     test = ((test - mean) / std).contiguous()
-    return EmbeddedData(train, train_labels, test, test_labels)
+    return EmbeddedData(train, train_labels, test, test_labels, group_size)

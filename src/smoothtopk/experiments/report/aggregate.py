@@ -1,19 +1,31 @@
 """Aggregation: what a report's rows run along (:func:`axis_of`, :data:`AXES`) and the rows
 themselves, mean and sample standard deviation over seeds in percent: the results
-(:func:`aggregate`), the long-tailed protocol (:func:`long_tail_rows`) and the per-loss
-selection with its paired differences to CE (:func:`selection_rows`). The tables and plots
-(:mod:`.tables`, :mod:`.plots`) only format these rows."""
+(:func:`aggregate`), the long-tailed protocol (:func:`long_tail_rows`), the per-loss
+selection with its paired differences to CE (:func:`selection_rows`), test top-k against k
+(:func:`topk_rows`) and training accuracy against epochs (:func:`training_rows`). The tables
+and plots (:mod:`.tables`, :mod:`.plots`) only format these rows."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
 from ..config import Config
+from ..losses import loss_params
+from ..records import EVAL_KS
 from .load import RunResult
-from .selection import best_by, candidates, select_runs, varied
+from .selection import (
+    best_by,
+    candidates,
+    has_choices,
+    loss_group,
+    select_best,
+    select_runs,
+    varied,
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,18 @@ def axis_of(runs: list[RunResult]) -> str:
     return "noise"
 
 
+def natural_key(text: str) -> tuple:
+    """The sort key of a label with numbers in it, the numbers by value: ``embedded g3`` before
+    ``embedded g10``, ``lookalike_group_size=3`` before ``lookalike_group_size=10``.
+
+    Example:
+        >>> sorted(["a=10", "a=3", "b"], key=natural_key)
+        ['a=3', 'a=10', 'b']
+    """
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
 def subset_key(value: str) -> float:
     """The sort key of a training subset: its size, ``64k`` = 64000, ``all`` last."""
     if value == "all":
@@ -77,10 +101,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def data_label(cfg: Config, axis: str = "noise") -> str:
     """The data set of a run as the tables show it: ``embedded``, or ``embedded LT10`` for the
-    long-tailed protocol with imbalance ratio 10 (unless the ratio is the ``axis``)."""
+    long-tailed protocol with imbalance ratio 10 (unless the ratio is the ``axis``), ``embedded
+    g3`` for look-alike groups of 3 (:attr:`..config.Config.regrouped`)."""
+    label = cfg.dataset + (f" g{cfg.lookalike_group_size}" if cfg.regrouped else "")
     if not cfg.long_tailed or axis == "imbalance_ratio":
-        return cfg.dataset
-    return f"{cfg.dataset} LT{cfg.imbalance_ratio:g}"
+        return label
+    return f"{label} LT{cfg.imbalance_ratio:g}"
 
 
 def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
@@ -110,7 +136,7 @@ def aggregate(runs: list[RunResult]) -> tuple[str, list[dict]]:
                 "runs": ";".join(r.path for r in members),
             }
         )
-    rows.sort(key=lambda r: (r["dataset"], AXES[axis].key(r[axis]), r["loss"]))
+    rows.sort(key=lambda r: (natural_key(r["dataset"]), AXES[axis].key(r[axis]), r["loss"]))
     return axis, rows
 
 
@@ -282,7 +308,7 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
         ce = cells.get(("ce", setting), {}) if group != "ce" else {}
         cfg = picked[seeds[0]].cfg
         rows.append({
-            "dataset": cfg.dataset, "loss": group, axis: getattr(cfg, axis),
+            "dataset": data_label(cfg, axis), "loss": group, axis: getattr(cfg, axis),
             "setting": ", ".join(f"{k}={json.loads(v)}" for k, v in setting if k in shown),
             "n": len(seeds), "selected_by": by, **_selection_stats(picked, ce, by),
             "selected": "; ".join(f"seed {s}: {_options_text(picked[s].cfg, options[group])}"
@@ -294,7 +320,8 @@ def selection_rows(runs: list[RunResult], by: str = "val_top5") -> tuple[str, li
             "runs": ";".join(picked[s].path for s in seeds),
         })  # fmt: skip
     key = AXES[axis].key
-    rows.sort(key=lambda r: (r["setting"], key(r[axis]), r["loss"] != "ce", r["loss"]))
+    rows.sort(key=lambda r: (natural_key(r["setting"]), key(r[axis]), r["loss"] != "ce",
+                             natural_key(r["loss"])))  # fmt: skip
     return axis, rows
 
 
@@ -322,3 +349,83 @@ def _setting_columns(settings: list[tuple], axis: str) -> set[str]:
         for k, v in setting:
             seen[k].add(v)
     return {k for k, v in seen.items() if len(v) > 1 and k not in (axis, "noise", "subset")}
+
+
+# -- the k study: test top-k against k ------------------------------------------------------------
+
+
+def topk_of(record: dict | None) -> tuple[int, ...]:
+    """The k of :data:`..records.EVAL_KS` whose test accuracy ``record`` holds (none in an
+    epoch recorded before evaluation measured them all)."""
+    if record is None:
+        return ()
+    return tuple(k for k in EVAL_KS if record.get(f"test_top{k}") is not None)
+
+
+def best_topk(run: RunResult, k: int) -> dict | None:
+    """The record of the epoch with the best validation top-``k`` among those that hold it
+    (ties to the earliest: :func:`.selection.select_best`)."""
+    return select_best([h for h in run.history if h.get(f"val_top{k}") is not None],
+                       f"val_top{k}")  # fmt: skip
+
+
+def _loss_order(run: RunResult) -> tuple:
+    """CE first, then by loss name, k and label (``L_{2,1}`` before ``L_{10,1}``)."""
+    cfg = run.cfg
+    return cfg.loss != "ce", cfg.loss, cfg.k if "k" in loss_params(cfg.loss) else 0, run.label
+
+
+def topk_rows(runs: list[RunResult]) -> list[dict]:
+    """One row per (data set, noise, subset, loss) over the runs whose last epoch holds top-1
+    ... top-10: test top-k (%, mean and std over seeds) for each k at the final epoch
+    (``final``: k -> (mean, std)) and at the epoch of the best validation top-k (``best``)."""
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run in runs:
+        if set(topk_of(final_record(run))) - {1, 5}:  # not a run recorded with top-1/5 only
+            c = run.cfg
+            groups[(data_label(c), c.noise, c.subset, run.label)].append(run)
+    rows = []
+    for (dataset, noise, subset, label), members in groups.items():
+        ks = sorted(set.intersection(*(set(topk_of(final_record(r))) for r in members)))
+        row = {"dataset": dataset, "noise": noise, "subset": subset, "loss": label,
+               "n": len(members), "ks": ks, "order": _loss_order(members[0])}  # fmt: skip
+        for name, record in (("final", lambda r, k: final_record(r)), ("best", best_topk)):
+            row[name] = {k: mean_std([100 * record(r, k)[f"test_top{k}"] for r in members])
+                         for k in ks}  # fmt: skip
+        rows.append(row)
+    rows.sort(key=lambda r: (natural_key(r["dataset"]), r["noise"], subset_key(r["subset"]),
+                             r["order"]))  # fmt: skip
+    return rows
+
+
+# -- training accuracy against epochs -------------------------------------------------------------
+
+
+def training_runs(runs: list[RunResult]) -> dict[int, tuple[RunResult, str]]:
+    """The runs whose training accuracy the report draws, each with its curve's name: those
+    selected by validation top-5 (named by loss group, :func:`.selection.loss_group`) when some
+    loss has a grid, else every run with an epoch (named by its label)."""
+    if has_choices(runs):
+        return {id(r): (r, loss_group(r.cfg)) for r in select_runs(runs).values()}
+    return {id(r): (r, r.label) for r in runs if r.history}
+
+
+def training_rows(runs: list[RunResult]) -> tuple[str, list[dict]]:
+    """The report's axis and one row per (data set, axis value, loss) of :func:`training_runs`:
+    per epoch, training top-1/top-5 on the labels trained on (noisy ones under label noise), %,
+    the mean over seeds (``epochs``, ``train_top1``, ``train_top5``; ``n`` seeds)."""
+    axis = axis_of(runs)
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
+    for run, name in training_runs(runs).values():
+        groups[(data_label(run.cfg, axis), getattr(run.cfg, axis), name)].append(run)
+    rows = []
+    for (dataset, x, name), members in groups.items():
+        epochs = sorted({h["epoch"] for r in members for h in r.history})
+        row = {"dataset": dataset, axis: x, "loss": name, "n": len(members), "epochs": epochs,
+               "order": _loss_order(members[0])}  # fmt: skip
+        for metric in ("train_top1", "train_top5"):
+            row[metric] = [mean_std([100 * h[metric] for r in members for h in r.history
+                                     if h["epoch"] == e])[0] for e in epochs]  # fmt: skip
+        rows.append(row)
+    rows.sort(key=lambda r: (natural_key(r["dataset"]), AXES[axis].key(r[axis]), r["order"]))
+    return axis, rows

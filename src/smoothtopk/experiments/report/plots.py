@@ -1,5 +1,6 @@
-"""The report's plots (PNG bytes): test accuracy against the report's axis, and the training
-curves of every run."""
+"""The report's plots (PNG bytes): test accuracy against the report's axis, the training
+curves of every run, test top-k against k (the k study) and training accuracy against epochs
+per loss (#22: do the non-smooth losses fit the training data?)."""
 
 from __future__ import annotations
 
@@ -114,3 +115,79 @@ def plot_curves(runs: list[RunResult]):
     data = _png(fig)
     plt.close(fig)
     return data
+
+
+def _figure(rows: int, columns: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, panels = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+    return plt, fig, panels
+
+
+def _finish(plt, fig, panels) -> bytes:
+    """One legend beside the panels (many curves hide no data), then the PNG."""
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_topk(rows: list[dict]) -> bytes:
+    """Test top-k accuracy against the evaluation k (:func:`.aggregate.topk_rows`): one column
+    per (data set, noise, subset), a row at the final epoch and one at the best validation
+    top-k epoch, one curve per training loss (its colour and marker: :func:`style`)."""
+    settings = list(dict.fromkeys((r["dataset"], r["noise"], r["subset"]) for r in rows))
+    losses = list(dict.fromkeys(r["loss"] for r in sorted(rows, key=lambda r: r["order"])))
+    plt, fig, panels = _figure(2, len(settings))
+    for col, (dataset, noise, subset) in enumerate(settings):
+        for line, (key, when) in enumerate((("final", "final epoch"),
+                                            ("best", "best validation top-k epoch"))):  # fmt: skip
+            panel = panels[line][col]
+            for r in rows:
+                if (r["dataset"], r["noise"], r["subset"]) != (dataset, noise, subset):
+                    continue
+                ks = sorted(r[key])
+                errors = [r[key][k][1] for k in ks] if r["n"] > 1 else None
+                panel.errorbar(ks, [r[key][k][0] for k in ks], yerr=errors, capsize=2,
+                               label=r["loss"],
+                               **style(losses.index(r["loss"]), len(losses)))  # fmt: skip
+            where = f"{dataset}, noise {noise:g}" + (
+                f", subset {subset}" if subset != "all" else ""
+            )
+            panel.set_title(f"{where}\ntest top-k at the {when}", fontsize=9)
+            panel.set_xlabel("evaluation k")
+            panel.set_ylabel("test top-k accuracy (%)")
+            panel.set_xticks(range(1, 11))
+            panel.grid(alpha=0.3)
+    return _finish(plt, fig, panels)
+
+
+def plot_training_accuracy(axis: str, rows: list[dict]) -> bytes:
+    """Training top-1 and top-5 (on the labels trained on) against the epoch
+    (:func:`.aggregate.training_rows`): one column per (data set, axis value), one curve per
+    loss, mean over seeds (its colour and marker: :func:`style`)."""
+    settings = list(dict.fromkeys((r["dataset"], r[axis]) for r in rows))
+    losses = list(dict.fromkeys(r["loss"] for r in sorted(rows, key=lambda r: r["order"])))
+    plt, fig, panels = _figure(2, len(settings))
+    from matplotlib.ticker import MaxNLocator
+
+    for col, (dataset, x) in enumerate(settings):
+        mine = [r for r in rows if (r["dataset"], r[axis]) == (dataset, x)]
+        for line, metric in enumerate(("train_top1", "train_top5")):
+            panel = panels[line][col]
+            for r in mine:
+                panel.plot(r["epochs"], r[metric], label=r["loss"], markersize=4,
+                           **style(losses.index(r["loss"]), len(losses)))  # fmt: skip
+            seeds = "/".join(sorted({str(r["n"]) for r in mine}))
+            panel.set_title(f"{dataset}, {AXES[axis].title} = {AXES[axis].text(x)}\ntraining "
+                            f"top-{metric[-1]} (mean of {seeds} seed(s))", fontsize=9)  # fmt: skip
+            panel.set_xlabel("epoch")
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+            panel.set_ylabel(f"training top-{metric[-1]} accuracy (%)")
+            panel.grid(alpha=0.3)
+    return _finish(plt, fig, panels)

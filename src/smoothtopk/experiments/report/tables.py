@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import io
 
-from .aggregate import AXES, LONG_TAIL_COLUMNS, LONG_TAIL_METRICS, LONG_TAIL_PAIRED
+from .aggregate import AXES, LONG_TAIL_COLUMNS, LONG_TAIL_METRICS, LONG_TAIL_PAIRED, natural_key
 from .load import RunResult
 from .selection import RULES, SELECTABLE, candidates, loss_group, select_runs
 
@@ -45,7 +45,8 @@ def markdown_table(axis: str, rows: list[dict]) -> str:
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     key = AXES[axis].key
     xs = sorted(
-        dict.fromkeys((r["dataset"], r[axis]) for r in rows), key=lambda t: (t[0], key(t[1]))
+        dict.fromkeys((r["dataset"], r[axis]) for r in rows),
+        key=lambda t: (natural_key(t[0]), key(t[1])),
     )
     datasets = {d for d, _ in xs}
     many_seeds = any(r["n"] > 1 for r in rows)
@@ -261,7 +262,8 @@ def candidates_csv(runs: list[RunResult]) -> str:
     """Every candidate run with what it was judged by (validation) and its test accuracy (%)."""
     chosen = {id(r) for r in select_runs(runs).values()}
     buffer = io.StringIO()
-    cols = ["loss", "noise", "subset", "imbalance_ratio", "seed", *SELECTABLE, "best_epoch",
+    cols = ["loss", "noise", "subset", "imbalance_ratio", "lookalike_group_size", "seed",
+            *SELECTABLE, "best_epoch",
             "val_top1", "val_top5", "test_top1", "test_top5", "selected", "run"]  # fmt: skip
     writer = csv.DictWriter(buffer, fieldnames=cols)
     writer.writeheader()
@@ -270,6 +272,7 @@ def candidates_csv(runs: list[RunResult]) -> str:
             writer.writerow({
                 "loss": loss_group(r.cfg), "noise": r.cfg.noise, "subset": r.cfg.subset,
                 "imbalance_ratio": r.cfg.imbalance_ratio, "seed": r.cfg.seed,
+                "lookalike_group_size": r.cfg.lookalike_group_size,
                 **{o: getattr(r.cfg, o) for o in SELECTABLE},
                 "best_epoch": r.best["epoch"],
                 **{m: f"{100 * r.best[m]:.2f}" for m in ("val_top1", "val_top5", "test_top1",
@@ -277,3 +280,35 @@ def candidates_csv(runs: list[RunResult]) -> str:
                 "selected": id(r) in chosen, "run": r.path,
             })  # fmt: skip
     return buffer.getvalue()
+
+
+# -- the k study ---------------------------------------------------------------------------------
+
+#: the two epochs of the k table: (row key, heading)
+TOPK_EPOCHS = (
+    ("final", "at the final epoch"),
+    ("best", "at the epoch of the best validation top-k (for each k its own)"),
+)
+
+
+def topk_table(rows: list[dict]) -> str:
+    """The k study's tables (markdown): test top-k (%) for k = 1 ... 10 per data set, noise
+    level, subset and training loss, at the final epoch, then at the best validation top-k
+    epoch; ``mean ± std`` over seeds (none for one seed); columns that do not vary are left
+    out."""
+    ks = sorted({k for r in rows for k in r["ks"]})
+    varying = [c for c in ("dataset", "subset") if len({r[c] for r in rows}) > 1]
+    head = [*varying, "noise", "loss", "n", *(f"top-{k}" for k in ks)]
+    text = ""
+    for key, heading in TOPK_EPOCHS:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [str(r[c]) for c in varying] + [f"{r['noise']:g}", r["loss"], str(r["n"])]
+            cells += [_pm(*r[key][k], n=r["n"]) if k in r[key] else "" for k in ks]
+            lines.append("| " + " | ".join(cells) + " |")
+        text += f"### Test top-k {heading}\n\n" + "\n".join(lines) + "\n\n"
+    return text + (
+        "Test accuracy (%) for every evaluation k of every training loss; a run's best "
+        "validation top-k epoch is chosen for each k by its own validation top-k (ties: the "
+        "earliest), never by test accuracy. n: seeds; mean ± sample std over them.\n"
+    )

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text
-from .aggregate import aggregate, long_tail_rows, selection_rows
+from .aggregate import aggregate, long_tail_rows, selection_rows, topk_rows, training_rows
 from .load import RunResult, find_runs, label_recipes, load_run
-from .plots import plot_accuracy, plot_curves
+from .plots import plot_accuracy, plot_curves, plot_topk, plot_training_accuracy
 from .selection import has_choices
 from .tables import (
     candidates_csv,
@@ -18,14 +18,16 @@ from .tables import (
     rows_csv,
     selection_csv,
     selection_table,
+    topk_table,
 )
 
 
 def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> dict:
-    """Read the runs, then write ``results.md``, ``results.csv``, ``accuracy_vs_<axis>.png`` and
-    ``training_curves.png`` (and ``long_tail.md`` when some run is long-tailed) into
-    ``out_dir``; returns the table and the paths. With ``select`` (``None``: when some loss has
-    several configurations per setting and seed) also the selection files of
+    """Read the runs, then write ``results.md``, ``results.csv``, ``accuracy_vs_<axis>.png``,
+    ``training_curves.png`` and ``training_accuracy.png`` (and ``long_tail.md`` when some run is
+    long-tailed, the k study's files of :func:`write_topk` when some run recorded top-1 ...
+    top-10) into ``out_dir``; returns the table and the paths. With ``select`` (``None``: when
+    some loss has several configurations per setting and seed) also the selection files of
     :func:`write_selection` (``selection_table``, ``selection_rows``)."""
     runs = [load_run(p) for p in find_runs(paths)]
     label_recipes(runs)
@@ -44,6 +46,11 @@ def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> 
     atomic_write_text(files["csv"], rows_csv(axis, rows))
     atomic_write_bytes(files["accuracy_plot"], plot_accuracy(axis, rows))
     atomic_write_bytes(files["curves_plot"], plot_curves(runs))
+    files["training_accuracy_plot"] = os.path.join(out_dir, "training_accuracy.png")
+    atomic_write_bytes(
+        files["training_accuracy_plot"], plot_training_accuracy(*training_rows(runs))
+    )
+    files.update(write_topk(runs, out_dir))
     if tail is not None:
         files["long_tail_table"] = os.path.join(out_dir, "long_tail.md")
         atomic_write_text(files["long_tail_table"], tail)
@@ -64,6 +71,20 @@ def _results_text(axis: str, rows: list[dict], runs: list[RunResult]) -> tuple[s
         table += "\nLong-tailed protocol (test %, macro = mean over classes):\n\n" + tail
     note = machines_note(runs)
     return table + (f"\n{note}" if note else ""), tail
+
+
+def write_topk(runs: list[RunResult], out_dir: str) -> dict:
+    """The k study's ``topk.md`` (:func:`.tables.topk_table`) and ``accuracy_vs_k.png``
+    (:func:`.plots.plot_topk`) when some run's last epoch holds top-1 ... top-10 (none for runs
+    recorded before evaluation measured them); returns their paths."""
+    rows = topk_rows(runs)
+    if not rows:
+        return {}
+    files = {"topk_table": os.path.join(out_dir, "topk.md"),
+             "topk_plot": os.path.join(out_dir, "accuracy_vs_k.png")}  # fmt: skip
+    atomic_write_text(files["topk_table"], topk_table(rows))
+    atomic_write_bytes(files["topk_plot"], plot_topk(rows))
+    return files
 
 
 def write_selection(runs: list[RunResult], out_dir: str) -> dict:
