@@ -170,10 +170,13 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
 // reaches the (k + 1)-th largest group maximum can hold them: that value is at most the k-th
 // largest non-target score, whichever group holds the target. Ties are broken by the order of
 // the search (any choice gives the same loss and gradient). NaN scores never enter; the caller
-// poisons such rows.
-template <typename scalar_t>
-void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
+// poisons such rows. K > 0: k = K known at compile time; the sorted arrays then live in
+// registers and a value is inserted without branches (every slot takes its old value, the new
+// one or its upper neighbour's: the same result as the insertion loop).
+template <int K, typename scalar_t>
+void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
                           Workspace& ws) {
+  const int64_t k = K > 0 ? K : k_runtime;
   const int64_t groups = group_count(classes, k);
   real_t<scalar_t>* maxima;
   if constexpr (std::is_same_v<scalar_t, double>) {
@@ -182,17 +185,54 @@ void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, in
     maxima = ws.group_max_float.data();
   }
   group_maxima(s, classes, groups, maxima);
-  // reach: the (k + 1)-th largest group maximum, by insertion into a sorted array of k + 1.
-  double* best = ws.order.data();
-  int64_t kept = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    const double v = static_cast<double>(maxima[g]);
-    if (kept == k + 1 && !(v > best[k])) continue;
-    int64_t pos = kept <= k ? kept++ : k;
-    for (; pos > 0 && best[pos - 1] < v; --pos) best[pos] = best[pos - 1];
-    best[pos] = v;
+  // reach: the (k + 1)-th largest group maximum (-inf if fewer than k + 1 groups).
+  double reach;
+  if constexpr (K > 0) {
+    double best[K + 1];
+    for (int i = 0; i <= K; ++i) best[i] = -kInf;
+    for (int64_t g = 0; g < groups; ++g) {
+      const double v = static_cast<double>(maxima[g]);  // never NaN
+      for (int i = K; i >= 1; --i) best[i] = std::max(best[i], std::min(v, best[i - 1]));
+      best[0] = std::max(best[0], v);
+    }
+    reach = best[K];
+  } else {
+    double* best = ws.order.data();
+    int64_t kept = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const double v = static_cast<double>(maxima[g]);
+      if (kept == k + 1 && !(v > best[k])) continue;
+      int64_t pos = kept <= k ? kept++ : k;
+      for (; pos > 0 && best[pos - 1] < v; --pos) best[pos] = best[pos - 1];
+      best[pos] = v;
+    }
+    reach = kept == k + 1 ? best[k] : -kInf;
   }
-  const double reach = kept == k + 1 ? best[k] : -kInf;
+  if constexpr (K > 0) {
+    // -inf with index -1 marks an empty slot; a row that leaves one (fewer than K finite
+    // candidates) is searched again by the general loop below, which also takes -inf scores.
+    double top[K];
+    int64_t index[K];
+    for (int i = 0; i < K; ++i) top[i] = -kInf, index[i] = -1;
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!(static_cast<double>(maxima[g]) >= reach)) continue;
+      for (int64_t j = g; j < classes; j += groups) {
+        const double v = to_double(s[j]);
+        if (!(v > top[K - 1]) || j == target) continue;
+        for (int i = K - 1; i >= 1; --i) {
+          const bool shift = top[i - 1] < v, take = top[i] < v;
+          top[i] = shift ? top[i - 1] : (take ? v : top[i]);
+          index[i] = shift ? index[i - 1] : (take ? j : index[i]);
+        }
+        index[0] = top[0] < v ? j : index[0];
+        top[0] = top[0] < v ? v : top[0];
+      }
+    }
+    if (index[K - 1] >= 0) {
+      for (int i = 0; i < K; ++i) ws.top[i] = top[i], ws.top_index[i] = index[i];
+      return;
+    }
+  }
   int64_t filled = 0;
   double threshold = -kInf;
   for (int64_t g = 0; g < groups; ++g) {
@@ -212,34 +252,6 @@ void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, in
       if (filled == k) threshold = ws.top[k - 1];
     }
   }
-}
-
-// sum_b sigma_b(w) E_b and the inclusions w_i d/dw_i log(sum_b sigma_b(w) E_b), i in T, by
-// inside-outside: messages[i][c] = sum_d suffix_i[d] E_{c+1+d} over the w's after i, prefix the
-// sigma polynomial of the w's before i. All terms are non-negative.
-double anchor_inclusions(const double* E, int64_t k, Workspace& ws, double* inclusion) {
-  double total = 0.0;
-  for (int64_t b = 0; b <= k; ++b) total += ws.sigma[b] * E[b];
-  double* msg = ws.messages.data();
-  for (int64_t c = 0; c < k; ++c) msg[(k - 1) * (k + 1) + c] = E[c + 1];
-  msg[(k - 1) * (k + 1) + k] = 0.0;
-  for (int64_t i = k - 2; i >= 0; --i) {
-    const double* next = msg + (i + 1) * (k + 1);
-    double* here = msg + i * (k + 1);
-    const double wn = ws.w[i + 1];
-    for (int64_t c = 0; c < k; ++c) here[c] = next[c] + wn * next[c + 1];
-    here[k] = 0.0;
-  }
-  std::fill(ws.prefix.begin(), ws.prefix.end(), 0.0);
-  ws.prefix[0] = 1.0;
-  for (int64_t i = 0; i < k; ++i) {
-    const double* here = msg + i * (k + 1);
-    double sum = 0.0;
-    for (int64_t c = 0; c <= i; ++c) sum += ws.prefix[c] * here[c];
-    inclusion[i] = ws.w[i] * sum / total;
-    for (int64_t c = i + 1; c >= 1; --c) ws.prefix[c] += ws.w[i] * ws.prefix[c - 1];
-  }
-  return total;
 }
 
 // u_j = e^{min(s_j - a, 0) / (k tau)} for every j; returns the number of NaN and +inf scores
@@ -347,8 +359,9 @@ __attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, i
 
 // One round of the lanes' product: lane l (< W) times lane l + W, truncated to degree k, for
 // the W pairs at once (one vector of W); in and out hold degree b of lane l at b * kLanes + l.
-template <int W>
-void multiply_lane_pairs(const double* __restrict in, int64_t k, double* __restrict out) {
+template <int W, int K>
+void multiply_lane_pairs(const double* __restrict in, int64_t k_runtime, double* __restrict out) {
+  const int64_t k = K > 0 ? K : k_runtime;
   for (int64_t b = 0; b <= k; ++b) {
     double sum[W] = {};
     for (int64_t c = 0; c <= b; ++c) {
@@ -362,16 +375,18 @@ void multiply_lane_pairs(const double* __restrict in, int64_t k, double* __restr
 
 // e_b, b = 0..k, of the product of the `used` (8 or 4) lane polynomials: a tree of pairwise
 // products (all terms non-negative, so the order of the sums does not matter to the error).
-__attribute__((noinline)) void merge_lanes(double* __restrict lanes, int64_t used, int64_t k,
-                                           double* __restrict scratch, double* __restrict e) {
+template <int K>
+void merge_lanes(double* __restrict lanes, int64_t used, int64_t k_runtime,
+                 double* __restrict scratch, double* __restrict e) {
+  const int64_t k = K > 0 ? K : k_runtime;
   double* in = lanes;
   double* out = scratch;
   if (used == 8) {
-    multiply_lane_pairs<4>(in, k, out);
+    multiply_lane_pairs<4, K>(in, k, out);
     std::swap(in, out);
   }
-  multiply_lane_pairs<2>(in, k, out);
-  multiply_lane_pairs<1>(out, k, in);
+  multiply_lane_pairs<2, K>(in, k, out);
+  multiply_lane_pairs<1, K>(out, k, in);
   for (int64_t b = 0; b <= k; ++b) e[b] = in[b * kLanes];
 }
 
@@ -402,11 +417,13 @@ struct RowResult {
 //     L = relu(z') + tau log1p(e^{-|z'| / tau}),   slope = sigmoid(z' / tau) / k.
 //   Fewer than k finite other scores (a = -inf, s_y finite): z' = -inf, so L = 0 and slope = 0,
 //   the limit. NaN or +inf anywhere in the row (or a = s_y = -inf): L and slope are NaN.
-template <typename scalar_t>
-RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
+// K > 0: k = K at compile time (the O(k^2) loops unrolled, their arrays in registers).
+template <int K, typename scalar_t>
+RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
                       double scale, double alpha, double tau, bool wide, Workspace& ws,
                       double* stats, int64_t* anchor_index) {
-  top_k_without_target(s, classes, target, k, ws);
+  const int64_t k = K > 0 ? K : k_runtime;
+  top_k_without_target<K>(s, classes, target, k, ws);
   const double a = ws.top[k - 1];
 
   // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
@@ -422,24 +439,35 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   const int64_t used =
       lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
   double* e = ws.e.data();
-  merge_lanes(lanes, used, k, ws.product.data(), e);
+  merge_lanes<K>(lanes, used, k, ws.product.data(), e);
 
   // sigma_b(w) over T; log w_i <= 0 (NaN from 0 * inf or -inf - -inf means w_i = 1).
+  double w_local[K > 0 ? K : 1], sigma_local[K > 0 ? K + 1 : 1];
+  double* w = K > 0 ? w_local : ws.w.data();
+  double* sigma = K > 0 ? sigma_local : ws.sigma.data();
   for (int64_t i = 0; i < k; ++i) {
     const double log_w = (a - ws.top[i]) * scale;
-    ws.w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
+    w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
   }
-  std::fill(ws.sigma.begin(), ws.sigma.end(), 0.0);
-  ws.sigma[0] = 1.0;
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t b = i + 1; b >= 1; --b) ws.sigma[b] += ws.w[i] * ws.sigma[b - 1];
+  sigma[0] = 1.0;
+  for (int64_t i = 0; i < k; ++i) {
+    sigma[i + 1] = w[i] * sigma[i];
+    for (int64_t b = i; b >= 1; --b) sigma[b] += w[i] * sigma[b - 1];
+  }
 
-  // A with E = e, B with E' = (0, e_0, ..., e_{k-1}); their inclusions on T. A, B >= 1.
-  double* shifted = ws.shifted.data();
-  shifted[0] = 0.0;
-  for (int64_t b = 1; b <= k; ++b) shifted[b] = e[b - 1];
-  const double total_a = anchor_inclusions(e, k, ws, ws.inclusion_a.data());
-  const double total_b = anchor_inclusions(shifted, k, ws, ws.inclusion_b.data());
+  // A = sum_b sigma_b e_b and B = sum_{b >= 1} sigma_b e_{b-1} = F_0, with
+  // F_m = sum_{b > m} sigma_b e_{b-1-m} (B's own F'_m = F_{m+1}, since B's E' = (0, e_0, ...)).
+  double f_local[K > 0 ? K + 1 : 1];
+  double* f = K > 0 ? f_local : ws.from_a.data();
+  double total_a = 0.0;
+  for (int64_t b = 0; b <= k; ++b) total_a += sigma[b] * e[b];
+  for (int64_t m = 0; m < k; ++m) {
+    double sum = 0.0;
+    for (int64_t b = m + 1; b <= k; ++b) sum += sigma[b] * e[b - 1 - m];
+    f[m] = sum;
+  }
+  f[k] = 0.0;
+  const double total_b = f[0];
 
   const double true_score = to_double(s[target]);
   const double kd = static_cast<double>(k);
@@ -454,26 +482,65 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   const bool poisoned = bad > 0 || std::isnan(z);
   stats[0] = a;
 
-  // D_m = sum_{b > m} sigma_b e_{b-1-m} / A - sum_{b > m} sigma_b E'_{b-1-m} / B.
+  // D_m = F_m / A - F_{m+1} / B.
+  const double inv_a = 1.0 / total_a, inv_b = 1.0 / total_b;
   double* rest_coefficients = stats + 2;
-  double* from_a = ws.from_a.data();
-  double* from_b = ws.from_b.data();
-  std::fill(ws.from_a.begin(), ws.from_a.end(), 0.0);
-  std::fill(ws.from_b.begin(), ws.from_b.end(), 0.0);
-  for (int64_t b = 1; b <= k; ++b) {
-    const double sigma = ws.sigma[b];
-    for (int64_t m = 0; m < b; ++m) {
-      from_a[m] += sigma * e[b - 1 - m];
-      from_b[m] += sigma * shifted[b - 1 - m];
-    }
+  for (int64_t m = 0; m < k; ++m) rest_coefficients[m] = f[m] * inv_a - f[m + 1] * inv_b;
+
+  // The anchors' factors G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by
+  // inside-outside over T, for A and B at once: with suffix_i the sigma polynomial of the w's
+  // after i and prefix_i that of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d}
+  // (c = 0..i+1) gives w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and
+  // w_i d/dw_i B = w_i sum_{c<=i} prefix_i[c] M_i[c]. All terms are non-negative.
+  const int64_t row = k + 1;
+  double messages_local[K > 0 ? K * (K + 1) : 1];
+  double* messages = K > 0 ? messages_local : ws.messages.data();
+  double* last = messages + (k - 1) * row;
+  for (int64_t c = 0; c <= k; ++c) last[c] = e[c];
+  for (int64_t i = k - 2; i >= 0; --i) {
+    const double* next = messages + (i + 1) * row;
+    double* here = messages + i * row;
+    const double wn = w[i + 1];
+    for (int64_t c = 0; c <= i + 1; ++c) here[c] = next[c] + wn * next[c + 1];
   }
-  for (int64_t m = 0; m < k; ++m)
-    rest_coefficients[m] = from_a[m] / total_a - from_b[m] / total_b;
-  // d/dz_i (log A - log B) = -w_i d/dw_i log A + w_i d/dw_i log B on T.
+  double prefix_local[K > 0 ? K + 1 : 1];
+  double* prefix = K > 0 ? prefix_local : ws.prefix.data();
+  prefix[0] = 1.0;
   double* anchor_gradient = stats + 2 + k;
-  for (int64_t i = 0; i < k; ++i) anchor_gradient[i] = ws.inclusion_b[i] - ws.inclusion_a[i];
+  for (int64_t i = 0; i < k; ++i) {
+    const double* here = messages + i * row;
+    double sum_a = 0.0, sum_b = 0.0;
+    for (int64_t c = 0; c <= i; ++c) {
+      sum_a += prefix[c] * here[c + 1];
+      sum_b += prefix[c] * here[c];
+    }
+    anchor_gradient[i] = w[i] * (sum_b * inv_b - sum_a * inv_a);
+    prefix[i + 1] = w[i] * prefix[i];
+    for (int64_t c = i; c >= 1; --c) prefix[c] += w[i] * prefix[c - 1];
+  }
   if (poisoned) return {kNaN, kNaN};
   return {loss, sigmoid / kd};
+}
+
+template <typename scalar_t>
+using RowFunction = RowResult (*)(const scalar_t*, int64_t, int64_t, int64_t, double, double,
+                                  double, bool, Workspace&, double*, int64_t*);
+
+// forward_row for this k: compiled for k <= 8 (where the O(k^2) work and the per-row constants
+// dominate a row of a few hundred classes), else for any k.
+template <typename scalar_t>
+RowFunction<scalar_t> row_function(int64_t k) {
+  switch (k) {
+    case 1: return forward_row<1, scalar_t>;
+    case 2: return forward_row<2, scalar_t>;
+    case 3: return forward_row<3, scalar_t>;
+    case 4: return forward_row<4, scalar_t>;
+    case 5: return forward_row<5, scalar_t>;
+    case 6: return forward_row<6, scalar_t>;
+    case 7: return forward_row<7, scalar_t>;
+    case 8: return forward_row<8, scalar_t>;
+    default: return forward_row<0, scalar_t>;
+  }
 }
 
 // dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
@@ -695,6 +762,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
         double* stats_out = stats.mutable_data_ptr<double>();
         int64_t* index_out = anchor_index.mutable_data_ptr<int64_t>();
         const bool wide = exponent_in_double<scalar_t>(scale);
+        // float16 rows are read as float32 (row_scores)
+        using read_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
+        const auto forward = row_function<read_t>(k);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
@@ -707,8 +777,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
               continue;
             }
             const RowResult row =
-                forward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k,
-                            scale, row_margin[r], tau, wide, ws, row_stats, index_out + r * k);
+                forward(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
+                        row_margin[r], tau, wide, ws, row_stats, index_out + r * k);
             losses[r] = row_weight[r] * row.loss;
             row_stats[1] = row.slope * (row_weight[r] * slope_scale);
           }
