@@ -174,8 +174,8 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
 // registers and a value is inserted without branches (every slot takes its old value, the new
 // one or its upper neighbour's: the same result as the insertion loop).
 template <int K, typename scalar_t>
-void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
-                          Workspace& ws) {
+double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
+                            int64_t k_runtime, Workspace& ws) {
   const int64_t k = K > 0 ? K : k_runtime;
   const int64_t groups = group_count(classes, k);
   real_t<scalar_t>* maxima;
@@ -230,7 +230,7 @@ void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, in
     }
     if (index[K - 1] >= 0) {
       for (int i = 0; i < K; ++i) ws.top[i] = top[i], ws.top_index[i] = index[i];
-      return;
+      return top[K - 1];
     }
   }
   int64_t filled = 0;
@@ -252,6 +252,7 @@ void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, in
       if (filled == k) threshold = ws.top[k - 1];
     }
   }
+  return ws.top[k - 1];
 }
 
 // u_j = e^{min(s_j - a, 0) / (k tau)} for every j; returns the number of NaN and +inf scores
@@ -423,8 +424,7 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
                       double scale, double alpha, double tau, bool wide, Workspace& ws,
                       double* stats, int64_t* anchor_index) {
   const int64_t k = K > 0 ? K : k_runtime;
-  top_k_without_target<K>(s, classes, target, k, ws);
-  const double a = ws.top[k - 1];
+  const double a = top_k_without_target<K>(s, classes, target, k, ws);  // the smallest anchor
 
   // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
   double* u = ws.rest.data();
@@ -449,10 +449,13 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
     const double log_w = (a - ws.top[i]) * scale;
     w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
   }
+  // With k fixed the loops run over whole arrays (zero beyond the current degree, so the
+  // extra terms add exact zeros) and unroll completely.
   sigma[0] = 1.0;
+  for (int64_t b = 1; b <= k; ++b) sigma[b] = 0.0;
   for (int64_t i = 0; i < k; ++i) {
-    sigma[i + 1] = w[i] * sigma[i];
-    for (int64_t b = i; b >= 1; --b) sigma[b] += w[i] * sigma[b - 1];
+#pragma GCC unroll 16
+    for (int64_t b = K > 0 ? K : i + 1; b >= 1; --b) sigma[b] += w[i] * sigma[b - 1];
   }
 
   // A = sum_b sigma_b e_b and B = sum_{b >= 1} sigma_b e_{b-1} = F_0, with
@@ -460,9 +463,12 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   double f_local[K > 0 ? K + 1 : 1];
   double* f = K > 0 ? f_local : ws.from_a.data();
   double total_a = 0.0;
+#pragma GCC unroll 16
   for (int64_t b = 0; b <= k; ++b) total_a += sigma[b] * e[b];
+#pragma GCC unroll 16
   for (int64_t m = 0; m < k; ++m) {
     double sum = 0.0;
+#pragma GCC unroll 16
     for (int64_t b = m + 1; b <= k; ++b) sum += sigma[b] * e[b - 1 - m];
     f[m] = sum;
   }
@@ -496,27 +502,37 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   double messages_local[K > 0 ? K * (K + 1) : 1];
   double* messages = K > 0 ? messages_local : ws.messages.data();
   double* last = messages + (k - 1) * row;
+  // (With k fixed, M_i[c] for every c <= k, M_i[k + 1] = 0, and the sums over every c: the
+  // prefix is zero beyond degree i.)
+#pragma GCC unroll 16
   for (int64_t c = 0; c <= k; ++c) last[c] = e[c];
+#pragma GCC unroll 16
   for (int64_t i = k - 2; i >= 0; --i) {
     const double* next = messages + (i + 1) * row;
     double* here = messages + i * row;
     const double wn = w[i + 1];
-    for (int64_t c = 0; c <= i + 1; ++c) here[c] = next[c] + wn * next[c + 1];
+    const int64_t top = K > 0 ? K - 1 : i + 1;
+#pragma GCC unroll 16
+    for (int64_t c = 0; c <= top; ++c) here[c] = next[c] + wn * next[c + 1];
+    if (K > 0) here[K] = next[K];
   }
   double prefix_local[K > 0 ? K + 1 : 1];
   double* prefix = K > 0 ? prefix_local : ws.prefix.data();
   prefix[0] = 1.0;
+  for (int64_t c = 1; c <= k; ++c) prefix[c] = 0.0;
   double* anchor_gradient = stats + 2 + k;
+#pragma GCC unroll 16
   for (int64_t i = 0; i < k; ++i) {
     const double* here = messages + i * row;
     double sum_a = 0.0, sum_b = 0.0;
-    for (int64_t c = 0; c <= i; ++c) {
+#pragma GCC unroll 16
+    for (int64_t c = 0; c <= (K > 0 ? K - 1 : i); ++c) {
       sum_a += prefix[c] * here[c + 1];
       sum_b += prefix[c] * here[c];
     }
     anchor_gradient[i] = w[i] * (sum_b * inv_b - sum_a * inv_a);
-    prefix[i + 1] = w[i] * prefix[i];
-    for (int64_t c = i; c >= 1; --c) prefix[c] += w[i] * prefix[c - 1];
+#pragma GCC unroll 16
+    for (int64_t c = K > 0 ? K : i + 1; c >= 1; --c) prefix[c] += w[i] * prefix[c - 1];
   }
   if (poisoned) return {kNaN, kNaN};
   return {loss, sigmoid / kd};
