@@ -130,21 +130,16 @@ struct Workspace {
         top_index(k),
         w(k),
         sigma(k + 1),
-        shifted(k + 1),
         messages(k * (k + 1)),
         prefix(k + 1),
-        inclusion_a(k),
-        inclusion_b(k),
-        from_a(k),
-        from_b(k) {}
+        coefficients(k + 1) {}
   std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
   std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
   std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
   std::vector<double> lanes, e, product, top;  // product: scratch of merge_lanes
   std::vector<int64_t> top_index;
-  std::vector<double> w, sigma, shifted, messages, prefix, inclusion_a, inclusion_b;
-  std::vector<double> from_a, from_b;
+  std::vector<double> w, sigma, messages, prefix, coefficients;  // coefficients: F_0 .. F_k
 };
 
 // The maximum of each group (NaN ignored).
@@ -166,6 +161,157 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
   }
 }
 
+// Top-k for k = K <= 8 on rows of at most kLaneSearchClasses classes, without the branches of
+// insertion (which dominated such rows):
+//   1. 8 lanes (class j in lane j mod 8) keep their K largest values in a column of K vectors:
+//      a block of 8 classes passes down the column, each level keeping the larger (max/min; a
+//      NaN never enters, the target enters as -inf).
+//   2. a, the K-th largest value, by merging the 8 sorted columns: lanes l and l + P/2 ... by
+//      bitonic merges of columns padded to P = 1, 2, 4 or 8 rows (max of one column and the
+//      other reversed holds the P largest of both, a half-cleaner network sorts it again).
+//   3. the anchors: every class above a, then the first classes equal to a (class order).
+// Returns false (nothing usable) when fewer than K non-NaN candidates exist; the general search
+// takes such rows. The anchors come in class order, not sorted; a is returned.
+#if defined(__clang__) ? __clang_major__ >= 13 : (defined(__GNUC__) && __GNUC__ >= 12)
+#define SMOOTHTOPK_LANE_SEARCH 1
+constexpr int64_t kLaneSearchClasses = 1024;
+
+template <typename real>
+struct LaneVector;
+template <>
+struct LaneVector<float> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef int32_t mask __attribute__((vector_size(32)));  // what comparisons give
+};
+template <>
+struct LaneVector<double> {
+  typedef double type __attribute__((vector_size(64)));
+  typedef int64_t mask __attribute__((vector_size(64)));
+};
+
+// Classes start .. start + 7 in the comparison precision, as one vector.
+template <typename scalar_t, typename V = typename LaneVector<real_t<scalar_t>>::type>
+inline V load_lanes(const scalar_t* p) {
+  V x;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {  // float bits = bfloat16 bits << 16
+    typedef uint16_t half_bits __attribute__((vector_size(16)));
+    typedef uint32_t float_bits __attribute__((vector_size(32)));
+    half_bits h;
+    std::memcpy(&h, p, sizeof h);
+    const float_bits f = __builtin_convertvector(h, float_bits) << 16;
+    std::memcpy(&x, &f, sizeof x);
+  } else {
+    static_assert(sizeof(scalar_t) * 8 == sizeof(V), "float or double");
+    std::memcpy(&x, p, sizeof x);
+  }
+  return x;
+}
+
+template <typename M>
+inline bool any_lane(M m) {
+  uint64_t parts[sizeof(M) / 8];
+  std::memcpy(parts, &m, sizeof m);
+  uint64_t any = 0;
+  for (uint64_t part : parts) any |= part;
+  return any != 0;
+}
+
+template <typename V>
+inline V max_lanes(V a, V b) {  // a when b is NaN
+  return b > a ? b : a;
+}
+template <typename V>
+inline V min_lanes(V a, V b) {  // b when b is NaN: the NaN passes down and never stays
+  return b > a ? a : b;
+}
+
+// Lane l and lane l ^ H (H = 4, 2, 1) of every row, for the merges.
+template <int H, typename V>
+inline V partner(V v) {
+  if constexpr (H == 4) return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+  if constexpr (H == 2) return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+  if constexpr (H == 1) return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+
+// rows[0..P) sorted descending in every lane, merged with the same rows of lane l ^ H: the P
+// largest of both, sorted descending again.
+template <int P, int H, typename V>
+inline void merge_columns(V* rows) {
+  V merged[P];
+  for (int i = 0; i < P; ++i) merged[i] = max_lanes(rows[i], partner<H>(rows[P - 1 - i]));
+  for (int half = P / 2; half >= 1; half /= 2) {
+    for (int i = 0; i < P; ++i) {
+      if (i & half) continue;
+      const V high = max_lanes(merged[i], merged[i + half]);
+      const V low = min_lanes(merged[i + half], merged[i]);
+      merged[i] = high;
+      merged[i + half] = low;
+    }
+  }
+  for (int i = 0; i < P; ++i) rows[i] = merged[i];
+}
+
+template <int K, typename scalar_t>
+bool top_k_small(const scalar_t* __restrict s, int64_t classes, int64_t target, Workspace& ws,
+                 double& anchor) {
+  using real = real_t<scalar_t>;
+  using V = typename LaneVector<real>::type;
+  constexpr real kLow = -std::numeric_limits<real>::infinity();
+  constexpr int P = K == 1 ? 1 : K == 2 ? 2 : K <= 4 ? 4 : 8;
+  V column[P];
+  for (int i = 0; i < P; ++i) column[i] = V{} + kLow;
+  using M = typename LaneVector<real>::mask;
+  using lane_t = std::remove_reference_t<decltype(M{}[0])>;
+  M lane;
+  for (int l = 0; l < 8; ++l) lane[l] = l;
+  for (int64_t start = 0; start < classes; start += 8) {
+    V x;
+    if (start + 8 <= classes) {
+      x = load_lanes(s + start);
+    } else {  // the last, partial block: -inf fills
+      real block[8];
+      for (int l = 0; l < 8; ++l)
+        block[l] = start + l < classes ? static_cast<real>(to_double(s[start + l])) : kLow;
+      std::memcpy(&x, block, sizeof x);
+    }
+    x = lane == static_cast<lane_t>(target - start) ? V{} + kLow : x;  // no lane if far
+#pragma GCC unroll 8
+    for (int i = 0; i < K; ++i) {
+      const V larger = max_lanes(column[i], x);
+      x = min_lanes(column[i], x);
+      column[i] = larger;
+    }
+  }
+  merge_columns<P, 4>(column);
+  merge_columns<P, 2>(column);
+  merge_columns<P, 1>(column);
+  const real a = column[K - 1][0];
+  int64_t above = 0;  // anchors strictly above a
+  for (int i = 0; i < K - 1; ++i) above += column[i][0] > a ? 1 : 0;
+  int64_t equal_left = K - above;
+  int64_t found = 0;
+  const V low = V{} + a;
+  for (int64_t start = 0; start < classes && found < K; start += 8) {
+    const int64_t count = std::min<int64_t>(8, classes - start);
+    if (count == 8 && !any_lane(load_lanes(s + start) >= low)) continue;
+    for (int64_t l = 0; l < count && found < K; ++l) {
+      const int64_t j = start + l;
+      const real v = static_cast<real>(to_double(s[j]));
+      if (j == target || !(v >= a)) continue;
+      if (v == a) {
+        if (equal_left == 0) continue;
+        --equal_left;
+      }
+      ws.top[found] = static_cast<double>(v);
+      ws.top_index[found] = j;
+      ++found;
+    }
+  }
+  anchor = static_cast<double>(a);
+  return found == K;
+}
+#endif
+
 // The k largest scores other than the target, in descending order. Only groups whose maximum
 // reaches the (k + 1)-th largest group maximum can hold them: that value is at most the k-th
 // largest non-target score, whichever group holds the target. Ties are broken by the order of
@@ -177,6 +323,13 @@ template <int K, typename scalar_t>
 double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
                             int64_t k_runtime, Workspace& ws) {
   const int64_t k = K > 0 ? K : k_runtime;
+#ifdef SMOOTHTOPK_LANE_SEARCH
+  if constexpr (K > 0 && K <= 8) {
+    double anchor;
+    if (classes <= kLaneSearchClasses && top_k_small<K>(s, classes, target, ws, anchor))
+      return anchor;
+  }
+#endif
   const int64_t groups = group_count(classes, k);
   real_t<scalar_t>* maxima;
   if constexpr (std::is_same_v<scalar_t, double>) {
@@ -461,7 +614,7 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   // A = sum_b sigma_b e_b and B = sum_{b >= 1} sigma_b e_{b-1} = F_0, with
   // F_m = sum_{b > m} sigma_b e_{b-1-m} (B's own F'_m = F_{m+1}, since B's E' = (0, e_0, ...)).
   double f_local[K > 0 ? K + 1 : 1];
-  double* f = K > 0 ? f_local : ws.from_a.data();
+  double* f = K > 0 ? f_local : ws.coefficients.data();
   double total_a = 0.0;
 #pragma GCC unroll 16
   for (int64_t b = 0; b <= k; ++b) total_a += sigma[b] * e[b];
