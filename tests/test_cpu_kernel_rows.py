@@ -1,7 +1,7 @@
 """The fused CPU kernel's per-row specialisations (issue #20) against the references.
 
 ``smoothtopk::cpu_forward`` compiles its row for each ``k <= 8`` (the ``O(k^2)`` work unrolled)
-and, for ``k <= 8`` and at most 1024 classes, searches the top-k by lanes (``top_k_small``:
+and, for ``k <= 8`` and at most 512 classes, searches the top-k by lanes (``top_k_small``:
 a max/min network per lane, a bitonic merge of the lanes, then the anchors in class order);
 more classes, larger ``k`` and rows with fewer than ``k`` non-NaN candidates take the general
 search. Each path is checked here against the extended-precision reference at the shapes that
@@ -16,7 +16,7 @@ from reference import log_space_loss_and_grad
 from smoothtopk.backends import cpu as cpu_kernel
 
 INF, NAN = float("inf"), float("nan")
-LANE_LIMIT = 1024  # kLaneSearchClasses in smooth_topk_cpu.cpp
+LANE_LIMIT = 512  # kLaneSearchClasses in smooth_topk_cpu.cpp
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-6}
 
 
@@ -94,7 +94,7 @@ def test_small_and_large_tau(k, tau, alpha):
 @pytest.mark.parametrize("classes", [12, 100, LANE_LIMIT + 7])
 def test_the_two_searches_agree(k, classes):
     """Appending -inf classes leaves the loss and gradient unchanged (u = 0 there) and moves a
-    row from the lane search to the group search (beyond 1024 classes)."""
+    row from the lane search to the group search (beyond 512 classes)."""
     x, y = _rows(classes, seed=2)
     out, grad, _ = kernel_call(x, y, k)
     padded = torch.cat([x, torch.full((x.shape[0], 2 * LANE_LIMIT), -INF, dtype=x.dtype)], 1)

@@ -121,13 +121,14 @@ struct Workspace {
       : rest(((classes + kLanes - 1) / kLanes) * kLanes, 0.0),
         group_max_float(group_count(classes, k)),
         group_max_double(group_count(classes, k)),
-        order(k + 1),
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
         e(k + 1),
         product((k + 1) * kLanes),
-        top(k),
-        top_index(k),
+        top(k + 1),  // + 1: the selection by keys writes one slot past its last anchor
+        top_index(k + 1),
+        keys(classes),
+        candidates(classes),
         w(k),
         sigma(k + 1),
         messages(k * (k + 1)),
@@ -135,10 +136,12 @@ struct Workspace {
         coefficients(k + 1) {}
   std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
-  std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
+  std::vector<double> group_max_double;  // (double scores)
   std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
   std::vector<double> lanes, e, product, top;  // product: scratch of merge_lanes
   std::vector<int64_t> top_index;
+  std::vector<uint64_t> keys;  // ordered keys (uint32 for float rows) of the group maxima, then
+  std::vector<int64_t> candidates;  // of the candidate classes, and those classes
   std::vector<double> w, sigma, messages, prefix, coefficients;  // coefficients: F_0 .. F_k
 };
 
@@ -174,7 +177,7 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
 // takes such rows. The anchors come in class order, not sorted; a is returned.
 #if defined(__clang__) ? __clang_major__ >= 13 : (defined(__GNUC__) && __GNUC__ >= 12)
 #define SMOOTHTOPK_LANE_SEARCH 1
-constexpr int64_t kLaneSearchClasses = 1024;
+constexpr int64_t kLaneSearchClasses = 512;
 
 template <typename real>
 struct LaneVector;
@@ -236,7 +239,7 @@ inline V partner(V v) {
 // rows[0..P) sorted descending in every lane, merged with the same rows of lane l ^ H: the P
 // largest of both, sorted descending again.
 template <int P, int H, typename V>
-inline void merge_columns(V* rows) {
+__attribute__((always_inline)) inline void merge_columns(V* rows) {
   V merged[P];
   for (int i = 0; i < P; ++i) merged[i] = max_lanes(rows[i], partner<H>(rows[P - 1 - i]));
   for (int half = P / 2; half >= 1; half /= 2) {
@@ -312,6 +315,40 @@ bool top_k_small(const scalar_t* __restrict s, int64_t classes, int64_t target, 
 }
 #endif
 
+// Order-preserving unsigned keys of float and double scores (-0 just below +0; NaN is never
+// keyed), for the selection of the k-th largest of many candidates without sorting.
+template <typename real>
+using key_t = std::conditional_t<std::is_same_v<real, double>, uint64_t, uint32_t>;
+
+template <typename real>
+inline key_t<real> ordered_key(real v) {
+  using U = key_t<real>;
+  using S = std::make_signed_t<U>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  const U bits = bit_cast<U>(v);
+  return bits ^ (static_cast<U>(static_cast<S>(bits) >> (8 * sizeof(U) - 1)) | sign);
+}
+
+template <typename real>
+inline real key_value(key_t<real> key) {
+  constexpr key_t<real> sign = key_t<real>(1) << (8 * sizeof(key_t<real>) - 1);
+  return bit_cast<real>(key & sign ? key ^ sign : ~key);
+}
+
+// The rank-th largest of m keys (1 <= rank <= m), bit by bit from the top: the largest T with
+// at least rank keys >= T. Each bit is one vectorised count; no branch depends on the data.
+template <typename U>
+U kth_largest_key(const U* __restrict keys, int64_t m, int64_t rank) {
+  U result = 0;
+  for (int bit = 8 * sizeof(U) - 1; bit >= 0; --bit) {
+    const U candidate = result | (U(1) << bit);
+    U count = 0;
+    for (int64_t i = 0; i < m; ++i) count += keys[i] >= candidate ? 1 : 0;
+    result = static_cast<int64_t>(count) >= rank ? candidate : result;
+  }
+  return result;
+}
+
 // The k largest scores other than the target, in descending order. Only groups whose maximum
 // reaches the (k + 1)-th largest group maximum can hold them: that value is at most the k-th
 // largest non-target score, whichever group holds the target. Ties are broken by the order of
@@ -349,17 +386,12 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
       best[0] = std::max(best[0], v);
     }
     reach = best[K];
-  } else {
-    double* best = ws.order.data();
-    int64_t kept = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      const double v = static_cast<double>(maxima[g]);
-      if (kept == k + 1 && !(v > best[k])) continue;
-      int64_t pos = kept <= k ? kept++ : k;
-      for (; pos > 0 && best[pos - 1] < v; --pos) best[pos] = best[pos - 1];
-      best[pos] = v;
-    }
-    reach = kept == k + 1 ? best[k] : -kInf;
+  } else {  // by the keys' bits (insertion into k + 1 sorted values branches too much)
+    using real = real_t<scalar_t>;
+    key_t<real>* keys = reinterpret_cast<key_t<real>*>(ws.keys.data());
+    for (int64_t g = 0; g < groups; ++g) keys[g] = ordered_key(maxima[g]);  // never NaN
+    reach = groups > k ? static_cast<double>(key_value<real>(kth_largest_key(keys, groups, k + 1)))
+                       : -kInf;
   }
   if constexpr (K > 0) {
     // -inf with index -1 marks an empty slot; a row that leaves one (fewer than K finite
@@ -384,6 +416,39 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
     if (index[K - 1] >= 0) {
       for (int i = 0; i < K; ++i) ws.top[i] = top[i], ws.top_index[i] = index[i];
       return top[K - 1];
+    }
+  } else {
+    // Any k: the candidates' keys (non-NaN, not the target) in one buffer, a their k-th
+    // largest, then the anchors in the buffer's order: every key above a's, then the first
+    // equal to it. Fewer than k candidates: the insertion loop below.
+    using real = real_t<scalar_t>;
+    using U = key_t<real>;
+    U* keys = reinterpret_cast<U*>(ws.keys.data());
+    int64_t* candidate = ws.candidates.data();
+    int64_t m = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!(static_cast<double>(maxima[g]) >= reach)) continue;
+      for (int64_t j = g; j < classes; j += groups) {
+        const real v = static_cast<real>(to_double(s[j]));
+        keys[m] = ordered_key(v);
+        candidate[m] = j;
+        m += j != target && v == v ? 1 : 0;
+      }
+    }
+    if (m >= k) {
+      const U threshold = kth_largest_key(keys, m, k);
+      int64_t above = 0;
+      for (int64_t i = 0; i < m; ++i) above += keys[i] > threshold ? 1 : 0;
+      int64_t equal_left = k - above, found = 0;
+      for (int64_t i = 0; i < m && found < k; ++i) {
+        const bool equal = keys[i] == threshold;
+        const bool take = keys[i] > threshold || (equal && equal_left > 0);
+        equal_left -= equal && take ? 1 : 0;
+        ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
+        ws.top_index[found] = candidate[i];
+        found += take ? 1 : 0;
+      }
+      return static_cast<double>(key_value<real>(threshold));
     }
   }
   int64_t filled = 0;
@@ -634,10 +699,13 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   const double step = std::isinf(gap) && std::isfinite(a) && std::isfinite(true_score)
                           ? a / kd - true_score / kd
                           : gap / kd;
-  const double z = alpha + step + tau * (std::log(total_a) - std::log(total_b));
-  const double loss = std::max(z, 0.0) + tau * std::log1p(std::exp(-std::abs(z) / tau));
+  // log(A / B): one logarithm, and no cancellation of two large logarithms (A, B >= 1, and
+  // A / B < 2n cannot overflow). e^{-|z'| / tau} serves the softplus and the sigmoid.
+  const double z = alpha + step + tau * std::log(total_a / total_b);
   const double t = z / tau;
-  const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + std::exp(-t)) : std::exp(t) / (1.0 + std::exp(t));
+  const double tail = std::exp(-std::abs(t));
+  const double loss = std::max(z, 0.0) + tau * std::log1p(tail);
+  const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + tail) : tail / (1.0 + tail);
   const bool poisoned = bad > 0 || std::isnan(z);
   stats[0] = a;
 
