@@ -49,7 +49,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) && defined(__AVX__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -212,6 +212,9 @@ inline V load_lanes(const scalar_t* p) {
 
 template <typename M>
 inline bool any_lane(M m) {
+#if defined(__AVX__)
+  if constexpr (sizeof(M) == 32) return _mm256_movemask_ps(reinterpret_cast<__m256>(m)) != 0;
+#endif
   uint64_t parts[sizeof(M) / 8];
   std::memcpy(parts, &m, sizeof m);
   uint64_t any = 0;
@@ -219,12 +222,31 @@ inline bool any_lane(M m) {
   return any != 0;
 }
 
+// max_lanes(a, b) = b > a ? b : a (a when b is NaN), min_lanes(a, b) = b > a ? a : b (b when b
+// is NaN: the NaN passes down and never stays): exactly the x86 max/min instructions, which
+// GCC does not choose when both share one comparison (it blends twice on the mask instead).
 template <typename V>
-inline V max_lanes(V a, V b) {  // a when b is NaN
+inline V max_lanes(V a, V b) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<V, LaneVector<float>::type>)
+    return reinterpret_cast<V>(_mm256_max_ps(reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(a)));
+#endif
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<V, LaneVector<double>::type>)
+    return reinterpret_cast<V>(_mm512_max_pd(reinterpret_cast<__m512d>(b), reinterpret_cast<__m512d>(a)));
+#endif
   return b > a ? b : a;
 }
 template <typename V>
-inline V min_lanes(V a, V b) {  // b when b is NaN: the NaN passes down and never stays
+inline V min_lanes(V a, V b) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<V, LaneVector<float>::type>)
+    return reinterpret_cast<V>(_mm256_min_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
+#endif
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<V, LaneVector<double>::type>)
+    return reinterpret_cast<V>(_mm512_min_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b)));
+#endif
   return b > a ? a : b;
 }
 
