@@ -115,6 +115,12 @@ int64_t group_count(int64_t classes, int64_t k) {
   return 8 * std::clamp<int64_t>(std::min(eighths, classes / 8), 1, 512);
 }
 
+// Room for the classes of k + 9 groups: the candidates of the key selection (k > 8).
+int64_t candidate_count(int64_t classes, int64_t k) {
+  const int64_t groups = group_count(classes, k);
+  return (k + 9) * ((classes + groups - 1) / groups);
+}
+
 // Scratch space of one thread, sized once per call.
 struct Workspace {
   explicit Workspace(int64_t classes, int64_t k)
@@ -127,8 +133,12 @@ struct Workspace {
         product((k + 1) * kLanes),
         top(k + 1),  // + 1: the selection by keys writes one slot past its last anchor
         top_index(k + 1),
-        keys(classes),
-        candidates(classes),
+        // only for k > 8 (the key selection): the group maxima, then the candidates of about
+        // k + 1 groups (more, from ties, take the insertion search); small, so that the large
+        // buffers above keep being reused by malloc instead of faulted in again every call
+        candidate_capacity(k > 8 ? candidate_count(classes, k) : 0),
+        keys(std::max(candidate_capacity, k > 8 ? group_count(classes, k) : 0)),
+        candidates(candidate_capacity),
         w(k),
         sigma(k + 1),
         messages(k * (k + 1)),
@@ -140,8 +150,9 @@ struct Workspace {
   std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
   std::vector<double> lanes, e, product, top;  // product: scratch of merge_lanes
   std::vector<int64_t> top_index;
+  int64_t candidate_capacity;
   std::vector<uint64_t> keys;  // ordered keys (uint32 for float rows) of the group maxima, then
-  std::vector<int64_t> candidates;  // of the candidate classes, and those classes
+  std::vector<int64_t> candidates;  // of the candidate classes; those classes
   std::vector<double> w, sigma, messages, prefix, coefficients;  // coefficients: F_0 .. F_k
 };
 
@@ -447,9 +458,13 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
     using U = key_t<real>;
     U* keys = reinterpret_cast<U*>(ws.keys.data());
     int64_t* candidate = ws.candidates.data();
+    const int64_t per_group = (classes + groups - 1) / groups;
     int64_t m = 0;
-    for (int64_t g = 0; g < groups; ++g) {
+    bool room = true;
+    for (int64_t g = 0; g < groups && room; ++g) {
       if (!(static_cast<double>(maxima[g]) >= reach)) continue;
+      room = m + per_group <= ws.candidate_capacity;  // else (ties): the insertion search
+      if (!room) break;
       for (int64_t j = g; j < classes; j += groups) {
         const real v = static_cast<real>(to_double(s[j]));
         keys[m] = ordered_key(v);
@@ -457,7 +472,7 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
         m += j != target && v == v ? 1 : 0;
       }
     }
-    if (m >= k) {
+    if (room && m >= k) {
       const U threshold = kth_largest_key(keys, m, k);
       int64_t above = 0;
       for (int64_t i = 0; i < m; ++i) above += keys[i] > threshold ? 1 : 0;
