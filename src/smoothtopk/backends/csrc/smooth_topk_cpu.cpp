@@ -49,7 +49,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) && defined(__AVX__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -115,36 +115,45 @@ int64_t group_count(int64_t classes, int64_t k) {
   return 8 * std::clamp<int64_t>(std::min(eighths, classes / 8), 1, 512);
 }
 
+// Room for the classes of k + 9 groups: the candidates of the key selection (k > 8).
+int64_t candidate_count(int64_t classes, int64_t k) {
+  const int64_t groups = group_count(classes, k);
+  return (k + 9) * ((classes + groups - 1) / groups);
+}
+
 // Scratch space of one thread, sized once per call.
 struct Workspace {
   explicit Workspace(int64_t classes, int64_t k)
       : rest(((classes + kLanes - 1) / kLanes) * kLanes, 0.0),
         group_max_float(group_count(classes, k)),
         group_max_double(group_count(classes, k)),
-        order(k + 1),
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
         e(k + 1),
         product((k + 1) * kLanes),
-        top(k),
-        top_index(k),
+        top(k + 1),  // + 1: the selection by keys writes one slot past its last anchor
+        top_index(k + 1),
+        // only for k > 8 (the key selection): the group maxima, then the candidates of about
+        // k + 1 groups (more, from ties, take the insertion search); small, so that the large
+        // buffers above keep being reused by malloc instead of faulted in again every call
+        candidate_capacity(k > 8 ? candidate_count(classes, k) : 0),
+        keys(std::max(candidate_capacity, k > 8 ? group_count(classes, k) : 0)),
+        candidates(candidate_capacity),
         w(k),
         sigma(k + 1),
-        shifted(k + 1),
         messages(k * (k + 1)),
         prefix(k + 1),
-        inclusion_a(k),
-        inclusion_b(k),
-        from_a(k),
-        from_b(k) {}
+        coefficients(k + 1) {}
   std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
-  std::vector<double> group_max_double, order;  // (double scores); the k + 1 largest maxima
+  std::vector<double> group_max_double;  // (double scores)
   std::vector<double> history;  // two rows of e_b histories (tiles of degrees, k > 6)
   std::vector<double> lanes, e, product, top;  // product: scratch of merge_lanes
   std::vector<int64_t> top_index;
-  std::vector<double> w, sigma, shifted, messages, prefix, inclusion_a, inclusion_b;
-  std::vector<double> from_a, from_b;
+  int64_t candidate_capacity;
+  std::vector<uint64_t> keys;  // ordered keys (uint32 for float rows) of the group maxima, then
+  std::vector<int64_t> candidates;  // of the candidate classes; those classes
+  std::vector<double> w, sigma, messages, prefix, coefficients;  // coefficients: F_0 .. F_k
 };
 
 // The maximum of each group (NaN ignored).
@@ -166,14 +175,231 @@ __attribute__((noinline)) void group_maxima(const scalar_t* __restrict s, int64_
   }
 }
 
+// Top-k for k = K <= 8 on rows of at most kLaneSearchClasses classes, without the branches of
+// insertion (which dominated such rows):
+//   1. 8 lanes (class j in lane j mod 8) keep their K largest values in a column of K vectors:
+//      a block of 8 classes passes down the column, each level keeping the larger (max/min; a
+//      NaN never enters, the target enters as -inf).
+//   2. a, the K-th largest value, by merging the 8 sorted columns: lanes l and l + P/2 ... by
+//      bitonic merges of columns padded to P = 1, 2, 4 or 8 rows (max of one column and the
+//      other reversed holds the P largest of both, a half-cleaner network sorts it again).
+//   3. the anchors: every class above a, then the first classes equal to a (class order).
+// Returns false (nothing usable) when fewer than K non-NaN candidates exist; the general search
+// takes such rows. The anchors come in class order, not sorted; a is returned.
+#if defined(__clang__) ? __clang_major__ >= 13 : (defined(__GNUC__) && __GNUC__ >= 12)
+#define SMOOTHTOPK_LANE_SEARCH 1
+constexpr int64_t kLaneSearchClasses = 512;
+
+template <typename real>
+struct LaneVector;
+template <>
+struct LaneVector<float> {
+  typedef float type __attribute__((vector_size(32)));
+  typedef int32_t mask __attribute__((vector_size(32)));  // what comparisons give
+};
+template <>
+struct LaneVector<double> {
+  typedef double type __attribute__((vector_size(64)));
+  typedef int64_t mask __attribute__((vector_size(64)));
+};
+
+// Classes start .. start + 7 in the comparison precision, as one vector.
+template <typename scalar_t, typename V = typename LaneVector<real_t<scalar_t>>::type>
+inline V load_lanes(const scalar_t* p) {
+  V x;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {  // float bits = bfloat16 bits << 16
+    typedef uint16_t half_bits __attribute__((vector_size(16)));
+    typedef uint32_t float_bits __attribute__((vector_size(32)));
+    half_bits h;
+    std::memcpy(&h, p, sizeof h);
+    const float_bits f = __builtin_convertvector(h, float_bits) << 16;
+    std::memcpy(&x, &f, sizeof x);
+  } else {
+    static_assert(sizeof(scalar_t) * 8 == sizeof(V), "float or double");
+    std::memcpy(&x, p, sizeof x);
+  }
+  return x;
+}
+
+template <typename M>
+inline bool any_lane(M m) {
+#if defined(__AVX__)
+  if constexpr (sizeof(M) == 32) return _mm256_movemask_ps(reinterpret_cast<__m256>(m)) != 0;
+#endif
+  uint64_t parts[sizeof(M) / 8];
+  std::memcpy(parts, &m, sizeof m);
+  uint64_t any = 0;
+  for (uint64_t part : parts) any |= part;
+  return any != 0;
+}
+
+// max_lanes(a, b) = b > a ? b : a (a when b is NaN), min_lanes(a, b) = b > a ? a : b (b when b
+// is NaN: the NaN passes down and never stays): exactly the x86 max/min instructions, which
+// GCC does not choose when both share one comparison (it blends twice on the mask instead).
+template <typename V>
+inline V max_lanes(V a, V b) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<V, LaneVector<float>::type>)
+    return reinterpret_cast<V>(_mm256_max_ps(reinterpret_cast<__m256>(b), reinterpret_cast<__m256>(a)));
+#endif
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<V, LaneVector<double>::type>)
+    return reinterpret_cast<V>(_mm512_max_pd(reinterpret_cast<__m512d>(b), reinterpret_cast<__m512d>(a)));
+#endif
+  return b > a ? b : a;
+}
+template <typename V>
+inline V min_lanes(V a, V b) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<V, LaneVector<float>::type>)
+    return reinterpret_cast<V>(_mm256_min_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b)));
+#endif
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<V, LaneVector<double>::type>)
+    return reinterpret_cast<V>(_mm512_min_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b)));
+#endif
+  return b > a ? a : b;
+}
+
+// Lane l and lane l ^ H (H = 4, 2, 1) of every row, for the merges.
+template <int H, typename V>
+inline V partner(V v) {
+  if constexpr (H == 4) return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+  if constexpr (H == 2) return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+  if constexpr (H == 1) return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+
+// rows[0..P) sorted descending in every lane, merged with the same rows of lane l ^ H: the P
+// largest of both, sorted descending again.
+template <int P, int H, typename V>
+__attribute__((always_inline)) inline void merge_columns(V* rows) {
+  V merged[P];
+  for (int i = 0; i < P; ++i) merged[i] = max_lanes(rows[i], partner<H>(rows[P - 1 - i]));
+  for (int half = P / 2; half >= 1; half /= 2) {
+    for (int i = 0; i < P; ++i) {
+      if (i & half) continue;
+      const V high = max_lanes(merged[i], merged[i + half]);
+      const V low = min_lanes(merged[i + half], merged[i]);
+      merged[i] = high;
+      merged[i + half] = low;
+    }
+  }
+  for (int i = 0; i < P; ++i) rows[i] = merged[i];
+}
+
+template <int K, typename scalar_t>
+bool top_k_small(const scalar_t* __restrict s, int64_t classes, int64_t target, Workspace& ws,
+                 double& anchor) {
+  using real = real_t<scalar_t>;
+  using V = typename LaneVector<real>::type;
+  constexpr real kLow = -std::numeric_limits<real>::infinity();
+  constexpr int P = K == 1 ? 1 : K == 2 ? 2 : K <= 4 ? 4 : 8;
+  V column[P];
+  for (int i = 0; i < P; ++i) column[i] = V{} + kLow;
+  using M = typename LaneVector<real>::mask;
+  using lane_t = std::remove_reference_t<decltype(M{}[0])>;
+  M lane;
+  for (int l = 0; l < 8; ++l) lane[l] = l;
+  for (int64_t start = 0; start < classes; start += 8) {
+    V x;
+    if (start + 8 <= classes) {
+      x = load_lanes(s + start);
+    } else {  // the last, partial block: -inf fills
+      real block[8];
+      for (int l = 0; l < 8; ++l)
+        block[l] = start + l < classes ? static_cast<real>(to_double(s[start + l])) : kLow;
+      std::memcpy(&x, block, sizeof x);
+    }
+    x = lane == static_cast<lane_t>(target - start) ? V{} + kLow : x;  // no lane if far
+#pragma GCC unroll 8
+    for (int i = 0; i < K; ++i) {
+      const V larger = max_lanes(column[i], x);
+      x = min_lanes(column[i], x);
+      column[i] = larger;
+    }
+  }
+  merge_columns<P, 4>(column);
+  merge_columns<P, 2>(column);
+  merge_columns<P, 1>(column);
+  const real a = column[K - 1][0];
+  int64_t above = 0;  // anchors strictly above a
+  for (int i = 0; i < K - 1; ++i) above += column[i][0] > a ? 1 : 0;
+  int64_t equal_left = K - above;
+  int64_t found = 0;
+  const V low = V{} + a;
+  for (int64_t start = 0; start < classes && found < K; start += 8) {
+    const int64_t count = std::min<int64_t>(8, classes - start);
+    if (count == 8 && !any_lane(load_lanes(s + start) >= low)) continue;
+    for (int64_t l = 0; l < count && found < K; ++l) {
+      const int64_t j = start + l;
+      const real v = static_cast<real>(to_double(s[j]));
+      if (j == target || !(v >= a)) continue;
+      if (v == a) {
+        if (equal_left == 0) continue;
+        --equal_left;
+      }
+      ws.top[found] = static_cast<double>(v);
+      ws.top_index[found] = j;
+      ++found;
+    }
+  }
+  anchor = static_cast<double>(a);
+  return found == K;
+}
+#endif
+
+// Order-preserving unsigned keys of float and double scores (-0 just below +0; NaN is never
+// keyed), for the selection of the k-th largest of many candidates without sorting.
+template <typename real>
+using key_t = std::conditional_t<std::is_same_v<real, double>, uint64_t, uint32_t>;
+
+template <typename real>
+inline key_t<real> ordered_key(real v) {
+  using U = key_t<real>;
+  using S = std::make_signed_t<U>;
+  constexpr U sign = U(1) << (8 * sizeof(U) - 1);
+  const U bits = bit_cast<U>(v);
+  return bits ^ (static_cast<U>(static_cast<S>(bits) >> (8 * sizeof(U) - 1)) | sign);
+}
+
+template <typename real>
+inline real key_value(key_t<real> key) {
+  constexpr key_t<real> sign = key_t<real>(1) << (8 * sizeof(key_t<real>) - 1);
+  return bit_cast<real>(key & sign ? key ^ sign : ~key);
+}
+
+// The rank-th largest of m keys (1 <= rank <= m), bit by bit from the top: the largest T with
+// at least rank keys >= T. Each bit is one vectorised count; no branch depends on the data.
+template <typename U>
+U kth_largest_key(const U* __restrict keys, int64_t m, int64_t rank) {
+  U result = 0;
+  for (int bit = 8 * sizeof(U) - 1; bit >= 0; --bit) {
+    const U candidate = result | (U(1) << bit);
+    U count = 0;
+    for (int64_t i = 0; i < m; ++i) count += keys[i] >= candidate ? 1 : 0;
+    result = static_cast<int64_t>(count) >= rank ? candidate : result;
+  }
+  return result;
+}
+
 // The k largest scores other than the target, in descending order. Only groups whose maximum
 // reaches the (k + 1)-th largest group maximum can hold them: that value is at most the k-th
 // largest non-target score, whichever group holds the target. Ties are broken by the order of
 // the search (any choice gives the same loss and gradient). NaN scores never enter; the caller
-// poisons such rows.
-template <typename scalar_t>
-void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
-                          Workspace& ws) {
+// poisons such rows. K > 0: k = K known at compile time; the sorted arrays then live in
+// registers and a value is inserted without branches (every slot takes its old value, the new
+// one or its upper neighbour's: the same result as the insertion loop).
+template <int K, typename scalar_t>
+double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
+                            int64_t k_runtime, Workspace& ws) {
+  const int64_t k = K > 0 ? K : k_runtime;
+#ifdef SMOOTHTOPK_LANE_SEARCH
+  if constexpr (K > 0 && K <= 8) {
+    double anchor;
+    if (classes <= kLaneSearchClasses && top_k_small<K>(s, classes, target, ws, anchor))
+      return anchor;
+  }
+#endif
   const int64_t groups = group_count(classes, k);
   real_t<scalar_t>* maxima;
   if constexpr (std::is_same_v<scalar_t, double>) {
@@ -182,17 +408,86 @@ void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, in
     maxima = ws.group_max_float.data();
   }
   group_maxima(s, classes, groups, maxima);
-  // reach: the (k + 1)-th largest group maximum, by insertion into a sorted array of k + 1.
-  double* best = ws.order.data();
-  int64_t kept = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    const double v = static_cast<double>(maxima[g]);
-    if (kept == k + 1 && !(v > best[k])) continue;
-    int64_t pos = kept <= k ? kept++ : k;
-    for (; pos > 0 && best[pos - 1] < v; --pos) best[pos] = best[pos - 1];
-    best[pos] = v;
+  // reach: the (k + 1)-th largest group maximum (-inf if fewer than k + 1 groups).
+  double reach;
+  if constexpr (K > 0) {
+    double best[K + 1];
+    for (int i = 0; i <= K; ++i) best[i] = -kInf;
+    for (int64_t g = 0; g < groups; ++g) {
+      const double v = static_cast<double>(maxima[g]);  // never NaN
+      for (int i = K; i >= 1; --i) best[i] = std::max(best[i], std::min(v, best[i - 1]));
+      best[0] = std::max(best[0], v);
+    }
+    reach = best[K];
+  } else {  // by the keys' bits (insertion into k + 1 sorted values branches too much)
+    using real = real_t<scalar_t>;
+    key_t<real>* keys = reinterpret_cast<key_t<real>*>(ws.keys.data());
+    for (int64_t g = 0; g < groups; ++g) keys[g] = ordered_key(maxima[g]);  // never NaN
+    reach = groups > k ? static_cast<double>(key_value<real>(kth_largest_key(keys, groups, k + 1)))
+                       : -kInf;
   }
-  const double reach = kept == k + 1 ? best[k] : -kInf;
+  if constexpr (K > 0) {
+    // -inf with index -1 marks an empty slot; a row that leaves one (fewer than K finite
+    // candidates) is searched again by the general loop below, which also takes -inf scores.
+    double top[K];
+    int64_t index[K];
+    for (int i = 0; i < K; ++i) top[i] = -kInf, index[i] = -1;
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!(static_cast<double>(maxima[g]) >= reach)) continue;
+      for (int64_t j = g; j < classes; j += groups) {
+        const double v = to_double(s[j]);
+        if (!(v > top[K - 1]) || j == target) continue;
+        for (int i = K - 1; i >= 1; --i) {
+          const bool shift = top[i - 1] < v, take = top[i] < v;
+          top[i] = shift ? top[i - 1] : (take ? v : top[i]);
+          index[i] = shift ? index[i - 1] : (take ? j : index[i]);
+        }
+        index[0] = top[0] < v ? j : index[0];
+        top[0] = top[0] < v ? v : top[0];
+      }
+    }
+    if (index[K - 1] >= 0) {
+      for (int i = 0; i < K; ++i) ws.top[i] = top[i], ws.top_index[i] = index[i];
+      return top[K - 1];
+    }
+  } else {
+    // Any k: the candidates' keys (non-NaN, not the target) in one buffer, a their k-th
+    // largest, then the anchors in the buffer's order: every key above a's, then the first
+    // equal to it. Fewer than k candidates: the insertion loop below.
+    using real = real_t<scalar_t>;
+    using U = key_t<real>;
+    U* keys = reinterpret_cast<U*>(ws.keys.data());
+    int64_t* candidate = ws.candidates.data();
+    const int64_t per_group = (classes + groups - 1) / groups;
+    int64_t m = 0;
+    bool room = true;
+    for (int64_t g = 0; g < groups && room; ++g) {
+      if (!(static_cast<double>(maxima[g]) >= reach)) continue;
+      room = m + per_group <= ws.candidate_capacity;  // else (ties): the insertion search
+      if (!room) break;
+      for (int64_t j = g; j < classes; j += groups) {
+        const real v = static_cast<real>(to_double(s[j]));
+        keys[m] = ordered_key(v);
+        candidate[m] = j;
+        m += j != target && v == v ? 1 : 0;
+      }
+    }
+    if (room && m >= k) {
+      const U threshold = kth_largest_key(keys, m, k);
+      int64_t above = 0;
+      for (int64_t i = 0; i < m; ++i) above += keys[i] > threshold ? 1 : 0;
+      int64_t equal_left = k - above, found = 0;
+      for (int64_t i = 0; i < m && found < k; ++i) {
+        const bool equal = keys[i] == threshold;
+        const bool take = keys[i] > threshold || (equal && equal_left > 0);
+        equal_left -= equal && take ? 1 : 0;
+        ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
+        ws.top_index[found] = candidate[i];
+        found += take ? 1 : 0;
+      }
+      return static_cast<double>(key_value<real>(threshold));
+    }
+  }
   int64_t filled = 0;
   double threshold = -kInf;
   for (int64_t g = 0; g < groups; ++g) {
@@ -212,34 +507,7 @@ void top_k_without_target(const scalar_t* s, int64_t classes, int64_t target, in
       if (filled == k) threshold = ws.top[k - 1];
     }
   }
-}
-
-// sum_b sigma_b(w) E_b and the inclusions w_i d/dw_i log(sum_b sigma_b(w) E_b), i in T, by
-// inside-outside: messages[i][c] = sum_d suffix_i[d] E_{c+1+d} over the w's after i, prefix the
-// sigma polynomial of the w's before i. All terms are non-negative.
-double anchor_inclusions(const double* E, int64_t k, Workspace& ws, double* inclusion) {
-  double total = 0.0;
-  for (int64_t b = 0; b <= k; ++b) total += ws.sigma[b] * E[b];
-  double* msg = ws.messages.data();
-  for (int64_t c = 0; c < k; ++c) msg[(k - 1) * (k + 1) + c] = E[c + 1];
-  msg[(k - 1) * (k + 1) + k] = 0.0;
-  for (int64_t i = k - 2; i >= 0; --i) {
-    const double* next = msg + (i + 1) * (k + 1);
-    double* here = msg + i * (k + 1);
-    const double wn = ws.w[i + 1];
-    for (int64_t c = 0; c < k; ++c) here[c] = next[c] + wn * next[c + 1];
-    here[k] = 0.0;
-  }
-  std::fill(ws.prefix.begin(), ws.prefix.end(), 0.0);
-  ws.prefix[0] = 1.0;
-  for (int64_t i = 0; i < k; ++i) {
-    const double* here = msg + i * (k + 1);
-    double sum = 0.0;
-    for (int64_t c = 0; c <= i; ++c) sum += ws.prefix[c] * here[c];
-    inclusion[i] = ws.w[i] * sum / total;
-    for (int64_t c = i + 1; c >= 1; --c) ws.prefix[c] += ws.w[i] * ws.prefix[c - 1];
-  }
-  return total;
+  return ws.top[k - 1];
 }
 
 // u_j = e^{min(s_j - a, 0) / (k tau)} for every j; returns the number of NaN and +inf scores
@@ -347,8 +615,9 @@ __attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, i
 
 // One round of the lanes' product: lane l (< W) times lane l + W, truncated to degree k, for
 // the W pairs at once (one vector of W); in and out hold degree b of lane l at b * kLanes + l.
-template <int W>
-void multiply_lane_pairs(const double* __restrict in, int64_t k, double* __restrict out) {
+template <int W, int K>
+void multiply_lane_pairs(const double* __restrict in, int64_t k_runtime, double* __restrict out) {
+  const int64_t k = K > 0 ? K : k_runtime;
   for (int64_t b = 0; b <= k; ++b) {
     double sum[W] = {};
     for (int64_t c = 0; c <= b; ++c) {
@@ -362,16 +631,18 @@ void multiply_lane_pairs(const double* __restrict in, int64_t k, double* __restr
 
 // e_b, b = 0..k, of the product of the `used` (8 or 4) lane polynomials: a tree of pairwise
 // products (all terms non-negative, so the order of the sums does not matter to the error).
-__attribute__((noinline)) void merge_lanes(double* __restrict lanes, int64_t used, int64_t k,
-                                           double* __restrict scratch, double* __restrict e) {
+template <int K>
+void merge_lanes(double* __restrict lanes, int64_t used, int64_t k_runtime,
+                 double* __restrict scratch, double* __restrict e) {
+  const int64_t k = K > 0 ? K : k_runtime;
   double* in = lanes;
   double* out = scratch;
   if (used == 8) {
-    multiply_lane_pairs<4>(in, k, out);
+    multiply_lane_pairs<4, K>(in, k, out);
     std::swap(in, out);
   }
-  multiply_lane_pairs<2>(in, k, out);
-  multiply_lane_pairs<1>(out, k, in);
+  multiply_lane_pairs<2, K>(in, k, out);
+  multiply_lane_pairs<1, K>(out, k, in);
   for (int64_t b = 0; b <= k; ++b) e[b] = in[b * kLanes];
 }
 
@@ -402,12 +673,13 @@ struct RowResult {
 //     L = relu(z') + tau log1p(e^{-|z'| / tau}),   slope = sigmoid(z' / tau) / k.
 //   Fewer than k finite other scores (a = -inf, s_y finite): z' = -inf, so L = 0 and slope = 0,
 //   the limit. NaN or +inf anywhere in the row (or a = s_y = -inf): L and slope are NaN.
-template <typename scalar_t>
-RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
+// K > 0: k = K at compile time (the O(k^2) loops unrolled, their arrays in registers).
+template <int K, typename scalar_t>
+RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
                       double scale, double alpha, double tau, bool wide, Workspace& ws,
                       double* stats, int64_t* anchor_index) {
-  top_k_without_target(s, classes, target, k, ws);
-  const double a = ws.top[k - 1];
+  const int64_t k = K > 0 ? K : k_runtime;
+  const double a = top_k_without_target<K>(s, classes, target, k, ws);  // the smallest anchor
 
   // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
   double* u = ws.rest.data();
@@ -422,24 +694,41 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   const int64_t used =
       lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
   double* e = ws.e.data();
-  merge_lanes(lanes, used, k, ws.product.data(), e);
+  merge_lanes<K>(lanes, used, k, ws.product.data(), e);
 
   // sigma_b(w) over T; log w_i <= 0 (NaN from 0 * inf or -inf - -inf means w_i = 1).
+  double w_local[K > 0 ? K : 1], sigma_local[K > 0 ? K + 1 : 1];
+  double* w = K > 0 ? w_local : ws.w.data();
+  double* sigma = K > 0 ? sigma_local : ws.sigma.data();
   for (int64_t i = 0; i < k; ++i) {
     const double log_w = (a - ws.top[i]) * scale;
-    ws.w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
+    w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
   }
-  std::fill(ws.sigma.begin(), ws.sigma.end(), 0.0);
-  ws.sigma[0] = 1.0;
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t b = i + 1; b >= 1; --b) ws.sigma[b] += ws.w[i] * ws.sigma[b - 1];
+  // With k fixed the loops run over whole arrays (zero beyond the current degree, so the
+  // extra terms add exact zeros) and unroll completely.
+  sigma[0] = 1.0;
+  for (int64_t b = 1; b <= k; ++b) sigma[b] = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+#pragma GCC unroll 16
+    for (int64_t b = K > 0 ? K : i + 1; b >= 1; --b) sigma[b] += w[i] * sigma[b - 1];
+  }
 
-  // A with E = e, B with E' = (0, e_0, ..., e_{k-1}); their inclusions on T. A, B >= 1.
-  double* shifted = ws.shifted.data();
-  shifted[0] = 0.0;
-  for (int64_t b = 1; b <= k; ++b) shifted[b] = e[b - 1];
-  const double total_a = anchor_inclusions(e, k, ws, ws.inclusion_a.data());
-  const double total_b = anchor_inclusions(shifted, k, ws, ws.inclusion_b.data());
+  // A = sum_b sigma_b e_b and B = sum_{b >= 1} sigma_b e_{b-1} = F_0, with
+  // F_m = sum_{b > m} sigma_b e_{b-1-m} (B's own F'_m = F_{m+1}, since B's E' = (0, e_0, ...)).
+  double f_local[K > 0 ? K + 1 : 1];
+  double* f = K > 0 ? f_local : ws.coefficients.data();
+  double total_a = 0.0;
+#pragma GCC unroll 16
+  for (int64_t b = 0; b <= k; ++b) total_a += sigma[b] * e[b];
+#pragma GCC unroll 16
+  for (int64_t m = 0; m < k; ++m) {
+    double sum = 0.0;
+#pragma GCC unroll 16
+    for (int64_t b = m + 1; b <= k; ++b) sum += sigma[b] * e[b - 1 - m];
+    f[m] = sum;
+  }
+  f[k] = 0.0;
+  const double total_b = f[0];
 
   const double true_score = to_double(s[target]);
   const double kd = static_cast<double>(k);
@@ -447,33 +736,85 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   const double step = std::isinf(gap) && std::isfinite(a) && std::isfinite(true_score)
                           ? a / kd - true_score / kd
                           : gap / kd;
-  const double z = alpha + step + tau * (std::log(total_a) - std::log(total_b));
-  const double loss = std::max(z, 0.0) + tau * std::log1p(std::exp(-std::abs(z) / tau));
+  // log(A / B): one logarithm, and no cancellation of two large logarithms (A, B >= 1, and
+  // A / B < 2n cannot overflow). e^{-|z'| / tau} serves the softplus and the sigmoid.
+  const double z = alpha + step + tau * std::log(total_a / total_b);
   const double t = z / tau;
-  const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + std::exp(-t)) : std::exp(t) / (1.0 + std::exp(t));
+  const double tail = std::exp(-std::abs(t));
+  const double loss = std::max(z, 0.0) + tau * std::log1p(tail);
+  const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + tail) : tail / (1.0 + tail);
   const bool poisoned = bad > 0 || std::isnan(z);
   stats[0] = a;
 
-  // D_m = sum_{b > m} sigma_b e_{b-1-m} / A - sum_{b > m} sigma_b E'_{b-1-m} / B.
+  // D_m = F_m / A - F_{m+1} / B.
+  const double inv_a = 1.0 / total_a, inv_b = 1.0 / total_b;
   double* rest_coefficients = stats + 2;
-  double* from_a = ws.from_a.data();
-  double* from_b = ws.from_b.data();
-  std::fill(ws.from_a.begin(), ws.from_a.end(), 0.0);
-  std::fill(ws.from_b.begin(), ws.from_b.end(), 0.0);
-  for (int64_t b = 1; b <= k; ++b) {
-    const double sigma = ws.sigma[b];
-    for (int64_t m = 0; m < b; ++m) {
-      from_a[m] += sigma * e[b - 1 - m];
-      from_b[m] += sigma * shifted[b - 1 - m];
-    }
+  for (int64_t m = 0; m < k; ++m) rest_coefficients[m] = f[m] * inv_a - f[m + 1] * inv_b;
+
+  // The anchors' factors G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by
+  // inside-outside over T, for A and B at once: with suffix_i the sigma polynomial of the w's
+  // after i and prefix_i that of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d}
+  // (c = 0..i+1) gives w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and
+  // w_i d/dw_i B = w_i sum_{c<=i} prefix_i[c] M_i[c]. All terms are non-negative.
+  const int64_t row = k + 1;
+  double messages_local[K > 0 ? K * (K + 1) : 1];
+  double* messages = K > 0 ? messages_local : ws.messages.data();
+  double* last = messages + (k - 1) * row;
+  // (With k fixed, M_i[c] for every c <= k, M_i[k + 1] = 0, and the sums over every c: the
+  // prefix is zero beyond degree i.)
+#pragma GCC unroll 16
+  for (int64_t c = 0; c <= k; ++c) last[c] = e[c];
+#pragma GCC unroll 16
+  for (int64_t i = k - 2; i >= 0; --i) {
+    const double* next = messages + (i + 1) * row;
+    double* here = messages + i * row;
+    const double wn = w[i + 1];
+    const int64_t top = K > 0 ? K - 1 : i + 1;
+#pragma GCC unroll 16
+    for (int64_t c = 0; c <= top; ++c) here[c] = next[c] + wn * next[c + 1];
+    if (K > 0) here[K] = next[K];
   }
-  for (int64_t m = 0; m < k; ++m)
-    rest_coefficients[m] = from_a[m] / total_a - from_b[m] / total_b;
-  // d/dz_i (log A - log B) = -w_i d/dw_i log A + w_i d/dw_i log B on T.
+  double prefix_local[K > 0 ? K + 1 : 1];
+  double* prefix = K > 0 ? prefix_local : ws.prefix.data();
+  prefix[0] = 1.0;
+  for (int64_t c = 1; c <= k; ++c) prefix[c] = 0.0;
   double* anchor_gradient = stats + 2 + k;
-  for (int64_t i = 0; i < k; ++i) anchor_gradient[i] = ws.inclusion_b[i] - ws.inclusion_a[i];
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < k; ++i) {
+    const double* here = messages + i * row;
+    double sum_a = 0.0, sum_b = 0.0;
+#pragma GCC unroll 16
+    for (int64_t c = 0; c <= (K > 0 ? K - 1 : i); ++c) {
+      sum_a += prefix[c] * here[c + 1];
+      sum_b += prefix[c] * here[c];
+    }
+    anchor_gradient[i] = w[i] * (sum_b * inv_b - sum_a * inv_a);
+#pragma GCC unroll 16
+    for (int64_t c = K > 0 ? K : i + 1; c >= 1; --c) prefix[c] += w[i] * prefix[c - 1];
+  }
   if (poisoned) return {kNaN, kNaN};
   return {loss, sigmoid / kd};
+}
+
+template <typename scalar_t>
+using RowFunction = RowResult (*)(const scalar_t*, int64_t, int64_t, int64_t, double, double,
+                                  double, bool, Workspace&, double*, int64_t*);
+
+// forward_row for this k: compiled for k <= 8 (where the O(k^2) work and the per-row constants
+// dominate a row of a few hundred classes), else for any k.
+template <typename scalar_t>
+RowFunction<scalar_t> row_function(int64_t k) {
+  switch (k) {
+    case 1: return forward_row<1, scalar_t>;
+    case 2: return forward_row<2, scalar_t>;
+    case 3: return forward_row<3, scalar_t>;
+    case 4: return forward_row<4, scalar_t>;
+    case 5: return forward_row<5, scalar_t>;
+    case 6: return forward_row<6, scalar_t>;
+    case 7: return forward_row<7, scalar_t>;
+    case 8: return forward_row<8, scalar_t>;
+    default: return forward_row<0, scalar_t>;
+  }
 }
 
 // dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
@@ -696,6 +1037,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
         double* stats_out = stats.mutable_data_ptr<double>();
         int64_t* index_out = anchor_index.mutable_data_ptr<int64_t>();
         const bool wide = exponent_in_double<scalar_t>(scale);
+        // float16 rows are read as float32 (row_scores)
+        using read_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
+        const auto forward = row_function<read_t>(k);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
@@ -708,8 +1052,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
               continue;
             }
             const RowResult row =
-                forward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k,
-                            scale, row_margin[r], tau, wide, ws, row_stats, index_out + r * k);
+                forward(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
+                        row_margin[r], tau, wide, ws, row_stats, index_out + r * k);
             losses[r] = row_weight[r] * row.loss;
             row_stats[1] = row.slope * (row_weight[r] * slope_scale);
           }

@@ -1,0 +1,176 @@
+"""The fused CPU kernel's per-row specialisations (issue #20) against the references.
+
+``smoothtopk::cpu_forward`` compiles its row for each ``k <= 8`` (the ``O(k^2)`` work unrolled)
+and, for ``k <= 8`` and at most 512 classes, searches the top-k by lanes (``top_k_small``:
+a max/min network per lane, a bitonic merge of the lanes, then the anchors in class order);
+more classes, larger ``k`` and rows with fewer than ``k`` non-NaN candidates take the general
+search. Each path is checked here against the extended-precision reference at the shapes that
+select it, with ties, ``-inf`` classes, NaN/``+inf`` rows, ignored rows, class weights and
+per-class margins, in every dtype the kernel reads, and the two searches against each other.
+"""
+
+import pytest
+import torch
+
+from reference import log_space_loss_and_grad
+from smoothtopk.backends import cpu as cpu_kernel
+
+INF, NAN = float("inf"), float("nan")
+LANE_LIMIT = 512  # kLaneSearchClasses in smooth_topk_cpu.cpp
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-6}
+
+
+@pytest.fixture(autouse=True)
+def kernel():
+    if cpu_kernel.load() is None:
+        pytest.skip("the fused CPU kernel could not be built")
+
+
+def kernel_call(x, y, k, tau=1.0, alpha=1.0, weight=None, ignore_index=-100, reduction="none"):
+    out, saved = cpu_kernel.forward(x, y, weight, ignore_index, k, tau, alpha, reduction)
+    grad_out = torch.ones_like(out)
+    grad = cpu_kernel.backward(
+        grad_out, x, y, weight, ignore_index, saved, k, tau, alpha, reduction
+    )
+    return out, grad, saved
+
+
+def _rows(classes, rows=9, seed=0, dtype=torch.float64, k=8):
+    """Random rows with ties across the anchor (row 0), a tie of every other score (row 1),
+    -inf classes (row 2, at least k + 1 finite others left), integers (many ties, row 3) and a
+    large spread (row 4)."""
+    generator = torch.Generator().manual_seed(seed + classes)
+    x = torch.randn(rows, classes, generator=generator, dtype=torch.float64) * 2
+    y = torch.randint(0, classes, (rows,), generator=generator)
+    x[0, : max(classes // 3, 1)] = x[0, classes // 2]
+    x[1] = 0.5
+    ruled_out = max(0, min(classes // 2, classes - k - 2))
+    x[2, torch.randperm(classes, generator=generator)[:ruled_out]] = -INF
+    x[2, y[2]] = 0.25  # a finite target
+    x[3] = torch.randint(-2, 3, (classes,), generator=generator).double()
+    x[4] *= 20
+    return x.to(dtype), y
+
+
+def _reference(x, y, k, tau, alpha):
+    # -inf as a score far below the others: the reference's limit
+    finite = torch.where(torch.isinf(x.double()), -1e4, x.double())
+    return log_space_loss_and_grad(finite, y, k, tau, alpha)
+
+
+def _check(x, y, k, tau, alpha, dtype):
+    out, grad, (stats, anchor_index) = kernel_call(x, y, k, tau, alpha)
+    ref, ref_grad = _reference(x, y, k, tau, alpha)
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tolerance, atol=tolerance)
+    scale = ref_grad.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, rtol=0, atol=tolerance)
+    # the anchors: k distinct classes other than the target, none below the k-th largest other
+    for r in range(x.shape[0]):
+        anchors = anchor_index[r].tolist()
+        assert len(set(anchors)) == k and y[r].item() not in anchors
+        others = torch.cat([x[r, : y[r]], x[r, y[r] + 1 :]]).double()
+        kth = others.sort(descending=True).values[k - 1]
+        assert (x[r, anchors].double() >= kth).all()
+        assert stats[r, 0].item() == kth.item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("classes", [10, 17, 100, LANE_LIMIT, LANE_LIMIT + 1])
+def test_each_k_and_search_against_reference(k, classes, dtype):
+    x, y = _rows(classes, dtype=dtype, k=k)
+    _check(x, y, k, 1.0, 1.0, dtype)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("tau, alpha", [(0.01, 1.0), (1e-3, 0.5), (30.0, 2.0)])
+def test_small_and_large_tau(k, tau, alpha):
+    x, y = _rows(60, seed=1)
+    _check(x, y, k, tau, alpha, torch.float64)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 8])
+@pytest.mark.parametrize("classes", [12, 100, LANE_LIMIT + 7])
+def test_the_two_searches_agree(k, classes):
+    """Appending -inf classes leaves the loss and gradient unchanged (u = 0 there) and moves a
+    row from the lane search to the group search (beyond 512 classes)."""
+    x, y = _rows(classes, seed=2)
+    out, grad, _ = kernel_call(x, y, k)
+    padded = torch.cat([x, torch.full((x.shape[0], 2 * LANE_LIMIT), -INF, dtype=x.dtype)], 1)
+    out_padded, grad_padded, _ = kernel_call(padded, y, k)
+    # the anchors come in another order (rounding differs in the last bits)
+    torch.testing.assert_close(out_padded, out, rtol=1e-14, atol=0)
+    scale = grad.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(grad_padded[:, :classes] / scale, grad / scale, rtol=0, atol=1e-14)
+    assert (grad_padded[:, classes:] == 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 8])
+@pytest.mark.parametrize("classes", [9, 40, 300])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_edge_rows(k, classes, dtype):
+    """Per row: fewer than k finite others (loss 0, gradient 0), exactly k finite others, a
+    target at -inf (+inf), NaN or +inf anywhere (NaN), every other class NaN, the target at
+    the row's end and start (the lanes' padding and first block)."""
+    generator = torch.Generator().manual_seed(classes + k)
+    x = torch.randn(9, classes, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, classes, (9,), generator=generator)
+    y[0], y[1], y[7], y[8] = 0, 0, classes - 1, 0
+    x[0, 1 + (k - 1) :] = -INF  # k - 1 finite others
+    x[1, 1 + k :] = -INF  # exactly k finite others
+    x[2, y[2]] = -INF  # the target ruled out
+    x[3, (y[3] + 1) % classes] = NAN
+    x[4, (y[4] + 2) % classes] = INF
+    x[5] = NAN
+    x[5, y[5]] = 0.0  # every other class NaN
+    x = x.to(dtype)
+    out, grad, _ = kernel_call(x, y, k)
+    assert out[0].item() == 0.0 and (grad[0] == 0).all()
+    assert out[2].item() == INF
+    assert out[3:6].isnan().all() and grad[3:6].isnan().all()
+    keep = torch.tensor([1, 6, 7, 8])
+    ref, ref_grad = _reference(x[keep], y[keep], k, 1.0, 1.0)
+    tolerance = {torch.float64: 1e-12, torch.float32: 2e-6}.get(dtype, 1e-6)
+    torch.testing.assert_close(out[keep].double(), ref, rtol=tolerance, atol=tolerance)
+    if dtype in (torch.float64, torch.float32):
+        torch.testing.assert_close(grad[keep].double(), ref_grad, rtol=tolerance, atol=1e-12)
+    else:  # the exact gradient rounded to the dtype, to one unit in its last place
+        info = torch.finfo(dtype)
+        ulp = {"rtol": info.eps, "atol": info.smallest_normal * info.eps}
+        torch.testing.assert_close(grad[keep], ref_grad.to(dtype), **ulp)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("k", [1, 4, 8, 12])
+@pytest.mark.parametrize("classes", [20, LANE_LIMIT + 3])
+def test_weights_ignored_rows_and_per_class_margins(k, classes, reduction):
+    generator = torch.Generator().manual_seed(k + classes)
+    x = torch.randn(10, classes, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, classes, (10,), generator=generator)
+    y[[2, 7]] = -1
+    x[2] = NAN  # an ignored row is never read
+    weight = torch.rand(classes, generator=generator, dtype=torch.float64) + 0.5
+    margins = torch.rand(classes, generator=generator, dtype=torch.float32) * 2
+    out, grad, _ = kernel_call(
+        x, y, k, 0.5, margins, weight=weight, ignore_index=-1, reduction=reduction
+    )
+    counted = y != -1
+    rows = []
+    ref_grad = torch.zeros_like(x)
+    for r in torch.nonzero(counted).flatten().tolist():
+        value, row_grad = _reference(x[r : r + 1], y[r : r + 1], k, 0.5, margins[y[r]].item())
+        rows.append(weight[y[r]] * value[0])
+        ref_grad[r] = weight[y[r]] * row_grad[0]
+    per_row = torch.zeros(10, dtype=torch.float64)
+    per_row[counted] = torch.stack(rows)
+    if reduction == "none":
+        ref = per_row
+    else:
+        ref = per_row.sum()
+        if reduction == "mean":
+            ref = ref / weight[y[counted]].sum()
+            ref_grad = ref_grad / weight[y[counted]].sum()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+    assert (grad[~counted] == 0).all()
