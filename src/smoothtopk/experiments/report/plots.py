@@ -73,13 +73,7 @@ def plot_accuracy(axis: str, rows: list[dict]):
         panel.set_title(f"test {title} at the best validation top-5 epoch"
                         + ("\n(mean ± std over seeds)" if many else ""), fontsize=10)  # fmt: skip
         panel.grid(alpha=0.3)
-    # One legend beside the panels, so that many losses hide no data.
-    handles, labels = panels[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    data = _png(fig)
-    plt.close(fig)
-    return data
+    return _finish(plt, fig, panels)
 
 
 def plot_curves(runs: list[RunResult]):
