@@ -167,7 +167,7 @@ def _build_lock(path: Path):
 
 def _announce(root: Path) -> None:
     print(
-        f"smoothtopk: compiling the fused CPU kernels (csrc/*.cpp, about 30 s); this happens "
+        f"smoothtopk: compiling the fused CPU kernels (csrc/*.cpp, about 45 s); this happens "
         f"once per machine (cached in {root}, set TORCH_EXTENSIONS_DIR to move it); "
         f"to build ahead of time: {AHEAD_OF_TIME}",
         file=sys.stderr,

@@ -21,7 +21,7 @@ NaN, as ``F.cross_entropy``.
 
 The operators ``smoothtopk::cpu_forward`` / ``cpu_backward`` and their fakes are defined by
 :mod:`smoothtopk.backends._abi`; the C++ file implements them for CPU tensors. It is compiled
-once per machine by :mod:`smoothtopk.backends._cpu_build` (about 15 s, cached in
+once per machine by :mod:`smoothtopk.backends._cpu_build` (about 45 s, cached in
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``; the first build says so on
 stderr) at the first call, or ahead of time by
 ``python -c "import smoothtopk; smoothtopk.backends.cpu.load()"``.
