@@ -438,9 +438,9 @@ def _triton_forward(
             torch._assert_async(ok, f"target must be in [0, {classes}) or equal to ignore_index")
     if reduction == "none":
         return rows_out[0].float(), stats, anchors, torch.empty((), **options)
-    sums = rows_out.sum(dim=1)  # float64; the output in float32
-    out = sums[0] if reduction == "sum" else sums[0] / sums[1]
-    return out.float(), stats, anchors, sums[1]
+    loss_sum, total = rows_out.sum(dim=1)  # float64; the output in float32
+    out = loss_sum if reduction == "sum" else loss_sum / total
+    return out.float(), stats, anchors, total
 
 
 def _launch_backward(
