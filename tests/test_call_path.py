@@ -81,6 +81,10 @@ def test_the_backend_variable_is_read_at_every_call(monkeypatch):
     monkeypatch.setenv(backends.ENV, "no-such-backend")
     with pytest.raises(ValueError, match="SMOOTHTOPK_BACKEND must be one of"):
         smooth_topk_svm_loss(scores, target, k=3)
+    monkeypatch.setenv(backends.ENV, "pytorch")
+    monkeypatch.setenv(backends.RETIRED, "0")  # the retired switch is refused after a plan too
+    with pytest.raises(ValueError, match="SMOOTHTOPK_CPU_KERNEL is retired"):
+        smooth_topk_svm_loss(scores, target, k=3)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import inspect
-import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import NamedTuple
 
 import torch
 
 from . import backends
-from ._convention import expected_loss, expects_distribution, finish, prepare, restore, rows
+from ._convention import (
+    expected_loss,
+    expects_distribution,
+    finish,
+    num_classes_of,
+    prepare,
+    restore,
+    rows,
+)  # fmt: skip
 from ._validation import (
     VMAP_REFUSED,
     check_label_smoothing,
@@ -134,6 +142,7 @@ class _Plan(NamedTuple):
     """What an eager call needs beyond its arguments once they have been checked."""
 
     backend: ModuleType  # backends.select's choice
+    differentiable: Callable | None  # its forward+backward as one operator (``loss``), if any
     classes: int
     flat: bool  # scores (M, C) and int64 targets (M,) already: no reshape
     range_check: bool  # the backend's kernel does not check the targets itself
@@ -149,7 +158,8 @@ def _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction, lab
 
     The argument checks and :func:`smoothtopk.backends.select` cost several times the kernel at
     small shapes (issue #20); they depend on the shapes, dtypes and devices of the tensors, the
-    Python values of the rest, ``SMOOTHTOPK_BACKEND`` and autocast, so a call with the key of a
+    Python values of the rest, ``SMOOTHTOPK_BACKEND`` (read and checked by
+    :func:`smoothtopk.backends.requested`, its one reader) and autocast, so a call with the key of a
     call that passed them passes them too. Only plain tensors, Python scalars of the exact
     types (``k=5.0`` must still be refused), a float margin, class indices without label
     smoothing, in eager mode outside ``torch.func`` transforms, forward-mode AD and autocast;
@@ -180,8 +190,7 @@ def _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction, lab
     )  # fmt: skip
     return (
         input.shape, input.dtype, device, target.shape, target.dtype, target.device, k, tau,
-        alpha, weight_key, ignore_index, reduction, os.environ.get(backends.ENV),
-        os.environ.get(backends.RETIRED),
+        alpha, weight_key, ignore_index, reduction, backends.requested(),
     )  # fmt: skip
 
 
@@ -204,8 +213,10 @@ def _remember(key: tuple, backend: ModuleType, input, target) -> None:
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     flat = input.dim() == 2 and target.dtype == torch.int64
-    classes = input.shape[0] if input.dim() == 1 else input.shape[1]
-    _PLANS[key] = _Plan(backend, classes, flat, not backend.CHECKS_TARGETS)
+    differentiable = getattr(backend, "loss", None)  # optional in the backend contract
+    _PLANS[key] = _Plan(
+        backend, differentiable, num_classes_of(input), flat, not backend.CHECKS_TARGETS
+    )
 
 
 def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduction):
@@ -217,9 +228,8 @@ def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduct
     if plan.range_check:
         check_target_range(flat_target, plan.classes, ignore_index)
     arguments = (flat_target, weight, ignore_index, k, tau, alpha, reduction)
-    differentiable = getattr(plan.backend, "loss", None)  # autograd in C++, where there is one
-    if differentiable is not None:
-        out = differentiable(scores, *arguments)
+    if plan.differentiable is not None:  # autograd in C++
+        out = plan.differentiable(scores, *arguments)
     else:
         out = _apply(plan.backend, scores, arguments, eager=True)
     return restore(out, target.shape, input.dtype, reduction)
