@@ -37,7 +37,7 @@ kernel: $(STAMP)
 INTERPRETED := tests/test_backend_contract.py tests/test_contract.py tests/test_exactness.py \
 	tests/test_edge_cases.py tests/test_properties.py tests/test_margins.py tests/test_api.py \
 	tests/test_errors.py tests/test_triton_kernel.py tests/test_soft_targets.py tests/test_linear.py \
-	tests/test_call_path.py
+	tests/test_linear_soft_targets.py tests/test_call_path.py
 test: lint kernel
 	$(MAKE) --no-print-directory -j2 -O test-suite test-interpreted
 

@@ -18,13 +18,14 @@ FLOORS = {
     "backends.pytorch": 3, "backends.every_class": 3, "backends.triton_every_class_jit": 3,
     "backends.cpu": 4, "backends.triton": 4,  # the Triton backend's self-check uses pytorch
     "backends": 5,
-    "smooth_topk": 6, "linear": 6,
-    "modules": 7,
-    "comparators": 8,
-    "registry": 9,
-    "": 10,  # the package's __init__: public names, imported lazily
-    "experiments": 11,
-    "__main__": 12,  # the command: python -m smoothtopk
+    "smooth_topk": 6,
+    "linear": 7,  # probability targets: the unfused loss per chunk
+    "modules": 8,
+    "comparators": 9,
+    "registry": 10,
+    "": 11,  # the package's __init__: public names, imported lazily
+    "experiments": 12,
+    "__main__": 13,  # the command: python -m smoothtopk
 }  # fmt: skip
 
 

@@ -184,44 +184,65 @@ def expected_loss(
     row_losses: RowLosses, call: Rows, weight, ignore_index, reduction, label_smoothing
 ) -> torch.Tensor:
     r"""``F.cross_entropy``'s rules for class probabilities and label smoothing: the expected
-    loss under the target distribution, from ``row_losses(scores, beta)``
-    ``= sum_c beta_{ic} l_{ic}`` (``l_{ic}`` the loss of class ``c`` for row ``i``) on rows from
-    :func:`prepare` with ``probabilities=True``. With ``w_c`` the class weights (1 without) and
-    ``eps`` the smoothing:
+    loss under the target distribution (:func:`target_distribution`), from
+    ``row_losses(scores, beta) = sum_c beta_{ic} l_{ic}`` (``l_{ic}`` the loss of class ``c``
+    for row ``i``) on rows from :func:`prepare` with ``probabilities=True``."""
+    off = torch.autocast(call.scores.device.type, enabled=False) if call.autocast else nullcontext()
+    with off:
+        dtype = working_dtype(call.scores.dtype)
+        classes = call.scores.shape[1]
+        dist = target_distribution(call.target, weight, ignore_index, label_smoothing, classes,
+                                   dtype)  # fmt: skip
+        total = call.scores.shape[0] if dist.weights is None else None  # probabilities: M
+        out = reduce(row_losses(dist.kept(call.scores), dist.beta), dist.weights, reduction, total)
+    return finish(out, call, reduction)
+
+
+class Distribution(NamedTuple):
+    """Rows' target distribution for :func:`expected_loss`: ``beta (M, C)`` (class weights
+    included), and for class indices the rows' weights ``weight[t_i]`` and kept-row mask
+    (None for probabilities)."""
+
+    beta: torch.Tensor
+    weights: torch.Tensor | None
+    valid: torch.Tensor | None
+
+    def kept(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores with an ignored row's replaced by 0 (never read: no NaN of theirs)."""
+        return scores if self.valid is None else torch.where(self.valid[:, None], scores, 0.0)
+
+
+def target_distribution(target, weight, ignore_index, label_smoothing, classes, dtype):
+    r"""The coefficients ``beta`` of the expected loss ``sum_c beta_{ic} l_{ic}`` of rows
+    ``target`` (probabilities ``(M, C)`` or class indices ``(M,)``), as a :class:`Distribution`.
+    With ``w_c`` the class weights (1 without) and ``eps`` the smoothing:
 
     * probabilities ``q``: ``beta_{ic} = w_c ((1 - eps) q_{ic} + eps / C)``; ``"mean"`` divides
       the sum by the number of rows;
     * class indices ``t``: ``beta_{ic} = (eps / C) w_c + (1 - eps) w_{t_i} [c = t_i]``, and
       ``beta_i = 0`` for an ignored row (whose scores are never read); ``"mean"`` divides by
       ``sum w_{t_i}`` over the rows that count.
+
+    Example:
+        >>> dist = target_distribution(torch.tensor([2, -100]), None, -100, 0.3, 3, torch.float64)
+        >>> dist.beta
+        tensor([[0.1000, 0.1000, 0.8000],
+                [0.0000, 0.0000, 0.0000]], dtype=torch.float64)
     """
-    off = torch.autocast(call.scores.device.type, enabled=False) if call.autocast else nullcontext()
-    with off:
-        dtype = working_dtype(call.scores.dtype)
-        if call.target.is_floating_point():
-            beta = call.target.to(dtype)
-            if label_smoothing:
-                beta = beta * (1.0 - label_smoothing) + label_smoothing / beta.shape[1]
-            if weight is not None:
-                beta = beta * weight.to(dtype)
-            out = reduce(row_losses(call.scores, beta), None, reduction, beta.shape[0])
-        else:
-            valid = call.target != ignore_index
-            safe = torch.where(valid, call.target, 0)
-            weights = row_weights(weight, safe, valid, dtype)
-            beta = _smoothed_indices(safe, valid, weights, weight, label_smoothing, call.scores)
-            scores = torch.where(valid[:, None], call.scores, 0.0)  # ignored: never read
-            out = reduce(row_losses(scores, beta), weights, reduction)
-    return finish(out, call, reduction)
-
-
-def _smoothed_indices(safe, valid, weights, weight, label_smoothing, scores) -> torch.Tensor:
-    """``beta (M, C)`` of class indices under label smoothing (:func:`expected_loss`)."""
-    classes = scores.shape[1]
-    spread = valid[:, None].to(weights.dtype) * (label_smoothing / classes)
+    if target.is_floating_point():
+        beta = target.to(dtype)
+        if label_smoothing:
+            beta = beta * (1.0 - label_smoothing) + label_smoothing / classes
+        if weight is not None:
+            beta = beta * weight.to(dtype)
+        return Distribution(beta, None, None)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    weights = row_weights(weight, safe, valid, dtype)
+    spread = valid[:, None].to(dtype) * (label_smoothing / classes)
     if weight is None:
         beta = spread.expand(-1, classes).clone()
     else:
-        beta = spread * weight.to(weights.dtype)
+        beta = spread * weight.to(dtype)
     own = ((1.0 - label_smoothing) * weights)[:, None]
-    return beta.scatter_add_(1, safe[:, None], own)
+    return Distribution(beta.scatter_add_(1, safe[:, None], own), weights, valid)

@@ -312,7 +312,8 @@ def user_stacklevel() -> int:
 def check_linear(input, linear_weight, linear_bias, target, same_dtype: bool = True) -> None:
     """The fused linear loss's operands: ``input`` ``(N, d)`` or ``(d)``, ``linear_weight``
     ``(C, d)``, ``linear_bias`` ``(C,)`` or None, floating, on one device, of one dtype (unless
-    autocast casts them: ``same_dtype=False``); ``target`` ``(N)`` or ``()``."""
+    autocast casts them: ``same_dtype=False``); ``target`` ``(N)`` or ``()`` (class indices) or
+    ``(N, C)`` or ``(C)`` (class probabilities, a floating dtype)."""
     operands = {"input": input, "linear_weight": linear_weight, "linear_bias": linear_bias}
     for name, value in operands.items():
         if value is None and name == "linear_bias":
@@ -342,6 +343,10 @@ def check_linear(input, linear_weight, linear_bias, target, same_dtype: bool = T
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     expected = tuple(input.shape[:-1])
+    kind = "class indices"
+    if target.is_floating_point():  # class probabilities: the logits' shape
+        expected, kind = (*expected, classes), "class probabilities (a floating dtype)"
     if tuple(target.shape) != expected:
-        raise ValueError(f"target must have shape {expected} for input of shape "
-                         f"{tuple(input.shape)}, got {tuple(target.shape)}")  # fmt: skip
+        raise ValueError(f"target of {kind} must have shape {expected} for input of shape "
+                         f"{tuple(input.shape)} and {classes} classes, got "
+                         f"{tuple(target.shape)}")  # fmt: skip

@@ -24,6 +24,10 @@ quarter of the linear weight's ``C d`` elements, or ``2^20`` elements if that is
 stay at about half of the weight's gradient (which any training step holds), while each
 chunk's matmul keeps enough rows (``d / 4``) to run at the speed of the full one.
 
+**Probability targets and label smoothing** take another road: each chunk is the unfused loss
+of the chunk's logits under a non-reentrant checkpoint (:func:`_expected`), so the backward
+recomputes the chunk and every autograd feature works as for the unfused loss.
+
 **Limits.** The gradients of ``"mean"``/``"sum"`` are consumed in place by the first backward:
 a second backward through the same graph (``retain_graph=True``) raises, and so does a double
 backward (``create_graph=True``); use the unfused loss for those. Under autocast the matmuls run
@@ -47,13 +51,15 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from . import backends
-from ._convention import row_weights
+from ._convention import expects_distribution, row_weights
 from ._validation import (
     check_ignore_index,
     check_input_target,
     check_k,
+    check_label_smoothing,
     check_linear,
     check_margins,
     check_positive,
@@ -65,6 +71,7 @@ from ._validation import (
     checks_eagerly,
 )
 from .metrics import TopkCounts, topk_counts
+from .smooth_topk import smooth_topk_svm_loss
 
 #: the floor of a chunk's logits, in elements (4 MiB of float32)
 MIN_CHUNK_ELEMENTS = 1 << 20
@@ -97,13 +104,15 @@ def linear_smooth_topk_svm_loss(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     r"""Smooth top-k SVM loss of ``F.linear(input, linear_weight, linear_bias)``, fused.
 
     The value and the gradients of ``input``, ``linear_weight`` and ``linear_bias`` are those of
     ``smooth_topk_svm_loss(F.linear(input, linear_weight, linear_bias), target, k=k, tau=tau,
-    alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction)`` (see
+    alpha=alpha, weight=weight, ignore_index=ignore_index, reduction=reduction,
+    label_smoothing=label_smoothing)`` (see
     :func:`smoothtopk.smooth_topk_svm_loss` for the loss), computed ``chunk_size`` rows at a
     time so that the ``(N, C)`` logits and their gradient never exist whole (module docstring:
     how, the chunk size's rule, limits). ``k = 1, tau = 1, alpha = 0`` is
@@ -112,14 +121,18 @@ def linear_smooth_topk_svm_loss(
     Args:
         input: features, ``(N, d)`` or ``(d)``.
         linear_weight: the classifier's weight ``(C, d)``, as ``nn.Linear(d, C).weight``.
-        target: class indices ``(N)`` or ``()``; ``ignore_index`` marks rows to skip.
+        target: class indices ``(N)`` or ``()`` (``ignore_index`` marks rows to skip), or
+            class probabilities ``(N, C)`` or ``(C)``, a floating dtype (mixup, cutmix).
         linear_bias: the classifier's bias ``(C,)`` or None (keyword-only, as all below).
-        k, tau, alpha, weight, ignore_index, reduction: as :func:`smooth_topk_svm_loss`.
+        k, tau, alpha, weight, ignore_index, reduction, label_smoothing: as
+            :func:`smooth_topk_svm_loss` (probability targets and label smoothing: the
+            expected loss over the target distribution, each chunk checkpointed).
         chunk_size: rows per chunk (an int >= 1); None: :func:`chunk_rows`.
 
     Shape:
         - input ``(N, d)`` or ``(d)``; linear_weight ``(C, d)``; linear_bias ``(C)``.
-        - target ``(N)`` or ``()``; output a scalar, or the target's shape for ``"none"``.
+        - target ``(N)`` or ``()``, or probabilities ``(N, C)`` or ``(C)``; output a scalar,
+          or ``(N)`` or ``()`` for ``"none"``.
 
     Example:
         >>> import torch
@@ -131,6 +144,7 @@ def linear_smooth_topk_svm_loss(
         True
     """
     tau = check_positive(tau, "tau")
+    label_smoothing = check_label_smoothing(label_smoothing)
     plan = _plan(input, linear_weight, linear_bias, target, k, alpha, weight, ignore_index)
     check_reduction(reduction)
     check_temperature_scale(k, tau)
@@ -140,6 +154,14 @@ def linear_smooth_topk_svm_loss(
     else:
         chunk = check_positive_int(chunk_size, "chunk_size")
     score_dtype = torch.float32 if plan.autocast else plan.mm_dtype  # autocast: loss in float32
+    if expects_distribution(target, label_smoothing):
+        options = dict(k=k, tau=tau, alpha=alpha, weight=weight, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing)  # fmt: skip
+        with torch.autocast(plan.x.device.type, enabled=False) if plan.autocast else nullcontext():
+            out = _expected(plan, linear_weight, linear_bias, options, reduction, chunk,
+                            score_dtype)  # fmt: skip
+        out = out.reshape(input.shape[:-1]) if reduction == "none" else out
+        return out.to(plan.dtype)
     options = (weight, ignore_index, k, tau, alpha, reduction, chunk, plan.mm_dtype, score_dtype)
     tensors = (plan.x, linear_weight, linear_bias)
     backward_needed = torch.is_grad_enabled() and any(
@@ -153,6 +175,34 @@ def linear_smooth_topk_svm_loss(
     if reduction == "none":
         out = out.reshape(target.shape)
     return out if out.dtype == plan.dtype else out.to(plan.dtype)
+
+
+def _expected(plan, linear_weight, linear_bias, options, reduction, chunk, score_dtype):
+    """Probability targets or label smoothing: each chunk's loss is the unfused loss (with
+    ``options``) of the chunk's logits, under a (non-reentrant) checkpoint, so that the
+    backward recomputes the chunk's logits rather than keeping them: autograd, ``retain_graph``,
+    double backward and a gradient for probability targets work as for the unfused loss."""
+    xm, wm, bm = _casts(plan.x, linear_weight, linear_bias, plan.mm_dtype)
+    per_chunk = "none" if reduction == "none" else "sum"
+
+    def chunk_loss(x, target):
+        scores = _logits(x, wm, bm, _out_dtype(score_dtype))  # half: the loss's float32
+        return smooth_topk_svm_loss(scores, target, **options, reduction=per_chunk)
+
+    tensors = (xm, wm, bm, plan.target)
+    recorded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    parts = [
+        checkpoint(chunk_loss, x, t, use_reentrant=False) if recorded else chunk_loss(x, t)
+        for x, t in zip(xm.split(chunk), plan.target.split(chunk), strict=True)
+    ]
+    if reduction == "none":
+        return torch.cat(parts) if parts else xm.new_zeros(0, dtype=_out_dtype(score_dtype))
+    total = sum((p.double() for p in parts), xm.new_zeros((), dtype=torch.float64))
+    if reduction == "mean":  # probabilities: the row count; class indices: the weight sum
+        probabilities = plan.target.is_floating_point()
+        total = total / (plan.x.shape[0] if probabilities else _total_weight(
+            plan.target, options["weight"], options["ignore_index"]))  # fmt: skip
+    return total
 
 
 class _Plan:
@@ -172,16 +222,19 @@ def _plan(input, linear_weight, linear_bias, target, k, alpha, weight, ignore_in
     classes = linear_weight.shape[0]
     # the scores' shape without their memory: the unfused loss's checks of target and margins
     scores = input.new_empty(()).expand(*input.shape[:-1], classes)
-    check_input_target(scores, target)
+    check_input_target(scores, target, probabilities=True)
     check_ignore_index(ignore_index)
     check_weight(weight, classes, input.device)
     check_k(k, classes)
     alpha = check_margins(alpha, scores, target)
+    mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
+    dtype = torch.float32 if autocast else input.dtype  # autocast: the loss in float32
+    if target.is_floating_point():  # class probabilities: rows of the logits' shape
+        return _Plan(input.reshape(-1, input.shape[-1]), target.reshape(-1, classes), classes,
+                     alpha, autocast, mm_dtype, dtype)  # fmt: skip
     flat_target = target.reshape(-1).long()
     if checks_eagerly(flat_target):  # elsewhere the backend's kernel or its caller checks
         check_target_range(flat_target, classes, ignore_index)
-    mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
-    dtype = torch.float32 if autocast else input.dtype  # autocast: the loss in float32
     return _Plan(input.reshape(-1, input.shape[-1]), flat_target, classes, alpha, autocast,
                  mm_dtype, dtype)  # fmt: skip
 

@@ -177,8 +177,9 @@ class LinearSmoothTopkSVMLoss(_WeightedLoss):
     ``nn.LinearCrossEntropyLoss`` does; ``forward(input, target)`` takes the features.
 
     Shape:
-        - input: ``(N, in_features)`` or ``(in_features)``; target: ``(N)`` or ``()``; output:
-          a scalar, or the target's shape for ``reduction="none"``.
+        - input: ``(N, in_features)`` or ``(in_features)``; target: ``(N)`` or ``()`` class
+          indices, or class probabilities ``(N, num_classes)`` or ``(num_classes)``; output: a
+          scalar, or ``(N)`` or ``()`` for ``reduction="none"``.
 
     Example:
         >>> import torch
@@ -195,7 +196,7 @@ class LinearSmoothTopkSVMLoss(_WeightedLoss):
     """
 
     functional = staticmethod(linear_smooth_topk_svm_loss)
-    hyper_parameters = ("k", "tau", "alpha")
+    hyper_parameters = ("k", "tau", "alpha", "label_smoothing")
 
     def __init__(
         self,
@@ -209,6 +210,7 @@ class LinearSmoothTopkSVMLoss(_WeightedLoss):
         weight: torch.Tensor | None = None,
         ignore_index: int = -100,
         reduction: str = "mean",
+        label_smoothing: float = 0.0,
         chunk_size: int | None = None,
         device=None,
         dtype=None,
@@ -219,6 +221,7 @@ class LinearSmoothTopkSVMLoss(_WeightedLoss):
         self.k = check_k(k, num_classes)
         self.tau = check_positive(tau, "tau")
         self._set_alpha(alpha)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.chunk_size = None if chunk_size is None else check_positive_int(
             chunk_size, "chunk_size")  # fmt: skip
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
