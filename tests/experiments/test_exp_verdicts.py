@@ -144,6 +144,7 @@ def test_the_accuracy_plot_draws_each_loss_in_its_own_style(monkeypatch):
         ("noise1-select", 60, {"ce", "smooth-svm"}),
         ("tau-study", 54, {"ce", "smooth-svm"}),
         ("nonsmooth-select", 180, {"hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy"}),
+        ("nonsmooth-wide", 180, {"hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy"}),
     ],
 )
 def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses):
@@ -162,3 +163,7 @@ def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses)
         assert taus == {0.001, 0.01, 0.1, 1.0, 10.0}
     if preset == "nonsmooth-select":
         assert {config.lr for config in configs} == {0.03, 0.1, 0.3}
+    if preset == "nonsmooth-wide":  # both sides of nonsmooth-select's rates, none of them
+        assert {config.lr for config in configs} == {0.003, 0.01, 1.0}
+        select = {name for _, name in sweep.expand_named("nonsmooth-select")}
+        assert select.isdisjoint(name for _, name in named)

@@ -196,10 +196,11 @@ def _add_sweep(sub) -> None:
                        "demo), or demo-full: every loss x noise 0 ... 0.8 x seeds 0,1,2 "
                        "(embedded data), or noise-select / subsets-select / longtail-select: "
                        "the paper's protocols with per-loss selection, or noise1-select / "
-                       "tau-study / k-study / group-size / nonsmooth-select: noise p = 1, tau "
-                       "on powers of ten, k = 1, 2, 5, 10 against top-1 ... top-10, look-alike "
-                       "groups of 3, 5, 10 classes, the non-smooth losses with their own "
-                       "learning rates")  # fmt: skip
+                       "tau-study / k-study / group-size / nonsmooth-select / nonsmooth-wide: "
+                       "noise p = 1, tau on powers of ten, k = 1, 2, 5, 10 against top-1 ... "
+                       "top-10, look-alike groups of 3, 5, 10 classes, the non-smooth losses "
+                       "with their own learning rates (0.03 ... 0.3; wide: 0.003, 0.01, "
+                       "1.0)")  # fmt: skip
     sweep.add_argument("--grid", action="append", default=None,
                        metavar="LOSS:OPTION=V,V[;OPTION=V,...]",
                        help="options of LOSS to select from by clean validation top-5 (lr and "

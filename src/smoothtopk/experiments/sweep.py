@@ -23,8 +23,8 @@ level (or subset) and seed, the configuration with the best clean validation top
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
 ``longtail-select`` the long-tailed protocol (imbalance ratios 10 and 100) with the same rule;
-``noise1-select``, ``tau-study``, ``k-study``, ``group-size`` and ``nonsmooth-select`` are
-#22's studies (docs/results.md).
+``noise1-select``, ``tau-study``, ``k-study``, ``group-size``, ``nonsmooth-select`` and
+``nonsmooth-wide`` are #22's studies (docs/results.md).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ NOISE_LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8)
 SUBSETS = ("500", "1000", "2000", "3000", "all")
 #: the per-loss grid of the selection presets: tau on powers of ten, one learning-rate grid
 LEARNING_RATES = [0.03, 0.1, 0.3]
+#: rates beyond LEARNING_RATES on both sides: with them a loss has 0.003 ... 1.0
+WIDER_LEARNING_RATES = [0.003, 0.01, 1.0]
 TAUS = [0.1, 1.0, 10.0]
 SELECT_GRID = {
     "ce": {"lr": LEARNING_RATES},
@@ -175,6 +177,18 @@ SWEEP_PRESETS: dict[str, dict] = {
             "seed": [0, 1, 2],
         },  # fmt: skip
         "grid": {loss: {"lr": LEARNING_RATES} for loss in NON_SMOOTH_LOSSES},
+    },
+    # nonsmooth-select's grid widened on both sides (its selected rates all sat on an edge):
+    # the same runs at 0.003, 0.01 and 1.0 = 180 runs; report the two directories together
+    # for six rates per loss (#22)
+    "nonsmooth-wide": {
+        "preset": "demo",
+        "axes": {
+            "loss": list(NON_SMOOTH_LOSSES),
+            "noise": list(NOISE_LEVELS),
+            "seed": [0, 1, 2],
+        },  # fmt: skip
+        "grid": {loss: {"lr": WIDER_LEARNING_RATES} for loss in NON_SMOOTH_LOSSES},
     },
     # the long-tailed protocol (#14): CIFAR-100-LT profiles R = 10, 100 of the embedded data
     # (balanced validation and test), five losses, the same selection = 2 x 3 x 27 = 162 runs
