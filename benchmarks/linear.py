@@ -11,7 +11,9 @@ one ``loss.backward()`` of a linear classifier ``x (N, d) -> W (C, d)``:
 * ``unfused``: ``smooth_topk_svm_loss(F.linear(x, W), y, k=k)``;
 * ``lce_chunked``: ``F.linear_cross_entropy(x, W, y, options=LinearCrossEntropyOptions())``,
   torch's chunked path;
-* ``ce``: ``F.cross_entropy(F.linear(x, W), y)``.
+* ``ce``: ``F.cross_entropy(F.linear(x, W), y)``;
+* on request (``--contenders``), label smoothing 0.1 (the fused loss's checkpointed road):
+  ``fused_smoothing``, ``unfused_smoothing``, ``lce_smoothing`` (torch's chunked path).
 
 **Memory**: the extra peak of one forward+backward over what is held just before it (the
 inputs, ``x`` and ``W``; the gradients ``x.grad``, ``W.grad`` are part of the extra, as they
@@ -45,6 +47,9 @@ import torch.nn.functional as F
 from benchmarks.measure import _mallopt, _proc_status_kib, _reset_peak_rss
 
 CONTENDERS = ("fused", "unfused", "lce_chunked", "ce")
+#: label smoothing SMOOTHING: run only when named in --contenders
+SMOOTHING_CONTENDERS = ("fused_smoothing", "unfused_smoothing", "lce_smoothing")
+SMOOTHING = 0.1
 QUICK = ("2048x256x50000", "4096x256x10000", "4096x256x100000")
 FULL = (*QUICK, "4096x1024x10000", "4096x1024x100000")
 GPU_EXTRA = ("4096x256x1000000",)
@@ -63,7 +68,21 @@ def build(name: str, k: int):
         return lambda x, w, y: F.linear_cross_entropy(x, w, y, options=options)
     if name == "ce":
         return lambda x, w, y: F.cross_entropy(F.linear(x, w), y)
-    raise ValueError(f"unknown contender {name!r}; one of {', '.join(CONTENDERS)}")
+    if name == "fused_smoothing":
+        return lambda x, w, y: smoothtopk.linear_smooth_topk_svm_loss(
+            x, w, y, k=k, label_smoothing=SMOOTHING
+        )
+    if name == "unfused_smoothing":
+        return lambda x, w, y: smoothtopk.smooth_topk_svm_loss(
+            F.linear(x, w), y, k=k, label_smoothing=SMOOTHING
+        )
+    if name == "lce_smoothing":
+        options = torch.nn.LinearCrossEntropyOptions()
+        return lambda x, w, y: F.linear_cross_entropy(
+            x, w, y, label_smoothing=SMOOTHING, options=options
+        )
+    known = ", ".join((*CONTENDERS, *SMOOTHING_CONTENDERS))
+    raise ValueError(f"unknown contender {name!r}; one of {known}")
 
 
 def _sync(device):
