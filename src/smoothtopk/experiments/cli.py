@@ -146,8 +146,14 @@ def _add_report(sub) -> None:
     report = sub.add_parser("report", help="tables and plots from runs",
                             description="Tables and plots from run directories.")  # fmt: skip
     report.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run directories, or directories holding runs")  # fmt: skip
-    report.add_argument("--out", metavar="DIR", help="output directory (default: <runs>/report)")
+                        help="run directories, directories holding runs, or run archives "
+                             "(*.runs.jsonl.gz, written by --archive)")  # fmt: skip
+    report.add_argument("--out", metavar="DIR", help="output directory (default: <runs>/report; "
+                        "for one archive NAME.runs.jsonl.gz: NAME-report beside it)")  # fmt: skip
+    report.add_argument("--archive", metavar="FILE",
+                        help="also write the runs' records (config, epoch records, noise "
+                             "summary, machines; no checkpoints) to FILE, a run archive "
+                             "ending in .runs.jsonl.gz that this command reads back")  # fmt: skip
     report.add_argument("--select", action="store_true",
                         help="also the selection files (selection.md: per-seed paired "
                              "differences to CE) when each loss has one configuration; with "
@@ -376,19 +382,21 @@ def _run_lock(prepared, parser):
 
 
 def _report(args, parser) -> int:
+    from .records import check_archive_name, write_archive
+    from .report.load import archive_entries
     from .report.write import write_report
     from .rundir import check_writable
 
     try:
-        out = args.out
-        if out == "":
-            raise ValueError("the report directory (--out) must not be empty")
-        if out is None:
-            parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in args.runs}
-            base = args.runs[0] if len(args.runs) == 1 else os.path.commonpath(sorted(parents))
-            out = os.path.join(base, "report")
+        out = _report_dir(args.out, args.runs)
         check_writable(out, "report directory")
+        if args.archive is not None:
+            check_archive_name(args.archive)
+            check_writable(os.path.dirname(os.path.abspath(args.archive)), "archive directory")
         result = write_report(args.runs, out, select=True if args.select else None)
+        if args.archive is not None:
+            write_archive(args.archive, archive_entries(args.runs))
+            result["files"]["archive"] = args.archive
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     except OSError as err:  # e.g. a read-only file system that os.access did not see
@@ -400,6 +408,21 @@ def _report(args, parser) -> int:
     for path in result["files"].values():
         print(f"wrote {path}")
     return 0
+
+
+def _report_dir(out: str | None, runs: list[str]) -> str:
+    """``--out``, or its default (the help of ``--out``)."""
+    from .records import ARCHIVE_SUFFIX, is_archive
+
+    if out == "":
+        raise ValueError("the report directory (--out) must not be empty")
+    if out is not None:
+        return out
+    if len(runs) == 1 and is_archive(runs[0]):
+        return runs[0][: -len(ARCHIVE_SUFFIX)] + "-report"
+    parents = {os.path.dirname(os.path.abspath(p.rstrip("/"))) for p in runs}
+    base = runs[0] if len(runs) == 1 else os.path.commonpath(sorted(parents))
+    return os.path.join(base, "report")
 
 
 def _demo(args, parser) -> int:

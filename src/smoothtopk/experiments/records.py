@@ -18,11 +18,18 @@ write is atomic (:mod:`.checkpoint`'s temporary file, fsync, ``os.replace``).
 ``failed.json``        why the last training of the run failed, until one succeeds
                        (:func:`write_failure`, :func:`read_failure`)
 =====================  ===================================================================
+
+Beyond the run directory, a *run archive* (``<name>.runs.jsonl.gz``, :func:`write_archive`,
+:func:`read_archive`) keeps what a report reads of many runs — config, epoch records (floats to
+6 decimals: accuracies are fractions of at most 10^4 images, exact), noise summary and
+environments — in one small file (no checkpoints, no labels), so that a study can be reported
+and re-selected without its run directories.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -34,7 +41,7 @@ import time
 
 import torch
 
-from .checkpoint import atomic_torch_save, atomic_write_json, atomic_write_text
+from .checkpoint import atomic_torch_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .config import Config, from_saved, load_yaml, to_yaml
 
 CONFIG = "config.yaml"  #: marks a run directory
@@ -48,6 +55,7 @@ NOISE_SUMMARY = "noise.json"
 LONG_TAIL = "long_tail.json"
 METRICS_CSV, METRICS_JSONL = "metrics.csv", "metrics.jsonl"
 FAILED = "failed.json"
+ARCHIVE_SUFFIX = ".runs.jsonl.gz"  #: a run archive's file name ends so
 
 
 def path(run_dir: str, name: str) -> str:
@@ -276,3 +284,56 @@ def write_environment(run_dir: str, device: torch.device, world_size: int, resum
     and the number of processes."""
     name = f"{ENV_RESUME}{time.time():.0f}.json" if resumed else ENV
     atomic_write_json(path(run_dir, name), {**environment(device), "world_size": world_size})
+
+
+def is_archive(file: str) -> bool:
+    """Whether ``file`` names a run archive (a file whose name ends in :data:`ARCHIVE_SUFFIX`)."""
+    return file.endswith(ARCHIVE_SUFFIX) and os.path.isfile(file)
+
+
+def archive_entry(run_dir: str) -> dict:
+    """What a report reads of one run: its directory's name, config (the saved mapping), epoch
+    records (floats rounded to 6 decimals), noise summary and environment records."""
+    return {
+        "name": os.path.basename(os.path.normpath(run_dir)),
+        "config": load_yaml(path(run_dir, CONFIG)),
+        "metrics": [
+            {key: round(v, 6) if isinstance(v, float) else v for key, v in row.items()}
+            for row in read_metrics(run_dir)
+        ],  # fmt: skip
+        "noise": read_noise_summary(run_dir),
+        "environments": read_environments(run_dir),
+    }
+
+
+def check_archive_name(file: str) -> None:
+    if not file.endswith(ARCHIVE_SUFFIX) or file == ARCHIVE_SUFFIX:
+        raise ValueError(f"a run archive's name must end in {ARCHIVE_SUFFIX}, got {file!r}")
+
+
+def write_archive(file: str, entries: list[dict]) -> None:
+    """The run archive of ``entries`` (:func:`archive_entry`; module docstring): one JSON line
+    per run, gzip with a fixed time stamp (the same runs give the same bytes), atomically."""
+    check_archive_name(file)
+    lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in entries)
+    atomic_write_bytes(file, gzip.compress(lines.encode("utf-8"), mtime=0))
+
+
+def read_archive(file: str) -> list[dict]:
+    """The entries of a run archive (:func:`archive_entry`); ValueError naming the file (and
+    the line) when it is not a gzip file of JSON lines with those keys."""
+    try:
+        with gzip.open(file, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not a run archive (gzip of JSON lines): {err}") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} line {number} is not JSON ({err.msg})") from None
+        if not isinstance(entry, dict) or not {"name", "config", "metrics"} <= entry.keys():
+            raise ValueError(f"{file} line {number} is not a run (name, config, metrics)")
+        entries.append(entry)
+    return entries

@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..config import MIXING, Config
+from ..config import MIXING, Config, from_saved
 from ..records import (
     CONFIG,
+    archive_entry,
+    is_archive,
     machine_label,
+    read_archive,
     read_config,
     read_environments,
     read_metrics,
@@ -39,6 +42,46 @@ class RunResult:
         return len(self.history) >= self.cfg.epochs
 
 
+def load_runs(paths: list[str]) -> list[RunResult]:
+    """The runs of ``paths``: run directories, directories holding runs (:func:`find_runs`) and
+    run archives (:func:`..records.write_archive`), in the order given."""
+    runs = []
+    for path in paths:
+        if is_archive(path):
+            runs.extend(_archived(path, entry) for entry in read_archive(path))
+        else:
+            runs.extend(load_run(run_dir) for run_dir in find_runs([path]))
+    return runs
+
+
+def archive_entries(paths: list[str]) -> list[dict]:
+    """The run-archive entries (:func:`..records.archive_entry`) of the runs of ``paths``
+    (directories and archives, as :func:`load_runs`)."""
+    entries = []
+    for path in paths:
+        if is_archive(path):
+            entries.extend(read_archive(path))
+        else:
+            entries.extend(archive_entry(run_dir) for run_dir in find_runs([path]))
+    return entries
+
+
+def _archived(file: str, entry: dict) -> RunResult:
+    """A run of an archive, as :func:`load_run` reads one from its directory."""
+    try:
+        cfg = from_saved(entry["config"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{file}: run {entry['name']}: {err}") from None
+    return _result(f"{file}:{entry['name']}", cfg, entry["metrics"], entry.get("noise"),
+                   entry.get("environments") or [])  # fmt: skip
+
+
+def _result(path, cfg, history, noise, environments) -> RunResult:
+    machines = tuple(dict.fromkeys(machine_label(env) for env in environments))
+    return RunResult(path, cfg, history, select_best(history),
+                     (noise or {}).get("effective_flip_rate"), machines)  # fmt: skip
+
+
 def find_runs(paths: list[str]) -> list[str]:
     """Run directories among ``paths`` and, for a path that is not a run, its sub-directories."""
     runs = []
@@ -60,11 +103,8 @@ def find_runs(paths: list[str]) -> list[str]:
 
 
 def load_run(path: str) -> RunResult:
-    history = read_metrics(path)
-    noise = read_noise_summary(path) or {}
-    machines = tuple(dict.fromkeys(machine_label(env) for env in read_environments(path)))
-    return RunResult(path, read_config(path), history, select_best(history),
-                     noise.get("effective_flip_rate"), machines)  # fmt: skip
+    return _result(path, read_config(path), read_metrics(path), read_noise_summary(path),
+                   read_environments(path))  # fmt: skip
 
 
 #: the recipe options that a label names when the runs of one loss differ in them

@@ -7,7 +7,7 @@ import os
 
 from ..checkpoint import atomic_write_bytes, atomic_write_text
 from .aggregate import aggregate, long_tail_rows, selection_rows, topk_rows, training_rows
-from .load import RunResult, find_runs, label_recipes, load_run
+from .load import RunResult, label_recipes, load_runs
 from .plots import plot_accuracy, plot_curves, plot_topk, plot_training_accuracy
 from .selection import has_choices
 from .tables import (
@@ -29,7 +29,7 @@ def write_report(paths: list[str], out_dir: str, select: bool | None = None) -> 
     top-10) into ``out_dir``; returns the table and the paths. With ``select`` (``None``: when
     some loss has several configurations per setting and seed) also the selection files of
     :func:`write_selection` (``selection_table``, ``selection_rows``)."""
-    runs = [load_run(p) for p in find_runs(paths)]
+    runs = load_runs(paths)
     label_recipes(runs)
     axis, rows = aggregate(runs)
     if not rows:
