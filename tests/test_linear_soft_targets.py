@@ -7,8 +7,10 @@ the gradients of ``x``, ``W``, ``b`` and of probability targets (autograd throug
 loss, float64), for every reduction, class weights, per-class margins, ignored rows, chunk sizes
 that do and do not divide ``N``, on every backend (Triton in its interpreter, float32); at
 ``k = 1, alpha = 0`` it equals ``F.linear_cross_entropy`` with the same targets and smoothing;
-``retain_graph`` and double backward work; no ``(N, C)`` tensor is formed for class indices
-under label smoothing; bad operands give clear errors.
+``"mean"``/``"sum"`` allow one backward (gradients formed in the forward), the checkpointed
+road (``"none"``, a target that requires grad, ``torch.compile``) ``retain_graph`` and double
+backward; no ``(N, C)`` tensor is formed for class indices under label smoothing; bad
+operands give clear errors.
 """
 
 import os
@@ -25,6 +27,7 @@ from smoothtopk import (
     linear_topk_counts,
     smooth_topk_svm_loss,
 )
+from smoothtopk.linear import DOUBLE_BACKWARD
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 on_cpu = pytest.mark.skipif(INTERPRETING, reason="the CPU suite runs outside the interpreter")
@@ -134,19 +137,37 @@ def test_k1_is_linear_cross_entropy(reduction, probabilities):
 
 
 @on_cpu
-def test_retain_graph_and_double_backward():
-    x, w, b, q = _operands(torch.float64, probabilities=True)
-    options = dict(k=3, label_smoothing=0.1)
-    x2, w2 = (t.clone().requires_grad_() for t in (x, w))
-    out = linear_smooth_topk_svm_loss(x2, w2, q, chunk_size=3, **options)
-    (grad_x,) = torch.autograd.grad(out, x2, create_graph=True)
-    (ours,) = torch.autograd.grad(grad_x.sum(), w2)
-    x3, w3 = (t.clone().requires_grad_() for t in (x, w))
-    ref = smooth_topk_svm_loss(F.linear(x3, w3), q, **options)
-    (grad_x3,) = torch.autograd.grad(ref, x3, create_graph=True)
-    (theirs,) = torch.autograd.grad(grad_x3.sum(), w3)
+def test_mean_and_sum_allow_one_backward():
+    """``"mean"``/``"sum"`` form the gradients in the forward, as for class indices."""
+    x, w, _, q = _operands(torch.float64, probabilities=True)
+    x.requires_grad_()
+    out = linear_smooth_topk_svm_loss(x, w, q, k=3, label_smoothing=0.1, chunk_size=3)
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError) as error:
+        out.backward()
+    assert DOUBLE_BACKWARD in str(error.value)
+
+
+@on_cpu
+@pytest.mark.parametrize("road", ["none", "target requires grad"])
+def test_the_checkpointed_road_allows_retain_graph_and_double_backward(road):
+    """``"none"`` and a target that requires grad take the checkpointed road: autograd as for
+    the unfused loss (a second derivative, a second backward through the same graph)."""
+    x, w, _, q = _operands(torch.float64, probabilities=True)
+    options = dict(k=3, label_smoothing=0.1, reduction="none" if road == "none" else "mean")
+    q = q.clone().requires_grad_(road != "none")
+
+    def second_derivative(loss):
+        x2, w2 = (t.clone().requires_grad_() for t in (x, w))
+        (grad_x,) = torch.autograd.grad(loss(x2, w2).sum(), x2, create_graph=True)
+        return torch.autograd.grad(grad_x.sum(), w2)[0]
+
+    ours = second_derivative(lambda x, w: linear_smooth_topk_svm_loss(x, w, q, chunk_size=3,
+                                                                      **options))  # fmt: skip
+    theirs = second_derivative(lambda x, w: smooth_topk_svm_loss(F.linear(x, w), q, **options))
     torch.testing.assert_close(ours, theirs, **_tolerance(torch.float64))
-    out = linear_smooth_topk_svm_loss(x2, w2, q, chunk_size=3, **options)
+    w2 = w.clone().requires_grad_()
+    out = linear_smooth_topk_svm_loss(x, w2, q, chunk_size=3, **options).sum()
     out.backward(retain_graph=True)
     first = w2.grad.clone()
     out.backward()  # a second backward through the same graph: twice the gradient

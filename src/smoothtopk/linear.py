@@ -24,9 +24,12 @@ quarter of the linear weight's ``C d`` elements, or ``2^20`` elements if that is
 stay at about half of the weight's gradient (which any training step holds), while each
 chunk's matmul keeps enough rows (``d / 4``) to run at the speed of the full one.
 
-**Probability targets and label smoothing** take another road: each chunk is the unfused loss
-of the chunk's logits under a non-reentrant checkpoint (:func:`_expected`), so the backward
-recomputes the chunk and every autograd feature works as for the unfused loss.
+**Probability targets and label smoothing**: for ``"mean"``/``"sum"`` the gradients are formed
+in the forward as above, from the every-class loss's gradient
+(:func:`_expected_gradient_forward`); ``"none"``, a target that requires grad and
+``torch.compile`` take another road: each chunk is the unfused loss of the chunk's logits under
+a non-reentrant checkpoint (:func:`_expected`), so the backward recomputes the chunk and every
+autograd feature works as for the unfused loss.
 
 **Limits.** The gradients of ``"mean"``/``"sum"`` are consumed in place by the first backward:
 a second backward through the same graph (``retain_graph=True``) raises, and so does a double
@@ -49,12 +52,13 @@ Example:
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import backends
-from ._convention import expects_distribution, row_weights
+from ._convention import expects_distribution, row_weights, target_distribution
 from ._validation import (
     check_ignore_index,
     check_input_target,
@@ -126,7 +130,7 @@ def linear_smooth_topk_svm_loss(
         linear_bias: the classifier's bias ``(C,)`` or None (keyword-only, as all below).
         k, tau, alpha, weight, ignore_index, reduction, label_smoothing: as
             :func:`smooth_topk_svm_loss` (probability targets and label smoothing: the
-            expected loss over the target distribution, each chunk checkpointed).
+            expected loss over the target distribution; module docstring: its two roads).
         chunk_size: rows per chunk (an int >= 1); None: :func:`chunk_rows`.
 
     Shape:
@@ -154,27 +158,37 @@ def linear_smooth_topk_svm_loss(
     else:
         chunk = check_positive_int(chunk_size, "chunk_size")
     score_dtype = torch.float32 if plan.autocast else plan.mm_dtype  # autocast: loss in float32
-    if expects_distribution(target, label_smoothing):
-        options = dict(k=k, tau=tau, alpha=alpha, weight=weight, ignore_index=ignore_index,
-                       label_smoothing=label_smoothing)  # fmt: skip
-        with torch.autocast(plan.x.device.type, enabled=False) if plan.autocast else nullcontext():
-            out = _expected(plan, linear_weight, linear_bias, options, reduction, chunk,
-                            score_dtype)  # fmt: skip
-        out = out.reshape(input.shape[:-1]) if reduction == "none" else out
-        return out.to(plan.dtype)
     options = (weight, ignore_index, k, tau, alpha, reduction, chunk, plan.mm_dtype, score_dtype)
-    tensors = (plan.x, linear_weight, linear_bias)
+    with torch.autocast(plan.x.device.type, enabled=False) if plan.autocast else nullcontext():
+        out = _route(plan, linear_weight, linear_bias, options, label_smoothing)
+    if reduction == "none":
+        out = out.reshape(input.shape[:-1])
+    return out if out.dtype == plan.dtype else out.to(plan.dtype)
+
+
+def _route(plan, linear_weight, linear_bias, options, label_smoothing) -> torch.Tensor:
+    """The road of a call: class indices through the backend's loss, chunk by chunk, with the
+    gradients formed in the forward (``"mean"``/``"sum"``) or the logits recomputed in the
+    backward (``"none"``); probability targets and label smoothing through the every-class loss,
+    gradients formed in the forward for ``"mean"``/``"sum"`` in eager mode, else (``"none"``,
+    a target that requires grad, ``torch.compile``) each chunk the unfused loss under a
+    checkpoint (:func:`_expected`); the forward alone when nothing needs a gradient."""
+    weight, ignore_index, k, tau, alpha, reduction, chunk, _, score_dtype = options
+    tensors, target = (plan.x, linear_weight, linear_bias), plan.target
     backward_needed = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors
     )
-    with torch.autocast(plan.x.device.type, enabled=False) if plan.autocast else nullcontext():
+    if not expects_distribution(target, label_smoothing):
         if backward_needed:
-            out = _LinearSmoothTopk.apply(*tensors, plan.target, *options)
-        else:
-            out = _loss_only(*tensors, plan.target, *options)
-    if reduction == "none":
-        out = out.reshape(target.shape)
-    return out if out.dtype == plan.dtype else out.to(plan.dtype)
+            return _LinearSmoothTopk.apply(*tensors, target, *options, label_smoothing)
+        return _loss_only(*tensors, target, *options)
+    fast = reduction != "none" and not target.requires_grad and not torch.compiler.is_compiling()
+    if backward_needed and fast:
+        return _LinearSmoothTopk.apply(*tensors, target, *options, label_smoothing)
+    loss_options = dict(k=k, tau=tau, alpha=alpha, weight=weight, ignore_index=ignore_index,
+                        label_smoothing=label_smoothing)  # fmt: skip
+    return _expected(plan, linear_weight, linear_bias, loss_options, reduction, chunk,
+                     score_dtype)  # fmt: skip
 
 
 def _expected(plan, linear_weight, linear_bias, options, reduction, chunk, score_dtype):
@@ -329,14 +343,15 @@ class _LinearSmoothTopk(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, linear_weight, linear_bias, target, weight, ignore_index, k, tau, alpha,
-                reduction, chunk, mm_dtype, score_dtype):  # fmt: skip
+                reduction, chunk, mm_dtype, score_dtype, label_smoothing):  # fmt: skip
         ctx.options = (weight, ignore_index, k, tau, alpha, chunk, mm_dtype, score_dtype)
         needs = ctx.needs_input_grad[:3]
         if reduction == "none":
             return _rows_forward(ctx, x, linear_weight, linear_bias, target, needs)
-        out, grads = _gradient_forward(
-            x, linear_weight, linear_bias, target, reduction, needs, ctx.options
-        )
+        forward = _gradient_forward
+        if expects_distribution(target, label_smoothing):
+            forward = partial(_expected_gradient_forward, label_smoothing=label_smoothing)
+        out, grads = forward(x, linear_weight, linear_bias, target, reduction, needs, ctx.options)
         ctx.save_for_backward(*grads)
         ctx.reduction = reduction
         return out
@@ -353,7 +368,7 @@ class _LinearSmoothTopk(torch.autograd.Function):
             except RuntimeError as error:  # scaled in place by a first backward already
                 raise RuntimeError(DOUBLE_BACKWARD) from error
             grads = [None if g is None else g.mul_(grad_out) for g in saved]
-        return (*grads, *([None] * 10))
+        return (*grads, *([None] * 11))
 
 
 def _gradient_forward(x, linear_weight, linear_bias, target, reduction, needs, options):
@@ -377,6 +392,41 @@ def _gradient_forward(x, linear_weight, linear_bias, target, reduction, needs, o
         del g  # before the next chunk's logits: two (rows, C) buffers at a time, not three
     total = sum((o.double() for o in outs), x.new_zeros((), dtype=torch.float64))
     return (total * scale).to(_out_dtype(score_dtype)), grads
+
+
+def _expected_gradient_forward(x, linear_weight, linear_bias, target, reduction, needs, options,
+                               label_smoothing):  # fmt: skip
+    """Probability targets or label smoothing, ``"mean"``/``"sum"``: the expected loss
+    (:func:`smoothtopk._convention.target_distribution`) and its gradients for ``grad_out = 1``,
+    chunk by chunk; each chunk's gradient is the every-class loss's own (the fused CPU and Triton
+    operators form it in their one pass)."""
+    weight, ignore_index, k, tau, alpha, chunk, mm_dtype, score_dtype = options
+    xm, wm, bm = _casts(x, linear_weight, linear_bias, mm_dtype)
+    dtype, classes = _out_dtype(score_dtype), linear_weight.shape[0]
+    scale = torch.ones((), dtype=torch.float64, device=x.device)
+    if reduction == "mean":  # probabilities: the row count; class indices: the weight sum
+        rows = x.new_tensor(x.shape[0], dtype=torch.float64)
+        scale = 1.0 / (
+            rows if target.is_floating_point() else _total_weight(target, weight, ignore_index)
+        )
+    grads = _gradient_buffers(x, linear_weight, linear_bias, needs)
+    outs, implementation = [], None
+    for start, end in _spans(x.shape[0], chunk):
+        scores = _logits(xm[start:end], wm, bm, dtype)  # half: the loss's float32
+        dist = target_distribution(target[start:end], weight, ignore_index, label_smoothing,
+                                   classes, dtype)  # fmt: skip
+        implementation = implementation or backends.every_class_loss(
+            scores, k, (dist.beta, tau, alpha))  # fmt: skip
+        with torch.enable_grad():
+            kept = dist.kept(scores).detach().requires_grad_()
+            losses = implementation(kept, dist.beta, k, tau, alpha)
+            (g,) = torch.autograd.grad(losses, kept, scale.to(losses.dtype).expand_as(losses))
+        outs.append(losses.detach().sum(dtype=torch.float64))
+        del scores, kept
+        _accumulate(grads, g.to(mm_dtype), xm[start:end], wm, start, end)
+        del g
+    total = sum(outs, x.new_zeros((), dtype=torch.float64))
+    return (total * scale).to(dtype), grads
 
 
 def _gradient_buffers(x, linear_weight, linear_bias, needs):
