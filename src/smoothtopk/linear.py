@@ -212,10 +212,9 @@ def _expected(plan, linear_weight, linear_bias, options, reduction, chunk, score
     if reduction == "none":
         return torch.cat(parts) if parts else xm.new_zeros(0, dtype=_out_dtype(score_dtype))
     total = sum((p.double() for p in parts), xm.new_zeros((), dtype=torch.float64))
-    if reduction == "mean":  # probabilities: the row count; class indices: the weight sum
-        probabilities = plan.target.is_floating_point()
-        total = total / (plan.x.shape[0] if probabilities else _total_weight(
-            plan.target, options["weight"], options["ignore_index"]))  # fmt: skip
+    if reduction == "mean":
+        total = total / _denominator(plan.x, plan.target, options["weight"],
+                                     options["ignore_index"])  # fmt: skip
     return total
 
 
@@ -283,6 +282,14 @@ def _total_weight(target, weight, ignore_index) -> torch.Tensor:
     valid = target != ignore_index
     safe = torch.where(valid, target, 0)
     return row_weights(weight, safe, valid, torch.float64).sum()
+
+
+def _denominator(x, target, weight, ignore_index) -> torch.Tensor:
+    """``"mean"``'s divisor (float64), as ``F.cross_entropy``'s: the row count for probability
+    targets, the kept rows' weight sum (:func:`_total_weight`) for class indices."""
+    if target.is_floating_point():
+        return x.new_tensor(x.shape[0], dtype=torch.float64)
+    return _total_weight(target, weight, ignore_index)
 
 
 def _spans(rows: int, chunk: int):
@@ -404,11 +411,8 @@ def _expected_gradient_forward(x, linear_weight, linear_bias, target, reduction,
     xm, wm, bm = _casts(x, linear_weight, linear_bias, mm_dtype)
     dtype, classes = _out_dtype(score_dtype), linear_weight.shape[0]
     scale = torch.ones((), dtype=torch.float64, device=x.device)
-    if reduction == "mean":  # probabilities: the row count; class indices: the weight sum
-        rows = x.new_tensor(x.shape[0], dtype=torch.float64)
-        scale = 1.0 / (
-            rows if target.is_floating_point() else _total_weight(target, weight, ignore_index)
-        )
+    if reduction == "mean":
+        scale = 1.0 / _denominator(x, target, weight, ignore_index)
     grads = _gradient_buffers(x, linear_weight, linear_bias, needs)
     outs, implementation = [], None
     for start, end in _spans(x.shape[0], chunk):
