@@ -15,7 +15,8 @@ one ``loss.backward()`` of a linear classifier ``x (N, d) -> W (C, d)``:
 * on request (``--contenders``), label smoothing 0.1 (the fused loss's checkpointed road):
   ``fused_smoothing``, ``unfused_smoothing``, ``lce_smoothing`` (torch's chunked path).
 
-**Memory**: the extra peak of one forward+backward over what is held just before it (the
+**Memory**: each shape is measured in a fresh process (several shapes: one child process per
+shape), the extra peak of one forward+backward over what is held just before it (the
 inputs, ``x`` and ``W``; the gradients ``x.grad``, ``W.grad`` are part of the extra, as they
 are in a training step), measured as :mod:`benchmarks.measure` does: ``max_memory_allocated``
 on CUDA; on CPU the resident set's peak (``VmHWM``, reset through ``/proc/self/clear_refs``)
@@ -38,6 +39,8 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,7 +201,21 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--out", type=Path, help="directory for results.json and results.md")
+    p.add_argument("--row-json", help=argparse.SUPPRESS)  # internal: one shape's row, as JSON
     return p.parse_args(argv)
+
+
+def _in_own_process(shape: str, args) -> dict:
+    """One shape measured by a fresh ``python -m benchmarks.linear`` process: the resident-set
+    peak of a shape is then not lowered by memory an earlier shape freed but kept mapped."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        command = [sys.executable, "-m", "benchmarks.linear", "--shapes", shape, "--k",
+                   str(args.k), "--repeats", str(args.repeats), "--device", args.device,
+                   "--contenders", args.contenders, "--row-json", str(out)]  # fmt: skip
+        subprocess.run(command, cwd=root, check=True)
+        return json.loads(out.read_text())
 
 
 def main(argv=None) -> int:
@@ -211,7 +228,14 @@ def main(argv=None) -> int:
         if args.full and device.type == "cuda":
             shapes += GPU_EXTRA
     names = args.contenders.split(",")
-    rows = [measure_shape(s, args.k, args.repeats, device, names) for s in shapes]
+    if args.row_json:  # one shape, for the parent process (_in_own_process)
+        row = measure_shape(shapes[0], args.k, args.repeats, device, names)
+        Path(args.row_json).write_text(json.dumps(row))
+        return 0
+    if len(shapes) == 1:
+        rows = [measure_shape(shapes[0], args.k, args.repeats, device, names)]
+    else:
+        rows = [_in_own_process(s, args) for s in shapes]
     table = markdown(rows)
     env = environment(device)
     print(f"{env}\n\n{table}")
