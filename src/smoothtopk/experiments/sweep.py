@@ -23,8 +23,9 @@ level (or subset) and seed, the configuration with the best clean validation top
 The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full`` its big sibling;
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
 ``longtail-select`` the long-tailed protocol (imbalance ratios 10 and 100) with the same rule;
-``noise1-select``, ``tau-study``, ``k-study``, ``group-size``, ``nonsmooth-select`` and
-``nonsmooth-wide`` are #22's studies (docs/results.md).
+``noise1-select``, ``tau-study``, ``k-study``, ``group-size``, ``nonsmooth-select``,
+``nonsmooth-wide`` and ``noise-fair`` (the noise protocol with equal grids and 5 seeds) are
+#22's studies (docs/results.md).
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ TAUS = [0.1, 1.0, 10.0]
 SELECT_GRID = {
     "ce": {"lr": LEARNING_RATES},
     "smooth-svm": {"tau": TAUS, "lr": LEARNING_RATES},
+}
+#: equal-sized grids (#22): each loss 4 learning rates x 3 values of its own hyper-parameter
+FAIR_RATES = [0.01, 0.03, 0.1, 0.3]
+FAIR_GRID = {
+    "ce": {"lr": FAIR_RATES, "label_smoothing": [0.0, 0.1, 0.3]},
+    "smooth-svm": {"lr": FAIR_RATES, "tau": TAUS},
 }
 
 #: the long-tailed protocol's grid: the selection grid, and the long-tailed losses' learning
@@ -120,6 +127,18 @@ SWEEP_PRESETS: dict[str, dict] = {
         "preset": "demo",
         "axes": {"loss": ["ce", "smooth-svm"], "subset": list(SUBSETS), "seed": [0, 1, 2]},
         "grid": SELECT_GRID,
+    },
+    # the noise protocol with equal grids (#22): 12 configurations per loss — learning rates
+    # 0.01 ... 0.3 for both, CE's label smoothing (0, 0.1, 0.3) against L_{5,tau}'s tau (0.1,
+    # 1, 10) — and 5 seeds for the top-1 comparisons = 2 x 12 x 5 x 5 = 600 runs
+    "noise-fair": {
+        "preset": "demo",
+        "axes": {
+            "loss": ["ce", "smooth-svm"],
+            "noise": list(NOISE_LEVELS),
+            "seed": [0, 1, 2, 3, 4],
+        },  # fmt: skip
+        "grid": FAIR_GRID,
     },
     # the paper's noise p = 1.0 (every label of a look-alike group replaced by another of its
     # group), the noise-select losses and grid, 5 seeds = 60 runs (#22)
