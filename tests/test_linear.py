@@ -14,9 +14,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from backend_suite import few, precise_dtype
+from memory_probe import LargestTensor
 from smoothtopk import (
     LinearSmoothTopkSVMLoss,
     linear_smooth_topk_svm_loss,
@@ -178,29 +178,13 @@ def test_one_backward_only():
     assert DOUBLE_BACKWARD in str(error.value)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The largest number of elements of any storage an operator returns (views, as the
-    zero-stride ``(N, C)`` view that the argument checks use, own no memory of their own)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
-
-
 @on_cpu
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_never_materialises_the_logits(every_backend, reduction):
     n, d, c = 64, 8, 500
     x, w, b, y = _operands(torch.float32, n=n, d=d, c=c)
     x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
-    with _LargestTensor() as seen:
+    with LargestTensor() as seen:
         out = linear_smooth_topk_svm_loss(x, w, y, linear_bias=b, k=5, reduction=reduction,
                                           chunk_size=8)  # fmt: skip
         out.backward(torch.ones_like(out))

@@ -18,9 +18,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from backend_suite import few, precise_dtype
+from memory_probe import LargestTensor
 from smoothtopk import (
     LinearSmoothTopkSVMLoss,
     linear_smooth_topk_svm_loss,
@@ -174,28 +174,13 @@ def test_the_checkpointed_road_allows_retain_graph_and_double_backward(road):
     torch.testing.assert_close(w2.grad, 2 * first)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """The largest number of elements of any storage an operator returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
-
-
 @on_cpu
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_label_smoothing_never_materialises_the_logits(every_backend, reduction):
     n, d, c, chunk = 64, 8, 500, 8
     x, w, b, y = _operands(torch.float32, probabilities=False, n=n, d=d, c=c)
     x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
-    with _LargestTensor() as seen:
+    with LargestTensor() as seen:
         out = linear_smooth_topk_svm_loss(x, w, y, linear_bias=b, k=5, reduction=reduction,
                                           label_smoothing=0.1, chunk_size=chunk)  # fmt: skip
         out.backward(torch.ones_like(out))

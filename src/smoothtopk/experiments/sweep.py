@@ -102,6 +102,9 @@ LOOKALIKE_GROUP_SIZES = (3, 5, 10)
 #: the noise levels of the studies that are not the noise protocol itself
 STUDY_NOISE = (0.0, 0.4, 0.8)
 
+#: the non-smooth losses' studies (nonsmooth-select, nonsmooth-wide): noise 0 ... 0.8, 3 seeds
+NON_SMOOTH_AXES = {"loss": list(NON_SMOOTH_LOSSES), "noise": list(NOISE_LEVELS), "seed": [0, 1, 2]}
+
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
     # the demo: CE against L_{5,1} at noise 0 ... 0.8 on the embedded data, one seed
@@ -190,11 +193,7 @@ SWEEP_PRESETS: dict[str, dict] = {
     # (the paper's "they fail to fit the training data", #22)
     "nonsmooth-select": {
         "preset": "demo",
-        "axes": {
-            "loss": list(NON_SMOOTH_LOSSES),
-            "noise": list(NOISE_LEVELS),
-            "seed": [0, 1, 2],
-        },  # fmt: skip
+        "axes": NON_SMOOTH_AXES,
         "grid": {loss: {"lr": LEARNING_RATES} for loss in NON_SMOOTH_LOSSES},
     },
     # nonsmooth-select's grid widened on both sides (its selected rates all sat on an edge):
@@ -202,11 +201,7 @@ SWEEP_PRESETS: dict[str, dict] = {
     # for six rates per loss (#22)
     "nonsmooth-wide": {
         "preset": "demo",
-        "axes": {
-            "loss": list(NON_SMOOTH_LOSSES),
-            "noise": list(NOISE_LEVELS),
-            "seed": [0, 1, 2],
-        },  # fmt: skip
+        "axes": NON_SMOOTH_AXES,
         "grid": {loss: {"lr": WIDER_LEARNING_RATES} for loss in NON_SMOOTH_LOSSES},
     },
     # the long-tailed protocol (#14): CIFAR-100-LT profiles R = 10, 100 of the embedded data
