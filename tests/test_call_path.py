@@ -3,6 +3,8 @@ the argument checks and the backend choice, and nothing else changes — the sam
 same errors for every argument that was not part of the checked call, the same gradients
 (first and second order) as the full path."""
 
+import os
+
 import pytest
 import torch
 
@@ -85,6 +87,26 @@ def test_the_backend_variable_is_read_at_every_call(monkeypatch):
     monkeypatch.setenv(backends.RETIRED, "0")  # the retired switch is refused after a plan too
     with pytest.raises(ValueError, match="SMOOTHTOPK_CPU_KERNEL is retired"):
         smooth_topk_svm_loss(scores, target, k=3)
+
+
+@pytest.mark.parametrize("mapping", ["os.environ", "a replaced os.environ"])
+def test_the_setting_follows_the_environment(mapping, monkeypatch):
+    # backends.setting reads os.environ's own dict; it must see every change made through
+    # os.environ, and a replaced os.environ (a plain mapping) is read through it
+    if mapping != "os.environ":
+        monkeypatch.setattr(os, "environ", dict(os.environ))
+    values = []
+    for value in ("pytorch", "cpu", None):
+        if value is None:
+            monkeypatch.delenv(backends.ENV, raising=False)
+        else:
+            monkeypatch.setenv(backends.ENV, value)
+        monkeypatch.setenv(backends.RETIRED, f"{value}-retired")
+        values.append(backends.setting())
+    decoded = [tuple(v.decode() if isinstance(v, bytes) else v for v in pair) for pair in values]
+    assert decoded == [
+        ("pytorch", "pytorch-retired"), ("cpu", "cpu-retired"), (None, "None-retired")
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
