@@ -160,8 +160,8 @@ def _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction, lab
     small shapes (issue #20); they depend on the shapes, dtypes and devices of the tensors, the
     Python values of the rest, ``SMOOTHTOPK_BACKEND`` (its raw value,
     :func:`smoothtopk.backends.setting`; checked by ``requested``) and autocast, so a call with
-    the key of a call that passed them passes them too. Only plain tensors, Python scalars of the exact
-    types (``k=5.0`` must still be refused), a float margin, class indices without label
+    the key of a call that passed them passes them too. Only plain tensors, Python scalars of the
+    exact types (``k=5.0`` must still be refused), a float margin, class indices without label
     smoothing, in eager mode outside ``torch.func`` transforms, forward-mode AD and autocast;
     every other call takes the full path. Target values are never part of it: the kernels
     check them (or :func:`check_target_range` does, :class:`_Plan`).
