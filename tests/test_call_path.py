@@ -238,3 +238,18 @@ def test_a_graph_through_the_lean_path_keeps_autograd_rules():
     torch.testing.assert_close(s.grad, 2 * once)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         out.backward()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script")  # torch's forward-AD import, not ours
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_forward_mode_ad_is_refused_not_dropped(grad_mode):
+    # under a dual level the Function runs even when no backward is needed (no_grad), so that
+    # a tangent is never silently lost: torch refuses it, as the Function has no jvp
+    import torch.autograd.forward_ad as fwAD
+
+    scores, target = _inputs()
+    smooth_topk_svm_loss(scores, target, k=3)  # a plan for this kind of call
+    with fwAD.dual_level(), torch.set_grad_enabled(grad_mode):
+        dual = fwAD.make_dual(scores, torch.ones_like(scores))
+        with pytest.raises(NotImplementedError, match="forward mode AD"):
+            smooth_topk_svm_loss(dual, target, k=3)

@@ -38,6 +38,13 @@ PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RowLosses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``), in
+    which the losses' classic ``autograd.Function`` must not be skipped. The one reader of
+    torch's ``forward_ad._current_level``, which has no public accessor."""
+    return torch.autograd.forward_ad._current_level >= 0
+
+
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything narrower is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

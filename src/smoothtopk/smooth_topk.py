@@ -14,6 +14,7 @@ from ._convention import (
     expected_loss,
     expects_distribution,
     finish,
+    forward_ad_active,
     num_classes_of,
     prepare,
     restore,
@@ -203,7 +204,7 @@ def _traced_or_transformed() -> bool:
     return (
         torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
-        or torch.autograd.forward_ad._current_level >= 0
+        or forward_ad_active()
     )
 
 
@@ -255,7 +256,7 @@ def _apply(backend, scores: torch.Tensor, arguments: tuple, eager: bool = False)
     for. ``eager``: no trace, transform or forward-mode AD (:func:`_traced_or_transformed`),
     so the Function's classic form serves."""
     backward_needed = torch.is_grad_enabled() and scores.requires_grad
-    if not backward_needed and torch.autograd.forward_ad._current_level < 0:
+    if not backward_needed and not forward_ad_active():
         return backend.forward(scores, *arguments)[0]
     function = _EagerSmoothTopkSVM if eager else _SmoothTopkSVM
     return function.apply(scores, *arguments, backend.NAME)[0]

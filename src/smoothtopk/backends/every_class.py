@@ -55,7 +55,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from .._convention import row_poison
+from .._convention import forward_ad_active, row_poison
 from . import _abi
 from .anchors import EXP_FLOOR, LOG_ZERO
 from .polynomial import normalized_elementary_symmetric
@@ -161,7 +161,7 @@ def fused_expected(name: str, scores, beta, k, tau, alpha) -> torch.Tensor:
     margins = alpha if isinstance(alpha, torch.Tensor) else None
     alpha = 0.0 if margins is not None else alpha
     needed = torch.is_grad_enabled() and (scores.requires_grad or beta.requires_grad)
-    if not needed and torch.autograd.forward_ad._current_level < 0:
+    if not needed and not forward_ad_active():
         return EVERY_CLASS_OPS[name](scores, beta, k, tau, alpha, margins, False)[0]
     return _Expected.apply(scores, beta, k, tau, alpha, margins, name)[0]
 
