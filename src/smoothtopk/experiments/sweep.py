@@ -105,6 +105,18 @@ STUDY_NOISE = (0.0, 0.4, 0.8)
 #: the non-smooth losses' studies (nonsmooth-select, nonsmooth-wide): noise 0 ... 0.8, 3 seeds
 NON_SMOOTH_AXES = {"loss": list(NON_SMOOTH_LOSSES), "noise": list(NOISE_LEVELS), "seed": [0, 1, 2]}
 
+
+def _fair_preset(protocol: str, values: list) -> dict:
+    """A protocol (its data axis and values) with equal grids for CE and L_{5,tau}
+    (:data:`FAIR_GRID`) and 5 seeds for the top-1 comparisons (#22)."""
+    seeds = [0, 1, 2, 3, 4]
+    return {
+        "preset": "demo",
+        "axes": {"loss": ["ce", "smooth-svm"], protocol: values, "seed": seeds},
+        "grid": FAIR_GRID,
+    }
+
+
 #: sweep presets: a config preset (the recipe) and default axes
 SWEEP_PRESETS: dict[str, dict] = {
     # the demo: CE against L_{5,1} at noise 0 ... 0.8 on the embedded data, one seed
@@ -134,27 +146,11 @@ SWEEP_PRESETS: dict[str, dict] = {
     # the noise protocol with equal grids (#22): 12 configurations per loss — learning rates
     # 0.01 ... 0.3 for both, CE's label smoothing (0, 0.1, 0.3) against L_{5,tau}'s tau (0.1,
     # 1, 10) — and 5 seeds for the top-1 comparisons = 2 x 12 x 5 x 5 = 600 runs
-    "noise-fair": {
-        "preset": "demo",
-        "axes": {
-            "loss": ["ce", "smooth-svm"],
-            "noise": list(NOISE_LEVELS),
-            "seed": [0, 1, 2, 3, 4],
-        },  # fmt: skip
-        "grid": FAIR_GRID,
-    },
+    "noise-fair": _fair_preset("noise", list(NOISE_LEVELS)),
     # the subsets protocol with noise-fair's equal grids and 5 seeds (#22: subsets-select gave
     # CE 3 configurations against 9, and CE's rate sat on the grid's lower edge in 9 of 15
     # cells) = 2 x 12 x 5 subsets x 5 seeds = 600 runs
-    "subsets-fair": {
-        "preset": "demo",
-        "axes": {
-            "loss": ["ce", "smooth-svm"],
-            "subset": list(SUBSETS),
-            "seed": [0, 1, 2, 3, 4],
-        },  # fmt: skip
-        "grid": FAIR_GRID,
-    },
+    "subsets-fair": _fair_preset("subset", list(SUBSETS)),
     # the paper's noise p = 1.0 (every label of a look-alike group replaced by another of its
     # group), the noise-select losses and grid, 5 seeds = 60 runs (#22)
     "noise1-select": {
