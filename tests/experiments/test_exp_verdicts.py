@@ -146,7 +146,7 @@ def test_the_accuracy_plot_draws_each_loss_in_its_own_style(monkeypatch):
         ("nonsmooth-select", 180, {"hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy"}),
         ("nonsmooth-wide", 180, {"hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy"}),
         ("noise-fair", 600, {"ce", "smooth-svm"}),
-        ("subsets-fair", 600, {"ce", "smooth-svm"}),
+        ("subsets-fair", 750, {"ce", "smooth-svm"}),
     ],
 )
 def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses):
@@ -165,15 +165,20 @@ def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses)
         assert taus == {0.001, 0.01, 0.1, 1.0, 10.0}
     if preset == "nonsmooth-select":
         assert {config.lr for config in configs} == {0.03, 0.1, 0.3}
-    if preset in ("noise-fair", "subsets-fair"):  # equal grids: 12 per loss, 5 seeds
+    if preset in ("noise-fair", "subsets-fair"):  # equal grids: 12 (15) per loss, 5 seeds
+        size = 12 if preset == "noise-fair" else 15
+        rates = [{c.lr for c in configs if c.loss == loss} for loss in ("ce", "smooth-svm")]
+        assert rates[0] == rates[1] and len(rates[0]) == size // 3
         for loss in ("ce", "smooth-svm"):
             mine = [c for c in configs if c.loss == loss]
             grid = {(c.lr, c.label_smoothing, c.tau) for c in mine}
-            assert len(grid) == 12 and len(mine) == 12 * 5 * 5
+            assert len(grid) == size and len(mine) == size * 5 * 5
         assert {config.seed for config in configs} == {0, 1, 2, 3, 4}
-    if preset == "subsets-fair":
+    if preset == "subsets-fair":  # no noise: one step below noise-fair's lower edges
         assert {config.subset for config in configs} == {"500", "1000", "2000", "3000", "all"}
         assert {config.noise for config in configs} == {0.0}
+        assert min(c.lr for c in configs) == 0.003
+        assert min(c.tau for c in configs if c.loss == "smooth-svm") == 0.01
     if preset == "nonsmooth-wide":  # both sides of nonsmooth-select's rates, none of them
         assert {config.lr for config in configs} == {0.003, 0.01, 1.0}
         select = {name for _, name in sweep.expand_named("nonsmooth-select")}

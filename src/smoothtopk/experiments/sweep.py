@@ -78,6 +78,13 @@ FAIR_GRID = {
     "ce": {"lr": FAIR_RATES, "label_smoothing": [0.0, 0.1, 0.3]},
     "smooth-svm": {"lr": FAIR_RATES, "tau": TAUS},
 }
+#: the noise-free protocol's equal grids: one step lower in both (noise-fair's p = 0 cells
+#: selected lr 0.01 for CE and tau 0.1 for L_{5,tau} at their grids' lower edges), 15 each
+CLEAN_FAIR_RATES = [0.003, 0.01, 0.03, 0.1, 0.3]
+CLEAN_FAIR_GRID = {
+    "ce": {"lr": CLEAN_FAIR_RATES, "label_smoothing": [0.0, 0.1, 0.3]},
+    "smooth-svm": {"lr": CLEAN_FAIR_RATES, "tau": [0.01, 0.1, 1.0]},
+}
 
 #: the long-tailed protocol's grid: the selection grid, and the long-tailed losses' learning
 #: rate and temperature (their margins / adjustment strength at the defaults of the papers)
@@ -106,14 +113,14 @@ STUDY_NOISE = (0.0, 0.4, 0.8)
 NON_SMOOTH_AXES = {"loss": list(NON_SMOOTH_LOSSES), "noise": list(NOISE_LEVELS), "seed": [0, 1, 2]}
 
 
-def _fair_preset(protocol: str, values: list) -> dict:
-    """A protocol (its data axis and values) with equal grids for CE and L_{5,tau}
-    (:data:`FAIR_GRID`) and 5 seeds for the top-1 comparisons (#22)."""
+def _fair_preset(protocol: str, values: list, grid: dict) -> dict:
+    """A protocol (its data axis and values) with equal grids for CE and L_{5,tau} (``grid``:
+    :data:`FAIR_GRID` or :data:`CLEAN_FAIR_GRID`) and 5 seeds for the top-1 comparisons (#22)."""
     seeds = [0, 1, 2, 3, 4]
     return {
         "preset": "demo",
         "axes": {"loss": ["ce", "smooth-svm"], protocol: values, "seed": seeds},
-        "grid": FAIR_GRID,
+        "grid": grid,
     }
 
 
@@ -146,11 +153,11 @@ SWEEP_PRESETS: dict[str, dict] = {
     # the noise protocol with equal grids (#22): 12 configurations per loss — learning rates
     # 0.01 ... 0.3 for both, CE's label smoothing (0, 0.1, 0.3) against L_{5,tau}'s tau (0.1,
     # 1, 10) — and 5 seeds for the top-1 comparisons = 2 x 12 x 5 x 5 = 600 runs
-    "noise-fair": _fair_preset("noise", list(NOISE_LEVELS)),
-    # the subsets protocol with noise-fair's equal grids and 5 seeds (#22: subsets-select gave
-    # CE 3 configurations against 9, and CE's rate sat on the grid's lower edge in 9 of 15
-    # cells) = 2 x 12 x 5 subsets x 5 seeds = 600 runs
-    "subsets-fair": _fair_preset("subset", list(SUBSETS)),
+    "noise-fair": _fair_preset("noise", list(NOISE_LEVELS), FAIR_GRID),
+    # the subsets protocol with equal grids one step lower (no noise: CLEAN_FAIR_GRID) and 5
+    # seeds (#22: subsets-select gave CE 3 configurations against 9, and CE's rate sat on the
+    # grid's lower edge in 9 of 15 cells) = 2 x 15 x 5 subsets x 5 seeds = 750 runs
+    "subsets-fair": _fair_preset("subset", list(SUBSETS), CLEAN_FAIR_GRID),
     # the paper's noise p = 1.0 (every label of a look-alike group replaced by another of its
     # group), the noise-select losses and grid, 5 seeds = 60 runs (#22)
     "noise1-select": {
