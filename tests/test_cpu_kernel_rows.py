@@ -76,11 +76,45 @@ def _check(x, y, k, tau, alpha, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 8, 9])
-@pytest.mark.parametrize("classes", [10, 17, 100, LANE_LIMIT, LANE_LIMIT + 1])
+@pytest.mark.parametrize(
+    "k, classes",
+    [(k, c) for k in [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 20]
+     for c in [10, 17, 100, LANE_LIMIT, LANE_LIMIT + 1] if c > k + 1],
+)  # fmt: skip
 def test_each_k_and_search_against_reference(k, classes, dtype):
     x, y = _rows(classes, dtype=dtype, k=k)
     _check(x, y, k, 1.0, 1.0, dtype)
+
+
+def _group_count(classes, k):
+    """group_count in smooth_topk_cpu.cpp: the interleaved groups of the search for k > 8."""
+    eighths = int((((k + 1) * classes) ** 0.5) / 8.0 + 0.5)
+    return 8 * max(1, min(eighths, classes // 8, 512))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [9, 20])
+@pytest.mark.parametrize("ties", [1, 3, 7, 12])
+def test_the_key_search_with_many_candidates(k, ties, dtype):
+    """k > 8: a row whose `ties` groups (class j in group j mod G) hold only the row's largest
+    value, so that between k and about 12 (n / G) + k classes reach the group bound: each path
+    of the key search (pairwise ranks for up to 64 candidates, the bit search beyond, the
+    insertion search past the buffer), ties at the anchor, the target among the ties or not."""
+    classes = 2000
+    groups = _group_count(classes, k)
+    generator = torch.Generator().manual_seed(ties + k)
+    x = torch.randn(5, classes, generator=generator, dtype=torch.float64)
+    tied = (torch.arange(classes) % groups) < ties
+    x[:, tied] = 5.0  # rows 0, 3: equal
+    x[1, tied.nonzero()[:: 2 * ties + 1]] = 6.0  # a few above the ties
+    x[2:4, ~tied] -= 10.0  # every other class far below: those groups only
+    spread = torch.rand(int(tied.sum()), generator=generator, dtype=torch.float64)
+    x[2, tied] += spread  # rows 2, 4: distinct, above the rest
+    x[4, tied] += spread
+    y = torch.tensor(
+        [int(tied.nonzero()[0]), 1 + groups // 2, 5, classes - 1, int(tied.nonzero()[1])]
+    )
+    _check(x.to(dtype), y, k, 1.0, 1.0, dtype)
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
@@ -106,8 +140,9 @@ def test_the_two_searches_agree(k, classes):
     assert (grad_padded[:, classes:] == 0).all()
 
 
-@pytest.mark.parametrize("k", [1, 3, 5, 8])
-@pytest.mark.parametrize("classes", [9, 40, 300])
+@pytest.mark.parametrize(
+    "k, classes", [(k, c) for k in [1, 3, 5, 8, 12, 20] for c in [9, 40, 300] if c > k + 1]
+)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 def test_edge_rows(k, classes, dtype):
     """Per row: fewer than k finite others (loss 0, gradient 0), exactly k finite others, a

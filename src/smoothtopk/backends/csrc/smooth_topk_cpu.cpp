@@ -56,6 +56,7 @@
 namespace {
 
 constexpr int64_t kLanes = 8;
+constexpr int64_t kPairRankLimit = 64;  // candidates ranked pair by pair (rank_keys)
 constexpr int64_t kChunk = 512;  // classes per block of the backward (two float64 buffers in L1)
 using vector_math::bit_cast;
 using vector_math::exp_nonpositive;
@@ -137,8 +138,10 @@ struct Workspace {
         // k + 1 groups (more, from ties, take the insertion search); small, so that the large
         // buffers above keep being reused by malloc instead of faulted in again every call
         candidate_capacity(k > 8 ? candidate_count(classes, k) : 0),
-        keys(std::max(candidate_capacity, k > 8 ? group_count(classes, k) : 0)),
+        // (+ 8: room to pad the candidates' keys to whole vectors, rank_keys)
+        keys(std::max(candidate_capacity, k > 8 ? group_count(classes, k) : 0) + 8),
         candidates(candidate_capacity),
+        ranks(k > 8 ? kPairRankLimit : 0),
         w(k),
         sigma(k + 1),
         messages(k * (k + 1)),
@@ -153,6 +156,7 @@ struct Workspace {
   int64_t candidate_capacity;
   std::vector<uint64_t> keys;  // ordered keys (uint32 for float rows) of the group maxima, then
   std::vector<int64_t> candidates;  // of the candidate classes; those classes
+  std::vector<int64_t> ranks;  // of at most kPairRankLimit candidates (rank_keys)
   std::vector<double> w, sigma, messages, prefix, coefficients;  // coefficients: F_0 .. F_k
 };
 
@@ -370,16 +374,45 @@ inline real key_value(key_t<real> key) {
 
 // The rank-th largest of m keys (1 <= rank <= m), bit by bit from the top: the largest T with
 // at least rank keys >= T. Each bit is one vectorised count; no branch depends on the data.
+// With low_bit > 0 only the bits from low_bit up are searched: a lower bound of that key (its
+// bits below low_bit zero), at most 2^low_bit keys below it.
 template <typename U>
-U kth_largest_key(const U* __restrict keys, int64_t m, int64_t rank) {
+U kth_largest_key(const U* __restrict keys, int64_t m, int64_t rank, int low_bit = 0) {
   U result = 0;
-  for (int bit = 8 * sizeof(U) - 1; bit >= 0; --bit) {
+  for (int bit = 8 * sizeof(U) - 1; bit >= low_bit; --bit) {
     const U candidate = result | (U(1) << bit);
     U count = 0;
     for (int64_t i = 0; i < m; ++i) count += keys[i] >= candidate ? 1 : 0;
     result = static_cast<int64_t>(count) >= rank ? candidate : result;
   }
   return result;
+}
+
+// The rank of each of m keys (0 for the largest; ties by position, so the ranks are 0 .. m - 1),
+// by comparing every pair: m^2 / L vector comparisons with no branch, fewer steps than the bit
+// search for the few candidates of a row (m <= kPairRankLimit). keys[m ..] are overwritten
+// with 0 (below every key of a score) up to a whole vector.
+template <typename U>
+void rank_keys(U* __restrict keys, int64_t m, int64_t* __restrict rank) {
+  typedef U vec __attribute__((vector_size(64)));
+  constexpr int64_t L = 64 / sizeof(U);
+  const int64_t padded = (m + L - 1) / L * L;
+  for (int64_t i = m; i < padded; ++i) keys[i] = 0;
+  vec position;
+  for (int64_t l = 0; l < L; ++l) position[l] = static_cast<U>(l);
+  for (int64_t i = 0; i < m; ++i) {
+    const U key = keys[i];
+    vec count = {};
+    for (int64_t start = 0; start < padded; start += L) {
+      vec block;
+      std::memcpy(&block, keys + start, sizeof block);
+      const vec before = position + static_cast<U>(start) < static_cast<U>(i);
+      count -= (block > key) | ((block == key) & before);  // each true lane is all ones: -1
+    }
+    U total = 0;
+    for (int64_t l = 0; l < L; ++l) total += count[l];
+    rank[i] = static_cast<int64_t>(total);
+  }
 }
 
 // The k largest scores other than the target, in descending order. Only groups whose maximum
@@ -423,8 +456,12 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
     using real = real_t<scalar_t>;
     key_t<real>* keys = reinterpret_cast<key_t<real>*>(ws.keys.data());
     for (int64_t g = 0; g < groups; ++g) keys[g] = ordered_key(maxima[g]);  // never NaN
-    reach = groups > k ? static_cast<double>(key_value<real>(kth_largest_key(keys, groups, k + 1)))
-                       : -kInf;
+    // the top 16 bits of the key suffice (a lower bound within 2^-7 of the value: a few more
+    // candidates below); never below -inf's key, where a truncated key would be a NaN's
+    using U = key_t<real>;
+    const U bound = groups > k ? kth_largest_key(keys, groups, k + 1, 8 * sizeof(U) - 16) : 0;
+    const U lowest = ordered_key(-std::numeric_limits<real>::infinity());
+    reach = groups > k ? static_cast<double>(key_value<real>(std::max(bound, lowest))) : -kInf;
   }
   if constexpr (K > 0) {
     // -inf with index -1 marks an empty slot; a row that leaves one (fewer than K finite
@@ -451,9 +488,10 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
       return top[K - 1];
     }
   } else {
-    // Any k: the candidates' keys (non-NaN, not the target) in one buffer, a their k-th
-    // largest, then the anchors in the buffer's order: every key above a's, then the first
-    // equal to it. Fewer than k candidates: the insertion loop below.
+    // Any k: the candidates' keys (non-NaN, not the target, at least reach) in one buffer, a
+    // their k-th largest, then the anchors in the buffer's order: every key above a's, then the
+    // first equal to it (few candidates: those ranked below k). Fewer than k candidates: the
+    // insertion loop below.
     using real = real_t<scalar_t>;
     using U = key_t<real>;
     U* keys = reinterpret_cast<U*>(ws.keys.data());
@@ -469,8 +507,21 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
         const real v = static_cast<real>(to_double(s[j]));
         keys[m] = ordered_key(v);
         candidate[m] = j;
-        m += j != target && v == v ? 1 : 0;
+        m += j != target && static_cast<double>(v) >= reach ? 1 : 0;  // NaN: false
       }
+    }
+    if (room && m >= k && m <= kPairRankLimit) {
+      int64_t* rank = ws.ranks.data();
+      rank_keys(keys, m, rank);
+      int64_t found = 0;
+      U threshold = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        threshold = rank[i] == k - 1 ? keys[i] : threshold;
+        ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
+        ws.top_index[found] = candidate[i];
+        found += rank[i] < k ? 1 : 0;
+      }
+      return static_cast<double>(key_value<real>(threshold));
     }
     if (room && m >= k) {
       const U threshold = kth_largest_key(keys, m, k);
