@@ -147,6 +147,17 @@ def test_the_accuracy_plot_draws_each_loss_in_its_own_style(monkeypatch):
         ("nonsmooth-wide", 180, {"hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy"}),
         ("noise-fair", 600, {"ce", "smooth-svm"}),
         ("subsets-fair", 750, {"ce", "smooth-svm"}),
+        (
+            "longtail-fair",
+            600,
+            {
+                "ce",
+                "smooth-svm",
+                "ce-logit-adjusted",
+                "smooth-svm-ldam",
+                "smoothed-calibrated-hinge-ldam",
+            },
+        ),
     ],
 )
 def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses):
@@ -179,6 +190,13 @@ def test_the_study_presets_expand_to_their_documented_runs(preset, runs, losses)
         assert {config.noise for config in configs} == {0.0}
         assert min(c.lr for c in configs) == 0.003
         assert min(c.tau for c in configs if c.loss == "smooth-svm") == 0.01
+    if preset == "longtail-fair":  # equal grids: each loss 4 rates x 3 of its own option
+        for loss in losses:
+            mine = [c for c in configs if c.loss == loss]
+            grid = {(c.lr, c.label_smoothing, c.tau, c.tau_la, c.max_margin) for c in mine}
+            assert len(grid) == 12 and len(mine) == 12 * 2 * 5
+            assert {c.lr for c in mine} == {0.01, 0.03, 0.1, 0.3}
+        assert {config.imbalance_ratio for config in configs} == {10.0, 100.0}
     if preset == "nonsmooth-wide":  # both sides of nonsmooth-select's rates, none of them
         assert {config.lr for config in configs} == {0.003, 0.01, 1.0}
         select = {name for _, name in sweep.expand_named("nonsmooth-select")}

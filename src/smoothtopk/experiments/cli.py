@@ -202,7 +202,7 @@ def _add_sweep(sub) -> None:
                        "demo), or demo-full: every loss x noise 0 ... 0.8 x seeds 0,1,2 "
                        "(embedded data), or noise-select / subsets-select / longtail-select: "
                        "the paper's protocols with per-loss selection, or noise1-select / "
-                       "noise-fair / subsets-fair (equal grids, 5 seeds) / "
+                       "noise-fair / subsets-fair / longtail-fair (equal grids, 5 seeds) / "
                        "tau-study / k-study / group-size / nonsmooth-select / nonsmooth-wide: "
                        "noise p = 1, tau on powers of ten, k = 1, 2, 5, 10 against top-1 ... "
                        "top-10, look-alike groups of 3, 5, 10 classes, the non-smooth losses "

@@ -24,8 +24,8 @@ The demo is the sweep preset ``demo-sweep`` (``smoothtopk demo``), ``demo-full``
 ``noise-select`` and ``subsets-select`` are the paper's two protocols with per-loss selection,
 ``longtail-select`` the long-tailed protocol (imbalance ratios 10 and 100) with the same rule;
 ``noise1-select``, ``tau-study``, ``k-study``, ``group-size``, ``nonsmooth-select``,
-``nonsmooth-wide``, ``noise-fair`` and ``subsets-fair`` (the two protocols with equal grids and
-5 seeds) are #22's studies (docs/results.md).
+``nonsmooth-wide``, ``noise-fair``, ``subsets-fair`` and ``longtail-fair`` (the three protocols
+with equal grids and 5 seeds) are #22's studies (docs/results.md).
 """
 
 from __future__ import annotations
@@ -97,6 +97,15 @@ LONG_TAIL_GRID = {
     "smoothed-calibrated-hinge-ldam": SELECT_GRID["ce"],
 }
 IMBALANCE_RATIOS = (10.0, 100.0)
+#: the long-tailed protocol's equal grids (#22): each loss FAIR_RATES x 3 values of its own
+#: hyper-parameter (CE's label smoothing, the temperature, the logit-adjustment strength, the
+#: largest LDAM margin of the calibrated hinge: half, once and twice its default)
+LONG_TAIL_FAIR_GRID = {
+    **FAIR_GRID,
+    "ce-logit-adjusted": {"lr": FAIR_RATES, "tau_la": [0.5, 1.0, 2.0]},
+    "smooth-svm-ldam": {"lr": FAIR_RATES, "tau": TAUS},
+    "smoothed-calibrated-hinge-ldam": {"lr": FAIR_RATES, "max_margin": [0.25, 0.5, 1.0]},
+}
 #: the non-smooth losses of the paper's comparison, each with the selection grid's learning
 #: rates (#22: they ran at one untuned rate before)
 NON_SMOOTH_LOSSES = ("hard-svm", "hinge-alpha", "hinge-beta", "trunc-entropy")
@@ -229,6 +238,17 @@ SWEEP_PRESETS: dict[str, dict] = {
             "seed": [0, 1, 2],
         },  # fmt: skip
         "grid": LONG_TAIL_GRID,
+    },
+    # the long-tailed protocol with equal grids (#22: longtail-select gave the three CE-like
+    # losses 3 configurations against 9) and 5 seeds = 5 losses x 12 x 2 ratios x 5 = 600 runs
+    "longtail-fair": {
+        "preset": "demo",
+        "axes": {
+            "loss": list(LONG_TAIL_LOSSES),
+            "imbalance_ratio": list(IMBALANCE_RATIOS),
+            "seed": [0, 1, 2, 3, 4],
+        },  # fmt: skip
+        "grid": LONG_TAIL_FAIR_GRID,
     },
 }
 
