@@ -97,9 +97,10 @@ def _group_count(classes, k):
 @pytest.mark.parametrize("ties", [1, 3, 7, 12])
 def test_the_key_search_with_many_candidates(k, ties, dtype):
     """k > 8: a row whose `ties` groups (class j in group j mod G) hold only the row's largest
-    value, so that between k and about 12 (n / G) + k classes reach the group bound: each path
-    of the key search (pairwise ranks for up to 64 candidates, the bit search beyond, the
-    insertion search past the buffer), ties at the anchor, the target among the ties or not."""
+    value, so that between k and about 12 (n / G) + k classes reach the group bound: both paths
+    of the key search (pairwise ranks for up to 64 candidates, the bit search beyond; rows past
+    its buffer or with fewer than k candidates, the insertion search, are _rows' all-tied row
+    and test_edge_rows'), ties at the anchor, the target among the ties or not."""
     classes = 2000
     groups = _group_count(classes, k)
     generator = torch.Generator().manual_seed(ties + k)
