@@ -86,10 +86,14 @@ def test_sweep_resumes_a_partial_sweep_in_worker_processes(tmp_path):
 
 def test_demo_full_preset_plans_every_loss_noise_and_seed():
     configs = sweep.expand("demo-full")
-    assert len(configs) == len(LOSSES) * 5 * 3
+    assert len(configs) == len(LOSSES) * 5 * 5
     assert {c.loss for c in configs} == set(LOSSES)
     assert {c.noise for c in configs} == {0.0, 0.2, 0.4, 0.6, 0.8}
-    assert {c.seed for c in configs} == {0, 1, 2}
+    assert {c.seed for c in configs} == {0, 1, 2, 3, 4}
+    # each seed its own noise draw (#22), the same for every loss at that seed
+    assert {(c.seed, c.noise_draw_seed) for c in configs if c.noise} == {
+        (seed, seed) for seed in range(5)
+    }
     assert all(c.preset == "demo" and c.dataset == "embedded" for c in configs)
 
 

@@ -199,7 +199,7 @@ def _add_sweep(sub) -> None:
                            "hyper-parameters", description=SWEEP_DESCRIPTION)  # fmt: skip
     sweep.add_argument("--preset", default=None, metavar="NAME",
                        help=f"a recipe ({', '.join(config_mod.PRESETS)}), or demo-sweep (the "
-                       "demo), or demo-full: every loss x noise 0 ... 0.8 x seeds 0,1,2 "
+                       "demo), or demo-full: every loss x noise 0 ... 0.8 x seeds 0 ... 4 "
                        "(embedded data), or noise-select / subsets-select / longtail-select: "
                        "the paper's protocols with per-loss selection, or noise1-select / "
                        "noise-fair / subsets-fair / longtail-fair (equal grids, 5 seeds) / "
