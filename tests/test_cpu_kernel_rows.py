@@ -1,7 +1,8 @@
 """The fused CPU kernel's per-row specialisations (issue #20) against the references.
 
-``smoothtopk::cpu_forward`` compiles its row for each ``k <= 8`` (the ``O(k^2)`` work unrolled)
-and, for ``k <= 8`` and at most 512 classes, searches the top-k by lanes (``top_k_small``:
+``smoothtopk::cpu_forward`` compiles its row for each ``k <= 8`` (the ``O(k^2)`` work unrolled
+and, for ``k <= 8``, run for 8 rows at once as the lanes of vectors: ``row_tails``) and, for
+``k <= 8`` and at most 512 classes, searches the top-k by lanes (``top_k_small``:
 a max/min network per lane, a bitonic merge of the lanes, then the anchors in class order);
 more classes, larger ``k`` and rows with fewer than ``k`` non-NaN candidates take the general
 search. Each path is checked here against the extended-precision reference at the shapes that
@@ -210,3 +211,42 @@ def test_weights_ignored_rows_and_per_class_margins(k, classes, reduction):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
     assert (grad[~counted] == 0).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("k", [1, 5, 8, 9])
+@pytest.mark.parametrize("classes", [30, 1000])
+def test_rows_in_blocks_of_eight(k, classes, threads):
+    """The tails of k <= 8 run 8 rows at a time (row_tails; k > 8: one): every row of 4 full
+    blocks and a partial one, split between threads at any row, with NaN, +inf, ignored and
+    zero-loss rows among them, is the reference's row, and a poisoned row leaves its block's
+    other rows alone."""
+    generator = torch.Generator().manual_seed(classes + 10 * k)
+    rows = 37
+    x = torch.randn(rows, classes, generator=generator, dtype=torch.float64) * 3
+    y = torch.randint(0, classes, (rows,), generator=generator)
+    nan_rows, inf_rows, ignored, zero_rows = [3, 16], [9, 36], [5, 8, 30], [11]
+    for r in nan_rows:
+        x[r, (y[r] + 1) % classes] = NAN
+    for r in inf_rows:
+        x[r, (y[r] + 2) % classes] = INF
+    y[ignored] = -1
+    for r in zero_rows:  # fewer than k finite others
+        x[r] = -INF
+        x[r, y[r]] = 0.0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, grad, _ = kernel_call(x, y, k, tau=0.7, alpha=1.0, ignore_index=-1)
+    finally:
+        torch.set_num_threads(previous)
+    poisoned = nan_rows + inf_rows
+    assert out[poisoned].isnan().all() and grad[poisoned].isnan().all()
+    assert (out[ignored] == 0).all() and (grad[ignored] == 0).all()
+    assert (out[zero_rows] == 0).all() and (grad[zero_rows] == 0).all()
+    keep = [r for r in range(rows) if r not in poisoned + ignored + zero_rows]
+    ref, ref_grad = _reference(x[keep], y[keep], k, 0.7, 1.0)
+    torch.testing.assert_close(out[keep], ref, rtol=1e-12, atol=1e-12)
+    scale = ref_grad.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(grad[keep] / scale, ref_grad / scale, rtol=0, atol=1e-12)
+

@@ -61,6 +61,8 @@ constexpr int64_t kChunk = 512;  // classes per block of the backward (two float
 using vector_math::bit_cast;
 using vector_math::exp_nonpositive;
 using vector_math::kExpFloor;
+using vector_math::log1p_nonnegative;
+using vector_math::log_positive;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -141,12 +143,7 @@ struct Workspace {
         // (+ 8: room to pad the candidates' keys to whole vectors, rank_keys)
         keys(std::max(candidate_capacity, k > 8 ? group_count(classes, k) : 0) + 8),
         candidates(candidate_capacity),
-        ranks(k > 8 ? kPairRankLimit : 0),
-        w(k),
-        sigma(k + 1),
-        messages(k * (k + 1)),
-        prefix(k + 1),
-        coefficients(k + 1) {}
+        ranks(k > 8 ? kPairRankLimit : 0) {}
   std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
   std::vector<float> group_max_float;  // group maxima of the row (float, half, bfloat16 scores)
   std::vector<double> group_max_double;  // (double scores)
@@ -157,7 +154,6 @@ struct Workspace {
   std::vector<uint64_t> keys;  // ordered keys (uint32 for float rows) of the group maxima, then
   std::vector<int64_t> candidates;  // of the candidate classes; those classes
   std::vector<int64_t> ranks;  // of at most kPairRankLimit candidates (rank_keys)
-  std::vector<double> w, sigma, messages, prefix, coefficients;  // coefficients: F_0 .. F_k
 };
 
 // The maximum of each group (NaN ignored).
@@ -718,26 +714,35 @@ bool exponent_in_double(double scale) {
   }
 }
 
-struct RowResult {
-  double loss, slope;
+// Rows whose tails (below) run together: for k <= 8 the O(k^2) work and the transcendentals of
+// kTailRows rows run as the lanes of vectors (at a few hundred classes the per-row constant,
+// not the O(n) passes, dominates a row); beyond, one row at a time.
+constexpr int kTailRows = 8;
+
+int tail_rows(int64_t k) { return k <= 8 ? kTailRows : 1; }
+
+// A block of rows between their front and their tail, row r of the block in lane r of each
+// array (R = tail_rows(k) lanes): e[b * R + r], the anchors' scores top[i * R + r], a, s_y, the
+// margin, the count of NaN and +inf scores; then the tail's results and its scratch.
+struct RowBlock {
+  RowBlock(int64_t k, int rows)
+      : e((k + 1) * rows, 1.0), top(k * rows, 0.0), a(rows, 0.0), true_score(rows, 0.0),
+        alpha(rows, 0.0), bad(rows, 0.0), loss(rows), slope(rows), d(k * rows), g(k * rows),
+        w(k * rows), sigma((k + 1) * rows), f((k + 1) * rows), messages(k * (k + 1) * rows),
+        prefix((k + 1) * rows), total_a(rows) {}
+  std::vector<double> e, top, a, true_score, alpha, bad;
+  std::vector<double> loss, slope, d, g;  // the tail's results: D_m and G_i in d, g
+  std::vector<double> w, sigma, f, messages, prefix, total_a;  // the tail's scratch
 };
 
-// One row: the loss and the factors of its gradient.
-//   stats = [a, slope, D_0 .. D_{k-1}, G_0 .. G_{k-1}]: dL/ds_j = slope u_j sum_m (-u_j)^m D_m on
-//   the rest, slope G_i on the anchors, -slope on the target (the caller stores the slope,
-//   scaled by the row's weight). With z' = tau (argument of the softplus), formed without
-//   dividing by tau so that alpha / tau or |s| / (k tau) beyond the double range cannot overflow,
-//     z' = alpha + (a - s_y) / k + tau (log A - log B),
-//     L = relu(z') + tau log1p(e^{-|z'| / tau}),   slope = sigmoid(z' / tau) / k.
-//   Fewer than k finite other scores (a = -inf, s_y finite): z' = -inf, so L = 0 and slope = 0,
-//   the limit. NaN or +inf anywhere in the row (or a = s_y = -inf): L and slope are NaN.
-// K > 0: k = K at compile time (the O(k^2) loops unrolled, their arrays in registers).
+// The front of one row: its anchors (their classes in anchor_index, scores in ws.top, a), the
+// rest's weights u_j and their e_b(u), b = 0..k (ws.e). Returns the number of NaN and +inf
+// scores. K > 0: k = K at compile time.
 template <int K, typename scalar_t>
-RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
-                      double scale, double alpha, double tau, bool wide, Workspace& ws,
-                      double* stats, int64_t* anchor_index) {
+int64_t row_front(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
+                  double scale, bool wide, Workspace& ws, int64_t* anchor_index, double& a) {
   const int64_t k = K > 0 ? K : k_runtime;
-  const double a = top_k_without_target<K>(s, classes, target, k, ws);  // the smallest anchor
+  a = top_k_without_target<K>(s, classes, target, k, ws);  // the smallest anchor
 
   // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
   double* u = ws.rest.data();
@@ -751,129 +756,217 @@ RowResult forward_row(const scalar_t* s, int64_t classes, int64_t target, int64_
   double* lanes = ws.lanes.data();
   const int64_t used =
       lane_polynomials(u, static_cast<int64_t>(ws.rest.size()), k, lanes, ws.history.data());
-  double* e = ws.e.data();
-  merge_lanes<K>(lanes, used, k, ws.product.data(), e);
+  merge_lanes<K>(lanes, used, k, ws.product.data(), ws.e.data());
+  return bad;
+}
 
-  // sigma_b(w) over T; log w_i <= 0 (NaN from 0 * inf or -inf - -inf means w_i = 1).
-  double w_local[K > 0 ? K : 1], sigma_local[K > 0 ? K + 1 : 1];
-  double* w = K > 0 ? w_local : ws.w.data();
-  double* sigma = K > 0 ? sigma_local : ws.sigma.data();
-  for (int64_t i = 0; i < k; ++i) {
-    const double log_w = (a - ws.top[i]) * scale;
-    w[i] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
+// The front's results of one row into lane r of the block.
+void to_lane(const Workspace& ws, int64_t k, double a, double true_score, double alpha,
+             int64_t bad, RowBlock& block, int r, int rows) {
+  for (int64_t b = 0; b <= k; ++b) block.e[b * rows + r] = ws.e[b];
+  for (int64_t i = 0; i < k; ++i) block.top[i * rows + r] = ws.top[i];
+  block.a[r] = a;
+  block.true_score[r] = true_score;
+  block.alpha[r] = alpha;
+  block.bad[r] = static_cast<double>(bad);
+}
+
+// The gradient factors of R rows (row_tails): D_m = F_m / A - F_{m+1} / B and the anchors' factors
+// G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by inside-outside over T,
+// for A and B at once: with suffix_i the sigma polynomial of the w's after i and prefix_i that
+// of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d} (c = 0..i+1) gives
+// w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and w_i d/dw_i B = w_i sum_{c<=i}
+// prefix_i[c] M_i[c]. All terms are non-negative.
+template <int K, int R>
+void row_factors(RowBlock& block, int64_t k) {
+  const double* __restrict e = block.e.data();
+  const double* __restrict w = block.w.data();
+  const double* __restrict f = block.f.data();
+  double* __restrict messages = block.messages.data();
+  double* __restrict prefix = block.prefix.data();
+  double inv_a[R], inv_b[R];
+#pragma omp simd
+  for (int r = 0; r < R; ++r) {
+    inv_a[r] = 1.0 / block.total_a[r];
+    inv_b[r] = 1.0 / f[r];
   }
-  // With k fixed the loops run over whole arrays (zero beyond the current degree, so the
-  // extra terms add exact zeros) and unroll completely.
-  sigma[0] = 1.0;
-  for (int64_t b = 1; b <= k; ++b) sigma[b] = 0.0;
-  for (int64_t i = 0; i < k; ++i) {
-#pragma GCC unroll 16
-    for (int64_t b = K > 0 ? K : i + 1; b >= 1; --b) sigma[b] += w[i] * sigma[b - 1];
-  }
-
-  // A = sum_b sigma_b e_b and B = sum_{b >= 1} sigma_b e_{b-1} = F_0, with
-  // F_m = sum_{b > m} sigma_b e_{b-1-m} (B's own F'_m = F_{m+1}, since B's E' = (0, e_0, ...)).
-  double f_local[K > 0 ? K + 1 : 1];
-  double* f = K > 0 ? f_local : ws.coefficients.data();
-  double total_a = 0.0;
-#pragma GCC unroll 16
-  for (int64_t b = 0; b <= k; ++b) total_a += sigma[b] * e[b];
-#pragma GCC unroll 16
-  for (int64_t m = 0; m < k; ++m) {
-    double sum = 0.0;
-#pragma GCC unroll 16
-    for (int64_t b = m + 1; b <= k; ++b) sum += sigma[b] * e[b - 1 - m];
-    f[m] = sum;
-  }
-  f[k] = 0.0;
-  const double total_b = f[0];
-
-  const double true_score = to_double(s[target]);
-  const double kd = static_cast<double>(k);
-  const double gap = a - true_score;  // overflows only for float64 scores near the range's ends
-  const double step = std::isinf(gap) && std::isfinite(a) && std::isfinite(true_score)
-                          ? a / kd - true_score / kd
-                          : gap / kd;
-  // log(A / B): one logarithm, and no cancellation of two large logarithms (A, B >= 1, and
-  // A / B < 2n cannot overflow). e^{-|z'| / tau} serves the softplus and the sigmoid.
-  const double z = alpha + step + tau * std::log(total_a / total_b);
-  const double t = z / tau;
-  const double tail = std::exp(-std::abs(t));
-  const double loss = std::max(z, 0.0) + tau * std::log1p(tail);
-  const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + tail) : tail / (1.0 + tail);
-  const bool poisoned = bad > 0 || std::isnan(z);
-  stats[0] = a;
-
-  // D_m = F_m / A - F_{m+1} / B.
-  const double inv_a = 1.0 / total_a, inv_b = 1.0 / total_b;
-  double* rest_coefficients = stats + 2;
-  for (int64_t m = 0; m < k; ++m) rest_coefficients[m] = f[m] * inv_a - f[m + 1] * inv_b;
-
-  // The anchors' factors G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by
-  // inside-outside over T, for A and B at once: with suffix_i the sigma polynomial of the w's
-  // after i and prefix_i that of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d}
-  // (c = 0..i+1) gives w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and
-  // w_i d/dw_i B = w_i sum_{c<=i} prefix_i[c] M_i[c]. All terms are non-negative.
-  const int64_t row = k + 1;
-  double messages_local[K > 0 ? K * (K + 1) : 1];
-  double* messages = K > 0 ? messages_local : ws.messages.data();
+  for (int64_t m = 0; m < k; ++m)
+#pragma omp simd
+    for (int r = 0; r < R; ++r)
+      block.d[m * R + r] = f[m * R + r] * inv_a[r] - f[(m + 1) * R + r] * inv_b[r];
+  const int64_t row = (k + 1) * R;  // M_i: messages[i * row + c * R + r]
   double* last = messages + (k - 1) * row;
   // (With k fixed, M_i[c] for every c <= k, M_i[k + 1] = 0, and the sums over every c: the
   // prefix is zero beyond degree i.)
 #pragma GCC unroll 16
-  for (int64_t c = 0; c <= k; ++c) last[c] = e[c];
+  for (int64_t c = 0; c <= k; ++c)
+#pragma omp simd
+    for (int r = 0; r < R; ++r) last[c * R + r] = e[c * R + r];
 #pragma GCC unroll 16
   for (int64_t i = k - 2; i >= 0; --i) {
     const double* next = messages + (i + 1) * row;
     double* here = messages + i * row;
-    const double wn = w[i + 1];
     const int64_t top = K > 0 ? K - 1 : i + 1;
 #pragma GCC unroll 16
-    for (int64_t c = 0; c <= top; ++c) here[c] = next[c] + wn * next[c + 1];
-    if (K > 0) here[K] = next[K];
+    for (int64_t c = 0; c <= top; ++c)
+#pragma omp simd
+      for (int r = 0; r < R; ++r)
+        here[c * R + r] = next[c * R + r] + w[(i + 1) * R + r] * next[(c + 1) * R + r];
+    if (K > 0)
+#pragma omp simd
+      for (int r = 0; r < R; ++r) here[K * R + r] = next[K * R + r];
   }
-  double prefix_local[K > 0 ? K + 1 : 1];
-  double* prefix = K > 0 ? prefix_local : ws.prefix.data();
-  prefix[0] = 1.0;
-  for (int64_t c = 1; c <= k; ++c) prefix[c] = 0.0;
-  double* anchor_gradient = stats + 2 + k;
+#pragma omp simd
+  for (int r = 0; r < R; ++r) prefix[r] = 1.0;
+  for (int64_t c = 1; c <= k; ++c)
+#pragma omp simd
+    for (int r = 0; r < R; ++r) prefix[c * R + r] = 0.0;
 #pragma GCC unroll 16
   for (int64_t i = 0; i < k; ++i) {
     const double* here = messages + i * row;
-    double sum_a = 0.0, sum_b = 0.0;
+    double sum_a[R] = {}, sum_b[R] = {};
 #pragma GCC unroll 16
     for (int64_t c = 0; c <= (K > 0 ? K - 1 : i); ++c) {
-      sum_a += prefix[c] * here[c + 1];
-      sum_b += prefix[c] * here[c];
+#pragma omp simd
+      for (int r = 0; r < R; ++r) {
+        sum_a[r] += prefix[c * R + r] * here[(c + 1) * R + r];
+        sum_b[r] += prefix[c * R + r] * here[c * R + r];
+      }
     }
-    anchor_gradient[i] = w[i] * (sum_b * inv_b - sum_a * inv_a);
+#pragma omp simd
+    for (int r = 0; r < R; ++r)
+      block.g[i * R + r] = w[i * R + r] * (sum_b[r] * inv_b[r] - sum_a[r] * inv_a[r]);
 #pragma GCC unroll 16
-    for (int64_t c = K > 0 ? K : i + 1; c >= 1; --c) prefix[c] += w[i] * prefix[c - 1];
+    for (int64_t c = K > 0 ? K : i + 1; c >= 1; --c)
+#pragma omp simd
+      for (int r = 0; r < R; ++r) prefix[c * R + r] += w[i * R + r] * prefix[(c - 1) * R + r];
   }
-  if (poisoned) return {kNaN, kNaN};
-  return {loss, sigmoid / kd};
+}
+
+// The tail of R rows (their lanes of the block): the loss and the factors of the gradient.
+//   dL/ds_j = slope u_j sum_m (-u_j)^m D_m on the rest, slope G_i on the anchors, -slope on
+//   the target (store_lanes writes them to the rows' stats, the slope scaled by the weight).
+//   With z' = tau (argument of the softplus), formed without dividing by tau so that alpha / tau
+//   or |s| / (k tau) beyond the double range cannot overflow,
+//     z' = alpha + (a - s_y) / k + tau (log A - log B),
+//     L = relu(z') + tau log1p(e^{-|z'| / tau}),   slope = sigmoid(z' / tau) / k.
+//   Fewer than k finite other scores (a = -inf, s_y finite): z' = -inf, so L = 0 and slope = 0,
+//   the limit. NaN or +inf anywhere in the row (or a = s_y = -inf): L and slope are NaN.
+// Every statement is a loop over the R lanes (vectorised; the exponentials and logarithms are
+// vector_math's branch-free ones). K > 0: k = K at compile time (the O(k^2) loops unrolled).
+template <int K, int R>
+void row_tails(RowBlock& block, int64_t k_runtime, double scale, double tau) {
+  const int64_t k = K > 0 ? K : k_runtime;
+  const double kd = static_cast<double>(k);
+  const double* __restrict e = block.e.data();
+  double* __restrict w = block.w.data();
+  double* __restrict sigma = block.sigma.data();
+  double* __restrict f = block.f.data();
+  const double* a = block.a.data();
+
+  // sigma_b(w) over T; log w_i <= 0 (NaN from 0 * inf or -inf - -inf means w_i = 1).
+  for (int64_t i = 0; i < k; ++i) {
+#pragma omp simd
+    for (int r = 0; r < R; ++r) {
+      const double log_w = (a[r] - block.top[i * R + r]) * scale;
+      w[i * R + r] = exp_nonpositive(log_w < 0.0 ? log_w : 0.0);
+    }
+  }
+  // With k fixed the loops run over whole arrays (zero beyond the current degree, so the
+  // extra terms add exact zeros) and unroll completely.
+#pragma omp simd
+  for (int r = 0; r < R; ++r) sigma[r] = 1.0;
+  for (int64_t b = 1; b <= k; ++b)
+#pragma omp simd
+    for (int r = 0; r < R; ++r) sigma[b * R + r] = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+#pragma GCC unroll 16
+    for (int64_t b = K > 0 ? K : i + 1; b >= 1; --b)
+#pragma omp simd
+      for (int r = 0; r < R; ++r) sigma[b * R + r] += w[i * R + r] * sigma[(b - 1) * R + r];
+  }
+
+  // A = sum_b sigma_b e_b and B = sum_{b >= 1} sigma_b e_{b-1} = F_0, with
+  // F_m = sum_{b > m} sigma_b e_{b-1-m} (B's own F'_m = F_{m+1}, since B's E' = (0, e_0, ...)).
+  double* total_a = block.total_a.data();
+#pragma omp simd
+  for (int r = 0; r < R; ++r) total_a[r] = 0.0;
+#pragma GCC unroll 16
+  for (int64_t b = 0; b <= k; ++b)
+#pragma omp simd
+    for (int r = 0; r < R; ++r) total_a[r] += sigma[b * R + r] * e[b * R + r];
+#pragma GCC unroll 16
+  for (int64_t m = 0; m < k; ++m) {
+#pragma omp simd
+    for (int r = 0; r < R; ++r) f[m * R + r] = 0.0;
+#pragma GCC unroll 16
+    for (int64_t b = m + 1; b <= k; ++b)
+#pragma omp simd
+      for (int r = 0; r < R; ++r) f[m * R + r] += sigma[b * R + r] * e[(b - 1 - m) * R + r];
+  }
+#pragma omp simd
+  for (int r = 0; r < R; ++r) f[k * R + r] = 0.0;
+  const double* total_b = f;  // F_0
+
+#pragma omp simd
+  for (int r = 0; r < R; ++r) {
+    const double true_score = block.true_score[r];
+    const double gap = a[r] - true_score;  // overflows only for float64 scores near the range's ends
+    const bool overflow = std::abs(gap) == kInf && std::abs(a[r]) < kInf &&
+                          std::abs(true_score) < kInf;
+    const double step = overflow ? a[r] / kd - true_score / kd : gap / kd;
+    // log(A / B): one logarithm, and no cancellation of two large logarithms (A, B >= 1, and
+    // 1 / B <= A / B < 2n: a normal double). e^{-|z'| / tau} serves the softplus and the sigmoid.
+    const double z = block.alpha[r] + step + tau * log_positive(total_a[r] / total_b[r]);
+    const double t = z / tau;
+    const double tail = exp_nonpositive(-std::abs(t));
+    const double loss = std::max(z, 0.0) + tau * log1p_nonnegative(tail);
+    const double sigmoid = t >= 0.0 ? 1.0 / (1.0 + tail) : tail / (1.0 + tail);
+    const bool poisoned = block.bad[r] > 0.0 || z != z;
+    block.loss[r] = poisoned ? kNaN : loss;
+    block.slope[r] = poisoned ? kNaN : sigmoid / kd;
+  }
+  row_factors<K, R>(block, k);
 }
 
 template <typename scalar_t>
-using RowFunction = RowResult (*)(const scalar_t*, int64_t, int64_t, int64_t, double, double,
-                                  double, bool, Workspace&, double*, int64_t*);
+using FrontFunction = int64_t (*)(const scalar_t*, int64_t, int64_t, int64_t, double, bool,
+                                  Workspace&, int64_t*, double&);
+using TailFunction = void (*)(RowBlock&, int64_t, double, double);
 
-// forward_row for this k: compiled for k <= 8 (where the O(k^2) work and the per-row constants
-// dominate a row of a few hundred classes), else for any k.
+// The row for this k: compiled for k <= 8 (where the O(k^2) work and the per-row constants
+// dominate a row of a few hundred classes; tails kTailRows rows at a time), else for any k.
 template <typename scalar_t>
-RowFunction<scalar_t> row_function(int64_t k) {
+std::pair<FrontFunction<scalar_t>, TailFunction> row_functions(int64_t k) {
   switch (k) {
-    case 1: return forward_row<1, scalar_t>;
-    case 2: return forward_row<2, scalar_t>;
-    case 3: return forward_row<3, scalar_t>;
-    case 4: return forward_row<4, scalar_t>;
-    case 5: return forward_row<5, scalar_t>;
-    case 6: return forward_row<6, scalar_t>;
-    case 7: return forward_row<7, scalar_t>;
-    case 8: return forward_row<8, scalar_t>;
-    default: return forward_row<0, scalar_t>;
+    case 1: return {row_front<1, scalar_t>, row_tails<1, kTailRows>};
+    case 2: return {row_front<2, scalar_t>, row_tails<2, kTailRows>};
+    case 3: return {row_front<3, scalar_t>, row_tails<3, kTailRows>};
+    case 4: return {row_front<4, scalar_t>, row_tails<4, kTailRows>};
+    case 5: return {row_front<5, scalar_t>, row_tails<5, kTailRows>};
+    case 6: return {row_front<6, scalar_t>, row_tails<6, kTailRows>};
+    case 7: return {row_front<7, scalar_t>, row_tails<7, kTailRows>};
+    case 8: return {row_front<8, scalar_t>, row_tails<8, kTailRows>};
+    default: return {row_front<0, scalar_t>, row_tails<0, 1>};
   }
 }
+
+// The first count lanes of the block to their rows (row_of[r]): the loss times the row's weight,
+// and stats = [a, slope * weight (/ W for "mean"), D_0 .. D_{k-1}, G_0 .. G_{k-1}].
+void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row_of,
+                 const double* row_weight, double slope_scale, double* losses, double* stats) {
+  const int rows = static_cast<int>(block.a.size());
+  for (int r = 0; r < count; ++r) {
+    const int64_t row = row_of[r];
+    double* out = stats + row * (2 + 2 * k);
+    losses[row] = row_weight[row] * block.loss[r];
+    out[0] = block.a[r];
+    out[1] = block.slope[r] * (row_weight[row] * slope_scale);
+    for (int64_t m = 0; m < k; ++m) out[2 + m] = block.d[m * rows + r];
+    for (int64_t i = 0; i < k; ++i) out[2 + k + i] = block.g[i * rows + r];
+  }
+}
+
 
 // dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
 template <typename scalar_t, typename real>
@@ -1097,24 +1190,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
         const bool wide = exponent_in_double<scalar_t>(scale);
         // float16 rows are read as float32 (row_scores)
         using read_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
-        const auto forward = row_function<read_t>(k);
+        const auto [front, tail] = row_functions<read_t>(k);
+        const int lanes = tail_rows(k);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
+          RowBlock block(k, lanes);
+          std::vector<int64_t> row_of(lanes);
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
+          int filled = 0;
+          const auto finish = [&] {
+            tail(block, k, scale, tau);
+            store_lanes(block, k, filled, row_of.data(), row_weight.data(), slope_scale,
+                        losses.data(), stats_out);
+            filled = 0;
+          };
           for (int64_t r = begin; r < end; ++r) {
-            double* row_stats = stats_out + r * width;
             if (y[r] == ignore_index) {
               losses[r] = 0.0;
-              std::fill(row_stats, row_stats + width, 0.0);
+              std::fill(stats_out + r * width, stats_out + (r + 1) * width, 0.0);
               std::fill(index_out + r * k, index_out + (r + 1) * k, int64_t{0});
               continue;
             }
-            const RowResult row =
-                forward(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
-                        row_margin[r], tau, wide, ws, row_stats, index_out + r * k);
-            losses[r] = row_weight[r] * row.loss;
-            row_stats[1] = row.slope * (row_weight[r] * slope_scale);
+            const auto* row = row_scores(s + r * classes, classes, staged);
+            double a;
+            const int64_t bad = front(row, classes, y[r], k, scale, wide, ws, index_out + r * k, a);
+            to_lane(ws, k, a, to_double(row[y[r]]), row_margin[r], bad, block, filled, lanes);
+            row_of[filled] = r;
+            if (++filled == lanes) finish();
           }
+          if (filled > 0) finish();
         });
       });
   const auto out_dtype = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

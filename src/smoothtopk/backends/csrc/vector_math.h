@@ -66,16 +66,14 @@ inline float exp_nonpositive(float x) {
   return x < kFloor ? 0.0f : result;
 }
 
-// log(1 + x) for finite x >= 0 to about two ulps, branch-free: u = 1 + x = 2^e m with m in
-// [sqrt(1/2), sqrt(2)), log m = 2 atanh(s) with s = (m - 1) / (m + 1), |s| <= 0.1716, by its
-// series to s^23 (truncation < 1e-18), and the rounding of 1 + x put back by (x - (u - 1)) / u
-// (so that tiny x give x). The exponent is read as a double through the 2^52 trick (no
-// int64-to-double conversion, which AVX2 lacks).
-inline double log1p_nonnegative(double x) {
+// e ln 2 + log m + correction for a positive normal u = 2^e m, m in [sqrt(1/2), sqrt(2)),
+// branch-free to about two ulps: log m = 2 atanh(s) with s = (m - 1) / (m + 1), |s| <= 0.1716,
+// by its series to s^23 (truncation < 1e-18). The exponent is read as a double through the
+// 2^52 trick (no int64-to-double conversion, which AVX2 lacks).
+inline double log_decomposed(double u, double correction) {
   constexpr double kLn2Hi = 6.93147180369123816490e-01;
   constexpr double kLn2Lo = 1.90821492927058770002e-10;
   constexpr double kSqrt2 = 1.4142135623730951;
-  const double u = 1.0 + x;
   const int64_t bits = bit_cast<int64_t>(u);
   const double field = bit_cast<double>((bits >> 52) | 0x4330000000000000LL) - 0x1p52;
   const double m1 = bit_cast<double>((bits & 0x000FFFFFFFFFFFFFLL) | 0x3FF0000000000000LL);
@@ -88,8 +86,17 @@ inline double log1p_nonnegative(double x) {
   const double p2 = 1.0 / 9 + s2 * (1.0 / 11), p3 = 1.0 / 13 + s2 * (1.0 / 15);
   const double p4 = 1.0 / 17 + s2 * (1.0 / 19), p5 = 1.0 / 21 + s2 * (1.0 / 23);
   const double series = (p0 + s4 * p1) + s8 * ((p2 + s4 * p3) + s8 * (p4 + s4 * p5));
-  const double correction = (x - (u - 1.0)) / u;
   return e * kLn2Hi + ((2.0 * s * series + e * kLn2Lo) + correction);
 }
+
+// log(1 + x) for finite x >= 0 to about two ulps: log_decomposed of u = 1 + x with the rounding
+// of 1 + x put back by (x - (u - 1)) / u (so that tiny x give x).
+inline double log1p_nonnegative(double x) {
+  const double u = 1.0 + x;
+  return log_decomposed(u, (x - (u - 1.0)) / u);
+}
+
+// log(x) for a positive normal double x (2.2e-308 <= x < inf) to about two ulps.
+inline double log_positive(double x) { return log_decomposed(x, 0.0); }
 
 }  // namespace vector_math
