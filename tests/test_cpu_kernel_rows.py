@@ -249,4 +249,3 @@ def test_rows_in_blocks_of_eight(k, classes, threads):
     torch.testing.assert_close(out[keep], ref, rtol=1e-12, atol=1e-12)
     scale = ref_grad.abs().amax(dim=1, keepdim=True)
     torch.testing.assert_close(grad[keep] / scale, ref_grad / scale, rtol=0, atol=1e-12)
-
