@@ -716,20 +716,21 @@ bool exponent_in_double(double scale) {
 
 // Rows whose tails (below) run together: for k <= 8 the O(k^2) work and the transcendentals of
 // kTailRows rows run as the lanes of vectors (at a few hundred classes the per-row constant,
-// not the O(n) passes, dominates a row); beyond, one row at a time.
+// not the O(n) passes, dominates a row); beyond, one row at a time (row_kernel).
 constexpr int kTailRows = 8;
 
-int tail_rows(int64_t k) { return k <= 8 ? kTailRows : 1; }
-
 // A block of rows between their front and their tail, row r of the block in lane r of each
-// array (R = tail_rows(k) lanes): e[b * R + r], the anchors' scores top[i * R + r], a, s_y, the
-// margin, the count of NaN and +inf scores; then the tail's results and its scratch.
+// array (R = lanes): e[b * R + r], the anchors' scores top[i * R + r], a, s_y, the margin, the
+// count of NaN and +inf scores; then the tail's results and its scratch. The initial values are
+// a harmless row: the lanes past a partial block's last row compute finite numbers, never stored.
 struct RowBlock {
   RowBlock(int64_t k, int rows)
-      : e((k + 1) * rows, 1.0), top(k * rows, 0.0), a(rows, 0.0), true_score(rows, 0.0),
-        alpha(rows, 0.0), bad(rows, 0.0), loss(rows), slope(rows), d(k * rows), g(k * rows),
+      : lanes(rows), e((k + 1) * rows, 1.0), top(k * rows, 0.0), a(rows, 0.0),
+        true_score(rows, 0.0), alpha(rows, 0.0), bad(rows, 0.0), loss(rows), slope(rows),
+        d(k * rows), g(k * rows),
         w(k * rows), sigma((k + 1) * rows), f((k + 1) * rows), messages(k * (k + 1) * rows),
         prefix((k + 1) * rows), total_a(rows) {}
+  int lanes;
   std::vector<double> e, top, a, true_score, alpha, bad;
   std::vector<double> loss, slope, d, g;  // the tail's results: D_m and G_i in d, g
   std::vector<double> w, sigma, f, messages, prefix, total_a;  // the tail's scratch
@@ -762,7 +763,8 @@ int64_t row_front(const scalar_t* s, int64_t classes, int64_t target, int64_t k_
 
 // The front's results of one row into lane r of the block.
 void to_lane(const Workspace& ws, int64_t k, double a, double true_score, double alpha,
-             int64_t bad, RowBlock& block, int r, int rows) {
+             int64_t bad, RowBlock& block, int r) {
+  const int rows = block.lanes;
   for (int64_t b = 0; b <= k; ++b) block.e[b * rows + r] = ws.e[b];
   for (int64_t i = 0; i < k; ++i) block.top[i * rows + r] = ws.top[i];
   block.a[r] = a;
@@ -771,10 +773,10 @@ void to_lane(const Workspace& ws, int64_t k, double a, double true_score, double
   block.bad[r] = static_cast<double>(bad);
 }
 
-// The gradient factors of R rows (row_tails): D_m = F_m / A - F_{m+1} / B and the anchors' factors
-// G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by inside-outside over T,
-// for A and B at once: with suffix_i the sigma polynomial of the w's after i and prefix_i that
-// of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d} (c = 0..i+1) gives
+// The gradient factors of R rows (row_tails): D_m = F_m / A - F_{m+1} / B and the anchors'
+// factors G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by inside-outside
+// over T, for A and B at once: with suffix_i the sigma polynomial of the w's after i and prefix_i
+// that of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d} (c = 0..i+1) gives
 // w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and w_i d/dw_i B = w_i sum_{c<=i}
 // prefix_i[c] M_i[c]. All terms are non-negative.
 template <int K, int R>
@@ -911,7 +913,7 @@ void row_tails(RowBlock& block, int64_t k_runtime, double scale, double tau) {
 #pragma omp simd
   for (int r = 0; r < R; ++r) {
     const double true_score = block.true_score[r];
-    const double gap = a[r] - true_score;  // overflows only for float64 scores near the range's ends
+    const double gap = a[r] - true_score;  // overflows only for float64 scores near the ends
     const bool overflow = std::abs(gap) == kInf && std::abs(a[r]) < kInf &&
                           std::abs(true_score) < kInf;
     const double step = overflow ? a[r] / kd - true_score / kd : gap / kd;
@@ -929,25 +931,29 @@ void row_tails(RowBlock& block, int64_t k_runtime, double scale, double tau) {
   row_factors<K, R>(block, k);
 }
 
+// A row's front and the tail of a block of `lanes` rows, for one k.
 template <typename scalar_t>
-using FrontFunction = int64_t (*)(const scalar_t*, int64_t, int64_t, int64_t, double, bool,
-                                  Workspace&, int64_t*, double&);
-using TailFunction = void (*)(RowBlock&, int64_t, double, double);
+struct RowKernel {
+  int64_t (*front)(const scalar_t*, int64_t, int64_t, int64_t, double, bool, Workspace&,
+                   int64_t*, double&);
+  void (*tail)(RowBlock&, int64_t, double, double);
+  int lanes;
+};
 
 // The row for this k: compiled for k <= 8 (where the O(k^2) work and the per-row constants
 // dominate a row of a few hundred classes; tails kTailRows rows at a time), else for any k.
 template <typename scalar_t>
-std::pair<FrontFunction<scalar_t>, TailFunction> row_functions(int64_t k) {
+RowKernel<scalar_t> row_kernel(int64_t k) {
   switch (k) {
-    case 1: return {row_front<1, scalar_t>, row_tails<1, kTailRows>};
-    case 2: return {row_front<2, scalar_t>, row_tails<2, kTailRows>};
-    case 3: return {row_front<3, scalar_t>, row_tails<3, kTailRows>};
-    case 4: return {row_front<4, scalar_t>, row_tails<4, kTailRows>};
-    case 5: return {row_front<5, scalar_t>, row_tails<5, kTailRows>};
-    case 6: return {row_front<6, scalar_t>, row_tails<6, kTailRows>};
-    case 7: return {row_front<7, scalar_t>, row_tails<7, kTailRows>};
-    case 8: return {row_front<8, scalar_t>, row_tails<8, kTailRows>};
-    default: return {row_front<0, scalar_t>, row_tails<0, 1>};
+    case 1: return {row_front<1, scalar_t>, row_tails<1, kTailRows>, kTailRows};
+    case 2: return {row_front<2, scalar_t>, row_tails<2, kTailRows>, kTailRows};
+    case 3: return {row_front<3, scalar_t>, row_tails<3, kTailRows>, kTailRows};
+    case 4: return {row_front<4, scalar_t>, row_tails<4, kTailRows>, kTailRows};
+    case 5: return {row_front<5, scalar_t>, row_tails<5, kTailRows>, kTailRows};
+    case 6: return {row_front<6, scalar_t>, row_tails<6, kTailRows>, kTailRows};
+    case 7: return {row_front<7, scalar_t>, row_tails<7, kTailRows>, kTailRows};
+    case 8: return {row_front<8, scalar_t>, row_tails<8, kTailRows>, kTailRows};
+    default: return {row_front<0, scalar_t>, row_tails<0, 1>, 1};
   }
 }
 
@@ -955,7 +961,7 @@ std::pair<FrontFunction<scalar_t>, TailFunction> row_functions(int64_t k) {
 // and stats = [a, slope * weight (/ W for "mean"), D_0 .. D_{k-1}, G_0 .. G_{k-1}].
 void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row_of,
                  const double* row_weight, double slope_scale, double* losses, double* stats) {
-  const int rows = static_cast<int>(block.a.size());
+  const int rows = block.lanes;
   for (int r = 0; r < count; ++r) {
     const int64_t row = row_of[r];
     double* out = stats + row * (2 + 2 * k);
@@ -966,7 +972,6 @@ void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row
     for (int64_t i = 0; i < k; ++i) out[2 + k + i] = block.g[i * rows + r];
   }
 }
-
 
 // dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
 template <typename scalar_t, typename real>
@@ -1190,16 +1195,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
         const bool wide = exponent_in_double<scalar_t>(scale);
         // float16 rows are read as float32 (row_scores)
         using read_t = std::conditional_t<std::is_same_v<scalar_t, c10::Half>, float, scalar_t>;
-        const auto [front, tail] = row_functions<read_t>(k);
-        const int lanes = tail_rows(k);
+        const RowKernel<read_t> kernel = row_kernel<read_t>(k);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
-          RowBlock block(k, lanes);
-          std::vector<int64_t> row_of(lanes);
+          RowBlock block(k, kernel.lanes);
+          std::vector<int64_t> row_of(kernel.lanes);
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
           int filled = 0;
           const auto finish = [&] {
-            tail(block, k, scale, tau);
+            kernel.tail(block, k, scale, tau);
             store_lanes(block, k, filled, row_of.data(), row_weight.data(), slope_scale,
                         losses.data(), stats_out);
             filled = 0;
@@ -1213,10 +1217,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
             }
             const auto* row = row_scores(s + r * classes, classes, staged);
             double a;
-            const int64_t bad = front(row, classes, y[r], k, scale, wide, ws, index_out + r * k, a);
-            to_lane(ws, k, a, to_double(row[y[r]]), row_margin[r], bad, block, filled, lanes);
+            const int64_t bad =
+                kernel.front(row, classes, y[r], k, scale, wide, ws, index_out + r * k, a);
+            to_lane(ws, k, a, to_double(row[y[r]]), row_margin[r], bad, block, filled);
             row_of[filled] = r;
-            if (++filled == lanes) finish();
+            if (++filled == kernel.lanes) finish();
           }
           if (filled > 0) finish();
         });
