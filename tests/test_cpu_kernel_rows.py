@@ -214,13 +214,13 @@ def test_weights_ignored_rows_and_per_class_margins(k, classes, reduction):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("k", [1, 5, 8, 9])
+@pytest.mark.parametrize("k", [1, 5, 8, 9, 20])
 @pytest.mark.parametrize("classes", [30, 1000])
 def test_rows_in_blocks_of_eight(k, classes, threads):
-    """The tails of k <= 8 run 8 rows at a time (row_tails; k > 8: one): every row of 4 full
-    blocks and a partial one, split between threads at any row, with NaN, +inf, ignored and
-    zero-loss rows among them, is the reference's row, and a poisoned row leaves its block's
-    other rows alone."""
+    """The tails run 8 rows at a time (row_tails; compiled for each k <= 8, for any k beyond):
+    every row of 4 full blocks and a partial one, split between threads at any row, with NaN,
+    +inf, ignored and zero-loss rows among them, is the reference's row, and a poisoned row
+    leaves its block's other rows alone."""
     generator = torch.Generator().manual_seed(classes + 10 * k)
     rows = 37
     x = torch.randn(rows, classes, generator=generator, dtype=torch.float64) * 3
