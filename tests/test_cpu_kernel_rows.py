@@ -79,7 +79,7 @@ def _check(x, y, k, tau, alpha, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     "k, classes",
-    [(k, c) for k in [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 20]
+    [(k, c) for k in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 20, 31]
      for c in [10, 17, 100, LANE_LIMIT, LANE_LIMIT + 1] if c > k + 1],
 )  # fmt: skip
 def test_each_k_and_search_against_reference(k, classes, dtype):

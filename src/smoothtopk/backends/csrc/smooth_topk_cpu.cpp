@@ -627,6 +627,10 @@ void degree_tile(const double* __restrict u, int64_t padded, const double* __res
   for (int t = 0; t < T; ++t) store4(out + t * kLanes, e[t]);
 }
 
+// Degrees per tile: 10 accumulators, the classes' vector, the degree below and the history's
+// store fit the 16 vector registers of AVX2.
+constexpr int64_t kMaxTile = 10;
+
 // Returns the number of lanes filled: 8 for k <= 6; beyond, the k updates of a block are
 // independent enough to hide the latency with one vector, and 4 lanes halve the merging.
 __attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, int64_t padded,
@@ -641,24 +645,27 @@ __attribute__((noinline)) int64_t lane_polynomials(const double* __restrict u, i
     case 6: return lane_polynomials_fixed<6>(u, padded, lanes), kLanes;
     default: break;
   }
-  // 4 lanes, degrees in tiles of 8 held in registers; between tiles, the history of the
-  // tile's top degree (its value before each block) is the next tile's input.
+  // 4 lanes, degrees in tiles of at most kMaxTile held in registers, as few tiles as that
+  // allows and of equal sizes (k = 20: two tiles of 10, each iteration's 10 independent FMAs
+  // above the 8 that the latency on two pipes needs; 8 + 8 + 4 left the last one half idle);
+  // between tiles, the history of the tile's top degree (its value before each block) is the
+  // next tile's input.
+  const int64_t tiles = (k + kMaxTile - 1) / kMaxTile;
   double* below = nullptr;
   double* above = history;
-  for (int64_t first = 1; first <= k; first += 8) {
-    const int64_t size = std::min<int64_t>(8, k - first + 1);
+  for (int64_t first = 1, tile = 0; first <= k; ++tile) {
+    const int64_t size = (k - first + 1 + (tiles - tile) - 1) / (tiles - tile);
     double* out = lanes + first * kLanes;
     double* keep = first + size <= k ? above : nullptr;
-    switch (size) {
-      case 1: degree_tile<1>(u, padded, below, keep, out); break;
-      case 2: degree_tile<2>(u, padded, below, keep, out); break;
-      case 3: degree_tile<3>(u, padded, below, keep, out); break;
-      case 4: degree_tile<4>(u, padded, below, keep, out); break;
+    switch (size) {  // 5 .. 10 for k > 6 (k = 11: 6 + 5)
       case 5: degree_tile<5>(u, padded, below, keep, out); break;
       case 6: degree_tile<6>(u, padded, below, keep, out); break;
       case 7: degree_tile<7>(u, padded, below, keep, out); break;
-      default: degree_tile<8>(u, padded, below, keep, out); break;
+      case 8: degree_tile<8>(u, padded, below, keep, out); break;
+      case 9: degree_tile<9>(u, padded, below, keep, out); break;
+      default: degree_tile<kMaxTile>(u, padded, below, keep, out); break;
     }
+    first += size;
     std::swap(below, above);
     if (above == nullptr) above = history + padded;
   }
