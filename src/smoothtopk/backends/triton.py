@@ -413,23 +413,27 @@ def _triton_forward(
     """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``; row ``i``'s
     margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
 
-    The kernels write every entry of their outputs, so they are allocated, never filled; the
-    row losses and weights share one ``(2, M)`` buffer, reduced by one sum (F.cross_entropy's
-    reductions, as ``_convention.reduce``). ``total`` is read by the backward of the mean only
-    (uninitialised otherwise). Shape: scores ``(M, n)``, target ``(M,)``, weight and
-    alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
+    The kernels write every entry of their outputs, so they are allocated, never filled. The
+    reductions are F.cross_entropy's (as ``_convention.reduce``): for the mean two sums and a
+    division into the float32 output (one kernel, no conversion after it), on separate buffers
+    of row losses and weights rather than on views of one (unbinding and indexing in the
+    forward cost the host 15 us per forward+backward here, more than the ops, issue #20): with
+    the target check's flag and assertion, 5 small kernels besides the Triton ones. ``total``
+    is read by the backward of the mean only (uninitialised otherwise). Shape: scores
+    ``(M, n)``, target ``(M,)``, weight and alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
     """
     scores, target = scores.contiguous(), target.contiguous()
     rows = scores.shape[0]
     options = dict(device=scores.device, dtype=torch.float64)
-    rows_out = torch.empty(2, rows, **options)  # weight[t_i] l_i, weight[t_i]
+    losses = torch.empty(rows, **options)  # weight[t_i] l_i
+    weights = torch.empty(rows, **options)  # weight[t_i]
     stats = torch.empty(rows, _abi.stats_width(k), **options)
     anchors = torch.empty(rows, k, device=scores.device, dtype=torch.int64)
     if rows > 0:
         weight = None if weight is None else weight.contiguous()
         margins = None if alpha_per_class is None else alpha_per_class.contiguous()
         ok = torch.ones((), device=scores.device, dtype=torch.int32)  # cleared by a bad target
-        outputs = (rows_out[0], rows_out[1], stats, anchors, ok)
+        outputs = (losses, weights, stats, anchors, ok)
         with _on_device(scores.device):
             _launch_forward(
                 scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
@@ -437,10 +441,13 @@ def _triton_forward(
             classes = scores.shape[1]
             torch._assert_async(ok, f"target must be in [0, {classes}) or equal to ignore_index")
     if reduction == "none":
-        return rows_out[0].float(), stats, anchors, torch.empty((), **options)
-    loss_sum, total = rows_out.sum(dim=1)  # float64; the output in float32
-    out = loss_sum if reduction == "sum" else loss_sum / total
-    return out.float(), stats, anchors, total
+        return losses.float(), stats, anchors, torch.empty((), **options)
+    if reduction == "sum":
+        return losses.sum().float(), stats, anchors, torch.empty((), **options)
+    total = weights.sum()  # float64; the quotient rounded once to float32, in one kernel
+    out = torch.empty((), device=scores.device, dtype=torch.float32)
+    torch.div(losses.sum(), total, out=out)
+    return out, stats, anchors, total
 
 
 def _launch_backward(
