@@ -1,7 +1,7 @@
 """The fused CPU kernel's per-row specialisations (issue #20) against the references.
 
-``smoothtopk::cpu_forward`` compiles its row for each ``k <= 8`` (the ``O(k^2)`` work unrolled
-and, for ``k <= 8``, run for 8 rows at once as the lanes of vectors: ``row_tails``) and, for
+``smoothtopk::cpu_forward`` compiles its row for each ``k <= 8`` (the ``O(k^2)`` work unrolled;
+for every k it runs for 8 rows at once as the lanes of vectors: ``row_tails``) and, for
 ``k <= 8`` and at most 512 classes, searches the top-k by lanes (``top_k_small``:
 a max/min network per lane, a bitonic merge of the lanes, then the anchors in class order);
 more classes, larger ``k`` and rows with fewer than ``k`` non-NaN candidates take the general

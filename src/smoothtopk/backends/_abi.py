@@ -20,6 +20,8 @@ reads (the CPU kernel folds it into ``stats``)::
     smoothtopk::cpu_every_class(scores, beta, k, tau, alpha, alpha_per_class?, with_grad)
         -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
     smoothtopk::triton_every_class(... as cpu_every_class ...) -> (out, grad)
+    smoothtopk::vector_math(x, function) -> y   # csrc/vector_math.h's exp_nonpositive,
+        # log_positive or log1p_nonnegative element by element: for tests of their ulp errors
 
 ``cpu_loss`` is ``cpu_forward``'s value with its autograd formula registered in C++
 (``csrc/autograd_cpu.cpp``: ``cpu_backward``, or under ``create_graph`` ``recorded_backward``, the
@@ -103,6 +105,7 @@ SCHEMAS = {
     "triton_backward": f"({_BACKWARD}, Tensor total, int splits) -> Tensor",
     "cpu_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
     "triton_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
+    "vector_math": "(Tensor x, str function) -> Tensor",
 }
 
 
@@ -167,6 +170,10 @@ def _every_class_fake(scores, beta, k, tau, alpha, margins, with_grad):
     return out, (grad if with_grad else scores.new_empty(0))
 
 
+def _vector_math_fake(x, function):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 _FAKES = {
     "cpu_forward": _cpu_forward_fake,
     "cpu_loss": _cpu_loss_fake,
@@ -175,6 +182,7 @@ _FAKES = {
     "triton_backward": _backward_fake,
     "cpu_every_class": _every_class_fake,
     "triton_every_class": _every_class_fake,
+    "vector_math": _vector_math_fake,
 }
 
 

@@ -40,9 +40,11 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "smooth_topk_cpu.cpp"
 #: the compiled C++ files of the library: the class-index kernel, its autograd formula (one
-#: differentiable operator), and every class's loss at once
+#: differentiable operator), every class's loss at once, and the probe of vector_math.h's
+#: functions for the tests
 SOURCES = (
-    SOURCE, SOURCE.with_name("autograd_cpu.cpp"), SOURCE.with_name("every_class_cpu.cpp")
+    SOURCE, SOURCE.with_name("autograd_cpu.cpp"), SOURCE.with_name("every_class_cpu.cpp"),
+    SOURCE.with_name("vector_math_cpu.cpp"),
 )  # fmt: skip
 #: every file of the build, headers included: a change to any of them is a new build
 BUILD_FILES = (*SOURCES, SOURCE.with_name("vector_math.h"))

@@ -17,7 +17,8 @@ inline To bit_cast(const From& from) {
   return to;
 }
 
-// e^x for x <= 0 to about one ulp of a double, branch-free so that loops over it vectorise:
+// e^x for x <= 0 within 2.5 ulps of a double (measured 1.9: tests/test_vector_math.py, through
+// smoothtopk::vector_math), branch-free so that loops over it vectorise:
 // x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite), e^r by its Taylor polynomial of degree 13
 // (truncation < 1e-17),
 // 2^n written into the exponent bits. 0 below kExpFloor (and for x = -inf); NaN stays NaN.
@@ -45,8 +46,9 @@ inline double exp_nonpositive(double x) {
 }
 
 // The same for float inputs in float (8 lanes per AVX2 register instead of 4): Cody-Waite with
-// Cephes' split of ln 2, Taylor polynomial of degree 7 (truncation < 1e-8); exact to about one
-// float ulp, as exact as the scores themselves. 0 below -87 (e^-87 is near the smallest normal).
+// Cephes' split of ln 2, Taylor polynomial of degree 7 (truncation < 1e-8); within 2 float ulps
+// (measured 1.7), about as exact as the scores themselves. 0 below -87 (e^-87 is near the
+// smallest normal).
 inline float exp_nonpositive(float x) {
   constexpr float kFloor = -87.0f;
   constexpr float kShift = 0x1.8p23f;
@@ -67,7 +69,8 @@ inline float exp_nonpositive(float x) {
 }
 
 // e ln 2 + log m + correction for a positive normal u = 2^e m, m in [sqrt(1/2), sqrt(2)),
-// branch-free to about two ulps: log m = 2 atanh(s) with s = (m - 1) / (m + 1), |s| <= 0.1716,
+// branch-free, within 4 ulps (measured 3.3): log m = 2 atanh(s) with s = (m - 1) / (m + 1),
+// |s| <= 0.1716,
 // by its series to s^23 (truncation < 1e-18). The exponent is read as a double through the
 // 2^52 trick (no int64-to-double conversion, which AVX2 lacks).
 inline double log_decomposed(double u, double correction) {
@@ -89,14 +92,14 @@ inline double log_decomposed(double u, double correction) {
   return e * kLn2Hi + ((2.0 * s * series + e * kLn2Lo) + correction);
 }
 
-// log(1 + x) for finite x >= 0 to about two ulps: log_decomposed of u = 1 + x with the rounding
-// of 1 + x put back by (x - (u - 1)) / u (so that tiny x give x).
+// log(1 + x) for finite x >= 0 within 4 ulps (measured 2.9): log_decomposed of u = 1 + x with
+// the rounding of 1 + x put back by (x - (u - 1)) / u (so that tiny x give x).
 inline double log1p_nonnegative(double x) {
   const double u = 1.0 + x;
   return log_decomposed(u, (x - (u - 1.0)) / u);
 }
 
-// log(x) for a positive normal double x (2.2e-308 <= x < inf) to about two ulps.
+// log(x) for a positive normal double x (2.2e-308 <= x < inf) within 4 ulps (measured 3.3).
 inline double log_positive(double x) { return log_decomposed(x, 0.0); }
 
 }  // namespace vector_math
