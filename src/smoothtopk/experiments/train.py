@@ -44,7 +44,7 @@ from . import distributed, records, rundir
 from .config import MIXING, Config, check_all, lr_at
 from .datasets import THIRDS, DataBundle, build_data, check_available
 from .mixing import Mixing, build_mixing, step_seed
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, memory_format
 from .noise import NoisyLabels, add_grouped_noise, make_groups
 from .report.selection import improves
 
@@ -488,7 +488,8 @@ def _build(prepared: Prepared, device: torch.device, writer: bool, position: int
     net = build_model(cfg.model, prepared.data.num_classes)
     if distributed.world()[1] > 1 and device.type == "cuda":
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # statistics of the global batch
-    net = net.to(device)
+    layout = memory_format(device)
+    net = net.to(device) if layout is None else net.to(device, memory_format=layout)
     if rank:  # augmentation draws of the other processes: their own streams
         torch.manual_seed(cfg.seed + rank)
         random.seed(cfg.seed + rank)
