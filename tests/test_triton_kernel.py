@@ -135,6 +135,29 @@ def test_the_exponential_is_wide_exactly_outside_the_float_scale():
     assert triton_kernel.wide(1, 1e-39) and triton_kernel.wide(1, 1e37)
 
 
+@pytest.mark.parametrize("raw, expected", [(None, 2), ("1", 1), ("3", 3), (" 2 ", 2)])
+def test_pipeline_stages_from_the_environment(raw, expected, monkeypatch):
+    """``SMOOTHTOPK_TRITON_STAGES``: the stages of the streaming loops, 2 unless set."""
+    pytest.importorskip("triton")
+    from smoothtopk.backends import triton_jit
+
+    if raw is None:
+        monkeypatch.delenv("SMOOTHTOPK_TRITON_STAGES", raising=False)
+    else:
+        monkeypatch.setenv("SMOOTHTOPK_TRITON_STAGES", raw)
+    assert triton_jit._stages() == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "", "1.5"])
+def test_bad_pipeline_stages_raise(raw, monkeypatch):
+    pytest.importorskip("triton")
+    from smoothtopk.backends import triton_jit
+
+    monkeypatch.setenv("SMOOTHTOPK_TRITON_STAGES", raw)
+    with pytest.raises(ValueError, match="SMOOTHTOPK_TRITON_STAGES must be a positive integer"):
+        triton_jit._stages()
+
+
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype):

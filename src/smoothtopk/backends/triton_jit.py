@@ -21,11 +21,31 @@ Stats of a row (float64, ``2 + 2k``): ``[a, slope, D_0..D_{k-1}, G_0..G_{k-1}]``
 Shape: scores ``(M, n)`` row-major; stats ``(M, 2 + 2k)``; anchors ``(M, k)``.
 """
 
+import os
+
 import triton
 import triton.language as tl
 
+
+def _stages() -> int:
+    """``SMOOTHTOPK_TRITON_STAGES`` (default 2), checked: a positive integer."""
+    raw = os.environ.get("SMOOTHTOPK_TRITON_STAGES", "2")
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"SMOOTHTOPK_TRITON_STAGES must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
 INF = tl.constexpr(float("inf"))
 BIG = tl.constexpr(2**31 - 1)
+#: stages of the streaming loops over a row's chunks (``tl.range(..., num_stages=STAGES)``):
+#: with 2, Triton's pipeliner loads the next chunk asynchronously (``cp.async`` into shared
+#: memory on sm_80 and later) while the current one is computed; 1 is a plain loop, which loads
+#: each chunk when it is reached (no ``cp.async`` in the sm_90 PTX). 2 costs the k = 1 forward
+#: 15 registers (7 -> 5 blocks per multiprocessor) and the one-split k = 5 backward 8 (16 -> 12),
+#: where a batch of a few hundred rows runs about 2 programs per multiprocessor anyway
+#: (docs/benchmarks.md). ``SMOOTHTOPK_TRITON_STAGES`` (read at the first import) sets it, for
+#: comparing both on a GPU.
+STAGES = tl.constexpr(_stages())
 
 
 @triton.jit
@@ -65,7 +85,7 @@ def _segment_top(s_row, lo, hi, target, K: tl.constexpr, KP: tl.constexpr, BLOCK
     buf = tl.where(slots < K, -INF, INF).to(tl.float32)
     ids = tl.full([KP], -1, tl.int32)
     bad = tl.zeros([BLOCK], tl.int32)
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(s_row + offs, mask=offs < hi, other=-INF).to(tl.float32)
         bad += ((x != x) | (x == INF)).to(tl.int32)
@@ -163,7 +183,7 @@ def _segment_rest(
     for _ in tl.static_range(1, K + 1):
         e = e + (tl.zeros([BLOCK], tl.float64),)
     ties = tl.zeros([BLOCK], tl.int32)
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         offs = start + tl.arange(0, BLOCK)
         inside = offs < hi
         x = tl.load(s_row + offs, mask=inside, other=-INF)
@@ -603,7 +623,7 @@ def backward_kernel(
     g_row = out_ptr + row * n
     lo = part * seg
     hi = tl.minimum(lo + seg, n)
-    for start in range(lo, hi, BLOCK):
+    for start in tl.range(lo, hi, BLOCK, num_stages=STAGES):
         offs = start + tl.arange(0, BLOCK)
         x = tl.load(s_row + offs, mask=offs < hi, other=0.0)
         u = tl.where(x.to(tl.float64) < a, _rest_weight(x, a, scale, WIDE), 1.0)
