@@ -263,6 +263,17 @@ def _apply(backend, scores: torch.Tensor, arguments: tuple, eager: bool = False)
     return _SmoothTopkSVM.apply(scores, *arguments, backend.NAME)[0]
 
 
+def _keep_for_backward(ctx, arguments: tuple, saved: tuple, name: str) -> None:
+    """What both Functions' backward reads: the inputs it needs, the backend's factors
+    ``saved``, the options and the backend's name (``arguments`` as the backend's forward)."""
+    scores, target, weight, ignore_index, k, tau, alpha, reduction = arguments
+    ctx.set_materialize_grads(False)
+    per_class = isinstance(alpha, torch.Tensor)  # per-class margins travel as a saved tensor
+    ctx.save_for_backward(scores, target, weight, alpha if per_class else None, *saved)
+    ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
+    ctx.name = name
+
+
 class _SmoothTopkSVM(torch.autograd.Function):
     """One backend forward and one backend backward; under ``create_graph=True`` the backward
     recomputes the factors with recorded PyTorch operations, so double backward is exact too.
@@ -285,14 +296,10 @@ class _SmoothTopkSVM(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        scores, target, weight, ignore_index, k, tau, alpha, reduction, name = inputs
+        *arguments, name = inputs
         saved = output[1:]
         ctx.mark_non_differentiable(*saved)
-        ctx.set_materialize_grads(False)
-        per_class = isinstance(alpha, torch.Tensor)  # per-class margins travel as a saved tensor
-        ctx.save_for_backward(scores, target, weight, alpha if per_class else None, *saved)
-        ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
-        ctx.name = name
+        _keep_for_backward(ctx, arguments, saved, name)
 
     @staticmethod
     def backward(ctx, grad_out, *_):
@@ -342,12 +349,7 @@ class _EagerSmoothTopkSVM(torch.autograd.Function):
     def forward(ctx, *args):
         *arguments, name = args
         out, saved = backends.module(name).forward(*arguments)
-        scores, target, weight, ignore_index, k, tau, alpha, reduction = arguments
-        ctx.set_materialize_grads(False)
-        per_class = isinstance(alpha, torch.Tensor)  # per-class margins travel as a saved tensor
-        ctx.save_for_backward(scores, target, weight, alpha if per_class else None, *saved)
-        ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
-        ctx.name = name
+        _keep_for_backward(ctx, arguments, saved, name)
         return out
 
     @staticmethod
