@@ -727,18 +727,17 @@ bool exponent_in_double(double scale) {
 // time of a row of 1000 classes, an eighth of it as lanes).
 constexpr int kTailRows = 8;
 
-// A block of rows between their front and their tail, row r of the block in lane r of each
-// array (R = lanes): e[b * R + r], the anchors' scores top[i * R + r], a, s_y, the margin, the
-// count of NaN and +inf scores; then the tail's results and its scratch. The initial values are
-// a harmless row: the lanes past a partial block's last row compute finite numbers, never stored.
+// A block of kTailRows rows between their front and their tail, row r of the block in lane r
+// of each array (R = kTailRows): e[b * R + r], the anchors' scores top[i * R + r], a, s_y, the
+// margin, the count of NaN and +inf scores; then the tail's results and its scratch. The initial
+// values are a harmless row: the lanes past a partial block's last row compute finite numbers,
+// never stored.
 struct RowBlock {
-  RowBlock(int64_t k, int rows)
-      : lanes(rows), e((k + 1) * rows, 1.0), top(k * rows, 0.0), a(rows, 0.0),
-        true_score(rows, 0.0), alpha(rows, 0.0), bad(rows, 0.0), loss(rows), slope(rows),
-        d(k * rows), g(k * rows),
-        w(k * rows), sigma((k + 1) * rows), f((k + 1) * rows), messages(k * (k + 1) * rows),
-        prefix((k + 1) * rows), total_a(rows) {}
-  int lanes;
+  static constexpr int R = kTailRows;
+  explicit RowBlock(int64_t k)
+      : e((k + 1) * R, 1.0), top(k * R, 0.0), a(R, 0.0), true_score(R, 0.0), alpha(R, 0.0),
+        bad(R, 0.0), loss(R), slope(R), d(k * R), g(k * R), w(k * R), sigma((k + 1) * R),
+        f((k + 1) * R), messages(k * (k + 1) * R), prefix((k + 1) * R), total_a(R) {}
   std::vector<double> e, top, a, true_score, alpha, bad;
   std::vector<double> loss, slope, d, g;  // the tail's results: D_m and G_i in d, g
   std::vector<double> w, sigma, f, messages, prefix, total_a;  // the tail's scratch
@@ -772,23 +771,24 @@ int64_t row_front(const scalar_t* s, int64_t classes, int64_t target, int64_t k_
 // The front's results of one row into lane r of the block.
 void to_lane(const Workspace& ws, int64_t k, double a, double true_score, double alpha,
              int64_t bad, RowBlock& block, int r) {
-  const int rows = block.lanes;
-  for (int64_t b = 0; b <= k; ++b) block.e[b * rows + r] = ws.e[b];
-  for (int64_t i = 0; i < k; ++i) block.top[i * rows + r] = ws.top[i];
+  constexpr int R = RowBlock::R;
+  for (int64_t b = 0; b <= k; ++b) block.e[b * R + r] = ws.e[b];
+  for (int64_t i = 0; i < k; ++i) block.top[i * R + r] = ws.top[i];
   block.a[r] = a;
   block.true_score[r] = true_score;
   block.alpha[r] = alpha;
   block.bad[r] = static_cast<double>(bad);
 }
 
-// The gradient factors of R rows (row_tails): D_m = F_m / A - F_{m+1} / B and the anchors'
-// factors G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by inside-outside
-// over T, for A and B at once: with suffix_i the sigma polynomial of the w's after i and prefix_i
-// that of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d} (c = 0..i+1) gives
-// w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and w_i d/dw_i B = w_i sum_{c<=i}
-// prefix_i[c] M_i[c]. All terms are non-negative.
-template <int K, int R>
+// The gradient factors of the block's rows (row_tails): D_m = F_m / A - F_{m+1} / B and the
+// anchors' factors G_i = d/dz_i (log A - log B) = w_i d/dw_i log B - w_i d/dw_i log A, by
+// inside-outside over T, for A and B at once: with suffix_i the sigma polynomial of the w's
+// after i and prefix_i that of the w's before i, M_i[c] = sum_d suffix_i[d] e_{c+d}
+// (c = 0..i+1) gives w_i d/dw_i A = w_i sum_{c<=i} prefix_i[c] M_i[c+1] and
+// w_i d/dw_i B = w_i sum_{c<=i} prefix_i[c] M_i[c]. All terms are non-negative.
+template <int K>
 void row_factors(RowBlock& block, int64_t k) {
+  constexpr int R = RowBlock::R;
   const double* __restrict e = block.e.data();
   const double* __restrict w = block.w.data();
   const double* __restrict f = block.f.data();
@@ -853,7 +853,7 @@ void row_factors(RowBlock& block, int64_t k) {
   }
 }
 
-// The tail of R rows (their lanes of the block): the loss and the factors of the gradient.
+// The tail of the block's rows (its lanes): the loss and the factors of the gradient.
 //   dL/ds_j = slope u_j sum_m (-u_j)^m D_m on the rest, slope G_i on the anchors, -slope on
 //   the target (store_lanes writes them to the rows' stats, the slope scaled by the weight).
 //   With z' = tau (argument of the softplus), formed without dividing by tau so that alpha / tau
@@ -862,10 +862,11 @@ void row_factors(RowBlock& block, int64_t k) {
 //     L = relu(z') + tau log1p(e^{-|z'| / tau}),   slope = sigmoid(z' / tau) / k.
 //   Fewer than k finite other scores (a = -inf, s_y finite): z' = -inf, so L = 0 and slope = 0,
 //   the limit. NaN or +inf anywhere in the row (or a = s_y = -inf): L and slope are NaN.
-// Every statement is a loop over the R lanes (vectorised; the exponentials and logarithms are
+// Every statement is a loop over the block's lanes (vectorised; the exponentials and logarithms are
 // vector_math's branch-free ones). K > 0: k = K at compile time (the O(k^2) loops unrolled).
-template <int K, int R>
+template <int K>
 void row_tails(RowBlock& block, int64_t k_runtime, double scale, double tau) {
+  constexpr int R = RowBlock::R;
   const int64_t k = K > 0 ? K : k_runtime;
   const double kd = static_cast<double>(k);
   const double* __restrict e = block.e.data();
@@ -936,16 +937,15 @@ void row_tails(RowBlock& block, int64_t k_runtime, double scale, double tau) {
     block.loss[r] = poisoned ? kNaN : loss;
     block.slope[r] = poisoned ? kNaN : sigmoid / kd;
   }
-  row_factors<K, R>(block, k);
+  row_factors<K>(block, k);
 }
 
-// A row's front and the tail of a block of `lanes` rows, for one k.
+// A row's front and the tail of a block of rows, for one k.
 template <typename scalar_t>
 struct RowKernel {
   int64_t (*front)(const scalar_t*, int64_t, int64_t, int64_t, double, bool, Workspace&,
                    int64_t*, double&);
   void (*tail)(RowBlock&, int64_t, double, double);
-  int lanes;
 };
 
 // The row for this k: compiled for k <= 8 (where the O(k^2) work and the per-row constants
@@ -953,15 +953,15 @@ struct RowKernel {
 template <typename scalar_t>
 RowKernel<scalar_t> row_kernel(int64_t k) {
   switch (k) {
-    case 1: return {row_front<1, scalar_t>, row_tails<1, kTailRows>, kTailRows};
-    case 2: return {row_front<2, scalar_t>, row_tails<2, kTailRows>, kTailRows};
-    case 3: return {row_front<3, scalar_t>, row_tails<3, kTailRows>, kTailRows};
-    case 4: return {row_front<4, scalar_t>, row_tails<4, kTailRows>, kTailRows};
-    case 5: return {row_front<5, scalar_t>, row_tails<5, kTailRows>, kTailRows};
-    case 6: return {row_front<6, scalar_t>, row_tails<6, kTailRows>, kTailRows};
-    case 7: return {row_front<7, scalar_t>, row_tails<7, kTailRows>, kTailRows};
-    case 8: return {row_front<8, scalar_t>, row_tails<8, kTailRows>, kTailRows};
-    default: return {row_front<0, scalar_t>, row_tails<0, kTailRows>, kTailRows};
+    case 1: return {row_front<1, scalar_t>, row_tails<1>};
+    case 2: return {row_front<2, scalar_t>, row_tails<2>};
+    case 3: return {row_front<3, scalar_t>, row_tails<3>};
+    case 4: return {row_front<4, scalar_t>, row_tails<4>};
+    case 5: return {row_front<5, scalar_t>, row_tails<5>};
+    case 6: return {row_front<6, scalar_t>, row_tails<6>};
+    case 7: return {row_front<7, scalar_t>, row_tails<7>};
+    case 8: return {row_front<8, scalar_t>, row_tails<8>};
+    default: return {row_front<0, scalar_t>, row_tails<0>};
   }
 }
 
@@ -969,15 +969,15 @@ RowKernel<scalar_t> row_kernel(int64_t k) {
 // and stats = [a, slope * weight (/ W for "mean"), D_0 .. D_{k-1}, G_0 .. G_{k-1}].
 void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row_of,
                  const double* row_weight, double slope_scale, double* losses, double* stats) {
-  const int rows = block.lanes;
+  constexpr int R = RowBlock::R;
   for (int r = 0; r < count; ++r) {
     const int64_t row = row_of[r];
     double* out = stats + row * (2 + 2 * k);
     losses[row] = row_weight[row] * block.loss[r];
     out[0] = block.a[r];
     out[1] = block.slope[r] * (row_weight[row] * slope_scale);
-    for (int64_t m = 0; m < k; ++m) out[2 + m] = block.d[m * rows + r];
-    for (int64_t i = 0; i < k; ++i) out[2 + k + i] = block.g[i * rows + r];
+    for (int64_t m = 0; m < k; ++m) out[2 + m] = block.d[m * R + r];
+    for (int64_t i = 0; i < k; ++i) out[2 + k + i] = block.g[i * R + r];
   }
 }
 
@@ -1202,13 +1202,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
         const RowKernel<read_t> kernel = row_kernel<read_t>(k);
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           Workspace ws(classes, k);
-          RowBlock block(k, kernel.lanes);
-          std::vector<int64_t> row_of(kernel.lanes);
+          RowBlock block(k);
+          int64_t row_of[RowBlock::R];
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? classes : 0);
           int filled = 0;
           const auto finish = [&] {
             kernel.tail(block, k, scale, tau);
-            store_lanes(block, k, filled, row_of.data(), row_weight.data(), slope_scale,
+            store_lanes(block, k, filled, row_of, row_weight.data(), slope_scale,
                         losses.data(), stats_out);
             filled = 0;
           };
@@ -1225,7 +1225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_topk_forward(
                 kernel.front(row, classes, y[r], k, scale, wide, ws, index_out + r * k, a);
             to_lane(ws, k, a, to_double(row[y[r]]), row_margin[r], bad, block, filled);
             row_of[filled] = r;
-            if (++filled == kernel.lanes) finish();
+            if (++filled == RowBlock::R) finish();
           }
           if (filled > 0) finish();
         });
