@@ -167,6 +167,18 @@ def finished_run(tmp_path_factory):
     return run_dir
 
 
+def test_cpu_runs_train_channels_last(finished_run):
+    """On the CPU the model trains channels-last (models.memory_format; NCHW max pooling is
+    PyTorch's slow path there): every convolution weight of the saved model keeps that layout,
+    and it is not merely contiguous (a 1x1 kernel would be both)."""
+    model = torch.load(finished_run / "last.pt", weights_only=True)["model"]
+    convolutions = [t for t in model.values() if t.ndim == 4 and t.shape[-1] > 1]
+    assert convolutions
+    for weight in convolutions:
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+        assert not weight.is_contiguous()
+
+
 def _edit(key, value):
     def edit(ckpt):
         ckpt[key] = value
