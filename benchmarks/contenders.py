@@ -126,11 +126,12 @@ def _pinned(backend: str, fn: LossFn) -> LossFn:
     from smoothtopk import backends
 
     environ = os.environ
-    wanted = environ.encodevalue(backend) if hasattr(environ, "encodevalue") else backend
+    pinned = [object()]  # the variable as backends.setting reads it once pinned
 
     def call(x, y):
-        if backends.setting()[0] != wanted:
+        if backends.setting()[0] != pinned[0]:
             environ[BACKEND_ENV] = backend
+            pinned[0] = backends.setting()[0]
         return fn(x, y)
 
     return call
