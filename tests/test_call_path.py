@@ -3,6 +3,7 @@ the argument checks and the backend choice, and nothing else changes — the sam
 same errors for every argument that was not part of the checked call, the same gradients
 (first and second order) as the full path."""
 
+import inspect
 import os
 
 import pytest
@@ -141,6 +142,41 @@ def test_the_lean_path_equals_the_full_path(shape, reduction, every_backend, mon
     full = value_and_grads(scores)
     for a, b in zip(planned, full, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_planned_call_keeps_the_input_dtype(dtype, monkeypatch):
+    """A planned CPU call returns the loss in the input's dtype with the full path's value and
+    gradient, whether the plan is the kernel's operator alone (float32) or converts after it."""
+    scores, target = _inputs(dtype=dtype)
+
+    def value_and_grad():
+        s = scores.clone().requires_grad_(True)
+        out = smooth_topk_svm_loss(s, target, k=3, reduction="none")
+        out.sum().backward()
+        return out.detach(), s.grad
+
+    smooth_topk_svm_loss(scores, target, k=3, reduction="none")  # the plan
+    assert smooth_topk._PLANS, "the call was not planned"
+    planned = value_and_grad()
+    smooth_topk.clear_plans()
+    _full_path(monkeypatch)
+    full = value_and_grad()
+    assert planned[0].dtype == dtype and planned[1].dtype == dtype
+    for a, b in zip(planned, full, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_signature_shows_keyword_only_options():
+    """The loss refuses extra positionals itself (no wrapper frame): its shown signature is
+    ``(input, target, *, k, ...)``, with no ``*positional``."""
+    parameters = inspect.signature(smooth_topk_svm_loss).parameters
+    kinds = {name: p.kind for name, p in parameters.items()}
+    assert list(kinds)[:2] == ["input", "target"]
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds.values()
+    assert all(kind is inspect.Parameter.KEYWORD_ONLY for kind in list(kinds.values())[2:])
+    with pytest.raises(TypeError, match="got 2 more positional"):
+        smooth_topk_svm_loss(*_inputs(), 3, 1.0)
 
 
 def test_calls_that_are_not_planned(every_backend):

@@ -9,6 +9,7 @@ asynchronous device assertions so that the hot path never waits for the device.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 import sys
@@ -158,18 +159,40 @@ def check_temperature_scale(k: int, tau: float) -> None:
 
 def keyword_only(function):
     """Only ``input`` and ``target`` positionally: ``loss(x, y, w)`` must not pass a class
-    weight as ``k`` (as ``F.cross_entropy(x, y, w)`` users would write)."""
+    weight as ``k`` (as ``F.cross_entropy(x, y, w)`` users would write).
+
+    A function that takes ``*positional`` after them refuses extra positionals itself
+    (``if positional: raise positional_error(...)``; no wrapper frame on a hot path, issue #20):
+    it is returned as is, with the ``*positional`` parameter left out of its shown signature.
+    Any other is wrapped.
+    """
+    signature = inspect.signature(function)
+    parameters = list(signature.parameters.values())
+    if len(parameters) > 2 and parameters[2].kind is inspect.Parameter.VAR_POSITIONAL:
+        del parameters[2]
+        function.__signature__ = signature.replace(parameters=parameters)
+        return function
 
     @functools.wraps(function)
     def wrapper(input, target, *args, **kwargs):
         if args:
-            raise TypeError(
-                f"{function.__name__}() takes input and target positionally and every other "
-                f"argument by keyword (k=..., weight=...); got {len(args)} more positional"
-            )
+            raise positional_error(function.__name__, args)
         return function(input, target, **kwargs)
 
     return wrapper
+
+
+def positional_error(name: str, extra: tuple) -> TypeError:
+    """The error of :func:`keyword_only`'s functions given ``extra`` positional arguments.
+
+    Example:
+        >>> str(positional_error("loss", (1.0,))).split("; ")[-1]
+        'got 1 more positional'
+    """
+    return TypeError(
+        f"{name}() takes input and target positionally and every other argument by keyword "
+        f"(k=..., weight=...); got {len(extra)} more positional"
+    )
 
 
 def check_reduction(reduction) -> str:

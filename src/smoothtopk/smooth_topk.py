@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from types import ModuleType
@@ -28,6 +29,7 @@ from ._validation import (
     check_target_range,
     check_temperature_scale,
     keyword_only,
+    positional_error,
 )
 from .backends import pytorch as pytorch_backend
 
@@ -36,7 +38,7 @@ from .backends import pytorch as pytorch_backend
 def smooth_topk_svm_loss(
     input: torch.Tensor,
     target: torch.Tensor,
-    *,
+    *positional,
     k: int = 5,
     tau: float = 1.0,
     alpha: float | torch.Tensor = 1.0,
@@ -110,11 +112,13 @@ def smooth_topk_svm_loss(
         >>> mixed = torch.tensor([[0.7, 0.0, 0.3, 0.0], [0.0, 0.5, 0.5, 0.0]])  # mixup's targets
         >>> loss = smooth_topk_svm_loss(scores, mixed, k=2, label_smoothing=0.1)
     """
+    if positional:
+        raise positional_error("smooth_topk_svm_loss", positional)
     key = _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction,
                     label_smoothing)  # fmt: skip
     plan = _PLANS.get(key) if key is not None else None
     if plan is not None:  # checked and chosen before: the lean eager path
-        return _run(plan, input, target, weight, ignore_index, k, tau, alpha, reduction)
+        return plan.run(input, target, weight, ignore_index, k, tau, alpha, reduction)
     tau = check_positive(tau, "tau")
     alpha = check_margins(alpha, input, target)
     label_smoothing = check_label_smoothing(label_smoothing)
@@ -147,6 +151,8 @@ class _Plan(NamedTuple):
     classes: int
     flat: bool  # scores (M, C) and int64 targets (M,) already: no reshape
     range_check: bool  # the backend's kernel does not check the targets itself
+    #: ``run(input, target, weight, ignore_index, k, tau, alpha, reduction)``: the call
+    run: Callable | None
 
 
 #: plans by :func:`_plan_key`; cleared when full (shapes that vary call by call)
@@ -213,9 +219,13 @@ def _remember(key: tuple, backend: ModuleType, input, target) -> None:
         _PLANS.clear()
     flat = input.dim() == 2 and target.dtype == torch.int64
     differentiable = getattr(backend, "loss", None)  # optional in the backend contract
-    _PLANS[key] = _Plan(
-        backend, differentiable, num_classes_of(input), flat, not backend.CHECKS_TARGETS
-    )
+    range_check = not backend.CHECKS_TARGETS
+    plan = _Plan(backend, differentiable, num_classes_of(input), flat, range_check, None)
+    # the backend's operator alone when nothing is left to do around it: rows already, targets
+    # checked by the kernel, the loss in the input's dtype (no Python frame of ours, issue #20)
+    alone = flat and not range_check and input.dtype in (torch.float32, torch.float64)
+    run = differentiable if alone and differentiable is not None else functools.partial(_run, plan)
+    _PLANS[key] = plan._replace(run=run)
 
 
 def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduction):

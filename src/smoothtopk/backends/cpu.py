@@ -67,6 +67,9 @@ _state: dict[str, object] = {}
 _forward_op = torch.ops.smoothtopk.cpu_forward.default
 _backward_op = torch.ops.smoothtopk.cpu_backward.default
 _loss_op = torch.ops.smoothtopk.cpu_loss.default
+#: the operator's C++ callable under its OpOverload (whose __call__ only forwards to it): one
+#: Python frame less per eager step (issue #20)
+_loss_call = getattr(_loss_op, "_op", _loss_op)
 
 
 def loss(scores, target, weight, ignore_index, k, tau, alpha, reduction):
@@ -74,9 +77,9 @@ def loss(scores, target, weight, ignore_index, k, tau, alpha, reduction):
     ``csrc/autograd_cpu.cpp``): an eager step with no Python after this call, as
     ``F.cross_entropy``. For eager calls outside ``torch.func`` transforms and forward-mode AD;
     the public loss routes traced calls through its ``autograd.Function``."""
-    margins = alpha if isinstance(alpha, torch.Tensor) else None
-    alpha = 0.0 if margins is not None else alpha
-    return _loss_op(scores, target, weight, ignore_index, k, tau, alpha, reduction, margins)
+    if isinstance(alpha, torch.Tensor):  # per-class margins, read as alpha[t_i]
+        return _loss_call(scores, target, weight, ignore_index, k, tau, 0.0, reduction, alpha)
+    return _loss_call(scores, target, weight, ignore_index, k, tau, alpha, reduction, None)
 
 
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction):

@@ -16,6 +16,7 @@
 // The schemas and fake kernels are defined from Python (smoothtopk/backends/_abi.py).
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/string_view.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -56,6 +57,7 @@ class SmoothTopkLoss : public torch::autograd::Function<SmoothTopkLoss> {
                             c10::string_view reduction,
                             const std::optional<at::Tensor>& alpha_per_class) {
     static const auto op = handle<ForwardSignature>("smoothtopk::cpu_forward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // straight to the CPU kernel
     auto [out, stats, anchor_index] = op.call(scores, target, weight, ignore_index, k, tau,
                                               alpha, reduction, alpha_per_class);
     ctx->save_for_backward({scores, target, stats, anchor_index, weight.value_or(at::Tensor()),
@@ -83,6 +85,7 @@ class SmoothTopkLoss : public torch::autograd::Function<SmoothTopkLoss> {
                           ctx->saved_data["alpha"].toDouble(), reduction, present(saved[5]));
     } else {
       static const auto op = handle<BackwardSignature>("smoothtopk::cpu_backward");
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       result[0] = op.call(grad_out, saved[0], saved[1], saved[2], saved[3], ignore_index, k, tau,
                           reduction);
     }
