@@ -49,8 +49,9 @@ test-interpreted: $(STAMP)
 		-W "ignore::RuntimeWarning" $(INTERPRETED)
 
 # The floor of the supported torch range (pyproject: torch>=2.11, the GPU machine's torch): a
-# second environment runs the backend contract, backend, API and probability-target tests
-# (compile included) there.
+# second environment runs the backend contract, backend, API, call-path (the C++ autograd node:
+# torch 2.11 owns nodes by std::shared_ptr, later torch by c10::intrusive_ptr) and
+# probability-target tests (compile included) there.
 # CI runs it after make test (.ci/run).
 FLOOR_TORCH := 2.11.0
 FLOOR_VENV := .venv-floor
@@ -65,7 +66,8 @@ test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -c "import smoothtopk; smoothtopk.backends.cpu.load()"
 	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider --durations=5 \
 		-W 'ignore:`torch.jit.script:DeprecationWarning' \
-		tests/test_backend_contract.py tests/test_backend.py tests/test_api.py tests/test_soft_targets.py
+		tests/test_backend_contract.py tests/test_backend.py tests/test_api.py tests/test_call_path.py \
+		tests/test_soft_targets.py
 
 # The demo sweep (docs/experiments.md): CE vs L_{5,1} on the embedded data at label noise
 # 0, 0.2, ..., 0.8; prints the table, writes runs/demo/report/ (table, CSV, plots).

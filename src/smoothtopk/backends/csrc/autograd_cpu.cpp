@@ -3,10 +3,12 @@
 //
 // An eager call through a Python autograd.Function pays Python twice per step (its apply in the
 // forward, its backward node in the engine); cross-entropy pays neither. This operator's
-// Autograd kernel is a torch::autograd::Function that calls smoothtopk::cpu_forward through the
-// dispatcher, saves the scores, the targets and the kernel's O(M k) factors, and in the
-// backward calls smoothtopk::cpu_backward; under create_graph (grad mode on in the backward) it
-// calls smoothtopk::recorded_backward instead, the PyTorch path's recomputation with recorded
+// Autograd kernel calls smoothtopk::cpu_forward below the Autograd key and, when the scores
+// need a gradient, records one backward node, as torch's generated operators do (a
+// torch::autograd::Function cost about 2 us more per step in its generic bookkeeping): the node
+// saves the scores, the targets and the kernel's O(M k) factors and calls
+// smoothtopk::cpu_backward; under create_graph (grad mode on in the backward) it calls
+// smoothtopk::recorded_backward instead, the PyTorch path's recomputation with recorded
 // operations (a Python CompositeImplicitAutograd kernel), so double backward stays exact.
 // Below autograd (inference mode) the CPU kernel computes the value alone.
 //
@@ -15,20 +17,23 @@
 //
 // The schemas and fake kernels are defined from Python (smoothtopk/backends/_abi.py).
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/string_view.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t,
@@ -49,56 +54,81 @@ std::optional<at::Tensor> present(const at::Tensor& tensor) {
   return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
 }
 
-class SmoothTopkLoss : public torch::autograd::Function<SmoothTopkLoss> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& scores,
-                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                            int64_t ignore_index, int64_t k, double tau, double alpha,
-                            c10::string_view reduction,
-                            const std::optional<at::Tensor>& alpha_per_class) {
-    static const auto op = handle<ForwardSignature>("smoothtopk::cpu_forward");
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // straight to the CPU kernel
-    auto [out, stats, anchor_index] = op.call(scores, target, weight, ignore_index, k, tau,
-                                              alpha, reduction, alpha_per_class);
-    ctx->save_for_backward({scores, target, stats, anchor_index, weight.value_or(at::Tensor()),
-                            alpha_per_class.value_or(at::Tensor())});
-    ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->saved_data["k"] = k;
-    ctx->saved_data["tau"] = tau;
-    ctx->saved_data["alpha"] = alpha;
-    ctx->saved_data["reduction"] = std::string(reduction);
-    return out;
-  }
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(9);
+// The backward node of one cpu_loss call: dL/dscores from the saved factors.
+struct SmoothTopkLossBackward : public torch::autograd::Node {
+  SavedVariable scores, target, stats, anchor_index, weight, alpha_per_class;
+  int64_t ignore_index = 0, k = 0;
+  double tau = 0.0, alpha = 0.0;
+  std::string reduction;
+
+  std::string name() const override { return "SmoothTopkLossBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(1);
     const at::Tensor& grad_out = grads[0];
     if (!grad_out.defined()) return result;
-    const variable_list saved = ctx->get_saved_variables();
-    const int64_t ignore_index = ctx->saved_data["ignore_index"].toInt();
-    const int64_t k = ctx->saved_data["k"].toInt();
-    const double tau = ctx->saved_data["tau"].toDouble();
-    const std::string reduction = ctx->saved_data["reduction"].toStringRef();
     if (at::GradMode::is_enabled()) {  // create_graph: a gradient that is itself differentiable
       static const auto op = handle<RecordedSignature>("smoothtopk::recorded_backward");
-      result[0] = op.call(grad_out, saved[0], saved[1], present(saved[4]), ignore_index, k, tau,
-                          ctx->saved_data["alpha"].toDouble(), reduction, present(saved[5]));
+      result[0] = op.call(grad_out, scores.unpack(), target.unpack(), present(weight.unpack()),
+                          ignore_index, k, tau, alpha, reduction,
+                          present(alpha_per_class.unpack()));
     } else {
       static const auto op = handle<BackwardSignature>("smoothtopk::cpu_backward");
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      result[0] = op.call(grad_out, saved[0], saved[1], saved[2], saved[3], ignore_index, k, tau,
-                          reduction);
+      result[0] = op.call(grad_out, scores.unpack(), target.unpack(), stats.unpack(),
+                          anchor_index.unpack(), ignore_index, k, tau, reduction);
     }
     return result;
   }
+
+  void release_variables() override {
+    for (SavedVariable* saved : {&scores, &target, &stats, &anchor_index, &weight,
+                                 &alpha_per_class})
+      saved->reset_data();
+  }
 };
+
+// A new node, owned as this torch's autograd owns nodes (std::shared_ptr before torch 2.13,
+// c10::intrusive_ptr since).
+template <typename N>
+auto make_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>) {
+    return c10::make_intrusive<N>();
+  } else {
+    return std::shared_ptr<N>(new N());
+  }
+}
 
 at::Tensor loss_autograd(const at::Tensor& scores, const at::Tensor& target,
                          const std::optional<at::Tensor>& weight, int64_t ignore_index, int64_t k,
                          double tau, double alpha, c10::string_view reduction,
                          const std::optional<at::Tensor>& alpha_per_class) {
-  return SmoothTopkLoss::apply(scores, target, weight, ignore_index, k, tau, alpha, reduction,
-                               alpha_per_class);
+  static const auto op = handle<ForwardSignature>("smoothtopk::cpu_forward");
+  at::Tensor out, stats, anchor_index;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // straight to the CPU kernel
+    std::tie(out, stats, anchor_index) = op.call(scores, target, weight, ignore_index, k, tau,
+                                                 alpha, reduction, alpha_per_class);
+  }
+  if (!torch::autograd::compute_requires_grad(scores)) return out;
+  auto node = make_node<SmoothTopkLossBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(scores));
+  node->scores = SavedVariable(scores, false);
+  node->target = SavedVariable(target, false);
+  node->stats = SavedVariable(stats, false);
+  node->anchor_index = SavedVariable(anchor_index, false);
+  node->weight = SavedVariable(weight.value_or(at::Tensor()), false);
+  node->alpha_per_class = SavedVariable(alpha_per_class.value_or(at::Tensor()), false);
+  node->ignore_index = ignore_index;
+  node->k = k;
+  node->tau = tau;
+  node->alpha = alpha;
+  node->reduction = std::string(reduction);
+  torch::autograd::set_history(out, node);
+  return out;
 }
 
 at::Tensor loss_value(const at::Tensor& scores, const at::Tensor& target,
