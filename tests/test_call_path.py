@@ -293,6 +293,29 @@ def test_the_cpu_operators_node_refuses_scores_changed_in_place():
         out.backward()
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_through_the_lean_path(use_reentrant):
+    """``torch.utils.checkpoint`` around the loss: the gradient equals the plain one. The
+    non-reentrant form recomputes the forward from inside the backward node's unpacking of its
+    saved tensors, which must therefore run above autograd (else the recomputation records no
+    graph and saves nothing)."""
+    from torch.utils.checkpoint import checkpoint
+
+    scores, target = _inputs()
+    smooth_topk_svm_loss(scores, target, k=3)  # plan
+
+    def step(s):
+        return smooth_topk_svm_loss(s * 2.0, target, k=3)
+
+    grads = []
+    for wrapped in (True, False):
+        s = scores.clone().requires_grad_(True)
+        out = checkpoint(step, s, use_reentrant=use_reentrant) if wrapped else step(s)
+        out.backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script")  # torch's forward-AD import, not ours
 @pytest.mark.parametrize("grad_mode", [True, False])
 def test_forward_mode_ad_is_refused_not_dropped(grad_mode):

@@ -77,9 +77,12 @@ struct SmoothTopkLossBackward : public torch::autograd::Node {
                           present(alpha_per_class.unpack()));
     } else {
       static const auto op = handle<BackwardSignature>("smoothtopk::cpu_backward");
+      // unpacked above autograd: an unpack hook may run Python that records a graph (the
+      // recomputation of torch.utils.checkpoint does)
+      const at::Tensor s = scores.unpack(), t = target.unpack(), st = stats.unpack();
+      const at::Tensor anchors = anchor_index.unpack();
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      result[0] = op.call(grad_out, scores.unpack(), target.unpack(), stats.unpack(),
-                          anchor_index.unpack(), ignore_index, k, tau, reduction);
+      result[0] = op.call(grad_out, s, t, st, anchors, ignore_index, k, tau, reduction);
     }
     return result;
   }
