@@ -94,8 +94,8 @@ struct SmoothTopkLossBackward : public torch::autograd::Node {
   }
 };
 
-// A new node, owned as this torch's autograd owns nodes (std::shared_ptr before torch 2.13,
-// c10::intrusive_ptr since).
+// A new node, owned as this torch's autograd owns nodes: std::shared_ptr in torch 2.11 (the
+// floor), c10::intrusive_ptr in later releases (2.14); told apart by Node's base class.
 template <typename N>
 auto make_node() {
   if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, torch::autograd::Node>) {

@@ -70,8 +70,8 @@ inline float exp_nonpositive(float x) {
 
 // e ln 2 + log m + correction for a positive normal u = 2^e m, m in [sqrt(1/2), sqrt(2)),
 // branch-free, within 4 ulps (measured 3.3): log m = 2 atanh(s) with s = (m - 1) / (m + 1),
-// |s| <= 0.1716, by its series to s^23 (truncation < 1e-18). The exponent is read as a double through the
-// 2^52 trick (no int64-to-double conversion, which AVX2 lacks).
+// |s| <= 0.1716, by its series to s^23 (truncation < 1e-18). The exponent is read as a double
+// through the 2^52 trick (no int64-to-double conversion, which AVX2 lacks).
 inline double log_decomposed(double u, double correction) {
   constexpr double kLn2Hi = 6.93147180369123816490e-01;
   constexpr double kLn2Lo = 1.90821492927058770002e-10;
