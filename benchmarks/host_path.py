@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -68,17 +70,49 @@ class _Kernels(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class _StubKernel:
+    """A ``triton.jit`` kernel whose launch ``kernel[grid](*args, **constexprs)`` only records
+    its name, and sets the call's ``sync`` flag as the kernel's last program would (a direct
+    write: no operator, which a GPU would not run either)."""
+
+    def __init__(self, name: str, launches: list, sync: int | None):
+        self.name, self.launches, self.sync = name, launches, sync
+
+    def __getitem__(self, grid):
+        return self._launch
+
+    def _launch(self, *args, **constexprs):
+        self.launches.append(self.name)
+        if self.sync is not None:
+            ctypes.c_int64.from_address(args[self.sync].data_ptr()).value = 1
+
+
+def _stub_kernels(launches: list) -> types.SimpleNamespace:
+    """The kernel module with every ``triton.jit`` kernel stubbed (:class:`_StubKernel`)."""
+    real = triton_backend._kernels()
+    stubs = {}
+    for name in dir(real):
+        kernel = getattr(real, name)
+        names = getattr(kernel, "arg_names", None)
+        if names is not None and name.endswith("_kernel"):
+            sync = names.index("sync_ptr") if "sync_ptr" in names else None
+            stubs[name] = _StubKernel(name, launches, sync)
+    return types.SimpleNamespace(**stubs)
+
+
+#: multiprocessors of the GPU that the proxy models (an H200), for the programs per row
+PROCESSORS = 132
+
+
 @contextlib.contextmanager
 def cuda_code_path(launches: list):
-    """The Triton backend's host path on CPU tensors: launches stubbed (each appends its
-    kernels to ``launches``), device-side target checks, the backend available."""
+    """The Triton backend's host path on CPU tensors: every Python line of it runs, the
+    ``triton.jit`` launches stubbed (each appends its kernel's name to ``launches``), the
+    programs per row planned for an H200, device-side target checks, the backend available."""
+    kernels = _stub_kernels(launches)
     patches = {
-        (triton_backend, "_launch_forward"): lambda *a: launches.extend(
-            ["forward_row_kernel"] if a[-2] <= 1 else ["top", "select", "rest", "finish"]
-        ),
-        (triton_backend, "_launch_backward"): lambda *a: launches.extend(
-            ["backward_kernel"] if a[-1] <= 1 else ["backward_kernel", "fix_kernel"]
-        ),
+        (triton_backend, "_kernels"): lambda: kernels,
+        (triton_backend, "_device_processors"): lambda scores: PROCESSORS,
         (triton_backend, "unavailable"): lambda scores, k: None,
         (_validation, "checks_eagerly"): lambda tensor: False,
         (_convention, "checks_eagerly"): lambda tensor: False,

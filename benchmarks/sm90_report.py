@@ -50,10 +50,10 @@ REDUCTION_MEAN = 2  # the benchmark's reduction
 
 #: pointer and integer arguments of the kernels (the scores' type is filled in per dtype)
 ARGUMENTS = dict(
-    s_ptr="*S", target_ptr="*i64", weight_ptr="*S", alpha_ptr="*S", loss_ptr="*fp64",
-    weight_out="*fp64", stats_ptr="*fp64", anchor_ptr="*i64", ok_ptr="*i32", n="i32",
-    ignore_index="i32", tau="fp64", alpha="fp64", scale="fp64", grad_ptr="*fp32",
-    total_ptr="*fp64", out_ptr="*S", seg="i32", splits="i32", cand_val="*fp32",
+    s_ptr="*S", target_ptr="*i64", weight_ptr="*S", alpha_ptr="*S", stats_ptr="*fp64",
+    anchor_ptr="*i64", sync_ptr="*i64", n="i32", ignore_index="i32", tau="fp64", alpha="fp64",
+    scale="fp64", reduction="i32", sums="i32", grad_ptr="*fp32", out_ptr="*S", seg="i32",
+    splits="i32", cand_val="*fp32",
     cand_idx="*i32", cand_bad="*i32", top_val="*fp32", top_idx="*i32", top_bad="*i32",
     poly_ptr="*fp64", ties_ptr="*i32",
 )  # fmt: skip
@@ -120,13 +120,14 @@ def launches(batch: int, classes: int, k: int) -> list[dict]:
     seg, splits = launcher._segment(classes, block, splits_for(batch, classes, k))
     log = block.bit_length() - 1
     flags = dict(HAS_WEIGHT=False, HAS_ALPHA=False, K=k, KP=kp)
-    ints = dict(n=classes, ignore_index=-100, seg=seg, splits=splits)
+    ints = dict(n=classes, ignore_index=-100, seg=seg, splits=splits, reduction=REDUCTION_MEAN,
+                sums=int(batch <= launcher.KERNEL_SUM_ROWS))  # fmt: skip
     wide = dict(WIDE=launcher.wide(k, 1.0))  # tau = 1: the float32 exponential
     backward = dict(K=k, KP=kp, REDUCTION=REDUCTION_MEAN, BLOCK=block, **wide)
     if splits == 1:
         items = [
             dict(kernel="forward_row_kernel", constexprs=dict(flags, BLOCK=block, LOG=log, **wide)),
-            dict(kernel="backward_kernel", constexprs=dict(backward, FIX=True)),
+            dict(kernel="backward_kernel", constexprs=backward),
         ]
         return [dict(item, ints=ints, splits=1) for item in items]
     sp, candidates = launcher._pow2(splits), launcher._pow2(splits * kp)
@@ -136,8 +137,7 @@ def launches(batch: int, classes: int, k: int) -> list[dict]:
         dict(kernel="rest_segment_kernel", constexprs=dict(K=k, KP=kp, BLOCK=block, LOG=log,
                                                           **wide)),
         dict(kernel="finish_kernel", constexprs=dict(flags, SP=sp, LOG=sp.bit_length() - 1)),
-        dict(kernel="backward_kernel", constexprs=dict(backward, FIX=False)),
-        dict(kernel="fix_kernel", constexprs=dict(K=k, KP=kp, REDUCTION=REDUCTION_MEAN)),
+        dict(kernel="backward_kernel", constexprs=backward),
     ]  # fmt: skip
     return [dict(item, ints=ints, splits=splits) for item in items]
 
@@ -270,7 +270,7 @@ def _commit() -> str | None:
 
 
 def _short(constexprs: dict) -> str:
-    names = ("BLOCK", "CANDIDATES", "SP", "FIX")
+    names = ("BLOCK", "CANDIDATES", "SP")
     return " ".join(f"{n}={int(constexprs[n])}" for n in names if n in constexprs)
 
 

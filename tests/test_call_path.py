@@ -329,3 +329,44 @@ def test_forward_mode_ad_is_refused_not_dropped(grad_mode):
         dual = fwAD.make_dual(scores, torch.ones_like(scores))
         with pytest.raises(NotImplementedError, match="forward mode AD"):
             smooth_topk_svm_loss(dual, target, k=3)
+
+
+@pytest.mark.interpreted
+def test_the_prepared_triton_call_keeps_autograd_rules(monkeypatch):
+    """A planned Triton call runs its prepared launches (``prepare``: no operator, no per-call
+    launch arithmetic) through its own Function: the saved scores' version is checked, a
+    dispatch mode still sees the operators, activation checkpointing gives the plain
+    gradient."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setenv(backends.ENV, "triton")
+    scores, target = _inputs(dtype=torch.float32)
+    smooth_topk_svm_loss(scores, target, k=3)  # plan
+    leaf = scores.clone().requires_grad_(True) * 1.0
+    out = smooth_topk_svm_loss(leaf, target, k=3)
+    assert out.grad_fn.name() == "_PreparedSmoothTopkSVMBackward"
+    with torch.no_grad():
+        leaf.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Watch() as watch:
+        smooth_topk_svm_loss(scores.clone().requires_grad_(True), target, k=3).backward()
+    assert {"triton_forward", "triton_backward"} <= set(watch.names)
+    grads = []
+    for wrapped in (True, False):
+        s = scores.clone().requires_grad_(True)
+        step = lambda x: smooth_topk_svm_loss(x * 2.0, target, k=3)  # noqa: E731
+        (checkpoint(step, s, use_reentrant=False) if wrapped else step(s)).backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)

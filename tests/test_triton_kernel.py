@@ -51,12 +51,12 @@ def run(
     grad_out=None,
 ):
     """``(out, dOut/dscores)`` through the two operators (``grad_out`` defaults to ones)."""
-    out, stats, anchors, total = triton_kernel.triton_forward(
+    out, stats, anchors = triton_kernel.triton_forward(
         scores, target, weight, ignore_index, k, tau, alpha, reduction, None, splits
     )
     grad_out = torch.ones_like(out) if grad_out is None else grad_out
     grad = triton_kernel.triton_backward(
-        grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
+        grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, splits
     )
     return out, grad
 
@@ -158,6 +158,88 @@ def test_bad_pipeline_stages_raise(raw, monkeypatch):
         triton_jit._stages()
 
 
+def _sum_by(summed_by: str, monkeypatch) -> list:
+    """Sums by the kernel's last program or (``"torch"``) by torch after it: the launches set
+    up afresh for the test; returns the list of torch's summing calls."""
+    monkeypatch.setattr(triton_kernel, "_LAUNCHES", {})
+    calls = []
+    if summed_by == "torch":
+        monkeypatch.setattr(triton_kernel, "KERNEL_SUM_ROWS", 1)
+        sum_rows = triton_kernel._sum_rows
+        monkeypatch.setattr(triton_kernel, "_sum_rows", lambda *a: calls.append(1) or sum_rows(*a))
+    return calls
+
+
+def _weighted_reference(scores, target, weight, k, tau, alpha, reduction):
+    """F.cross_entropy's reductions of the log-space reference's rows (float64): weighted
+    losses, ignored rows out, the mean over the kept rows' weight; and the gradient of it."""
+    kept = target != -100
+    safe = torch.where(kept, target, 0)
+    loss, grad = log_space_loss_and_grad(scores.double(), safe, k, tau, alpha)
+    w = torch.where(kept, weight.double()[safe], 0.0)
+    losses, grads = w * loss, w[:, None] * grad
+    if reduction == "none":
+        return losses, grads
+    if reduction == "sum":
+        return losses.sum(), grads
+    return losses.sum() / w.sum(), grads / w.sum()
+
+
+@interpreted
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("summed_by,splits", [("kernel", 1), ("kernel", 2), ("torch", 1)])
+def test_the_calls_end_reduces_as_cross_entropy(reduction, summed_by, splits, monkeypatch):
+    """The forward kernel's last program (or torch's sums, beyond ``KERNEL_SUM_ROWS`` rows)
+    reduces the weighted rows as F.cross_entropy does, ignored rows out; the backward reads
+    the total weight it wrote."""
+    calls = _sum_by(summed_by, monkeypatch)
+    generator = torch.Generator().manual_seed(11)
+    scores = torch.randn(5, 300, generator=generator) * 2
+    target = torch.tensor([3, -100, 299, 0, 150])
+    weight = torch.rand(300, generator=generator) + 0.5
+    assert triton_kernel.block_size(300, 20) < 300  # several chunks: the split path applies
+    ref, ref_grad = _weighted_reference(scores, target, weight, 20, 0.7, 1.0, reduction)
+    out, grad = run(scores, target, 20, 0.7, 1.0, weight=weight, reduction=reduction,
+                    splits=splits)  # fmt: skip
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+    assert (grad[target == -100] == 0).all()
+    assert len(calls) == (summed_by == "torch" and reduction != "none")
+
+
+@interpreted
+@pytest.mark.parametrize("summed_by", ["kernel", "torch"])
+def test_every_row_ignored_and_no_rows(summed_by, monkeypatch):
+    """F.cross_entropy's edge values: the mean of nothing is NaN (0 / 0), the sum 0, the
+    gradient exactly 0; no rows at all give the same values without a launch."""
+    _sum_by(summed_by, monkeypatch)
+    scores = torch.randn(3, 20, generator=torch.Generator().manual_seed(12))
+    ignored = torch.full((3,), -100)
+    for rows in (scores, scores[:0]):
+        target = ignored[: rows.shape[0]]
+        for reduction, expected in (("mean", "nan"), ("sum", 0.0)):
+            out, grad = run(rows, target, 2, reduction=reduction)
+            reference = torch.nn.functional.cross_entropy(rows, target, reduction=reduction)
+            assert torch.isnan(out) if expected == "nan" else out.item() == expected
+            assert torch.isnan(reference) if expected == "nan" else reference.item() == expected
+            assert grad.shape == rows.shape and (grad == 0).all()
+
+
+@interpreted
+@pytest.mark.parametrize("summed_by", ["kernel", "torch"])
+@pytest.mark.parametrize("bad", [20, -1, -101])
+def test_a_target_out_of_range_is_asserted(summed_by, bad, monkeypatch):
+    """The last program's verdict, asserted on the device (on CPU tensors the assertion
+    raises at once), names the valid range; ``ignore_index`` itself is not refused."""
+    _sum_by(summed_by, monkeypatch)
+    scores = torch.randn(4, 20, generator=torch.Generator().manual_seed(13))
+    target = torch.tensor([1, -100, bad, 5])
+    with pytest.raises(RuntimeError, match=r"target must be in \[0, 20\)"):
+        run(scores, target, 2, reduction="mean")
+    run(scores, torch.tensor([1, -100, 19, 5]), 2, reduction="mean")
+
+
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs(dtype):
@@ -178,13 +260,13 @@ def test_operators_trace_with_fake_tensors():
 
     with FakeTensorMode():
         scores, target = torch.empty(4, 10), torch.zeros(4, dtype=torch.int64)
-        out, stats, anchors, total = triton_kernel.triton_forward(
+        out, stats, anchors = triton_kernel.triton_forward(
             scores, target, None, -100, 3, 1.0, 1.0, "mean", None, 1
         )
         grad = triton_kernel.triton_backward(
-            out, scores, target, stats, anchors, -100, 3, 1.0, "mean", total, 1
+            out, scores, target, stats, anchors, -100, 3, 1.0, "mean", 1
         )
-    assert out.shape == () and stats.shape == (4, 8) and anchors.shape == (4, 3)
+    assert out.shape == () and stats.shape == (5, 10) and anchors.shape == (4, 3)
     assert grad.shape == scores.shape and grad.dtype == scores.dtype
 
 
@@ -224,18 +306,17 @@ SIGNATURE = dict(
     target_ptr="*i64",
     weight_ptr="*fp32",
     alpha_ptr="*fp32",
-    loss_ptr="*fp64",
-    weight_out="*fp64",
     stats_ptr="*fp64",
     anchor_ptr="*i64",
-    ok_ptr="*i32",
+    sync_ptr="*i64",
     n="i32",
     ignore_index="i32",
     tau="fp64",
     alpha="fp64",
     scale="fp64",
+    reduction="i32",
+    sums="i32",
     grad_ptr="*fp32",
-    total_ptr="*fp64",
     out_ptr="*fp32",
     seg="i32",
 )
@@ -254,7 +335,7 @@ def test_compiles_for_sm90(name, k, wide):
     constexprs.update(
         dict(HAS_WEIGHT=True, HAS_ALPHA=True, LOG=block.bit_length() - 1)
         if name.startswith("forward")
-        else dict(REDUCTION=2, FIX=True)
+        else dict(REDUCTION=2)
     )
     spilled = _compile_for_sm90(kern, SIGNATURE, constexprs, f"{name} k={k} BLOCK={block}")
     assert spilled == 0  # measured: none at these configurations (k=32 forward: 128 bytes)
@@ -297,8 +378,8 @@ def test_every_class_kernel_compiles_for_sm90(k):
 
 
 # the arguments indexed by row (weight_ptr and alpha_ptr are indexed by class, below 2^31)
-ROW_POINTERS = {"s_ptr", "target_ptr", "loss_ptr", "weight_out", "stats_ptr", "anchor_ptr",
-                "grad_ptr", "out_ptr", "beta_ptr"}  # fmt: skip
+ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "anchor_ptr", "grad_ptr", "out_ptr",
+                "beta_ptr"}  # fmt: skip
 
 
 def _assert_64_bit_offsets(ttir: str) -> None:
@@ -316,6 +397,32 @@ def _assert_64_bit_offsets(ttir: str) -> None:
 def test_cuda_exactness_grid(n, k, tau, alpha):
     scores, targets = grid_inputs(n, k)
     assert_exact(scores, targets, k, tau, alpha, device="cuda")
+
+
+@cuda
+@pytest.mark.parametrize("rows,classes", [(2048, 1000), (300, 20_000)])
+def test_cuda_last_program_sums_every_row(rows, classes):
+    """On a GPU, where the programs run concurrently: the last program's sums (``_end_call``)
+    see every row that the other programs wrote (the release/acquire of the counter), and are
+    the same bits call after call (a fixed order, whichever program is last). At the most rows
+    it sums, and with split rows (the finish kernel ends the call)."""
+    generator = torch.Generator().manual_seed(14)
+    scores = (torch.randn(rows, classes, generator=generator) * 3).cuda()
+    target = torch.randint(0, classes, (rows,), generator=generator).cuda()
+    target[::5] = -100
+    assert rows <= triton_kernel.KERNEL_SUM_ROWS
+    splits = triton_kernel.plan_splits(scores, 5)
+    outs = []
+    for _ in range(50):
+        out, stats, _ = triton_kernel.triton_forward(
+            scores, target, None, -100, 5, 1.0, 1.0, "mean", None, splits
+        )
+        outs.append(out)
+        losses, weights = stats[:-1, -2], stats[:-1, -1]
+        total = stats[-1, 0]
+        assert torch.allclose(total, weights.sum(), rtol=1e-12, atol=0)
+        assert torch.allclose(out.double(), losses.sum() / weights.sum(), rtol=2e-7, atol=0)
+    assert len({o.item() for o in outs}) == 1
 
 
 @cuda

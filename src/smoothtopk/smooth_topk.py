@@ -32,6 +32,7 @@ from ._validation import (
     positional_error,
 )
 from .backends import pytorch as pytorch_backend
+from .backends._abi import direct
 
 
 @keyword_only
@@ -131,7 +132,7 @@ def smooth_topk_svm_loss(
         call.scores, k, (call.target, weight, ignore_index, tau, alpha, reduction)
     )
     if key is not None:
-        _remember(key, backend, input, target)
+        _remember(key, backend, input, target, (k, tau, alpha, weight, ignore_index, reduction))
     if not (call.targets_checked or backend.CHECKS_TARGETS):  # the device form, off the CPU
         check_target_range(call.target, call.scores.shape[1], ignore_index)
     arguments = (call.target, weight, ignore_index, k, tau, alpha, reduction)
@@ -214,17 +215,27 @@ def _traced_or_transformed() -> bool:
     )
 
 
-def _remember(key: tuple, backend: ModuleType, input, target) -> None:
+def _remember(key: tuple, backend: ModuleType, input, target, options: tuple) -> None:
+    """Plan the key's calls (``options``: ``k, tau, alpha, weight, ignore_index, reduction``
+    of this one, checked)."""
     if len(_PLANS) >= _MAX_PLANS:
         _PLANS.clear()
     flat = input.dim() == 2 and target.dtype == torch.int64
     differentiable = getattr(backend, "loss", None)  # optional in the backend contract
     range_check = not backend.CHECKS_TARGETS
     plan = _Plan(backend, differentiable, num_classes_of(input), flat, range_check, None)
-    # the backend's operator alone when nothing is left to do around it: rows already, targets
-    # checked by the kernel, the loss in the input's dtype (no Python frame of ours, issue #20)
+    # the call itself when nothing is left to do around it: rows already, targets checked by
+    # the kernel, the loss in the input's dtype (no Python frame of ours, issue #20)
     alone = flat and not range_check and input.dtype in (torch.float32, torch.float64)
-    run = differentiable if alone and differentiable is not None else functools.partial(_run, plan)
+    if not alone:
+        run = functools.partial(_run, plan)
+    elif differentiable is not None:  # the backend's operator: autograd in C++
+        run = differentiable
+    elif hasattr(backend, "prepare"):  # its launches set up once (the Triton kernel's)
+        prepared = backend.prepare(input, *options)
+        run = functools.partial(_prepared, prepared, backend)
+    else:
+        run = functools.partial(_eager, backend)
     _PLANS[key] = plan._replace(run=run)
 
 
@@ -240,8 +251,31 @@ def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduct
     if plan.differentiable is not None:  # autograd in C++
         out = plan.differentiable(scores, *arguments)
     else:
-        out = _apply(plan.backend, scores, arguments, eager=True)
+        out = _eager(plan.backend, scores, *arguments)
     return restore(out, target.shape, input.dtype, reduction)
+
+
+def _prepared(prepared, backend, scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """An eager call of a kind the backend prepared (``prepare``, :func:`_remember`): its
+    forward, through :class:`_PreparedSmoothTopkSVM` when a gradient can flow; under a
+    dispatch mode, which must see the backend's operators, :func:`_eager`."""
+    if not direct(scores):
+        return _eager(backend, scores, target, weight, ignore_index, k, tau, alpha, reduction)
+    if torch.is_grad_enabled() and scores.requires_grad:
+        options = (ignore_index, k, tau, alpha, reduction)
+        return _PreparedSmoothTopkSVM.apply(scores, target, weight, prepared, options)
+    return prepared.forward(scores, target, weight)[0]
+
+
+def _eager(backend, scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """An eager call outside traces and transforms (:func:`_traced_or_transformed`): the
+    backend's forward and backward through :class:`_EagerSmoothTopkSVM`, or its forward alone
+    when no gradient can flow."""
+    if torch.is_grad_enabled() and scores.requires_grad:
+        return _EagerSmoothTopkSVM.apply(
+            scores, target, weight, ignore_index, k, tau, alpha, reduction, backend
+        )
+    return backend.forward(scores, target, weight, ignore_index, k, tau, alpha, reduction)[0]
 
 
 def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, label_smoothing):
@@ -259,34 +293,43 @@ def _expected(input, target, k, tau, alpha, weight, ignore_index, reduction, lab
     return expected_loss(row_losses, call, weight, ignore_index, reduction, label_smoothing)
 
 
-def _apply(backend, scores: torch.Tensor, arguments: tuple, eager: bool = False) -> torch.Tensor:
+def _apply(backend, scores: torch.Tensor, arguments: tuple) -> torch.Tensor:
     """The loss through the ``autograd.Function``, or, when no gradient can flow (grad mode off,
     as in evaluation, or scores that do not require grad; no forward-mode AD level open, which
     the Function refuses), the backend's forward alone: nothing to save, no Function to pay
-    for. ``eager``: no trace, transform or forward-mode AD (:func:`_traced_or_transformed`),
-    so the Function's classic form serves."""
+    for."""
     backward_needed = torch.is_grad_enabled() and scores.requires_grad
     if not backward_needed and not forward_ad_active():
         return backend.forward(scores, *arguments)[0]
-    if eager:
-        return _EagerSmoothTopkSVM.apply(scores, *arguments, backend.NAME)
     return _SmoothTopkSVM.apply(scores, *arguments, backend.NAME)[0]
 
 
-def _keep_for_backward(ctx, arguments: tuple, saved: tuple, name: str) -> None:
+def _keep_for_backward(ctx, arguments: tuple, saved: tuple) -> None:
     """What both Functions' backward reads: the inputs it needs, the backend's factors
-    ``saved``, the options and the backend's name (``arguments`` as the backend's forward)."""
+    ``saved`` and the options (``arguments`` as the backend's forward)."""
     scores, target, weight, ignore_index, k, tau, alpha, reduction = arguments
-    ctx.set_materialize_grads(False)
     per_class = isinstance(alpha, torch.Tensor)  # per-class margins travel as a saved tensor
     ctx.save_for_backward(scores, target, weight, alpha if per_class else None, *saved)
     ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
-    ctx.name = name
+
+
+def _backward(ctx, backend, grad_out):
+    """Both Functions' backward: ``dL/dscores`` by the backend's backward, or, under
+    ``create_graph=True``, by recorded PyTorch operations (so double backward is exact too)."""
+    scores, target, weight, margins, *saved = ctx.saved_tensors
+    ignore_index, k, tau, alpha, reduction = ctx.options
+    alpha = margins if alpha is None else alpha
+    if torch.is_grad_enabled():
+        return pytorch_backend.recorded_backward(
+            grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction
+        )
+    return backend.backward(
+        grad_out, scores, target, weight, ignore_index, tuple(saved), k, tau, alpha, reduction
+    )
 
 
 class _SmoothTopkSVM(torch.autograd.Function):
-    """One backend forward and one backend backward; under ``create_graph=True`` the backward
-    recomputes the factors with recorded PyTorch operations, so double backward is exact too.
+    """One backend forward and one backend backward (:func:`_backward`).
 
     The output is ``(loss, *saved)``, the backend's factors as non-differentiable outputs, so
     that the forward takes no ``ctx`` (``setup_context``): ``torch.func.grad`` works; ``vmap``
@@ -308,35 +351,16 @@ class _SmoothTopkSVM(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         *arguments, name = inputs
         saved = output[1:]
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(*saved)
-        _keep_for_backward(ctx, arguments, saved, name)
+        _keep_for_backward(ctx, arguments, saved)
+        ctx.name = name
 
     @staticmethod
     def backward(ctx, grad_out, *_):
         if grad_out is None:
             return (None,) * 9
-        scores, target, weight, margins, *saved = ctx.saved_tensors
-        ignore_index, k, tau, alpha, reduction = ctx.options
-        alpha = margins if alpha is None else alpha
-        if torch.is_grad_enabled():
-            grad = pytorch_backend.recorded_backward(
-                grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction
-            )
-        else:
-            backend = backends.module(ctx.name)
-            grad = backend.backward(
-                grad_out,
-                scores,
-                target,
-                weight,
-                ignore_index,
-                tuple(saved),
-                k,
-                tau,
-                alpha,
-                reduction,
-            )
-        return grad, *([None] * 8)
+        return _backward(ctx, backends.module(ctx.name), grad_out), *([None] * 8)
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -352,16 +376,39 @@ class _EagerSmoothTopkSVM(torch.autograd.Function):
     applies it without binding the arguments to a signature or calling ``setup_context`` through
     its machinery, about 30 us less per call (issue #20). Its one output is the loss: the
     backend's factors are saved as intermediates (which the classic form allows), not returned,
-    about 6 us less per forward+backward than three more outputs for autograd to track. Same
-    forward, same backward."""
+    about 6 us less per forward+backward than three more outputs for autograd to track. It
+    takes the backend module itself (no lookup by name). Same forward, same backward."""
 
     @staticmethod
-    def forward(ctx, *args):
-        *arguments, name = args
-        out, saved = backends.module(name).forward(*arguments)
-        _keep_for_backward(ctx, arguments, saved, name)
+    def forward(ctx, scores, target, weight, ignore_index, k, tau, alpha, reduction, backend):
+        arguments = (scores, target, weight, ignore_index, k, tau, alpha, reduction)
+        out, saved = backend.forward(*arguments)
+        _keep_for_backward(ctx, arguments, saved)
+        ctx.backend = backend
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _SmoothTopkSVM.backward(ctx, grad_out)
+        return _backward(ctx, ctx.backend, grad_out), None, None, None, None, None, None, None, None
+
+
+class _PreparedSmoothTopkSVM(torch.autograd.Function):
+    """:class:`_EagerSmoothTopkSVM` for a prepared kind of call (:func:`_prepared`): the
+    prepared forward and backward, the options as one argument (fewer for autograd to walk,
+    issue #20); under ``create_graph=True`` the recorded backward, as :func:`_backward`."""
+
+    @staticmethod
+    def forward(ctx, scores, target, weight, prepared, options):
+        out, saved = prepared.forward(scores, target, weight)
+        ctx.save_for_backward(scores, target, weight, *saved)
+        ctx.prepared, ctx.options = prepared, options
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        scores, target, weight, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            grad = pytorch_backend.recorded_backward(grad_out, scores, target, weight, *ctx.options)
+        else:
+            grad = ctx.prepared.backward(grad_out, scores, target, saved)
+        return grad, None, None, None, None

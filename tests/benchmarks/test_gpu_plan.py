@@ -112,4 +112,4 @@ def test_the_report_compiles_what_the_launcher_launches():
     assert sm90_report.splits_for(256, 1000, 5) == 1
     assert sm90_report.splits_for(256, 10_000, 5) == 2
     assert sm90_report.splits_for(8, 10**6, 5) == 33
-    assert len(sm90_report.plan()) == 40
+    assert len(sm90_report.plan()) == 36

@@ -25,6 +25,12 @@ The contract of a backend module (``docs/architecture.md``)::
     loss(scores, target, weight, ignore_index, k, tau, alpha, reduction) -> out
                                                 # optional: forward + backward as one
                                                 # differentiable operator (eager calls only)
+    prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> prepared
+                                                # optional: a kind of eager call set up once
+                                                # (float alpha): prepared.forward(scores,
+                                                # target, weight) -> (out, saved) and
+                                                # prepared.backward(grad_out, scores, target,
+                                                # saved) -> grad, without the dispatcher
 
 ``scores (M, C)``, ``target (M,)`` int64 (``ignore_index`` or a class), ``alpha`` a float or
 per-class margins, a ``(C,)`` floating tensor on the scores' device (row ``i`` uses

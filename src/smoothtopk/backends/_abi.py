@@ -5,8 +5,9 @@ here with ``torch.library.define`` and gets its fake (meta) implementation here,
 ``torch.compile``, ``FakeTensorMode`` and ``torch.export`` see every kernel the same way; a
 backend only adds its device implementation (the CPU kernel from C++, the Triton kernel with
 ``torch.library.impl``). The two kernels take the same arguments in the same order; the Triton
-operators add what their launch needs (``splits``) and the total weight that their backward
-reads (the CPU kernel folds it into ``stats``)::
+operators add what their launch needs (``splits``), and their ``stats`` two columns and a row
+(:func:`triton_stats_shape`: the rows' weighted losses and weights, and the total weight that
+their backward reads; the CPU kernel folds it into the slopes)::
 
     smoothtopk::cpu_forward(scores, target, weight?, ignore_index, k, tau, alpha, reduction,
                             alpha_per_class?) -> (out, stats, anchor_index)
@@ -15,8 +16,8 @@ reads (the CPU kernel folds it into ``stats``)::
     smoothtopk::cpu_loss(... as cpu_forward ...) -> out     # differentiable: autograd in C++
     smoothtopk::recorded_backward(grad_out, scores, target, weight?, ignore_index, k, tau,
                                   alpha, reduction, alpha_per_class?) -> grad
-    smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats, anchor_index, total)
-    smoothtopk::triton_backward(... as cpu_backward ..., total, splits) -> grad
+    smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats, anchor_index)
+    smoothtopk::triton_backward(... as cpu_backward ..., splits) -> grad
     smoothtopk::cpu_every_class(scores, beta, k, tau, alpha, alpha_per_class?, with_grad)
         -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
     smoothtopk::triton_every_class(... as cpu_every_class ...) -> (out, grad)
@@ -101,8 +102,8 @@ SCHEMAS = {
     "cpu_forward": f"({_FORWARD}) -> (Tensor, Tensor, Tensor)",
     "cpu_loss": f"({_FORWARD}) -> Tensor",
     "cpu_backward": f"({_BACKWARD}) -> Tensor",
-    "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor, Tensor)",
-    "triton_backward": f"({_BACKWARD}, Tensor total, int splits) -> Tensor",
+    "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor)",
+    "triton_backward": f"({_BACKWARD}, int splits) -> Tensor",
     "cpu_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
     "triton_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
     "vector_math": "(Tensor x, str function) -> Tensor",
@@ -113,6 +114,13 @@ def stats_width(k: int) -> int:
     """Columns of a row of ``stats``: ``a``, ``slope``, ``k`` rest coefficients, ``k`` anchor
     gradients."""
     return REST_COEFFICIENTS + 2 * k
+
+
+def triton_stats_shape(rows: int, k: int) -> tuple[int, int]:
+    """The Triton operators' ``stats``: each row's :func:`stats_width` columns, then its
+    weighted loss and weight; one more row, whose first entry is the total weight (the mean's
+    divisor, which the forward kernel writes and the backward kernel reads)."""
+    return rows + 1, stats_width(k) + 2
 
 
 def anchor_gradients(k: int) -> int:
@@ -157,7 +165,9 @@ def _cpu_loss_fake(scores, target, weight, ignore_index, k, tau, alpha, reductio
 def _triton_forward_fake(
     scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
 ):
-    return (*_forward_outputs(scores, k, reduction), scores.new_empty((), dtype=torch.float64))
+    out, _, anchors = _forward_outputs(scores, k, reduction)
+    stats = scores.new_empty(triton_stats_shape(scores.shape[0], k), dtype=torch.float64)
+    return out, stats, anchors
 
 
 def _backward_fake(grad_out, scores, *_):

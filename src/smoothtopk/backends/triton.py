@@ -33,9 +33,11 @@ Example:
 import contextlib
 import importlib.metadata
 import importlib.util
+import math
 import os
 import sys
 import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -44,8 +46,8 @@ from .._validation import user_stacklevel
 from . import _abi, every_class, pytorch
 
 NAME = "triton"
-#: the forward kernels clear a flag on an out-of-range target, asserted on the device (as
-#: F.cross_entropy's kernels do): no separate eight-kernel check per call
+#: the forward kernel reports an out-of-range target in a flag asserted on the device (as
+#: F.cross_entropy's kernels assert): no separate eight-kernel check per call
 CHECKS_TARGETS = True
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_K = 32
@@ -243,12 +245,21 @@ def _on_device(device: torch.device):
         >>> _on_device(torch.device("cuda", 1)).idx, type(_on_device(torch.device("cpu")))
         (1, <class 'contextlib.nullcontext'>)
     """
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    return torch.cuda.device(device) if device.type == "cuda" else _NOTHING
+
+
+_NOTHING = contextlib.nullcontext()  # reusable
+
+
+_KERNELS = []
 
 
 def _kernels():
-    """The module of ``triton.jit`` kernels, imported on first use."""
-    return importlib.import_module("smoothtopk.backends.triton_jit")
+    """The module of ``triton.jit`` kernels, imported on first use (then kept: the import
+    system's lookup costs about a microsecond per call)."""
+    if not _KERNELS:
+        _KERNELS.append(importlib.import_module("smoothtopk.backends.triton_jit"))
+    return _KERNELS[0]
 
 
 def _every_class_kernels():
@@ -278,8 +289,12 @@ def block_size(classes: int, k: int) -> int:
 _PROCESSORS: dict[int, int] = {}
 
 
-def _processors(index: int) -> int:
-    """The device's multiprocessors, asked once (a plain dict: Dynamo warns on ``lru_cache``)."""
+def _device_processors(scores: torch.Tensor) -> int:
+    """The multiprocessors of the scores' CUDA device, asked once per device (a plain dict:
+    Dynamo warns on ``lru_cache``); 0 off CUDA (the interpreter: one program per row)."""
+    if scores.device.type != "cuda":
+        return 0
+    index = scores.device.index or 0
     if index not in _PROCESSORS:
         _PROCESSORS[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _PROCESSORS[index]
@@ -288,10 +303,26 @@ def _processors(index: int) -> int:
 def plan_splits(scores: torch.Tensor, k: int) -> int:
     """Programs per row: enough to give every multiprocessor two, segments of >= 4 chunks."""
     rows, classes = scores.shape
-    if scores.device.type != "cuda" or rows == 0:
+    processors = _device_processors(scores)
+    if processors == 0 or rows == 0:
         return 1
-    wanted = _cdiv(2 * _processors(scores.device.index or 0), rows)
+    wanted = _cdiv(2 * processors, rows)
     return max(1, min(wanted, classes // (4 * block_size(classes, k)), 256))
+
+
+#: programs per row by ``(shape, k, device)``; cleared when full
+_SPLITS: dict[tuple, int] = {}
+
+
+def _planned_splits(scores: torch.Tensor, k: int) -> int:
+    """:func:`plan_splits`, once per shape and device."""
+    key = (scores.shape, k, scores.device)
+    found = _SPLITS.get(key)
+    if found is None:
+        if len(_SPLITS) >= _MAX_LAUNCHES:
+            _SPLITS.clear()
+        found = _SPLITS[key] = plan_splits(scores, k)
+    return found
 
 
 def class_tile(k: int) -> int:
@@ -318,185 +349,173 @@ def wide(k: int, tau: float) -> bool:
     return not _abi.MIN_FLOAT_SCALE <= scale <= _abi.MAX_FLOAT
 
 
-def _launch_forward(scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs):
-    """Fill ``outputs = (row losses, row weights, stats, anchors, ok)`` (float64, int64; ``ok``
-    an int32 flag that a target out of range clears);
-    ``margins``: per-class margins ``(n,)`` (then ``alpha`` is unused) or None."""
-    rows, classes = scores.shape
-    kern = _kernels()
-    block, kp = block_size(classes, k), _padded_k(k)
-    seg, splits = _segment(classes, block, max(1, splits))
-    has_weight, has_alpha = weight is not None, margins is not None
-    weight = weight if has_weight else scores
-    margins = margins if has_alpha else scores
-    common = dict(HAS_WEIGHT=has_weight, HAS_ALPHA=has_alpha, K=k, KP=kp)
-    common.update(_scalars(k, tau, alpha))
-    log = block.bit_length() - 1
-    if splits == 1:
-        kern.forward_row_kernel[(rows,)](
-            scores,
-            target,
-            weight,
-            margins,
-            *outputs,
-            classes,
-            ignore_index,
+#: rows up to which the forward kernel's last program also sums the call's losses and weights
+#: (``triton_jit``'s docstring): one program reads ``2 M`` numbers, a short serial tail; beyond,
+#: torch sums them after the kernel (a few kernels more, in calls that are long anyway)
+KERNEL_SUM_ROWS = 2048
+
+
+class _Launch:
+    """The launches of one kind of call, set up once (issue #20: the launcher's arithmetic,
+    the kernels' scalar arguments and constexprs cost several µs per call otherwise): rows,
+    classes, ``k``, ``tau``, ``alpha``, the reduction, whether a weight and per-class margins
+    come, ``ignore_index`` and the programs per row. :meth:`forward` then allocates, launches
+    and asserts; :meth:`backward` allocates and launches."""
+
+    __slots__ = (
+        "k", "reduction", "shape", "refusal", "sum_after", "out_shape", "stats_shape",
+        "forward_tail", "forward_flags", "backward_tail", "backward_flags", "split",
+    )  # fmt: skip
+
+    def __init__(self, rows, classes, k, tau, alpha, reduction, flags, ignore_index, splits):
+        block = block_size(classes, k)
+        seg, splits = _segment(classes, block, max(1, splits))
+        kp, code, scale = _padded_k(k), REDUCTIONS[reduction], 1.0 / (k * float(tau))
+        self.k, self.reduction, self.shape = k, reduction, (block, kp, seg, splits)
+        self.refusal = f"target must be in [0, {classes}) or equal to ignore_index"
+        self.sum_after = reduction != "none" and rows > KERNEL_SUM_ROWS
+        self.out_shape = (rows,) if reduction == "none" else ()
+        self.stats_shape = _abi.triton_stats_shape(rows, k)
+        sums = int(rows <= KERNEL_SUM_ROWS)
+        self.forward_tail = (classes, ignore_index, float(tau), float(alpha), scale, code, sums)
+        has_weight, has_alpha = flags
+        self.forward_flags = dict(HAS_WEIGHT=has_weight, HAS_ALPHA=has_alpha, K=k, KP=kp)
+        self.backward_tail = (classes, seg, ignore_index, scale)
+        common = dict(K=k, KP=kp, BLOCK=block, WIDE=wide(k, tau))
+        self.backward_flags = dict(common, REDUCTION=code)
+        self.split = splits > 1
+        if not self.split:
+            self.forward_flags.update(common, LOG=block.bit_length() - 1)
+
+    def forward(self, scores, target, weight, margins):
+        """``(out, stats, anchors)`` of contiguous ``scores`` and ``target`` (the operator's)."""
+        device = scores.device
+        out = torch.empty(self.out_shape, device=device, dtype=torch.float32)
+        stats = torch.empty(self.stats_shape, device=device, dtype=torch.float64)
+        anchors = torch.empty(scores.shape[0], self.k, device=device, dtype=torch.int64)
+        if scores.shape[0] == 0:  # nothing to launch: F.cross_entropy's sum (0) and mean (0 / 0)
+            stats.zero_()
+            return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats, anchors
+        sync = torch.zeros((), device=device, dtype=torch.int64)
+        weight = scores if weight is None else weight
+        margins = scores if margins is None else margins
+        ends = (out, stats, anchors, sync)
+        with _on_device(device):
+            if self.split:
+                self._forward_split(scores, target, weight, margins, ends)
+            else:
+                _kernels().forward_row_kernel[(scores.shape[0],)](
+                    scores, target, weight, margins, *ends, *self.forward_tail,
+                    **self.forward_flags,
+                )  # fmt: skip
+            torch._assert_async(sync, self.refusal)
+        if self.sum_after:
+            _sum_rows(out, stats, self.reduction)
+        return out, stats, anchors
+
+    def _forward_split(self, scores, target, weight, margins, ends):
+        """Split rows: the segments' top-k, the row's, the segments' polynomials, the finish."""
+        rows, (block, kp, seg, splits), kern = scores.shape[0], self.shape, _kernels()
+        classes, scale = self.forward_tail[0], self.forward_tail[4]
+        options = dict(device=scores.device)
+        cand_val = torch.empty(rows, splits, kp, dtype=torch.float32, **options)
+        cand_idx = torch.empty(rows, splits, kp, dtype=torch.int32, **options)
+        cand_bad = torch.empty(rows, splits, dtype=torch.int32, **options)
+        kern.top_segment_kernel[(rows, splits)](
+            scores, target, cand_val, cand_idx, cand_bad, classes, seg, splits, K=self.k, KP=kp,
             BLOCK=block,
-            LOG=log,
-            WIDE=wide(k, tau),
-            **common,
-        )
-        return
-    options = dict(device=scores.device)
-    cand_val = torch.empty(rows, splits, kp, dtype=torch.float32, **options)
-    cand_idx = torch.empty(rows, splits, kp, dtype=torch.int32, **options)
-    cand_bad = torch.empty(rows, splits, dtype=torch.int32, **options)
-    kern.top_segment_kernel[(rows, splits)](
-        scores, target, cand_val, cand_idx, cand_bad, classes, seg, splits, K=k, KP=kp, BLOCK=block
-    )
-    top_val = torch.empty(rows, kp, dtype=torch.float32, **options)
-    top_idx = torch.empty(rows, kp, dtype=torch.int32, **options)
-    top_bad = torch.empty(rows, dtype=torch.int32, **options)
-    kern.select_kernel[(rows,)](
-        cand_val,
-        cand_idx,
-        cand_bad,
-        top_val,
-        top_idx,
-        top_bad,
-        splits,
-        K=k,
-        KP=kp,
-        CANDIDATES=_pow2(splits * kp),
-    )
-    poly = torch.empty(rows, splits, kp, dtype=torch.float64, **options)
-    ties = torch.empty(rows, splits, dtype=torch.int32, **options)
-    kern.rest_segment_kernel[(rows, splits)](
-        scores,
-        target,
-        top_val,
-        poly,
-        ties,
-        classes,
-        seg,
-        splits,
-        common["scale"],
-        K=k,
-        KP=kp,
-        BLOCK=block,
-        LOG=log,
-        WIDE=wide(k, tau),
-    )
-    kern.finish_kernel[(rows,)](
-        scores,
-        target,
-        weight,
-        margins,
-        top_val,
-        top_idx,
-        top_bad,
-        poly,
-        ties,
-        *outputs,
-        classes,
-        splits,
-        ignore_index,
-        SP=_pow2(splits),
-        LOG=_pow2(splits).bit_length() - 1,
-        **common,
-    )
+        )  # fmt: skip
+        top = (torch.empty(rows, kp, dtype=torch.float32, **options),
+               torch.empty(rows, kp, dtype=torch.int32, **options),
+               torch.empty(rows, dtype=torch.int32, **options))  # fmt: skip
+        kern.select_kernel[(rows,)](
+            cand_val, cand_idx, cand_bad, *top, splits, K=self.k, KP=kp,
+            CANDIDATES=_pow2(splits * kp),
+        )  # fmt: skip
+        poly = torch.empty(rows, splits, kp, dtype=torch.float64, **options)
+        ties = torch.empty(rows, splits, dtype=torch.int32, **options)
+        wide_ = self.backward_flags["WIDE"]
+        kern.rest_segment_kernel[(rows, splits)](
+            scores, target, top[0], poly, ties, classes, seg, splits, scale, K=self.k, KP=kp,
+            BLOCK=block, LOG=block.bit_length() - 1, WIDE=wide_,
+        )  # fmt: skip
+        classes, ignore_index, *tail = self.forward_tail
+        sp = _pow2(splits)
+        kern.finish_kernel[(rows,)](
+            scores, target, weight, margins, *top, poly, ties, *ends, classes, splits, ignore_index,
+            *tail, SP=sp, LOG=sp.bit_length() - 1, **self.forward_flags,
+        )  # fmt: skip
+
+    def backward(self, grad_out, scores, target, stats, anchors):
+        """``dOut/dscores`` in the scores' dtype (contiguous ``scores`` and ``target``)."""
+        grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
+        if scores.shape[0] == 0:
+            return grad
+        with _on_device(scores.device):
+            _kernels().backward_kernel[(scores.shape[0], self.shape[3])](
+                grad_out.contiguous(), scores, target, stats, anchors, grad, *self.backward_tail,
+                **self.backward_flags,
+            )  # fmt: skip
+        return grad
+
+
+#: launches by kind of call (:class:`_Launch`), for the operators; cleared when full
+_LAUNCHES: dict[tuple, _Launch] = {}
+_MAX_LAUNCHES = 1024
+
+
+def _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits) -> _Launch:
+    """The :class:`_Launch` of this kind of call, set up on its first call."""
+    key = (scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
+    found = _LAUNCHES.get(key)
+    if found is None:
+        if len(_LAUNCHES) >= _MAX_LAUNCHES:
+            _LAUNCHES.clear()
+        rows, classes = scores.shape
+        options = (k, tau, alpha, reduction, flags, ignore_index, splits)
+        found = _LAUNCHES[key] = _Launch(rows, classes, *options)
+    return found
 
 
 def _triton_forward(
     scores, target, weight, ignore_index, k, tau, alpha, reduction, alpha_per_class, splits
 ):
-    """``(out, stats (M, 2 + 2k) f64, anchors (M, k) i64, total weight () f64)``; row ``i``'s
-    margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
+    """``(out, stats, anchors (M, k) i64)``; ``stats`` ``(M + 1, 4 + 2k)`` float64 (the layout
+    of ``triton_jit``: the shared one, the row's weighted loss and weight, and the total weight
+    in the last row); row ``i``'s margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
 
-    The kernels write every entry of their outputs, so they are allocated, never filled. The
-    reductions are F.cross_entropy's (as ``_convention.reduce``): for the mean two sums and a
-    division into the float32 output (one kernel, no conversion after it), on separate buffers
-    of row losses and weights rather than on views of one (unbinding and indexing in the
-    forward cost the host 15 us per forward+backward here, more than the ops, issue #20): with
-    the target check's flag and assertion, 5 small kernels besides the Triton ones. ``total``
-    is read by the backward of the mean only (uninitialised otherwise). Shape: scores
-    ``(M, n)``, target ``(M,)``, weight and alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
+    The kernels write every entry of their outputs, so they are allocated, never filled; the
+    last program reduces the loss and checks the targets (``triton_jit``), so that besides the
+    Triton launches a call runs one fill (of ``sync``) and one device assertion, as
+    F.cross_entropy's kernels assert (issue #20: in a training step each small ATen operator
+    costs the host about 4 us). The reductions are F.cross_entropy's (as
+    ``_convention.reduce``): the mean is the float64 sum of weighted losses over the float64
+    total weight, rounded once to float32. Shape: scores ``(M, n)``, target ``(M,)``, weight and
+    alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
     """
-    scores, target = scores.contiguous(), target.contiguous()
-    rows = scores.shape[0]
-    options = dict(device=scores.device, dtype=torch.float64)
-    losses = torch.empty(rows, **options)  # weight[t_i] l_i
-    weights = torch.empty(rows, **options)  # weight[t_i]
-    stats = torch.empty(rows, _abi.stats_width(k), **options)
-    anchors = torch.empty(rows, k, device=scores.device, dtype=torch.int64)
-    if rows > 0:
-        weight = None if weight is None else weight.contiguous()
-        margins = None if alpha_per_class is None else alpha_per_class.contiguous()
-        ok = torch.ones((), device=scores.device, dtype=torch.int32)  # cleared by a bad target
-        outputs = (losses, weights, stats, anchors, ok)
-        with _on_device(scores.device):
-            _launch_forward(
-                scores, target, weight, margins, ignore_index, k, tau, alpha, splits, outputs
-            )
-            classes = scores.shape[1]
-            torch._assert_async(ok, f"target must be in [0, {classes}) or equal to ignore_index")
-    if reduction == "none":
-        return losses.float(), stats, anchors, torch.empty((), **options)
-    if reduction == "sum":
-        return losses.sum().float(), stats, anchors, torch.empty((), **options)
-    total = weights.sum()  # float64; the quotient rounded once to float32, in one kernel
-    out = torch.empty((), device=scores.device, dtype=torch.float32)
-    torch.div(losses.sum(), total, out=out)
-    return out, stats, anchors, total
+    weight = None if weight is None else weight.contiguous()
+    margins = None if alpha_per_class is None else alpha_per_class.contiguous()
+    flags = (weight is not None, margins is not None)
+    launch = _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits)
+    return launch.forward(scores.contiguous(), target.contiguous(), weight, margins)
 
 
-def _launch_backward(
-    grad_out, total, scores, target, stats, anchors, grad, ignore_index, k, tau, reduction, splits
-):
-    """Fill ``grad (M, n)``: the rest by ``backward_kernel``, the anchors and the target by it
-    too (one split) or by ``fix_kernel`` after it (split rows)."""
-    rows, classes = scores.shape
-    kern = _kernels()
-    block, kp = block_size(classes, k), _padded_k(k)
-    seg, splits = _segment(classes, block, max(1, splits))
-    mode = dict(K=k, KP=kp, REDUCTION=REDUCTIONS[reduction])
-    kern.backward_kernel[(rows, splits)](
-        grad_out,
-        total,
-        scores,
-        target,
-        stats,
-        anchors,
-        grad,
-        classes,
-        seg,
-        ignore_index,
-        1.0 / (k * float(tau)),
-        BLOCK=block,
-        FIX=splits == 1,
-        WIDE=wide(k, tau),
-        **mode,
-    )
-    if splits > 1:
-        kern.fix_kernel[(rows,)](
-            grad_out, total, target, stats, anchors, grad, classes, ignore_index, **mode
-        )
+def _sum_rows(out, stats, reduction) -> None:
+    """The reduction of many rows, after the kernel: the total weight into stats' last row, the
+    sum or the mean into ``out`` (one float32 rounding)."""
+    sums = stats[:-1, -2:].sum(0)  # weighted losses, weights
+    stats[-1, 0] = sums[1]
+    if reduction == "mean":
+        torch.div(sums[0], sums[1], out=out)
+    else:
+        out.copy_(sums[0])
 
 
-def _triton_backward(
-    grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
-):
+def _triton_backward(grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction,
+                     splits):  # fmt: skip
     """``dOut/dscores`` in the scores' dtype; ignored rows exactly 0. Shape: ``(M, n)``."""
-    scores, target = scores.contiguous(), target.contiguous()
-    grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
-    if scores.shape[0] == 0:
-        return grad
-    with _on_device(scores.device):
-        _launch_backward(
-            grad_out.contiguous(), total, scores, target, stats, anchors, grad, ignore_index, k,
-            tau, reduction, splits,
-        )  # fmt: skip
-    return grad
+    launch = _launch(scores, k, tau, 0.0, reduction, (False, False), ignore_index, splits)
+    return launch.backward(grad_out, scores.contiguous(), target.contiguous(), stats, anchors)
 
 
 def _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad):
@@ -553,26 +572,51 @@ triton_every_class = torch.ops.smoothtopk.triton_every_class.default
 def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, splits=None):
     """The contract's forward: ``(out, saved)``, one operator call (see module docstring);
     ``splits``: programs per row (default :func:`plan_splits`)."""
-    splits = plan_splits(scores, k) if splits is None else splits
+    splits = _planned_splits(scores, k) if splits is None else splits
     margins = alpha if isinstance(alpha, torch.Tensor) else None  # read as alpha[t_i]
     alpha = 0.0 if margins is not None else alpha
     op = _triton_forward if _abi.direct(scores) else triton_forward
-    out, stats, anchors, total = op(
+    out, stats, anchors = op(
         scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
     )
-    return out, (stats, anchors, total)
+    return out, (stats, anchors)
 
 
 def backward(
     grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction, splits=None
 ):
     """The contract's backward: ``dOut/dscores``, shape ``(M, n)``, the scores' dtype."""
-    stats, anchors, total = saved
-    splits = plan_splits(scores, k) if splits is None else splits
+    stats, anchors = saved
+    splits = _planned_splits(scores, k) if splits is None else splits
     op = _triton_backward if _abi.direct(scores) else triton_backward
-    return op(
-        grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, total, splits
-    )
+    return op(grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, splits)
+
+
+class _Prepared(NamedTuple):
+    """The contract's prepared call (:func:`prepare`): one :class:`_Launch`, called without
+    the operators (the caller checks :func:`smoothtopk.backends._abi.direct`)."""
+
+    launch: _Launch
+
+    def forward(self, scores, target, weight):
+        """``(out, saved)`` as :func:`forward`."""
+        weight = None if weight is None else weight.contiguous()
+        out, stats, anchors = self.launch.forward(scores.contiguous(), target.contiguous(),
+                                                  weight, None)  # fmt: skip
+        return out, (stats, anchors)
+
+    def backward(self, grad_out, scores, target, saved):
+        """``dOut/dscores`` as :func:`backward`."""
+        return self.launch.backward(grad_out, scores.contiguous(), target.contiguous(), *saved)
+
+
+def prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> _Prepared:
+    """The contract's optional ``prepare``: this kind of eager call (the shape, dtype and device
+    of ``scores``, a float ``alpha``, a weight or not, the options) set up once, its launches'
+    arguments computed (:class:`_Launch`)."""
+    flags = (weight is not None, False)
+    splits = plan_splits(scores, k)
+    return _Prepared(_Launch(*scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits))
 
 
 def expected(scores, beta, k, tau, alpha):

@@ -13,12 +13,23 @@ scores, ``a`` their smallest, ``w_i = e^{(a - s_i) scale} <= 1`` on ``T`` and
 entries are vectors over lanes (classes of a chunk, or anchors), so every product
 ``(1 + u X)`` is ``k`` fused multiply-adds of non-negative float64 numbers.
 
-Stats of a row (float64, ``2 + 2k``): ``[a, slope, D_0..D_{k-1}, G_0..G_{k-1}]``;
+Stats of a row (float64, ``4 + 2k``): ``[a, slope, D_0..D_{k-1}, G_0..G_{k-1}, l, w]`` (the
+shared layout of ``backends._abi``, then the row's weighted loss and weight), and one more row
+whose first entry is the total weight (the mean's divisor, written by the forward);
 ``dL/ds_j = slope u_j sum_m (-u_j)^m D_m`` on ``R``, ``slope G_i`` on ``T``, ``-slope`` on
 ``y``; ``slope = weight[y] sigmoid(z'/tau)/k`` (0 for ignored rows). With per-class margins
 (``HAS_ALPHA``) the row's :math:`\alpha` is ``alpha[y]``, read from ``alpha_ptr``.
 
-Shape: scores ``(M, n)`` row-major; stats ``(M, 2 + 2k)``; anchors ``(M, k)``.
+**The call's end, in the forward kernel.** Every program adds 1 to ``sync`` (an int64 zero;
+``2^32 + 1`` for a target out of range) after its row is written; the program that brings the
+count to ``M`` is the last, sees every row (the addition releases and acquires), sums the rows'
+losses and weights in a fixed order (deterministic, whichever program is last) and writes the
+reduced loss and the total weight, then sets ``sync`` to 1, or to 0 if a target was out of range
+(asserted on the device by the caller, as F.cross_entropy's kernels assert). No reduction or
+check kernel runs after it (issue #20); ``sums`` off (many rows, where one program's sum would
+be a long tail) leaves the sums to the caller.
+
+Shape: scores ``(M, n)`` row-major; stats ``(M + 1, 4 + 2k)``; anchors ``(M, k)``.
 """
 
 import os
@@ -46,6 +57,8 @@ BIG = tl.constexpr(2**31 - 1)
 #: (docs/benchmarks.md). ``SMOOTHTOPK_TRITON_STAGES`` (read at the first import) sets it, for
 #: comparing both on a GPU.
 STAGES = tl.constexpr(_stages())
+#: rows per step of the last program's sums (:func:`_end_call`)
+SUM_BLOCK = tl.constexpr(512)
 
 
 @triton.jit
@@ -268,14 +281,13 @@ def _finish(
     tau,
     alpha,
     scale,
-    loss_ptr,
-    weight_out,
     stats_ptr,
     anchor_ptr,
     K: tl.constexpr,
     KP: tl.constexpr,
 ):
-    """Anchors, ``A``, ``B``, loss and gradient factors of one row (float64, ``O(k^2)``)."""
+    """Anchors, ``A``, ``B`` and gradient factors of one row (float64, ``O(k^2)``) into its
+    stats; returns its weighted loss and weight (0 for an ignored row)."""
     lanes = tl.arange(0, KP)
     active = lanes < K
     a32 = tl.min(buf, 0)
@@ -290,7 +302,7 @@ def _finish(
     total_b = tl.sum(sigma * e_up, 0)
     incl_a = tl.sum(poly * _shift_vec(e, -1)[None, :], 1)
     incl_b = tl.sum(poly * e[None, :], 1)
-    stats = stats_ptr + row * (2 + 2 * K)
+    stats = _stats_row(stats_ptr, row, K)
     tl.store(stats + 2 + lanes, _rest_coefficients(sigma, e, total_a, total_b, KP), mask=active)
     gradient = w * (incl_b / total_b - incl_a / total_a)
     tl.store(stats + 2 + K + lanes, gradient, mask=active)
@@ -302,26 +314,74 @@ def _finish(
     loss = tl.where(bad > 0, float("nan"), tl.where(degenerate, 0.0, loss))
     slope = tl.where(bad > 0, float("nan"), tl.where(degenerate, 0.0, sig / K))
     weight = tl.where(keep, weight, 0.0)
-    tl.store(loss_ptr + row, tl.where(keep, weight * loss, 0.0))
-    tl.store(weight_out + row, weight)
     tl.store(stats, a)
     tl.store(stats + 1, tl.where(keep, weight * slope, 0.0))
+    return tl.where(keep, weight * loss, 0.0), weight
 
 
 @triton.jit
-def _row_target(target_ptr, weight_ptr, row, ignore_index, n, ok_ptr, HAS_WEIGHT: tl.constexpr):
-    """``(target, kept, weight[target])``; an ignored row's weight is never read. A target that
-    is neither ``ignore_index`` nor a class clears the flag ``ok_ptr`` (asserted by the caller,
-    as F.cross_entropy's kernels assert on the device) and is never read through."""
+def _row_target(target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT: tl.constexpr):
+    """``(target, kept, weight[target], refused)``; an ignored row's weight is never read.
+    ``refused``: a target that is neither ``ignore_index`` nor a class (reported by
+    :func:`_end_call`, never read through)."""
     target = tl.load(target_ptr + row)
     counted = target != ignore_index
     inside = (target >= 0) & (target < n)
-    tl.atomic_min(ok_ptr, tl.full([], 0, tl.int32), mask=counted & ~inside)
     keep = counted & inside
     weight = tl.full([], 1.0, tl.float64)
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + target, mask=keep, other=0.0).to(tl.float64)
-    return target.to(tl.int32), keep, weight
+    return target.to(tl.int32), keep, weight, counted & ~inside
+
+
+@triton.jit
+def _stats_row(stats_ptr, row, K: tl.constexpr):
+    """Row ``row`` of stats (``4 + 2K`` float64 each; row ``M`` holds the total weight)."""
+    return stats_ptr + row * (4 + 2 * K)
+
+
+@triton.jit
+def _end_call(
+    stats_ptr,
+    sync_ptr,
+    out_ptr,
+    row,
+    loss,
+    weight,
+    refused,
+    reduction,
+    sums,
+    K: tl.constexpr,
+):
+    """Publish the row's weighted loss and weight; the last program of the call reduces every
+    row's (``sums``; ``reduction``: 0 none, 1 sum, 2 mean) and sets ``sync`` to the targets'
+    verdict (module docstring)."""
+    rows = tl.num_programs(0)
+    stats = _stats_row(stats_ptr, row, K)
+    tl.store(stats + 2 + 2 * K, loss)
+    tl.store(stats + 3 + 2 * K, weight)
+    tl.store(out_ptr + row, loss.to(tl.float32), mask=reduction == 0)
+    tl.debug_barrier()  # every thread's stores before the release
+    step = tl.where(refused, (1 << 32) + 1, 1).to(tl.int64)
+    seen = tl.atomic_add(sync_ptr, step, sem="acq_rel") + step
+    if (seen & 0xFFFFFFFF) == rows:
+        tl.debug_barrier()
+        if (sums != 0) & (reduction != 0):
+            losses = tl.zeros([SUM_BLOCK], tl.float64)
+            weights = tl.zeros([SUM_BLOCK], tl.float64)
+            for start in range(0, rows, SUM_BLOCK):
+                index = start + tl.arange(0, SUM_BLOCK)
+                inside = index < rows
+                at = stats_ptr + index.to(tl.int64) * (4 + 2 * K) + 2 + 2 * K
+                losses += tl.load(at, mask=inside, other=0.0, cache_modifier=".cg")
+                weights += tl.load(at + 1, mask=inside, other=0.0, cache_modifier=".cg")
+            total_loss = tl.sum(losses, 0)
+            total_weight = tl.sum(weights, 0)
+            tl.store(_stats_row(stats_ptr, rows.to(tl.int64), K), total_weight)
+            if reduction == 2:
+                total_loss = total_loss / total_weight
+            tl.store(out_ptr, total_loss.to(tl.float32))
+        tl.store(sync_ptr, ((seen >> 32) == 0).to(tl.int64))
 
 
 @triton.jit
@@ -338,16 +398,17 @@ def forward_row_kernel(
     target_ptr,
     weight_ptr,
     alpha_ptr,
-    loss_ptr,
-    weight_out,
+    out_ptr,
     stats_ptr,
     anchor_ptr,
-    ok_ptr,
+    sync_ptr,
     n,
     ignore_index,
     tau: tl.float64,
     alpha: tl.float64,
     scale: tl.float64,
+    reduction,
+    sums,
     HAS_WEIGHT: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     K: tl.constexpr,
@@ -356,18 +417,18 @@ def forward_row_kernel(
     LOG: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """One program per row: top-k pass, rest pass, finish. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
+    """One program per row: top-k pass, rest pass, finish, the call's end. Grid ``(M,)``."""
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 2k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
-    target, keep, weight = _row_target(
-        target_ptr, weight_ptr, row, ignore_index, n, ok_ptr, HAS_WEIGHT
+    target, keep, weight, refused = _row_target(
+        target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT
     )
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
     e, ties = _segment_rest(s_row, 0, n, target, a, scale, K, KP, BLOCK, LOG, WIDE)
-    _finish(
+    loss, weight = _finish(
         e,
         ties,
         buf,
@@ -381,13 +442,12 @@ def forward_row_kernel(
         tau,
         alpha,
         scale,
-        loss_ptr,
-        weight_out,
         stats_ptr,
         anchor_ptr,
         K,
         KP,
     )
+    _end_call(stats_ptr, sync_ptr, out_ptr, row, loss, weight, refused, reduction, sums, K)
 
 
 @triton.jit
@@ -487,17 +547,18 @@ def finish_kernel(
     top_bad,
     poly_ptr,
     ties_ptr,
-    loss_ptr,
-    weight_out,
+    out_ptr,
     stats_ptr,
     anchor_ptr,
-    ok_ptr,
+    sync_ptr,
     n,
     splits,
     ignore_index,
     tau: tl.float64,
     alpha: tl.float64,
     scale: tl.float64,
+    reduction,
+    sums,
     HAS_WEIGHT: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     K: tl.constexpr,
@@ -505,12 +566,13 @@ def finish_kernel(
     SP: tl.constexpr,
     LOG: tl.constexpr,
 ):
-    """Split rows, step 4: product of the segments' polynomials, then finish. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
+    """Split rows, step 4: product of the segments' polynomials, finish, the call's end.
+    Grid ``(M,)``."""
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 2k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
-    target, keep, weight = _row_target(
-        target_ptr, weight_ptr, row, ignore_index, n, ok_ptr, HAS_WEIGHT
+    target, keep, weight, refused = _row_target(
+        target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT
     )
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     parts = tl.arange(0, SP)
@@ -523,7 +585,7 @@ def finish_kernel(
     buf = tl.load(top_val + row * KP + slots)
     ids = tl.load(top_idx + row * KP + slots)
     bad = tl.load(top_bad + row)
-    _finish(
+    loss, weight = _finish(
         e,
         ties,
         buf,
@@ -537,29 +599,29 @@ def finish_kernel(
         tau,
         alpha,
         scale,
-        loss_ptr,
-        weight_out,
         stats_ptr,
         anchor_ptr,
         K,
         KP,
     )
+    _end_call(stats_ptr, sync_ptr, out_ptr, row, loss, weight, refused, reduction, sums, K)
 
 
 @triton.jit
 def _row_factor(
-    grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, n, REDUCTION: tl.constexpr
-):
-    """``slope dOut/dl_row``: per-row grad ("none"), shared ("sum"), over the weight ("mean");
-    exactly 0 for an ignored row (whose ``0 / total`` is NaN when every row is ignored) and for
-    a target out of range (the forward's assertion reports it)."""
+    grad_ptr, stats_ptr, stats, target_ptr, row, ignore_index, n, K: tl.constexpr,
+    REDUCTION: tl.constexpr,
+):  # fmt: skip
+    """``slope dOut/dl_row``: per-row grad ("none"), shared ("sum"), over the total weight
+    ("mean"; stats' row ``M``); exactly 0 for an ignored row (whose ``0 / total`` is NaN when
+    every row is ignored) and for a target out of range (the forward's assertion reports it)."""
     slope = tl.load(stats + 1)
     if REDUCTION == 0:
         g = tl.load(grad_ptr + row).to(tl.float64)
     else:
         g = tl.load(grad_ptr).to(tl.float64)
     if REDUCTION == 2:
-        g = g / tl.load(total_ptr)
+        g = g / tl.load(_stats_row(stats_ptr, tl.num_programs(0).to(tl.int64), K))
     target = tl.load(target_ptr + row)
     kept = (target != ignore_index) & (target >= 0) & (target < n)
     return tl.where(kept, slope * g, 0.0)
@@ -574,28 +636,31 @@ def _write_fixed(
     row,
     factor,
     ignore_index,
+    lo,
+    hi,
     n,
     K: tl.constexpr,
     KP: tl.constexpr,
 ):
-    """The anchors' and the target's gradient entries (after the rest's)."""
+    """The anchors' and the target's gradient entries among classes ``[lo, hi)`` (after the
+    rest's, by the same program: no other program writes them)."""
     slots = tl.arange(0, KP)
     active = slots < K
     index = tl.load(anchor_ptr + row * K + slots, mask=active, other=-1)
     anchor = tl.load(stats + 2 + K + slots, mask=active, other=0.0)
     dtype = grad_row.dtype.element_ty
     value = tl.where(factor == 0.0, 0.0, factor * anchor).to(tl.float32).to(dtype)
-    tl.store(grad_row + index, value, mask=active & (index >= 0))
+    tl.store(grad_row + index, value, mask=active & (index >= lo) & (index < hi))
     target = tl.load(target_ptr + row)
     # -factor, but NaN for an infinite factor (an infinite class weight), as F.cross_entropy
     value = tl.where(factor == 0.0, 0.0, 0.0 * factor - factor).to(tl.float32).to(dtype)
-    tl.store(grad_row + target, value, mask=(target != ignore_index) & (target >= 0) & (target < n))
+    counted = (target != ignore_index) & (target >= 0) & (target < n)
+    tl.store(grad_row + target, value, mask=counted & (target >= lo) & (target < hi))
 
 
 @triton.jit
 def backward_kernel(
     grad_ptr,
-    total_ptr,
     s_ptr,
     target_ptr,
     stats_ptr,
@@ -609,16 +674,16 @@ def backward_kernel(
     KP: tl.constexpr,
     BLOCK: tl.constexpr,
     REDUCTION: tl.constexpr,
-    FIX: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """``dL/ds_j = factor u_j sum_m (-u_j)^m D_m`` (Horner, float64). Grid ``(M, splits)``;
-    ``FIX`` (one split) also writes the anchors and the target."""
+    """``dL/ds_j = factor u_j sum_m (-u_j)^m D_m`` (Horner, float64), then the anchors' and the
+    target's entries of the segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
     scale = _f64(scale)
-    stats = stats_ptr + row * (2 + 2 * K)
+    stats = _stats_row(stats_ptr, row, K)
     a = tl.load(stats)
-    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, n, REDUCTION)
+    factor = _row_factor(grad_ptr, stats_ptr, stats, target_ptr, row, ignore_index, n, K,
+                         REDUCTION)  # fmt: skip
     s_row = s_ptr + row * n
     g_row = out_ptr + row * n
     lo = part * seg
@@ -632,28 +697,5 @@ def backward_kernel(
             h = tl.load(stats + 2 + m) - u * h
         value = tl.where(factor == 0.0, 0.0, factor * u * h)
         tl.store(g_row + offs, value.to(tl.float32).to(g_row.dtype.element_ty), mask=offs < hi)
-    if FIX:
-        tl.debug_barrier()
-        _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, n, K, KP)
-
-
-@triton.jit
-def fix_kernel(
-    grad_ptr,
-    total_ptr,
-    target_ptr,
-    stats_ptr,
-    anchor_ptr,
-    out_ptr,
-    n,
-    ignore_index,
-    K: tl.constexpr,
-    KP: tl.constexpr,
-    REDUCTION: tl.constexpr,
-):
-    """Split rows: the anchors' and the target's entries, after ``backward_kernel``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
-    stats = stats_ptr + row * (2 + 2 * K)
-    factor = _row_factor(grad_ptr, total_ptr, stats, target_ptr, row, ignore_index, n, REDUCTION)
-    g_row = out_ptr + row * n
-    _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, n, K, KP)
+    tl.debug_barrier()
+    _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, lo, hi, n, K, KP)
