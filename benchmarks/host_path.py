@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib
 import json
 import sys
 import time
@@ -89,7 +90,7 @@ class _StubKernel:
 
 def _stub_kernels(launches: list) -> types.SimpleNamespace:
     """The kernel module with every ``triton.jit`` kernel stubbed (:class:`_StubKernel`)."""
-    real = triton_backend._kernels()
+    real = importlib.import_module("smoothtopk.backends.triton_jit")  # not a stub of an outer one
     stubs = {}
     for name in dir(real):
         kernel = getattr(real, name)
@@ -168,6 +169,36 @@ def host_time(k, seconds=0.3, rounds=5) -> dict:
             "ratio": ours[middle] / ce[middle]}  # fmt: skip
 
 
+#: rows, classes and k of the split rows' measurement: the smallest shape that the H200's plan
+#: splits (4 segments of 4 chunks of 128 classes)
+SPLIT_SHAPE = (4, 2048, 20)
+
+
+def split_rows_cost(seconds=0.3, rounds=5) -> dict:
+    """Extra host µs of split rows (several programs per row: four forward kernels and their
+    intermediates, as n >= 10^4 at batch 256 on an H200): ours at :data:`SPLIT_SHAPE` with the
+    H200's plan against ours forced to one program per row, interleaved (no cross-entropy: at
+    this shape its CPU compute is not a launch's cost)."""
+    global PROCESSORS
+    rows, classes, k = SPLIT_SHAPE
+    x, y = _inputs(rows, classes)
+    env = {"x": x, "y": y, "k": k, "loss": smooth_topk_svm_loss}
+    times: dict[int, list] = {PROCESSORS: [], 0: []}
+    planned = PROCESSORS
+    try:
+        for _ in range(rounds):
+            for processors in times:  # 0: the plan's one program per row
+                PROCESSORS = processors
+                with cuda_code_path([]), backends_forced("triton"):
+                    times[processors].append(_median_us("loss(x, y, k=k).backward()", env, seconds))
+    finally:
+        PROCESSORS = planned
+    split, single = (sorted(t)[rounds // 2] for t in times.values())
+    splits = triton_backend._segment(classes, triton_backend.block_size(classes, k), 4)[1]
+    return {"shape": SPLIT_SHAPE, "splits": splits, "split_us": split, "one_program_us": single,
+            "extra_us": split - single}  # fmt: skip
+
+
 def measure(batch, classes, k) -> dict:
     """Kernels per forward+backward at a configuration's shape, ours on the CUDA path and
     cross-entropy, and the self-check's one-time cost there."""
@@ -220,7 +251,7 @@ def self_check_cost(x, y, k) -> dict:
     return {"first_call_extra_us": extra, "kernels": len(ops) + len(launches)}
 
 
-def markdown(hosts: list[dict], results: list[dict], machine: str) -> str:
+def markdown(hosts: list[dict], results: list[dict], machine: str, split=None) -> str:
     lines = [
         f"Host side of the CUDA code path (launches stubbed; {machine}).",
         "",
@@ -234,6 +265,14 @@ def markdown(hosts: list[dict], results: list[dict], machine: str) -> str:
         lines.append(
             f"| {h['k']} | {h['smooth_topk']:.0f} | {h['cross_entropy']:.0f} | {h['ratio']:.2f}× |"
         )
+    if split is not None:
+        lines += [
+            "",
+            f"Split rows ({split['splits']} programs per row, at {split['shape'][0]} x "
+            f"{split['shape'][1]}, k = {split['shape'][2]}): {split['split_us']:.0f} µs against "
+            f"{split['one_program_us']:.0f} µs with one program per row, **{split['extra_us']:+.0f}"
+            " µs** per forward+backward.",
+        ]
     lines += [
         "",
         "Kernels per forward+backward, and the GPU self-check's one-time cost per kind of call:",
@@ -259,13 +298,14 @@ def main(argv=None) -> int:
     from smoothtopk.experiments.records import machine, machine_label
 
     hosts = [host_time(k, seconds=args.seconds) for k in sorted({k for *_, k in CONFIGS})]
+    split = split_rows_cost(seconds=args.seconds)
     results = [measure(b, n, k) for b, n, k in CONFIGS]
     args.out.mkdir(parents=True, exist_ok=True)
     label = machine_label(machine())
-    document = {"machine": label, "host": hosts, "results": results}
+    document = {"machine": label, "host": hosts, "split_rows": split, "results": results}
     (args.out / "results.json").write_text(json.dumps(document, indent=2))
-    (args.out / "results.md").write_text(markdown(hosts, results, label))
-    print(markdown(hosts, results, label))
+    (args.out / "results.md").write_text(markdown(hosts, results, label, split))
+    print(markdown(hosts, results, label, split))
     return 0
 
 

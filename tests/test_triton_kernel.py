@@ -51,12 +51,12 @@ def run(
     grad_out=None,
 ):
     """``(out, dOut/dscores)`` through the two operators (``grad_out`` defaults to ones)."""
-    out, stats, anchors = triton_kernel.triton_forward(
+    out, stats = triton_kernel.triton_forward(
         scores, target, weight, ignore_index, k, tau, alpha, reduction, None, splits
     )
     grad_out = torch.ones_like(out) if grad_out is None else grad_out
     grad = triton_kernel.triton_backward(
-        grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, splits
+        grad_out, scores, target, stats, ignore_index, k, tau, reduction, splits
     )
     return out, grad
 
@@ -260,13 +260,11 @@ def test_operators_trace_with_fake_tensors():
 
     with FakeTensorMode():
         scores, target = torch.empty(4, 10), torch.zeros(4, dtype=torch.int64)
-        out, stats, anchors = triton_kernel.triton_forward(
+        out, stats = triton_kernel.triton_forward(
             scores, target, None, -100, 3, 1.0, 1.0, "mean", None, 1
         )
-        grad = triton_kernel.triton_backward(
-            out, scores, target, stats, anchors, -100, 3, 1.0, "mean", 1
-        )
-    assert out.shape == () and stats.shape == (5, 10) and anchors.shape == (4, 3)
+        grad = triton_kernel.triton_backward(out, scores, target, stats, -100, 3, 1.0, "mean", 1)
+    assert out.shape == () and stats.shape == (5, 13)
     assert grad.shape == scores.shape and grad.dtype == scores.dtype
 
 
@@ -307,7 +305,6 @@ SIGNATURE = dict(
     weight_ptr="*fp32",
     alpha_ptr="*fp32",
     stats_ptr="*fp64",
-    anchor_ptr="*i64",
     sync_ptr="*i64",
     n="i32",
     ignore_index="i32",
@@ -378,8 +375,7 @@ def test_every_class_kernel_compiles_for_sm90(k):
 
 
 # the arguments indexed by row (weight_ptr and alpha_ptr are indexed by class, below 2^31)
-ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "anchor_ptr", "grad_ptr", "out_ptr",
-                "beta_ptr"}  # fmt: skip
+ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "grad_ptr", "out_ptr", "beta_ptr"}
 
 
 def _assert_64_bit_offsets(ttir: str) -> None:
@@ -414,11 +410,11 @@ def test_cuda_last_program_sums_every_row(rows, classes):
     splits = triton_kernel.plan_splits(scores, 5)
     outs = []
     for _ in range(50):
-        out, stats, _ = triton_kernel.triton_forward(
+        out, stats = triton_kernel.triton_forward(
             scores, target, None, -100, 5, 1.0, 1.0, "mean", None, splits
         )
         outs.append(out)
-        losses, weights = stats[:-1, -2], stats[:-1, -1]
+        losses, weights = stats[:-1, 2 + 2 * 5], stats[:-1, 3 + 2 * 5]
         total = stats[-1, 0]
         assert torch.allclose(total, weights.sum(), rtol=1e-12, atol=0)
         assert torch.allclose(out.double(), losses.sum() / weights.sum(), rtol=2e-7, atol=0)

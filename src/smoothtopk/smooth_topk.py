@@ -262,8 +262,7 @@ def _prepared(prepared, backend, scores, target, weight, ignore_index, k, tau, a
     if not direct(scores):
         return _eager(backend, scores, target, weight, ignore_index, k, tau, alpha, reduction)
     if torch.is_grad_enabled() and scores.requires_grad:
-        options = (ignore_index, k, tau, alpha, reduction)
-        return _PreparedSmoothTopkSVM.apply(scores, target, weight, prepared, options)
+        return _PreparedSmoothTopkSVM.apply(scores, target, weight, prepared)
     return prepared.forward(scores, target, weight)[0]
 
 
@@ -394,21 +393,26 @@ class _EagerSmoothTopkSVM(torch.autograd.Function):
 
 class _PreparedSmoothTopkSVM(torch.autograd.Function):
     """:class:`_EagerSmoothTopkSVM` for a prepared kind of call (:func:`_prepared`): the
-    prepared forward and backward, the options as one argument (fewer for autograd to walk,
-    issue #20); under ``create_graph=True`` the recorded backward, as :func:`_backward`."""
+    prepared forward and backward, the options kept by the prepared call (``options``:
+    ``ignore_index, k, tau, alpha, reduction``), the backend's factors kept as they are (made
+    here, seen by nobody else: no saved-tensor bookkeeping, issue #20); under
+    ``create_graph=True`` the recorded backward, as :func:`_backward`."""
 
     @staticmethod
-    def forward(ctx, scores, target, weight, prepared, options):
+    def forward(ctx, scores, target, weight, prepared):
         out, saved = prepared.forward(scores, target, weight)
-        ctx.save_for_backward(scores, target, weight, *saved)
-        ctx.prepared, ctx.options = prepared, options
+        ctx.save_for_backward(scores, target, weight)
+        ctx.prepared, ctx.factors = prepared, saved
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        scores, target, weight, *saved = ctx.saved_tensors
+        scores, target, weight = ctx.saved_tensors
+        prepared = ctx.prepared
         if torch.is_grad_enabled():
-            grad = pytorch_backend.recorded_backward(grad_out, scores, target, weight, *ctx.options)
+            grad = pytorch_backend.recorded_backward(
+                grad_out, scores, target, weight, *prepared.options
+            )
         else:
-            grad = ctx.prepared.backward(grad_out, scores, target, saved)
-        return grad, None, None, None, None
+            grad = prepared.backward(grad_out, scores, target, ctx.factors)
+        return grad, None, None, None

@@ -28,9 +28,11 @@ The contract of a backend module (``docs/architecture.md``)::
     prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> prepared
                                                 # optional: a kind of eager call set up once
                                                 # (float alpha): prepared.forward(scores,
-                                                # target, weight) -> (out, saved) and
+                                                # target, weight) -> (out, saved),
                                                 # prepared.backward(grad_out, scores, target,
-                                                # saved) -> grad, without the dispatcher
+                                                # saved) -> grad, without the dispatcher,
+                                                # and prepared.options = (ignore_index, k,
+                                                # tau, alpha, reduction)
 
 ``scores (M, C)``, ``target (M,)`` int64 (``ignore_index`` or a class), ``alpha`` a float or
 per-class margins, a ``(C,)`` floating tensor on the scores' device (row ``i`` uses

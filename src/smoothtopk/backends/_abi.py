@@ -5,9 +5,9 @@ here with ``torch.library.define`` and gets its fake (meta) implementation here,
 ``torch.compile``, ``FakeTensorMode`` and ``torch.export`` see every kernel the same way; a
 backend only adds its device implementation (the CPU kernel from C++, the Triton kernel with
 ``torch.library.impl``). The two kernels take the same arguments in the same order; the Triton
-operators add what their launch needs (``splits``), and their ``stats`` two columns and a row
-(:func:`triton_stats_shape`: the rows' weighted losses and weights, and the total weight that
-their backward reads; the CPU kernel folds it into the slopes)::
+operators add what their launch needs (``splits``), and their ``stats`` holds ``k + 2`` more
+columns and a row (:func:`triton_stats_shape`: the rows' weighted losses, weights and anchors,
+and the total weight that their backward reads; the CPU kernel folds it into the slopes)::
 
     smoothtopk::cpu_forward(scores, target, weight?, ignore_index, k, tau, alpha, reduction,
                             alpha_per_class?) -> (out, stats, anchor_index)
@@ -16,8 +16,8 @@ their backward reads; the CPU kernel folds it into the slopes)::
     smoothtopk::cpu_loss(... as cpu_forward ...) -> out     # differentiable: autograd in C++
     smoothtopk::recorded_backward(grad_out, scores, target, weight?, ignore_index, k, tau,
                                   alpha, reduction, alpha_per_class?) -> grad
-    smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats, anchor_index)
-    smoothtopk::triton_backward(... as cpu_backward ..., splits) -> grad
+    smoothtopk::triton_forward(... as cpu_forward ..., splits) -> (out, stats)
+    smoothtopk::triton_backward(... as cpu_backward but anchor_index ..., splits) -> grad
     smoothtopk::cpu_every_class(scores, beta, k, tau, alpha, alpha_per_class?, with_grad)
         -> (out, grad)      # sum_c beta_ic L(s_i, c) per row and, with with_grad, its gradient
     smoothtopk::triton_every_class(... as cpu_every_class ...) -> (out, grad)
@@ -90,6 +90,8 @@ _BACKWARD = (
     "Tensor grad_out, Tensor scores, Tensor target, Tensor stats, Tensor anchor_index, "
     "int ignore_index, int k, float tau, str reduction"
 )
+#: ``_BACKWARD`` without ``anchor_index`` (the Triton operators keep the anchors in ``stats``)
+_TRITON_BACKWARD = _BACKWARD.replace("Tensor anchor_index, ", "")
 _EVERY_CLASS = (
     "(Tensor scores, Tensor beta, int k, float tau, float alpha, Tensor? alpha_per_class, "
     "bool with_grad)"
@@ -102,8 +104,8 @@ SCHEMAS = {
     "cpu_forward": f"({_FORWARD}) -> (Tensor, Tensor, Tensor)",
     "cpu_loss": f"({_FORWARD}) -> Tensor",
     "cpu_backward": f"({_BACKWARD}) -> Tensor",
-    "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor, Tensor)",
-    "triton_backward": f"({_BACKWARD}, int splits) -> Tensor",
+    "triton_forward": f"({_FORWARD}, int splits) -> (Tensor, Tensor)",
+    "triton_backward": f"({_TRITON_BACKWARD}, int splits) -> Tensor",
     "cpu_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
     "triton_every_class": f"{_EVERY_CLASS} -> (Tensor, Tensor)",
     "vector_math": "(Tensor x, str function) -> Tensor",
@@ -118,9 +120,10 @@ def stats_width(k: int) -> int:
 
 def triton_stats_shape(rows: int, k: int) -> tuple[int, int]:
     """The Triton operators' ``stats``: each row's :func:`stats_width` columns, then its
-    weighted loss and weight; one more row, whose first entry is the total weight (the mean's
-    divisor, which the forward kernel writes and the backward kernel reads)."""
-    return rows + 1, stats_width(k) + 2
+    weighted loss and weight and its anchors' classes (``k``, exact in float64); one more row,
+    whose first entry is the total weight (the mean's divisor, which the forward kernel writes
+    and the backward kernel reads)."""
+    return rows + 1, stats_width(k) + 2 + k
 
 
 def anchor_gradients(k: int) -> int:
@@ -165,9 +168,8 @@ def _cpu_loss_fake(scores, target, weight, ignore_index, k, tau, alpha, reductio
 def _triton_forward_fake(
     scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
 ):
-    out, _, anchors = _forward_outputs(scores, k, reduction)
-    stats = scores.new_empty(triton_stats_shape(scores.shape[0], k), dtype=torch.float64)
-    return out, stats, anchors
+    out = _forward_outputs(scores, k, reduction)[0]
+    return out, scores.new_empty(triton_stats_shape(scores.shape[0], k), dtype=torch.float64)
 
 
 def _backward_fake(grad_out, scores, *_):

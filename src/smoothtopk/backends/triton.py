@@ -388,18 +388,17 @@ class _Launch:
             self.forward_flags.update(common, LOG=block.bit_length() - 1)
 
     def forward(self, scores, target, weight, margins):
-        """``(out, stats, anchors)`` of contiguous ``scores`` and ``target`` (the operator's)."""
+        """``(out, stats)`` of contiguous ``scores`` and ``target`` (the operator's)."""
         device = scores.device
         out = torch.empty(self.out_shape, device=device, dtype=torch.float32)
         stats = torch.empty(self.stats_shape, device=device, dtype=torch.float64)
-        anchors = torch.empty(scores.shape[0], self.k, device=device, dtype=torch.int64)
         if scores.shape[0] == 0:  # nothing to launch: F.cross_entropy's sum (0) and mean (0 / 0)
             stats.zero_()
-            return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats, anchors
+            return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
         sync = torch.zeros((), device=device, dtype=torch.int64)
         weight = scores if weight is None else weight
         margins = scores if margins is None else margins
-        ends = (out, stats, anchors, sync)
+        ends = (out, stats, sync)
         with _on_device(device):
             if self.split:
                 self._forward_split(scores, target, weight, margins, ends)
@@ -410,8 +409,8 @@ class _Launch:
                 )  # fmt: skip
             torch._assert_async(sync, self.refusal)
         if self.sum_after:
-            _sum_rows(out, stats, self.reduction)
-        return out, stats, anchors
+            _sum_rows(out, stats, self.k, self.reduction)
+        return out, stats
 
     def _forward_split(self, scores, target, weight, margins, ends):
         """Split rows: the segments' top-k, the row's, the segments' polynomials, the finish."""
@@ -446,14 +445,14 @@ class _Launch:
             *tail, SP=sp, LOG=sp.bit_length() - 1, **self.forward_flags,
         )  # fmt: skip
 
-    def backward(self, grad_out, scores, target, stats, anchors):
+    def backward(self, grad_out, scores, target, stats):
         """``dOut/dscores`` in the scores' dtype (contiguous ``scores`` and ``target``)."""
-        grad = torch.empty_like(scores, memory_format=torch.contiguous_format)
+        grad = torch.empty_like(scores)  # contiguous: scores are
         if scores.shape[0] == 0:
             return grad
         with _on_device(scores.device):
             _kernels().backward_kernel[(scores.shape[0], self.shape[3])](
-                grad_out.contiguous(), scores, target, stats, anchors, grad, *self.backward_tail,
+                grad_out.contiguous(), scores, target, stats, grad, *self.backward_tail,
                 **self.backward_flags,
             )  # fmt: skip
         return grad
@@ -480,9 +479,10 @@ def _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits) -> _L
 def _triton_forward(
     scores, target, weight, ignore_index, k, tau, alpha, reduction, alpha_per_class, splits
 ):
-    """``(out, stats, anchors (M, k) i64)``; ``stats`` ``(M + 1, 4 + 2k)`` float64 (the layout
-    of ``triton_jit``: the shared one, the row's weighted loss and weight, and the total weight
-    in the last row); row ``i``'s margin is ``alpha_per_class[t_i]`` when given, else ``alpha``.
+    """``(out, stats)``; ``stats`` ``(M + 1, 4 + 3k)`` float64 (the layout of ``triton_jit``:
+    the shared one, the row's weighted loss and weight and its anchors' classes, and the total
+    weight in the last row); row ``i``'s margin is ``alpha_per_class[t_i]`` when given, else
+    ``alpha``.
 
     The kernels write every entry of their outputs, so they are allocated, never filled; the
     last program reduces the loss and checks the targets (``triton_jit``), so that besides the
@@ -500,10 +500,11 @@ def _triton_forward(
     return launch.forward(scores.contiguous(), target.contiguous(), weight, margins)
 
 
-def _sum_rows(out, stats, reduction) -> None:
+def _sum_rows(out, stats, k, reduction) -> None:
     """The reduction of many rows, after the kernel: the total weight into stats' last row, the
     sum or the mean into ``out`` (one float32 rounding)."""
-    sums = stats[:-1, -2:].sum(0)  # weighted losses, weights
+    losses = _abi.stats_width(k)  # the column of the weighted losses, then the weights'
+    sums = stats[:-1, losses : losses + 2].sum(0)
     stats[-1, 0] = sums[1]
     if reduction == "mean":
         torch.div(sums[0], sums[1], out=out)
@@ -511,11 +512,10 @@ def _sum_rows(out, stats, reduction) -> None:
         out.copy_(sums[0])
 
 
-def _triton_backward(grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction,
-                     splits):  # fmt: skip
+def _triton_backward(grad_out, scores, target, stats, ignore_index, k, tau, reduction, splits):
     """``dOut/dscores`` in the scores' dtype; ignored rows exactly 0. Shape: ``(M, n)``."""
     launch = _launch(scores, k, tau, 0.0, reduction, (False, False), ignore_index, splits)
-    return launch.backward(grad_out, scores.contiguous(), target.contiguous(), stats, anchors)
+    return launch.backward(grad_out, scores.contiguous(), target.contiguous(), stats)
 
 
 def _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad):
@@ -576,20 +576,18 @@ def forward(scores, target, weight, ignore_index, k, tau, alpha, reduction, spli
     margins = alpha if isinstance(alpha, torch.Tensor) else None  # read as alpha[t_i]
     alpha = 0.0 if margins is not None else alpha
     op = _triton_forward if _abi.direct(scores) else triton_forward
-    out, stats, anchors = op(
-        scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits
-    )
-    return out, (stats, anchors)
+    out, stats = op(scores, target, weight, ignore_index, k, tau, alpha, reduction, margins, splits)
+    return out, (stats,)
 
 
 def backward(
     grad_out, scores, target, weight, ignore_index, saved, k, tau, alpha, reduction, splits=None
 ):
     """The contract's backward: ``dOut/dscores``, shape ``(M, n)``, the scores' dtype."""
-    stats, anchors = saved
+    (stats,) = saved
     splits = _planned_splits(scores, k) if splits is None else splits
     op = _triton_backward if _abi.direct(scores) else triton_backward
-    return op(grad_out, scores, target, stats, anchors, ignore_index, k, tau, reduction, splits)
+    return op(grad_out, scores, target, stats, ignore_index, k, tau, reduction, splits)
 
 
 class _Prepared(NamedTuple):
@@ -597,13 +595,14 @@ class _Prepared(NamedTuple):
     the operators (the caller checks :func:`smoothtopk.backends._abi.direct`)."""
 
     launch: _Launch
+    #: ``(ignore_index, k, tau, alpha, reduction)``
+    options: tuple
 
     def forward(self, scores, target, weight):
         """``(out, saved)`` as :func:`forward`."""
         weight = None if weight is None else weight.contiguous()
-        out, stats, anchors = self.launch.forward(scores.contiguous(), target.contiguous(),
-                                                  weight, None)  # fmt: skip
-        return out, (stats, anchors)
+        out, stats = self.launch.forward(scores.contiguous(), target.contiguous(), weight, None)
+        return out, (stats,)
 
     def backward(self, grad_out, scores, target, saved):
         """``dOut/dscores`` as :func:`backward`."""
@@ -616,7 +615,8 @@ def prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> _Prepared
     arguments computed (:class:`_Launch`)."""
     flags = (weight is not None, False)
     splits = plan_splits(scores, k)
-    return _Prepared(_Launch(*scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits))
+    launch = _Launch(*scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
+    return _Prepared(launch, (ignore_index, k, tau, alpha, reduction))
 
 
 def expected(scores, beta, k, tau, alpha):

@@ -13,9 +13,10 @@ scores, ``a`` their smallest, ``w_i = e^{(a - s_i) scale} <= 1`` on ``T`` and
 entries are vectors over lanes (classes of a chunk, or anchors), so every product
 ``(1 + u X)`` is ``k`` fused multiply-adds of non-negative float64 numbers.
 
-Stats of a row (float64, ``4 + 2k``): ``[a, slope, D_0..D_{k-1}, G_0..G_{k-1}, l, w]`` (the
-shared layout of ``backends._abi``, then the row's weighted loss and weight), and one more row
-whose first entry is the total weight (the mean's divisor, written by the forward);
+Stats of a row (float64, ``4 + 3k``): ``[a, slope, D_0..D_{k-1}, G_0..G_{k-1}, l, w,
+i_0..i_{k-1}]`` (the shared layout of ``backends._abi``, then the row's weighted loss and
+weight and the anchors' classes, exact in float64), and one more row whose first entry is the
+total weight (the mean's divisor, written by the forward);
 ``dL/ds_j = slope u_j sum_m (-u_j)^m D_m`` on ``R``, ``slope G_i`` on ``T``, ``-slope`` on
 ``y``; ``slope = weight[y] sigmoid(z'/tau)/k`` (0 for ignored rows). With per-class margins
 (``HAS_ALPHA``) the row's :math:`\alpha` is ``alpha[y]``, read from ``alpha_ptr``.
@@ -29,7 +30,7 @@ reduced loss and the total weight, then sets ``sync`` to 1, or to 0 if a target 
 check kernel runs after it (issue #20); ``sums`` off (many rows, where one program's sum would
 be a long tail) leaves the sums to the caller.
 
-Shape: scores ``(M, n)`` row-major; stats ``(M + 1, 4 + 2k)``; anchors ``(M, k)``.
+Shape: scores ``(M, n)`` row-major; stats ``(M + 1, 4 + 3k)``.
 """
 
 import os
@@ -282,7 +283,6 @@ def _finish(
     alpha,
     scale,
     stats_ptr,
-    anchor_ptr,
     K: tl.constexpr,
     KP: tl.constexpr,
 ):
@@ -306,7 +306,7 @@ def _finish(
     tl.store(stats + 2 + lanes, _rest_coefficients(sigma, e, total_a, total_b, KP), mask=active)
     gradient = w * (incl_b / total_b - incl_a / total_a)
     tl.store(stats + 2 + K + lanes, gradient, mask=active)
-    tl.store(anchor_ptr + row * K + lanes, ids.to(tl.int64), mask=active)
+    tl.store(stats + 4 + 2 * K + lanes, ids.to(tl.float64), mask=active)
     true_score = tl.load(s_row + target, mask=keep, other=0.0).to(tl.float64)
     zp = alpha + (a - true_score) / K + tau * (tl.log(total_a) - tl.log(total_b))
     loss, sig = _softplus_parts(zp, tau)
@@ -336,8 +336,8 @@ def _row_target(target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT: tl.con
 
 @triton.jit
 def _stats_row(stats_ptr, row, K: tl.constexpr):
-    """Row ``row`` of stats (``4 + 2K`` float64 each; row ``M`` holds the total weight)."""
-    return stats_ptr + row * (4 + 2 * K)
+    """Row ``row`` of stats (``4 + 3K`` float64 each; row ``M`` holds the total weight)."""
+    return stats_ptr + row * (4 + 3 * K)
 
 
 @triton.jit
@@ -372,7 +372,7 @@ def _end_call(
             for start in range(0, rows, SUM_BLOCK):
                 index = start + tl.arange(0, SUM_BLOCK)
                 inside = index < rows
-                at = stats_ptr + index.to(tl.int64) * (4 + 2 * K) + 2 + 2 * K
+                at = stats_ptr + index.to(tl.int64) * (4 + 3 * K) + 2 + 2 * K
                 losses += tl.load(at, mask=inside, other=0.0, cache_modifier=".cg")
                 weights += tl.load(at + 1, mask=inside, other=0.0, cache_modifier=".cg")
             total_loss = tl.sum(losses, 0)
@@ -400,7 +400,6 @@ def forward_row_kernel(
     alpha_ptr,
     out_ptr,
     stats_ptr,
-    anchor_ptr,
     sync_ptr,
     n,
     ignore_index,
@@ -418,7 +417,7 @@ def forward_row_kernel(
     WIDE: tl.constexpr,
 ):
     """One program per row: top-k pass, rest pass, finish, the call's end. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 2k), row * n pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 3k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
     target, keep, weight, refused = _row_target(
@@ -443,7 +442,6 @@ def forward_row_kernel(
         alpha,
         scale,
         stats_ptr,
-        anchor_ptr,
         K,
         KP,
     )
@@ -549,7 +547,6 @@ def finish_kernel(
     ties_ptr,
     out_ptr,
     stats_ptr,
-    anchor_ptr,
     sync_ptr,
     n,
     splits,
@@ -568,7 +565,7 @@ def finish_kernel(
 ):
     """Split rows, step 4: product of the segments' polynomials, finish, the call's end.
     Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 2k), row * n pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 3k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
     target, keep, weight, refused = _row_target(
@@ -600,7 +597,6 @@ def finish_kernel(
         alpha,
         scale,
         stats_ptr,
-        anchor_ptr,
         K,
         KP,
     )
@@ -631,7 +627,6 @@ def _row_factor(
 def _write_fixed(
     grad_row,
     stats,
-    anchor_ptr,
     target_ptr,
     row,
     factor,
@@ -646,7 +641,7 @@ def _write_fixed(
     rest's, by the same program: no other program writes them)."""
     slots = tl.arange(0, KP)
     active = slots < K
-    index = tl.load(anchor_ptr + row * K + slots, mask=active, other=-1)
+    index = tl.load(stats + 4 + 2 * K + slots, mask=active, other=-1.0).to(tl.int64)
     anchor = tl.load(stats + 2 + K + slots, mask=active, other=0.0)
     dtype = grad_row.dtype.element_ty
     value = tl.where(factor == 0.0, 0.0, factor * anchor).to(tl.float32).to(dtype)
@@ -664,7 +659,6 @@ def backward_kernel(
     s_ptr,
     target_ptr,
     stats_ptr,
-    anchor_ptr,
     out_ptr,
     n,
     seg,
@@ -698,4 +692,4 @@ def backward_kernel(
         value = tl.where(factor == 0.0, 0.0, factor * u * h)
         tl.store(g_row + offs, value.to(tl.float32).to(g_row.dtype.element_ty), mask=offs < hi)
     tl.debug_barrier()
-    _write_fixed(g_row, stats, anchor_ptr, target_ptr, row, factor, ignore_index, lo, hi, n, K, KP)
+    _write_fixed(g_row, stats, target_ptr, row, factor, ignore_index, lo, hi, n, K, KP)
