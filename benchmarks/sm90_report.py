@@ -51,11 +51,9 @@ REDUCTION_MEAN = 2  # the benchmark's reduction
 #: pointer and integer arguments of the kernels (the scores' type is filled in per dtype)
 ARGUMENTS = dict(
     s_ptr="*S", target_ptr="*i64", weight_ptr="*S", alpha_ptr="*S", stats_ptr="*fp64",
-    sync_ptr="*i64", n="i32", ignore_index="i32", tau="fp64", alpha="fp64",
-    scale="fp64", reduction="i32", sums="i32", grad_ptr="*fp32", out_ptr="*S", seg="i32",
-    splits="i32", cand_val="*fp32",
-    cand_idx="*i32", cand_bad="*i32", top_val="*fp32", top_idx="*i32", top_bad="*i32",
-    poly_ptr="*fp64", ties_ptr="*i32",
+    sync_ptr="*i64", values_ptr="*fp32", index_ptr="*i32", n="i32", ignore_index="i32",
+    tau="fp64", alpha="fp64", scale="fp64", reduction="i32", sums="i32", grad_ptr="*fp32",
+    out_ptr="*S", seg="i32", splits="i32", poly_ptr="*fp64",
 )  # fmt: skip
 
 

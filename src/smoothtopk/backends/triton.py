@@ -416,33 +416,24 @@ class _Launch:
         """Split rows: the segments' top-k, the row's, the segments' polynomials, the finish."""
         rows, (block, kp, seg, splits), kern = scores.shape[0], self.shape, _kernels()
         classes, scale = self.forward_tail[0], self.forward_tail[4]
-        options = dict(device=scores.device)
-        cand_val = torch.empty(rows, splits, kp, dtype=torch.float32, **options)
-        cand_idx = torch.empty(rows, splits, kp, dtype=torch.int32, **options)
-        cand_bad = torch.empty(rows, splits, dtype=torch.int32, **options)
+        values, index = split_workspace(rows, splits, kp, scores.device)
         kern.top_segment_kernel[(rows, splits)](
-            scores, target, cand_val, cand_idx, cand_bad, classes, seg, splits, K=self.k, KP=kp,
-            BLOCK=block,
-        )  # fmt: skip
-        top = (torch.empty(rows, kp, dtype=torch.float32, **options),
-               torch.empty(rows, kp, dtype=torch.int32, **options),
-               torch.empty(rows, dtype=torch.int32, **options))  # fmt: skip
+            scores, target, values, index, classes, seg, splits, K=self.k, KP=kp, BLOCK=block
+        )
         kern.select_kernel[(rows,)](
-            cand_val, cand_idx, cand_bad, *top, splits, K=self.k, KP=kp,
-            CANDIDATES=_pow2(splits * kp),
-        )  # fmt: skip
-        poly = torch.empty(rows, splits, kp, dtype=torch.float64, **options)
-        ties = torch.empty(rows, splits, dtype=torch.int32, **options)
+            values, index, splits, K=self.k, KP=kp, CANDIDATES=_pow2(splits * kp)
+        )
+        poly = torch.empty(rows, splits, kp, dtype=torch.float64, device=scores.device)
         wide_ = self.backward_flags["WIDE"]
         kern.rest_segment_kernel[(rows, splits)](
-            scores, target, top[0], poly, ties, classes, seg, splits, scale, K=self.k, KP=kp,
+            scores, target, values, index, poly, classes, seg, splits, scale, K=self.k, KP=kp,
             BLOCK=block, LOG=block.bit_length() - 1, WIDE=wide_,
         )  # fmt: skip
         classes, ignore_index, *tail = self.forward_tail
         sp = _pow2(splits)
         kern.finish_kernel[(rows,)](
-            scores, target, weight, margins, *top, poly, ties, *ends, classes, splits, ignore_index,
-            *tail, SP=sp, LOG=sp.bit_length() - 1, **self.forward_flags,
+            scores, target, weight, margins, values, index, poly, *ends, classes, splits,
+            ignore_index, *tail, SP=sp, LOG=sp.bit_length() - 1, **self.forward_flags,
         )  # fmt: skip
 
     def backward(self, grad_out, scores, target, stats):
@@ -456,6 +447,14 @@ class _Launch:
                 **self.backward_flags,
             )  # fmt: skip
         return grad
+
+
+def split_workspace(rows: int, splits: int, kp: int, device) -> tuple:
+    """The split rows' float32 and int32 workspaces (``triton_jit._split_buffers``' layout)."""
+    values = torch.empty(rows * kp * (splits + 1), dtype=torch.float32, device=device)
+    index = torch.empty(rows * (kp * (splits + 1) + 2 * splits + 1), dtype=torch.int32,
+                        device=device)  # fmt: skip
+    return values, index
 
 
 #: launches by kind of call (:class:`_Launch`), for the operators; cleared when full

@@ -449,12 +449,26 @@ def forward_row_kernel(
 
 
 @triton.jit
+def _split_buffers(values_ptr, index_ptr, splits, KP: tl.constexpr):
+    """The split rows' intermediates in two workspaces (two allocations, not seven: each costs
+    a training step a few µs of host time, issue #20), by the grid's rows ``M``: ``values``
+    float32 ``[candidates (M, splits, KP) | top (M, KP)]``; ``index`` int32 ``[candidates'
+    classes (M, splits, KP) | top's (M, KP) | candidates' NaN counts (M, splits) | top's (M)
+    | ties (M, splits)]`` (:func:`smoothtopk.backends.triton.split_workspace`)."""
+    rows = tl.num_programs(0).to(tl.int64)
+    candidates = rows * splits * KP
+    cand_bad = index_ptr + candidates + rows * KP
+    top_bad = cand_bad + rows * splits
+    return (values_ptr, index_ptr, cand_bad, values_ptr + candidates, index_ptr + candidates,
+            top_bad, top_bad + rows)  # fmt: skip
+
+
+@triton.jit
 def top_segment_kernel(
     s_ptr,
     target_ptr,
-    cand_val,
-    cand_idx,
-    cand_bad,
+    values_ptr,
+    index_ptr,
     n,
     seg,
     splits,
@@ -464,6 +478,7 @@ def top_segment_kernel(
 ):
     """Split rows, step 1: top-k of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
+    cand_val, cand_idx, cand_bad, _, _, _, _ = _split_buffers(values_ptr, index_ptr, splits, KP)
     s_row = s_ptr + row * n
     target = tl.load(target_ptr + row).to(tl.int32)
     lo = part * seg
@@ -477,19 +492,17 @@ def top_segment_kernel(
 
 @triton.jit
 def select_kernel(
-    cand_val,
-    cand_idx,
-    cand_bad,
-    top_val,
-    top_idx,
-    top_bad,
+    values_ptr,
+    index_ptr,
     splits,
     K: tl.constexpr,
     KP: tl.constexpr,
     CANDIDATES: tl.constexpr,
 ):
     """Split rows, step 2: the row's top-k among the segments' candidates. Grid ``(M,)``."""
-    row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (2 + 2k), row * n pass 2^31
+    row = tl.program_id(0).to(tl.int64)  # 64-bit row offsets
+    buffers = _split_buffers(values_ptr, index_ptr, splits, KP)
+    cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, _ = buffers
     offs = tl.arange(0, CANDIDATES)
     inside = offs < splits * KP
     x = tl.load(cand_val + row * splits * KP + offs, mask=inside, other=-INF)
@@ -508,9 +521,9 @@ def select_kernel(
 def rest_segment_kernel(
     s_ptr,
     target_ptr,
-    top_val,
+    values_ptr,
+    index_ptr,
     poly_ptr,
-    ties_ptr,
     n,
     seg,
     splits,
@@ -523,6 +536,7 @@ def rest_segment_kernel(
 ):
     """Split rows, step 3: ``e_b(u)`` of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
+    _, _, _, top_val, _, _, ties_ptr = _split_buffers(values_ptr, index_ptr, splits, KP)
     scale = _f64(scale)
     s_row = s_ptr + row * n
     target = tl.load(target_ptr + row).to(tl.int32)
@@ -540,11 +554,9 @@ def finish_kernel(
     target_ptr,
     weight_ptr,
     alpha_ptr,
-    top_val,
-    top_idx,
-    top_bad,
+    values_ptr,
+    index_ptr,
     poly_ptr,
-    ties_ptr,
     out_ptr,
     stats_ptr,
     sync_ptr,
@@ -566,6 +578,7 @@ def finish_kernel(
     """Split rows, step 4: product of the segments' polynomials, finish, the call's end.
     Grid ``(M,)``."""
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 3k), row * n pass 2^31
+    _, _, _, top_val, top_idx, top_bad, ties_ptr = _split_buffers(values_ptr, index_ptr, splits, KP)
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
     target, keep, weight, refused = _row_target(
