@@ -67,7 +67,7 @@ test-floor: $(FLOOR_STAMP)
 	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider --durations=5 \
 		-W 'ignore:`torch.jit.script:DeprecationWarning' \
 		tests/test_backend_contract.py tests/test_backend.py tests/test_api.py tests/test_call_path.py \
-		tests/test_soft_targets.py
+		tests/test_soft_targets.py tests/test_triton_kernel.py
 
 # The demo sweep (docs/experiments.md): CE vs L_{5,1} on the embedded data at label noise
 # 0, 0.2, ..., 0.8; prints the table, writes runs/demo/report/ (table, CSV, plots).

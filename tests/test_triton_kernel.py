@@ -316,6 +316,10 @@ SIGNATURE = dict(
     grad_ptr="*fp32",
     out_ptr="*fp32",
     seg="i32",
+    splits="i32",
+    values_ptr="*fp32",
+    index_ptr="*i32",
+    poly_ptr="*fp64",
 )
 
 
@@ -336,6 +340,24 @@ def test_compiles_for_sm90(name, k, wide):
     )
     spilled = _compile_for_sm90(kern, SIGNATURE, constexprs, f"{name} k={k} BLOCK={block}")
     assert spilled == 0  # measured: none at these configurations (k=32 forward: 128 bytes)
+
+
+@pytest.mark.skipif(INTERPRETING, reason="compiles")
+@pytest.mark.parametrize("k", [5, 20])
+def test_the_split_rows_kernels_compile_for_sm90(k):
+    """The four forward kernels of split rows (their workspaces, ``_split_buffers``; the
+    finish kernel's end of the call), as the launcher gives them 33 segments. ``make
+    test-floor`` runs these compiles with the GPU machine's Triton (3.6) too."""
+    kernels = triton_kernel._kernels()
+    kp, block = triton_kernel._padded_k(k), triton_kernel.block_size(10**6, k)
+    shapes = dict(K=k, KP=kp)
+    for name, constexprs in (
+        ("top_segment_kernel", dict(shapes, BLOCK=block)),
+        ("select_kernel", dict(shapes, CANDIDATES=triton_kernel._pow2(33 * kp))),
+        ("rest_segment_kernel", dict(shapes, BLOCK=block, LOG=block.bit_length() - 1, WIDE=False)),
+        ("finish_kernel", dict(shapes, HAS_WEIGHT=True, HAS_ALPHA=True, SP=64, LOG=6)),
+    ):
+        _compile_for_sm90(getattr(kernels, name), SIGNATURE, constexprs, f"{name} k={k}")
 
 
 def _compile_for_sm90(kern, signature: dict, constexprs: dict, what: str) -> int:
@@ -375,7 +397,8 @@ def test_every_class_kernel_compiles_for_sm90(k):
 
 
 # the arguments indexed by row (weight_ptr and alpha_ptr are indexed by class, below 2^31)
-ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "grad_ptr", "out_ptr", "beta_ptr"}
+ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "grad_ptr", "out_ptr", "beta_ptr", "values_ptr",
+                "index_ptr", "poly_ptr"}  # fmt: skip
 
 
 def _assert_64_bit_offsets(ttir: str) -> None:
