@@ -37,7 +37,6 @@ import math
 import os
 import sys
 import warnings
-from typing import NamedTuple
 
 import torch
 
@@ -360,11 +359,14 @@ class _Launch:
     the kernels' scalar arguments and constexprs cost several µs per call otherwise): rows,
     classes, ``k``, ``tau``, ``alpha``, the reduction, whether a weight and per-class margins
     come, ``ignore_index`` and the programs per row. :meth:`forward` then allocates, launches
-    and asserts; :meth:`backward` allocates and launches."""
+    and asserts; :meth:`backward` allocates and launches. It is also the contract's prepared
+    call (:func:`prepare`: ``forward(scores, target, weight) -> (out, saved)``, ``backward(
+    grad_out, scores, target, saved)``, ``options``), called without the operators (the caller
+    checks :func:`smoothtopk.backends._abi.direct`)."""
 
     __slots__ = (
         "k", "reduction", "shape", "refusal", "sum_after", "out_shape", "stats_shape",
-        "forward_tail", "forward_flags", "backward_tail", "backward_flags", "split",
+        "forward_tail", "forward_flags", "backward_tail", "backward_flags", "split", "options",
     )  # fmt: skip
 
     def __init__(self, rows, classes, k, tau, alpha, reduction, flags, ignore_index, splits):
@@ -386,18 +388,19 @@ class _Launch:
         self.split = splits > 1
         if not self.split:
             self.forward_flags.update(common, LOG=block.bit_length() - 1)
+        self.options = (ignore_index, k, tau, alpha, reduction)
 
-    def forward(self, scores, target, weight, margins):
-        """``(out, stats)`` of contiguous ``scores`` and ``target`` (the operator's)."""
-        device = scores.device
+    def forward(self, scores, target, weight, margins=None):
+        """``(out, stats)``; ``margins``: per-class margins, or None."""
+        scores, target, device = scores.contiguous(), target.contiguous(), scores.device
+        weight = scores if weight is None else weight.contiguous()
+        margins = scores if margins is None else margins.contiguous()
         out = torch.empty(self.out_shape, device=device, dtype=torch.float32)
         stats = torch.empty(self.stats_shape, device=device, dtype=torch.float64)
         if scores.shape[0] == 0:  # nothing to launch: F.cross_entropy's sum (0) and mean (0 / 0)
             stats.zero_()
             return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
         sync = torch.zeros((), device=device, dtype=torch.int64)
-        weight = scores if weight is None else weight
-        margins = scores if margins is None else margins
         ends = (out, stats, sync)
         with _on_device(device):
             if self.split:
@@ -437,7 +440,8 @@ class _Launch:
         )  # fmt: skip
 
     def backward(self, grad_out, scores, target, stats):
-        """``dOut/dscores`` in the scores' dtype (contiguous ``scores`` and ``target``)."""
+        """``dOut/dscores`` in the scores' dtype."""
+        scores, target = scores.contiguous(), target.contiguous()
         grad = torch.empty_like(scores)  # contiguous: scores are
         if scores.shape[0] == 0:
             return grad
@@ -492,11 +496,9 @@ def _triton_forward(
     total weight, rounded once to float32. Shape: scores ``(M, n)``, target ``(M,)``, weight and
     alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
     """
-    weight = None if weight is None else weight.contiguous()
-    margins = None if alpha_per_class is None else alpha_per_class.contiguous()
-    flags = (weight is not None, margins is not None)
+    flags = (weight is not None, alpha_per_class is not None)
     launch = _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits)
-    return launch.forward(scores.contiguous(), target.contiguous(), weight, margins)
+    return launch.forward(scores, target, weight, alpha_per_class)
 
 
 def _sum_rows(out, stats, k, reduction) -> None:
@@ -514,7 +516,7 @@ def _sum_rows(out, stats, k, reduction) -> None:
 def _triton_backward(grad_out, scores, target, stats, ignore_index, k, tau, reduction, splits):
     """``dOut/dscores`` in the scores' dtype; ignored rows exactly 0. Shape: ``(M, n)``."""
     launch = _launch(scores, k, tau, 0.0, reduction, (False, False), ignore_index, splits)
-    return launch.backward(grad_out, scores.contiguous(), target.contiguous(), stats)
+    return launch.backward(grad_out, scores, target, stats)
 
 
 def _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad):
@@ -589,33 +591,13 @@ def backward(
     return op(grad_out, scores, target, stats, ignore_index, k, tau, reduction, splits)
 
 
-class _Prepared(NamedTuple):
-    """The contract's prepared call (:func:`prepare`): one :class:`_Launch`, called without
-    the operators (the caller checks :func:`smoothtopk.backends._abi.direct`)."""
-
-    launch: _Launch
-    #: ``(ignore_index, k, tau, alpha, reduction)``
-    options: tuple
-
-    def forward(self, scores, target, weight):
-        """``(out, saved)`` as :func:`forward`."""
-        weight = None if weight is None else weight.contiguous()
-        out, stats = self.launch.forward(scores.contiguous(), target.contiguous(), weight, None)
-        return out, (stats,)
-
-    def backward(self, grad_out, scores, target, saved):
-        """``dOut/dscores`` as :func:`backward`."""
-        return self.launch.backward(grad_out, scores.contiguous(), target.contiguous(), *saved)
-
-
-def prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> _Prepared:
+def prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> _Launch:
     """The contract's optional ``prepare``: this kind of eager call (the shape, dtype and device
     of ``scores``, a float ``alpha``, a weight or not, the options) set up once, its launches'
     arguments computed (:class:`_Launch`)."""
     flags = (weight is not None, False)
     splits = plan_splits(scores, k)
-    launch = _Launch(*scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
-    return _Prepared(launch, (ignore_index, k, tau, alpha, reduction))
+    return _Launch(*scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
 
 
 def expected(scores, beta, k, tau, alpha):
