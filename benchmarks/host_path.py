@@ -123,12 +123,18 @@ def cuda_code_path(launches: list):
     try:
         for (module, name), value in patches.items():
             setattr(module, name, value)
-        smooth_topk.clear_plans()  # no plan chosen outside the stubs is reused, nor kept after
+        _forget()  # no plan or programs per row chosen outside the stubs is reused, nor kept
         yield
     finally:
         for (module, name), value in saved.items():
             setattr(module, name, value)
-        smooth_topk.clear_plans()
+        _forget()
+
+
+def _forget() -> None:
+    """Forget the plans and the programs per row chosen so far (they depend on the stubs)."""
+    smooth_topk.clear_plans()
+    triton_backend._SPLITS.clear()
 
 
 def _inputs(batch, classes):
