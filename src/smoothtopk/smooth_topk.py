@@ -312,19 +312,27 @@ def _keep_for_backward(ctx, arguments: tuple, saved: tuple) -> None:
     ctx.options = (ignore_index, k, tau, None if per_class else alpha, reduction)
 
 
+def _recorded(grad_out, scores, target, weight, options):
+    """Under ``create_graph=True`` (grad mode on inside the backward) the gradient by recorded
+    PyTorch operations, so that double backward is exact too; else None (``options``:
+    ``ignore_index, k, tau, alpha, reduction``). Every Function's backward asks it first."""
+    if not torch.is_grad_enabled():
+        return None
+    return pytorch_backend.recorded_backward(grad_out, scores, target, weight, *options)
+
+
 def _backward(ctx, backend, grad_out):
-    """Both Functions' backward: ``dL/dscores`` by the backend's backward, or, under
-    ``create_graph=True``, by recorded PyTorch operations (so double backward is exact too)."""
+    """Both generic Functions' backward: ``dL/dscores`` by :func:`_recorded` or the backend's
+    backward."""
     scores, target, weight, margins, *saved = ctx.saved_tensors
     ignore_index, k, tau, alpha, reduction = ctx.options
     alpha = margins if alpha is None else alpha
-    if torch.is_grad_enabled():
-        return pytorch_backend.recorded_backward(
-            grad_out, scores, target, weight, ignore_index, k, tau, alpha, reduction
+    grad = _recorded(grad_out, scores, target, weight, (ignore_index, k, tau, alpha, reduction))
+    if grad is None:
+        grad = backend.backward(
+            grad_out, scores, target, weight, ignore_index, tuple(saved), k, tau, alpha, reduction
         )
-    return backend.backward(
-        grad_out, scores, target, weight, ignore_index, tuple(saved), k, tau, alpha, reduction
-    )
+    return grad
 
 
 class _SmoothTopkSVM(torch.autograd.Function):
@@ -396,7 +404,7 @@ class _PreparedSmoothTopkSVM(torch.autograd.Function):
     prepared forward and backward, the options kept by the prepared call (``options``:
     ``ignore_index, k, tau, alpha, reduction``), the backend's factors kept as they are (made
     here, seen by nobody else: no saved-tensor bookkeeping, issue #20); under
-    ``create_graph=True`` the recorded backward, as :func:`_backward`."""
+    ``create_graph=True`` the recorded backward (:func:`_recorded`)."""
 
     @staticmethod
     def forward(ctx, scores, target, weight, prepared):
@@ -408,11 +416,7 @@ class _PreparedSmoothTopkSVM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         scores, target, weight = ctx.saved_tensors
-        prepared = ctx.prepared
-        if torch.is_grad_enabled():
-            grad = pytorch_backend.recorded_backward(
-                grad_out, scores, target, weight, *prepared.options
-            )
-        else:
-            grad = prepared.backward(grad_out, scores, target, ctx.factors)
+        grad = _recorded(grad_out, scores, target, weight, ctx.prepared.options)
+        if grad is None:
+            grad = ctx.prepared.backward(grad_out, scores, target, ctx.factors)
         return grad, None, None, None

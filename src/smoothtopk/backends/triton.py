@@ -309,8 +309,10 @@ def plan_splits(scores: torch.Tensor, k: int) -> int:
     return max(1, min(wanted, classes // (4 * block_size(classes, k)), 256))
 
 
-#: programs per row by ``(shape, k, device)``; cleared when full
+#: programs per row by ``(shape, k, device)``, and launches by kind of call (:class:`_Launch`),
+#: both cleared when full (shapes that vary call by call)
 _SPLITS: dict[tuple, int] = {}
+_MAX_KINDS = 1024
 
 
 def _planned_splits(scores: torch.Tensor, k: int) -> int:
@@ -318,7 +320,7 @@ def _planned_splits(scores: torch.Tensor, k: int) -> int:
     key = (scores.shape, k, scores.device)
     found = _SPLITS.get(key)
     if found is None:
-        if len(_SPLITS) >= _MAX_LAUNCHES:
+        if len(_SPLITS) >= _MAX_KINDS:
             _SPLITS.clear()
         found = _SPLITS[key] = plan_splits(scores, k)
     return found
@@ -418,7 +420,7 @@ class _Launch:
     def _forward_split(self, scores, target, weight, margins, ends):
         """Split rows: the segments' top-k, the row's, the segments' polynomials, the finish."""
         rows, (block, kp, seg, splits), kern = scores.shape[0], self.shape, _kernels()
-        classes, scale = self.forward_tail[0], self.forward_tail[4]
+        classes, ignore_index, *tail = self.forward_tail  # tail: tau, alpha, scale, the end's
         values, index = split_workspace(rows, splits, kp, scores.device)
         kern.top_segment_kernel[(rows, splits)](
             scores, target, values, index, classes, seg, splits, K=self.k, KP=kp, BLOCK=block
@@ -427,12 +429,10 @@ class _Launch:
             values, index, splits, K=self.k, KP=kp, CANDIDATES=_pow2(splits * kp)
         )
         poly = torch.empty(rows, splits, kp, dtype=torch.float64, device=scores.device)
-        wide_ = self.backward_flags["WIDE"]
         kern.rest_segment_kernel[(rows, splits)](
-            scores, target, values, index, poly, classes, seg, splits, scale, K=self.k, KP=kp,
-            BLOCK=block, LOG=block.bit_length() - 1, WIDE=wide_,
+            scores, target, values, index, poly, classes, seg, splits, tail[2], K=self.k, KP=kp,
+            BLOCK=block, LOG=block.bit_length() - 1, WIDE=self.backward_flags["WIDE"],
         )  # fmt: skip
-        classes, ignore_index, *tail = self.forward_tail
         sp = _pow2(splits)
         kern.finish_kernel[(rows,)](
             scores, target, weight, margins, values, index, poly, *ends, classes, splits,
@@ -461,9 +461,7 @@ def split_workspace(rows: int, splits: int, kp: int, device) -> tuple:
     return values, index
 
 
-#: launches by kind of call (:class:`_Launch`), for the operators; cleared when full
-_LAUNCHES: dict[tuple, _Launch] = {}
-_MAX_LAUNCHES = 1024
+_LAUNCHES: dict[tuple, _Launch] = {}  # the operators' (prepared calls hold their own)
 
 
 def _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits) -> _Launch:
@@ -471,7 +469,7 @@ def _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits) -> _L
     key = (scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
     found = _LAUNCHES.get(key)
     if found is None:
-        if len(_LAUNCHES) >= _MAX_LAUNCHES:
+        if len(_LAUNCHES) >= _MAX_KINDS:
             _LAUNCHES.clear()
         rows, classes = scores.shape
         options = (k, tau, alpha, reduction, flags, ignore_index, splits)
