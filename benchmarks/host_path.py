@@ -5,9 +5,9 @@
 On a GPU below about 10^5 classes a loss call is bound by its host work: Python, dispatch and
 one launch per kernel. This runs the public loss on the Triton backend's code path with CPU
 tensors and the Triton launches stubbed out (the kernels' own time is not measured; no Triton
-needed), the target check on its device form (an asynchronous assertion, as on CUDA), and
-reports per configuration, against ``F.cross_entropy`` measured the same way in the same
-process:
+needed), the targets checked as on CUDA (by the kernel, or by the package's asynchronous device
+assertion where a backend does not check them), and reports per configuration, against
+``F.cross_entropy`` measured the same way in the same process:
 
 * host time of one forward+backward (``torch.utils.benchmark`` on the process's CPU time,
   median of interleaved rounds);
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import importlib
 import json
 import sys
@@ -72,20 +71,17 @@ class _Kernels(TorchDispatchMode):
 
 
 class _StubKernel:
-    """A ``triton.jit`` kernel whose launch ``kernel[grid](*args, **constexprs)`` only records
-    its name, and sets the call's ``sync`` flag as the kernel's last program would (a direct
-    write: no operator, which a GPU would not run either)."""
+    """A ``triton.jit`` kernel whose launch ``kernel[grid](*args, **options)`` only records its
+    name (no operator runs for it, as none does for a Triton launch on a GPU)."""
 
-    def __init__(self, name: str, launches: list, sync: int | None):
-        self.name, self.launches, self.sync = name, launches, sync
+    def __init__(self, name: str, launches: list):
+        self.name, self.launches = name, launches
 
     def __getitem__(self, grid):
         return self._launch
 
-    def _launch(self, *args, **constexprs):
+    def _launch(self, *args, **options):
         self.launches.append(self.name)
-        if self.sync is not None:
-            ctypes.c_int64.from_address(args[self.sync].data_ptr()).value = 1
 
 
 def _stub_kernels(launches: list) -> types.SimpleNamespace:
@@ -93,11 +89,8 @@ def _stub_kernels(launches: list) -> types.SimpleNamespace:
     real = importlib.import_module("smoothtopk.backends.triton_jit")  # not a stub of an outer one
     stubs = {}
     for name in dir(real):
-        kernel = getattr(real, name)
-        names = getattr(kernel, "arg_names", None)
-        if names is not None and name.endswith("_kernel"):
-            sync = names.index("sync_ptr") if "sync_ptr" in names else None
-            stubs[name] = _StubKernel(name, launches, sync)
+        if name.endswith("_kernel") and hasattr(getattr(real, name), "arg_names"):
+            stubs[name] = _StubKernel(name, launches)
     return types.SimpleNamespace(**stubs)
 
 
@@ -109,12 +102,14 @@ PROCESSORS = 132
 def cuda_code_path(launches: list):
     """The Triton backend's host path on CPU tensors: every Python line of it runs, the
     ``triton.jit`` launches stubbed (each appends its kernel's name to ``launches``), the
-    programs per row planned for an H200, device-side target checks, the backend available."""
+    programs per row planned for an H200, the targets checked as on CUDA (by the kernel: no
+    host check; the package's own device-side checks elsewhere), the backend available."""
     kernels = _stub_kernels(launches)
     patches = {
         (triton_backend, "_kernels"): lambda: kernels,
         (triton_backend, "_device_processors"): lambda scores: PROCESSORS,
         (triton_backend, "unavailable"): lambda scores, k: None,
+        (triton_backend, "_checks_on_host"): lambda device: False,
         (_validation, "checks_eagerly"): lambda tensor: False,
         (_convention, "checks_eagerly"): lambda tensor: False,
         (backends.cpu, "unavailable"): lambda scores, k: "stubbed: the CUDA code path",
@@ -132,9 +127,11 @@ def cuda_code_path(launches: list):
 
 
 def _forget() -> None:
-    """Forget the plans and the programs per row chosen so far (they depend on the stubs)."""
+    """Forget the plans, programs per row and launches set up so far (they depend on the
+    stubs)."""
     smooth_topk.clear_plans()
     triton_backend._SPLITS.clear()
+    triton_backend._LAUNCHES.clear()
 
 
 def _inputs(batch, classes):

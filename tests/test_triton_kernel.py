@@ -229,15 +229,44 @@ def test_every_row_ignored_and_no_rows(summed_by, monkeypatch):
 @interpreted
 @pytest.mark.parametrize("summed_by", ["kernel", "torch"])
 @pytest.mark.parametrize("bad", [20, -1, -101])
-def test_a_target_out_of_range_is_asserted(summed_by, bad, monkeypatch):
-    """The last program's verdict, asserted on the device (on CPU tensors the assertion
-    raises at once), names the valid range; ``ignore_index`` itself is not refused."""
+def test_a_target_out_of_range_is_refused_on_cpu_tensors(summed_by, bad, monkeypatch):
+    """CPU tensors (the interpreter, which compiles no device assertion): the targets are
+    checked on the host before the launch, a ValueError naming the valid range as every CPU
+    path's; ``ignore_index`` itself is not refused."""
     _sum_by(summed_by, monkeypatch)
     scores = torch.randn(4, 20, generator=torch.Generator().manual_seed(13))
     target = torch.tensor([1, -100, bad, 5])
-    with pytest.raises(RuntimeError, match=r"target must be in \[0, 20\)"):
+    with pytest.raises(ValueError, match=r"target must be in \[0, 20\)"):
         run(scores, target, 2, reduction="mean")
     run(scores, torch.tensor([1, -100, 19, 5]), 2, reduction="mean")
+
+
+@pytest.fixture
+def kernel_asserts(monkeypatch):
+    """The interpreter compiled as a GPU launch with :data:`ASSERTING` (``debug=True``) is:
+    ``tl.device_assert`` active (the interpreter ignores a launch's options), the host check
+    off, so that only the kernel answers."""
+    from triton.runtime import interpreter
+
+    options = interpreter.InterpreterOptions(**triton_kernel.ASSERTING)
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", options)
+    monkeypatch.setattr(triton_kernel, "_checks_on_host", lambda device: False)
+    monkeypatch.setattr(triton_kernel, "_LAUNCHES", {})
+
+
+@interpreted
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("bad", [-1, 40, 10**6])
+def test_the_kernel_asserts_a_target_out_of_range(bad, splits, kernel_asserts):
+    """The forward kernels check the targets themselves (a device assertion, as
+    F.cross_entropy's kernels: no check kernel before or after; issue #20), whether a row is
+    computed by one program or split; ``ignore_index`` stays allowed."""
+    scores = torch.randn(3, 40)
+    with pytest.raises(Exception, match=r"target must be in \[0, n_classes\)") as raised:
+        run(scores, torch.tensor([1, bad, -100]), 2, splits=splits)
+    assert "AssertionError" in repr(raised.value)
+    out, grad = run(scores, torch.tensor([1, 39, -100]), 2, splits=splits)  # all allowed
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
 
 
 @interpreted
@@ -305,7 +334,6 @@ SIGNATURE = dict(
     weight_ptr="*fp32",
     alpha_ptr="*fp32",
     stats_ptr="*fp64",
-    sync_ptr="*i64",
     n="i32",
     ignore_index="i32",
     tau="fp64",
@@ -360,19 +388,35 @@ def test_the_split_rows_kernels_compile_for_sm90(k):
         _compile_for_sm90(getattr(kernels, name), SIGNATURE, constexprs, f"{name} k={k}")
 
 
+#: the kernels that read the targets for the loss, and assert them (``triton.ASSERTING``)
+ASSERTING_KERNELS = {"forward_row_kernel", "finish_kernel"}
+
+
 def _compile_for_sm90(kern, signature: dict, constexprs: dict, what: str) -> int:
-    """Compile ``kern`` for sm_90 without a GPU; check its registers and 64-bit row offsets;
-    return the bytes it spills (printed with its registers)."""
+    """Compile ``kern`` for sm_90 without a GPU, with the launch options the backend gives it;
+    check its registers, its 64-bit row offsets and that the target-reading kernels assert in
+    the PTX (a call of ``__assertfail`` with the message); return the bytes it spills (printed
+    with its registers)."""
     from triton.backends.compiler import GPUTarget
 
+    asserting = kern.__name__ in ASSERTING_KERNELS
+    options = triton_kernel.ASSERTING if asserting else {}
     signature = {a: signature.get(a, "constexpr") for a in kern.arg_names}
     source = triton.compiler.ASTSource(fn=kern, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     registers, spilled = _resources(compiled)
     print(f"{what}: {registers} registers, {spilled} bytes spilled")
     assert 0 < registers <= 255
     _assert_64_bit_offsets(compiled.asm["ttir"])
+    ptx = compiled.asm["ptx"]
+    assert ("call.uni __assertfail" in ptx) == asserting, what
+    assert (_ptx_string("target must be in [0, n_classes)") in ptx) == asserting, what
     return spilled
+
+
+def _ptx_string(text: str) -> str:
+    """``text`` as the PTX writes a constant string: its bytes in decimal, comma-separated."""
+    return ", ".join(str(byte) for byte in text.encode())
 
 
 #: the every-class kernel's arguments (margins in float64, as the operator passes them)
@@ -441,6 +485,59 @@ def test_cuda_last_program_sums_every_row(rows, classes, splits):
         assert torch.allclose(total, weights.sum(), rtol=1e-12, atol=0)
         assert torch.allclose(out.double(), losses.sum() / weights.sum(), rtol=2e-7, atol=0)
     assert len({o.item() for o in outs}) == 1
+
+
+#: a bad target on CUDA, in a process of its own (a device assertion ends the CUDA context)
+BAD_TARGET_ON_CUDA = """
+import torch
+from smoothtopk.backends import triton
+scores = torch.randn(8, 1000, device="cuda")
+target = torch.randint(0, 1000, (8,), device="cuda")
+target[3] = {bad}
+out, stats = triton.triton_forward(scores, target, None, -100, 5, 1.0, 1.0, "mean", None, {splits})
+torch.cuda.synchronize()
+print("no assertion")
+"""
+
+
+@cuda
+@pytest.mark.parametrize("bad,splits", [(1000, 1), (-1, 1), (1000, 4)])
+def test_cuda_a_bad_target_trips_the_device_assertion(bad, splits):
+    """On a GPU the kernel itself refuses the target, as F.cross_entropy's kernels do: the
+    process sees CUDA's device-side assertion, and the kernel's message is printed."""
+    code = BAD_TARGET_ON_CUDA.format(bad=bad, splits=splits)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    assert result.returncode != 0 and "no assertion" not in result.stdout
+    assert "device-side assert" in result.stderr
+    assert "target must be in [0, n_classes)" in result.stderr + result.stdout
+
+
+@cuda
+def test_cuda_launches_switch_to_the_scores_device_only_when_needed():
+    """``_on_device``: no switch for the current device (the common case), a switch for
+    another one; and a launch on a non-current device computes there."""
+    current = torch.cuda.current_device()
+    assert triton_kernel._on_device(torch.device("cuda", current)) is triton_kernel._NOTHING
+    if torch.cuda.device_count() > 1:
+        other = torch.device("cuda", (current + 1) % torch.cuda.device_count())
+        assert triton_kernel._on_device(other).idx == other.index
+        scores = torch.randn(4, 100, device=other)
+        target = torch.randint(0, 100, (4,), device=other)
+        out, _ = triton_kernel.forward(scores, target, None, -100, 5, 1.0, 1.0, "mean")
+        reference = smooth_topk_svm_loss(scores.cpu().double(), target.cpu(), k=5)
+        assert torch.allclose(out.cpu().double(), reference, rtol=1e-5)
+
+
+def test_launches_switch_to_the_scores_device_only_when_needed(monkeypatch):
+    """``_on_device`` without a GPU (the current CUDA device stubbed): nothing for CPU tensors
+    or the current device, ``torch.cuda.device`` for another one."""
+    monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1)
+    assert triton_kernel._on_device(torch.device("cpu")) is triton_kernel._NOTHING
+    assert triton_kernel._on_device(torch.device("cuda", 1)) is triton_kernel._NOTHING
+    switch = triton_kernel._on_device(torch.device("cuda", 0))
+    assert isinstance(switch, torch.cuda.device) and switch.idx == 0
 
 
 @cuda
@@ -656,26 +753,12 @@ def test_a_compile_before_any_eager_call_takes_the_pytorch_path(auto_reaches_tri
 
 
 @interpreted
-@pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("bad", [-1, 40, 10**6])
-def test_the_kernel_refuses_a_target_out_of_range(bad, splits):
-    """The forward kernels check the targets themselves (one flag and one device assertion
-    instead of the eight-kernel check of the host path; issue #20), whether a row is computed
-    by one program or split; ``ignore_index`` stays allowed."""
-    scores = torch.randn(3, 40)
-    with pytest.raises(RuntimeError, match=r"target must be in \[0, 40\)"):
-        run(scores, torch.tensor([1, bad, -100]), 2, splits=splits)
-    out, grad = run(scores, torch.tensor([1, 39, -100]), 2, splits=splits)  # all allowed
-    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
-
-
-@interpreted
-def test_a_compiled_call_with_a_bad_target_is_refused_by_the_kernel(monkeypatch):
-    """Under torch.compile the host check is not eager (no host read): the kernel's own check
-    answers, as on CUDA."""
+def test_a_compiled_call_with_a_bad_target_is_refused(monkeypatch):
+    """Under torch.compile the operator's implementation runs at run time: on CPU tensors its
+    host check answers (on CUDA the kernel's assertion)."""
     monkeypatch.setenv("SMOOTHTOPK_BACKEND", "triton")
     torch._dynamo.reset()
     step = torch.compile(lambda s, t: smooth_topk_svm_loss(s, t, k=2), fullgraph=True,
                          backend="aot_eager")  # fmt: skip
-    with pytest.raises(RuntimeError, match="target must be in"):
+    with pytest.raises(ValueError, match="target must be in"):
         step(torch.randn(3, 10), torch.tensor([1, 10, 2]))

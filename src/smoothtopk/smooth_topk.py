@@ -32,7 +32,6 @@ from ._validation import (
     positional_error,
 )
 from .backends import pytorch as pytorch_backend
-from .backends._abi import direct
 
 
 @keyword_only
@@ -170,8 +169,9 @@ def _plan_key(input, target, k, tau, alpha, weight, ignore_index, reduction, lab
     :func:`smoothtopk.backends.setting`; checked by ``requested``) and autocast, so a call with
     the key of a call that passed them passes them too. Only plain tensors, Python scalars of the
     exact types (``k=5.0`` must still be refused), a float margin, class indices without label
-    smoothing, in eager mode outside ``torch.func`` transforms, forward-mode AD and autocast;
-    every other call takes the full path. Target values are never part of it: the kernels
+    smoothing, in eager mode outside ``torch.func`` transforms, forward-mode AD, dispatch modes
+    and autocast (:func:`_traced_or_transformed`); every other call takes the full path, so a
+    plan's call never needs the operators. Target values are never part of it: the kernels
     check them (or :func:`check_target_range` does, :class:`_Plan`).
     """
     if not (
@@ -207,11 +207,13 @@ def clear_plans() -> None:
 
 
 def _traced_or_transformed() -> bool:
-    """A torch.compile trace, a ``torch.func`` transform or a forward-mode AD level."""
+    """A torch.compile trace, a ``torch.func`` transform, a forward-mode AD level or a dispatch
+    mode (which must see the backends' operators: :func:`smoothtopk.backends._abi.direct`)."""
     return (
         torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
         or forward_ad_active()
+        or torch._C._len_torch_dispatch_stack() != 0
     )
 
 
@@ -232,8 +234,7 @@ def _remember(key: tuple, backend: ModuleType, input, target, options: tuple) ->
     elif differentiable is not None:  # the backend's operator: autograd in C++
         run = differentiable
     elif hasattr(backend, "prepare"):  # its launches set up once (the Triton kernel's)
-        prepared = backend.prepare(input, *options)
-        run = functools.partial(_prepared, prepared, backend)
+        run = functools.partial(_prepared, backend.prepare(input, *options))
     else:
         run = functools.partial(_eager, backend)
     _PLANS[key] = plan._replace(run=run)
@@ -255,12 +256,10 @@ def _run(plan: _Plan, input, target, weight, ignore_index, k, tau, alpha, reduct
     return restore(out, target.shape, input.dtype, reduction)
 
 
-def _prepared(prepared, backend, scores, target, weight, ignore_index, k, tau, alpha, reduction):
-    """An eager call of a kind the backend prepared (``prepare``, :func:`_remember`): its
-    forward, through :class:`_PreparedSmoothTopkSVM` when a gradient can flow; under a
-    dispatch mode, which must see the backend's operators, :func:`_eager`."""
-    if not direct(scores):
-        return _eager(backend, scores, target, weight, ignore_index, k, tau, alpha, reduction)
+def _prepared(prepared, scores, target, weight, ignore_index, k, tau, alpha, reduction):
+    """An eager call of a kind the backend prepared (``prepare``, :func:`_remember`; never under
+    a dispatch mode, :func:`_plan_key`): its forward, through :class:`_PreparedSmoothTopkSVM`
+    when a gradient can flow."""
     if torch.is_grad_enabled() and scores.requires_grad:
         return _PreparedSmoothTopkSVM.apply(scores, target, weight, prepared)
     return prepared.forward(scores, target, weight)[0]

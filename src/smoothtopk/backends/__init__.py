@@ -30,7 +30,8 @@ The contract of a backend module (``docs/architecture.md``)::
                                                 # (float alpha): prepared.forward(scores,
                                                 # target, weight) -> (out, saved),
                                                 # prepared.backward(grad_out, scores, target,
-                                                # saved) -> grad, without the dispatcher,
+                                                # saved) -> grad, without the dispatcher
+                                                # (never called under a dispatch mode),
                                                 # and prepared.options = (ignore_index, k,
                                                 # tau, alpha, reduction)
 

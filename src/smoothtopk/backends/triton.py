@@ -41,7 +41,7 @@ import warnings
 import torch
 
 from .._convention import working_dtype
-from .._validation import user_stacklevel
+from .._validation import check_target_range, user_stacklevel
 from . import _abi, every_class, pytorch
 
 NAME = "triton"
@@ -238,13 +238,12 @@ def _error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def _on_device(device: torch.device):
     """Launch on ``device``: Triton launches on the current CUDA device, which need not be the
-    scores' (a loss on ``cuda:1`` while ``cuda:0`` is current faulted).
-
-    Example:
-        >>> _on_device(torch.device("cuda", 1)).idx, type(_on_device(torch.device("cpu")))
-        (1, <class 'contextlib.nullcontext'>)
-    """
-    return torch.cuda.device(device) if device.type == "cuda" else _NOTHING
+    scores' (a loss on ``cuda:1`` while ``cuda:0`` is current faulted). Nothing to switch when
+    it is current already, the common case (``torch.cuda.device`` costs a launch about 2 µs
+    of host time, issue #20; tests/test_triton_kernel.py)."""
+    if device.type != "cuda" or device.index == torch._C._cuda_getDevice():
+        return _NOTHING
+    return torch.cuda.device(device)
 
 
 _NOTHING = contextlib.nullcontext()  # reusable
@@ -350,6 +349,19 @@ def wide(k: int, tau: float) -> bool:
     return not _abi.MIN_FLOAT_SCALE <= scale <= _abi.MAX_FLOAT
 
 
+#: launch options of the kernels that check targets: ``debug`` compiles their device assertion
+#: (``tl.device_assert``); ``sanitize_overflow`` off keeps it from adding overflow checks to every
+#: 32-bit integer operation (``triton_jit``'s docstring)
+ASSERTING = dict(debug=True, sanitize_overflow=False)
+
+
+def _checks_on_host(device: torch.device) -> bool:
+    """Whether a call's targets are checked on the host before the launch (a ValueError, as
+    every CPU path's): on CPU tensors, which only Triton's interpreter runs and which ignores
+    a launch's ``debug`` (so never asserts); on CUDA the kernel asserts."""
+    return device.type == "cpu"
+
+
 #: rows up to which the forward kernel's last program also sums the call's losses and weights
 #: (``triton_jit``'s docstring): one program reads ``2 M`` numbers, a short serial tail; beyond,
 #: torch sums them after the kernel (a few kernels more, in calls that are long anyway)
@@ -360,30 +372,36 @@ class _Launch:
     """The launches of one kind of call, set up once (issue #20: the launcher's arithmetic,
     the kernels' scalar arguments and constexprs cost several µs per call otherwise): rows,
     classes, ``k``, ``tau``, ``alpha``, the reduction, whether a weight and per-class margins
-    come, ``ignore_index`` and the programs per row. :meth:`forward` then allocates, launches
-    and asserts; :meth:`backward` allocates and launches. It is also the contract's prepared
-    call (:func:`prepare`: ``forward(scores, target, weight) -> (out, saved)``, ``backward(
-    grad_out, scores, target, saved)``, ``options``), called without the operators (the caller
-    checks :func:`smoothtopk.backends._abi.direct`)."""
+    come, ``ignore_index``, the programs per row and the device (of the scores, given as
+    ``scores``). :meth:`forward` then allocates and launches; :meth:`backward` allocates and
+    launches. It is also the contract's prepared call (:func:`prepare`: ``forward(scores,
+    target, weight) -> (out, saved)``, ``backward(grad_out, scores, target, saved)``,
+    ``options``), called without the operators."""
 
     __slots__ = (
-        "k", "reduction", "shape", "refusal", "sum_after", "out_shape", "stats_shape",
+        "k", "reduction", "shape", "sum_after", "stats_alloc", "out_shape", "stats_shape",
         "forward_tail", "forward_flags", "backward_tail", "backward_flags", "split", "options",
+        "host_check", "kernels",
     )  # fmt: skip
 
-    def __init__(self, rows, classes, k, tau, alpha, reduction, flags, ignore_index, splits):
-        block = block_size(classes, k)
+    def __init__(self, scores, k, tau, alpha, reduction, flags, ignore_index, splits):
+        (rows, classes), block = scores.shape, block_size(scores.shape[1], k)
+        self.host_check = _checks_on_host(scores.device)
+        self.kernels = _kernels()
         seg, splits = _segment(classes, block, max(1, splits))
         kp, code, scale = _padded_k(k), REDUCTIONS[reduction], 1.0 / (k * float(tau))
         self.k, self.reduction, self.shape = k, reduction, (block, kp, seg, splits)
-        self.refusal = f"target must be in [0, {classes}) or equal to ignore_index"
         self.sum_after = reduction != "none" and rows > KERNEL_SUM_ROWS
+        sums = reduction != "none" and not self.sum_after  # the kernel's last program sums
+        self.stats_alloc = torch.zeros if sums else torch.empty  # zeroed: its counter
         self.out_shape = (rows,) if reduction == "none" else ()
         self.stats_shape = _abi.triton_stats_shape(rows, k)
-        sums = int(rows <= KERNEL_SUM_ROWS)
-        self.forward_tail = (classes, ignore_index, float(tau), float(alpha), scale, code, sums)
+        self.forward_tail = (
+            classes, ignore_index, float(tau), float(alpha), scale, code, int(sums)
+        )  # fmt: skip
         has_weight, has_alpha = flags
-        self.forward_flags = dict(HAS_WEIGHT=has_weight, HAS_ALPHA=has_alpha, K=k, KP=kp)
+        self.forward_flags = dict(HAS_WEIGHT=has_weight, HAS_ALPHA=has_alpha, K=k, KP=kp,
+                                  **ASSERTING)  # fmt: skip
         self.backward_tail = (classes, seg, ignore_index, scale)
         common = dict(K=k, KP=kp, BLOCK=block, WIDE=wide(k, tau))
         self.backward_flags = dict(common, REDUCTION=code)
@@ -398,28 +416,27 @@ class _Launch:
         weight = scores if weight is None else weight.contiguous()
         margins = scores if margins is None else margins.contiguous()
         out = torch.empty(self.out_shape, device=device, dtype=torch.float32)
-        stats = torch.empty(self.stats_shape, device=device, dtype=torch.float64)
+        stats = self.stats_alloc(self.stats_shape, device=device, dtype=torch.float64)
         if scores.shape[0] == 0:  # nothing to launch: F.cross_entropy's sum (0) and mean (0 / 0)
             stats.zero_()
             return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
-        sync = torch.zeros((), device=device, dtype=torch.int64)
-        ends = (out, stats, sync)
+        if self.host_check:
+            check_target_range(target, *self.forward_tail[:2])
         with _on_device(device):
             if self.split:
-                self._forward_split(scores, target, weight, margins, ends)
+                self._forward_split(scores, target, weight, margins, (out, stats))
             else:
-                _kernels().forward_row_kernel[(scores.shape[0],)](
-                    scores, target, weight, margins, *ends, *self.forward_tail,
+                self.kernels.forward_row_kernel[(scores.shape[0],)](
+                    scores, target, weight, margins, out, stats, *self.forward_tail,
                     **self.forward_flags,
                 )  # fmt: skip
-            torch._assert_async(sync, self.refusal)
         if self.sum_after:
             _sum_rows(out, stats, self.k, self.reduction)
         return out, stats
 
     def _forward_split(self, scores, target, weight, margins, ends):
         """Split rows: the segments' top-k, the row's, the segments' polynomials, the finish."""
-        rows, (block, kp, seg, splits), kern = scores.shape[0], self.shape, _kernels()
+        rows, (block, kp, seg, splits), kern = scores.shape[0], self.shape, self.kernels
         classes, ignore_index, *tail = self.forward_tail  # tail: tau, alpha, scale, the end's
         values, index = split_workspace(rows, splits, kp, scores.device)
         kern.top_segment_kernel[(rows, splits)](
@@ -446,7 +463,7 @@ class _Launch:
         if scores.shape[0] == 0:
             return grad
         with _on_device(scores.device):
-            _kernels().backward_kernel[(scores.shape[0], self.shape[3])](
+            self.kernels.backward_kernel[(scores.shape[0], self.shape[3])](
                 grad_out.contiguous(), scores, target, stats, grad, *self.backward_tail,
                 **self.backward_flags,
             )  # fmt: skip
@@ -466,14 +483,13 @@ _LAUNCHES: dict[tuple, _Launch] = {}  # the operators' (prepared calls hold thei
 
 def _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits) -> _Launch:
     """The :class:`_Launch` of this kind of call, set up on its first call."""
-    key = (scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
+    key = (scores.shape, scores.device, k, tau, alpha, reduction, flags, ignore_index, splits)
     found = _LAUNCHES.get(key)
     if found is None:
         if len(_LAUNCHES) >= _MAX_KINDS:
             _LAUNCHES.clear()
-        rows, classes = scores.shape
         options = (k, tau, alpha, reduction, flags, ignore_index, splits)
-        found = _LAUNCHES[key] = _Launch(rows, classes, *options)
+        found = _LAUNCHES[key] = _Launch(scores, *options)
     return found
 
 
@@ -485,14 +501,14 @@ def _triton_forward(
     weight in the last row); row ``i``'s margin is ``alpha_per_class[t_i]`` when given, else
     ``alpha``.
 
-    The kernels write every entry of their outputs, so they are allocated, never filled; the
-    last program reduces the loss and checks the targets (``triton_jit``), so that besides the
-    Triton launches a call runs one fill (of ``sync``) and one device assertion, as
-    F.cross_entropy's kernels assert (issue #20: in a training step each small ATen operator
-    costs the host about 4 us). The reductions are F.cross_entropy's (as
-    ``_convention.reduce``): the mean is the float64 sum of weighted losses over the float64
-    total weight, rounded once to float32. Shape: scores ``(M, n)``, target ``(M,)``, weight and
-    alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
+    The kernels write every entry of their outputs, so they are allocated, not filled, but for
+    the zeroed ``stats`` of a call whose last program sums (its counter); the kernel asserts
+    the targets on the device as F.cross_entropy's kernels do (``triton_jit``), so that besides
+    the Triton launches a call runs at most one fill and no other operator (issue #20: in a
+    training step each small ATen operator costs the host about 3 us). The reductions are
+    F.cross_entropy's (as ``_convention.reduce``): the mean is the float64 sum of weighted
+    losses over the float64 total weight, rounded once to float32. Shape: scores ``(M, n)``,
+    target ``(M,)``, weight and alpha_per_class ``(n,)``; out ``(M,)`` or ``()``.
     """
     flags = (weight is not None, alpha_per_class is not None)
     launch = _launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits)
@@ -595,7 +611,7 @@ def prepare(scores, k, tau, alpha, weight, ignore_index, reduction) -> _Launch:
     arguments computed (:class:`_Launch`)."""
     flags = (weight is not None, False)
     splits = plan_splits(scores, k)
-    return _Launch(*scores.shape, k, tau, alpha, reduction, flags, ignore_index, splits)
+    return _Launch(scores, k, tau, alpha, reduction, flags, ignore_index, splits)
 
 
 def expected(scores, beta, k, tau, alpha):

@@ -21,14 +21,17 @@ total weight (the mean's divisor, written by the forward);
 ``y``; ``slope = weight[y] sigmoid(z'/tau)/k`` (0 for ignored rows). With per-class margins
 (``HAS_ALPHA``) the row's :math:`\alpha` is ``alpha[y]``, read from ``alpha_ptr``.
 
-**The call's end, in the forward kernel.** Every program adds 1 to ``sync`` (an int64 zero;
-``2^32 + 1`` for a target out of range) after its row is written; the program that brings the
-count to ``M`` is the last, sees every row (the addition releases and acquires), sums the rows'
-losses and weights in a fixed order (deterministic, whichever program is last) and writes the
-reduced loss and the total weight, then sets ``sync`` to 1, or to 0 if a target was out of range
-(asserted on the device by the caller, as F.cross_entropy's kernels assert). No reduction or
-check kernel runs after it (issue #20); ``sums`` off (many rows, where one program's sum would
-be a long tail) leaves the sums to the caller.
+**The call's end, in the forward kernel.** With ``sums`` on (a ``"sum"`` or ``"mean"`` call of
+at most ``KERNEL_SUM_ROWS`` rows) every program adds 1 to the call's counter (an int64 in the
+total-weight row of ``stats``, :func:`_counter`, zeroed by the caller) after its row is
+written; the program that brings the count to ``M`` is the last, sees every row (the addition
+releases and acquires), sums the rows' losses and weights in a fixed order (deterministic,
+whichever program is last) and writes the reduced loss and the total weight. No reduction
+kernel runs after it (issue #20); ``sums`` off leaves the sums to the caller.
+
+**Targets.** A target that is neither ``ignore_index`` nor a class trips a device assertion
+(``tl.device_assert``, compiled when the launch passes ``debug=True``, as the caller does), as
+F.cross_entropy's kernels assert: no check kernel runs before or after the call.
 
 Shape: scores ``(M, n)`` row-major; stats ``(M + 1, 4 + 3k)``.
 """
@@ -60,6 +63,9 @@ BIG = tl.constexpr(2**31 - 1)
 STAGES = tl.constexpr(_stages())
 #: rows per step of the last program's sums (:func:`_end_call`)
 SUM_BLOCK = tl.constexpr(512)
+#: the device assertion's message (:func:`_row_target`; the launch names the range on the host
+#: side where it can: ``backends.triton``)
+REFUSAL = tl.constexpr("smoothtopk: target must be in [0, n_classes) or equal to ignore_index")
 
 
 @triton.jit
@@ -321,17 +327,17 @@ def _finish(
 
 @triton.jit
 def _row_target(target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT: tl.constexpr):
-    """``(target, kept, weight[target], refused)``; an ignored row's weight is never read.
-    ``refused``: a target that is neither ``ignore_index`` nor a class (reported by
-    :func:`_end_call`, never read through)."""
+    """``(target, kept, weight[target])``; an ignored row's weight is never read. A target that
+    is neither ``ignore_index`` nor a class trips the device assertion (module docstring)."""
     target = tl.load(target_ptr + row)
     counted = target != ignore_index
     inside = (target >= 0) & (target < n)
+    tl.device_assert(inside | ~counted, REFUSAL)
     keep = counted & inside
     weight = tl.full([], 1.0, tl.float64)
     if HAS_WEIGHT:
         weight = tl.load(weight_ptr + target, mask=keep, other=0.0).to(tl.float64)
-    return target.to(tl.int32), keep, weight, counted & ~inside
+    return target.to(tl.int32), keep, weight
 
 
 @triton.jit
@@ -341,32 +347,27 @@ def _stats_row(stats_ptr, row, K: tl.constexpr):
 
 
 @triton.jit
-def _end_call(
-    stats_ptr,
-    sync_ptr,
-    out_ptr,
-    row,
-    loss,
-    weight,
-    refused,
-    reduction,
-    sums,
-    K: tl.constexpr,
-):
-    """Publish the row's weighted loss and weight; the last program of the call reduces every
-    row's (``sums``; ``reduction``: 0 none, 1 sum, 2 mean) and sets ``sync`` to the targets'
-    verdict (module docstring)."""
+def _counter(stats_ptr, K: tl.constexpr):
+    """The call's counter of finished programs: an int64 in the second entry of the total-weight
+    row (row ``M``) of stats."""
+    rows = tl.num_programs(0).to(tl.int64)
+    return (_stats_row(stats_ptr, rows, K) + 1).to(tl.pointer_type(tl.int64), bitcast=True)
+
+
+@triton.jit
+def _end_call(stats_ptr, out_ptr, row, loss, weight, reduction, sums, K: tl.constexpr):
+    """Publish the row's weighted loss and weight; with ``sums`` on, the last program of the
+    call reduces every row's (``reduction``: 0 none, 1 sum, 2 mean; module docstring)."""
     rows = tl.num_programs(0)
     stats = _stats_row(stats_ptr, row, K)
     tl.store(stats + 2 + 2 * K, loss)
     tl.store(stats + 3 + 2 * K, weight)
     tl.store(out_ptr + row, loss.to(tl.float32), mask=reduction == 0)
-    tl.debug_barrier()  # every thread's stores before the release
-    step = tl.where(refused, (1 << 32) + 1, 1).to(tl.int64)
-    seen = tl.atomic_add(sync_ptr, step, sem="acq_rel") + step
-    if (seen & 0xFFFFFFFF) == rows:
-        tl.debug_barrier()
-        if (sums != 0) & (reduction != 0):
+    if sums != 0:
+        tl.debug_barrier()  # every thread's stores before the release
+        seen = tl.atomic_add(_counter(stats_ptr, K), 1, sem="acq_rel") + 1
+        if seen == rows:
+            tl.debug_barrier()
             losses = tl.zeros([SUM_BLOCK], tl.float64)
             weights = tl.zeros([SUM_BLOCK], tl.float64)
             for start in range(0, rows, SUM_BLOCK):
@@ -381,7 +382,6 @@ def _end_call(
             if reduction == 2:
                 total_loss = total_loss / total_weight
             tl.store(out_ptr, total_loss.to(tl.float32))
-        tl.store(sync_ptr, ((seen >> 32) == 0).to(tl.int64))
 
 
 @triton.jit
@@ -400,7 +400,6 @@ def forward_row_kernel(
     alpha_ptr,
     out_ptr,
     stats_ptr,
-    sync_ptr,
     n,
     ignore_index,
     tau: tl.float64,
@@ -420,9 +419,7 @@ def forward_row_kernel(
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 3k), row * n pass 2^31
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
-    target, keep, weight, refused = _row_target(
-        target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT
-    )
+    target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT)
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     buf, ids, bad = _segment_top(s_row, 0, n, target, K, KP, BLOCK)
     a = tl.min(buf, 0).to(tl.float64)
@@ -445,7 +442,7 @@ def forward_row_kernel(
         K,
         KP,
     )
-    _end_call(stats_ptr, sync_ptr, out_ptr, row, loss, weight, refused, reduction, sums, K)
+    _end_call(stats_ptr, out_ptr, row, loss, weight, reduction, sums, K)
 
 
 @triton.jit
@@ -559,7 +556,6 @@ def finish_kernel(
     poly_ptr,
     out_ptr,
     stats_ptr,
-    sync_ptr,
     n,
     splits,
     ignore_index,
@@ -581,9 +577,7 @@ def finish_kernel(
     _, _, _, top_val, top_idx, top_bad, ties_ptr = _split_buffers(values_ptr, index_ptr, splits, KP)
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
-    target, keep, weight, refused = _row_target(
-        target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT
-    )
+    target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT)
     alpha = _row_margin(alpha_ptr, alpha, target, keep, HAS_ALPHA)
     parts = tl.arange(0, SP)
     inside = parts < splits
@@ -613,7 +607,7 @@ def finish_kernel(
         K,
         KP,
     )
-    _end_call(stats_ptr, sync_ptr, out_ptr, row, loss, weight, refused, reduction, sums, K)
+    _end_call(stats_ptr, out_ptr, row, loss, weight, reduction, sums, K)
 
 
 @triton.jit
