@@ -51,9 +51,8 @@ REDUCTION_MEAN = 2  # the benchmark's reduction
 #: pointer and integer arguments of the kernels (the scores' type is filled in per dtype)
 ARGUMENTS = dict(
     s_ptr="*S", target_ptr="*i64", weight_ptr="*S", alpha_ptr="*S", stats_ptr="*fp64",
-    sync_ptr="*i64", values_ptr="*fp32", index_ptr="*i32", n="i32", ignore_index="i32",
-    tau="fp64", alpha="fp64", scale="fp64", reduction="i32", sums="i32", grad_ptr="*fp32",
-    out_ptr="*S", seg="i32", splits="i32", poly_ptr="*fp64",
+    work_ptr="*fp64", n="i32", ignore_index="i32", tau="fp64", alpha="fp64", scale="fp64",
+    reduction="i32", sums="i32", grad_ptr="*fp32", out_ptr="*S", seg="i32", splits="i32",
 )  # fmt: skip
 
 
@@ -122,11 +121,13 @@ def launches(batch: int, classes: int, k: int) -> list[dict]:
                 sums=int(batch <= launcher.KERNEL_SUM_ROWS))  # fmt: skip
     wide = dict(WIDE=launcher.wide(k, 1.0))  # tau = 1: the float32 exponential
     backward = dict(K=k, KP=kp, REDUCTION=REDUCTION_MEAN, BLOCK=block, **wide)
+    asserting = launcher.ASSERTING  # the launch options of the kernels that read targets
     if splits == 1:
         items = [
-            dict(kernel="forward_row_kernel", constexprs=dict(flags, BLOCK=block, LOG=log, **wide)),
+            dict(kernel="forward_row_kernel", constexprs=dict(flags, BLOCK=block, LOG=log, **wide),
+                 options=asserting),
             dict(kernel="backward_kernel", constexprs=backward),
-        ]
+        ]  # fmt: skip
         return [dict(item, ints=ints, splits=1) for item in items]
     sp, candidates = launcher._pow2(splits), launcher._pow2(splits * kp)
     items = [
@@ -134,7 +135,8 @@ def launches(batch: int, classes: int, k: int) -> list[dict]:
         dict(kernel="select_kernel", constexprs=dict(K=k, KP=kp, CANDIDATES=candidates)),
         dict(kernel="rest_segment_kernel", constexprs=dict(K=k, KP=kp, BLOCK=block, LOG=log,
                                                           **wide)),
-        dict(kernel="finish_kernel", constexprs=dict(flags, SP=sp, LOG=sp.bit_length() - 1)),
+        dict(kernel="finish_kernel", constexprs=dict(flags, SP=sp, LOG=sp.bit_length() - 1),
+             options=asserting),
         dict(kernel="backward_kernel", constexprs=backward),
     ]  # fmt: skip
     return [dict(item, ints=ints, splits=splits) for item in items]
@@ -174,14 +176,15 @@ def _resources(cubin: bytes) -> dict:
     return {name: int(fields.get(name, "0")) for name in ("REG", "STACK", "LOCAL", "SHARED")}
 
 
-def compile_one(kernel: str, constexprs: dict, ints: dict, scores: str) -> dict:
-    """Compile for sm_90 and read its resources; ``compile_s`` is the wall time."""
+def compile_one(kernel: str, constexprs: dict, ints: dict, scores: str, options=None) -> dict:
+    """Compile for sm_90 with the launch's ``options`` and read its resources; ``compile_s`` is
+    the wall time."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     source = _source(kernel, constexprs, ints, scores)
     start = time.perf_counter()
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options or {})
     seconds = time.perf_counter() - start
     used = _resources(compiled.asm["cubin"])
     meta = compiled.metadata
@@ -232,7 +235,8 @@ def plan(ks=KS, shapes=SHAPES, dtypes=("float32",)) -> list[dict]:
                     key = json.dumps([item["kernel"], dtype, item["constexprs"], divisible])
                     entry = compiles.setdefault(key, dict(
                         kernel=item["kernel"], dtype=dtype, k=k, constexprs=item["constexprs"],
-                        ints=ints, divisible_ints=divisible, shapes=[],
+                        options=item.get("options", {}), ints=ints, divisible_ints=divisible,
+                        shapes=[],
                     ))  # fmt: skip
                     entry["shapes"].append(f"B={batch} n={classes} splits={item['splits']}")
     return list(compiles.values())
@@ -319,7 +323,7 @@ def main(argv=None) -> int:
     document["compiles"] = []
     for index, entry in enumerate(compiles, 1):
         result = compile_one(entry["kernel"], entry["constexprs"], entry["ints"],
-                             DTYPES[entry["dtype"]])  # fmt: skip
+                             DTYPES[entry["dtype"]], entry["options"])  # fmt: skip
         document["compiles"].append({**entry, **result})
         print(
             f"[{index}/{len(compiles)}] {entry['kernel']} {entry['dtype']} k={entry['k']} "

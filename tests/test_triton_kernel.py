@@ -209,6 +209,37 @@ def test_the_calls_end_reduces_as_cross_entropy(reduction, summed_by, splits, mo
 
 
 @interpreted
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_the_lean_launch_of_the_common_kind(reduction, monkeypatch):
+    """CUDA's common kind (one program per row, rows, summed by the kernel, no host check)
+    takes ``_Launch``'s lean bodies: weighted rows, an ignored one, a scalar margin and
+    per-class margins, against the log-space reference and the PyTorch path in float64."""
+    monkeypatch.setattr(triton_kernel, "_checks_on_host", lambda device: False)
+    generator = torch.Generator().manual_seed(15)
+    scores = torch.randn(5, 40, generator=generator) * 2
+    target = torch.tensor([3, -100, 39, 0, 20])
+    weight = torch.rand(40, generator=generator) + 0.5
+    margins = torch.rand(40, generator=generator)
+    launch = triton_kernel._Launch(scores, 3, 0.7, 1.0, reduction, (True, False), -100, 1)
+    assert launch.lean
+    out, stats = launch.forward(scores, target, weight)
+    grad = launch.backward(torch.ones_like(out), scores, target, stats)
+    ref, ref_grad = _weighted_reference(scores, target, weight, 3, 0.7, 1.0, reduction)
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+    launch = triton_kernel._Launch(scores, 3, 0.7, 0.0, reduction, (True, True), -100, 1)
+    out, stats = launch.forward(scores, target, weight, margins)
+    grad = launch.backward(torch.ones_like(out), scores, target, stats)
+    monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")
+    leaf = scores.double().requires_grad_()
+    ref = smooth_topk_svm_loss(leaf, target, k=3, tau=0.7, alpha=margins.double(),
+                               weight=weight.double(), reduction=reduction)  # fmt: skip
+    (ref_grad,) = torch.autograd.grad(ref.sum(), leaf)
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
+@interpreted
 @pytest.mark.parametrize("summed_by", ["kernel", "torch"])
 def test_every_row_ignored_and_no_rows(summed_by, monkeypatch):
     """F.cross_entropy's edge values: the mean of nothing is NaN (0 / 0), the sum 0, the
@@ -345,9 +376,7 @@ SIGNATURE = dict(
     out_ptr="*fp32",
     seg="i32",
     splits="i32",
-    values_ptr="*fp32",
-    index_ptr="*i32",
-    poly_ptr="*fp64",
+    work_ptr="*fp64",
 )
 
 
@@ -441,8 +470,7 @@ def test_every_class_kernel_compiles_for_sm90(k):
 
 
 # the arguments indexed by row (weight_ptr and alpha_ptr are indexed by class, below 2^31)
-ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "grad_ptr", "out_ptr", "beta_ptr", "values_ptr",
-                "index_ptr", "poly_ptr"}  # fmt: skip
+ROW_POINTERS = {"s_ptr", "target_ptr", "stats_ptr", "grad_ptr", "out_ptr", "beta_ptr", "work_ptr"}
 
 
 def _assert_64_bit_offsets(ttir: str) -> None:
@@ -516,28 +544,33 @@ def test_cuda_a_bad_target_trips_the_device_assertion(bad, splits):
 
 @cuda
 def test_cuda_launches_switch_to_the_scores_device_only_when_needed():
-    """``_on_device``: no switch for the current device (the common case), a switch for
-    another one; and a launch on a non-current device computes there."""
+    """``_elsewhere``: no switch for the current device (the common case), a switch for
+    another one; and launches for a non-current device compute there."""
     current = torch.cuda.current_device()
-    assert triton_kernel._on_device(torch.device("cuda", current)) is triton_kernel._NOTHING
+    assert not triton_kernel._elsewhere(torch.device("cuda", current))
     if torch.cuda.device_count() > 1:
         other = torch.device("cuda", (current + 1) % torch.cuda.device_count())
-        assert triton_kernel._on_device(other).idx == other.index
+        assert triton_kernel._elsewhere(other)
         scores = torch.randn(4, 100, device=other)
         target = torch.randint(0, 100, (4,), device=other)
-        out, _ = triton_kernel.forward(scores, target, None, -100, 5, 1.0, 1.0, "mean")
-        reference = smooth_topk_svm_loss(scores.cpu().double(), target.cpu(), k=5)
+        out, saved = triton_kernel.forward(scores, target, None, -100, 5, 1.0, 1.0, "mean")
+        grad = triton_kernel.backward(torch.ones_like(out), scores, target, None, -100, saved,
+                                      5, 1.0, 1.0, "mean")  # fmt: skip
+        leaf = scores.cpu().double().requires_grad_()
+        reference = smooth_topk_svm_loss(leaf, target.cpu(), k=5)
+        reference.backward()
         assert torch.allclose(out.cpu().double(), reference, rtol=1e-5)
+        assert torch.allclose(grad.cpu().double(), leaf.grad, rtol=1e-4, atol=1e-7)
+        assert torch.cuda.current_device() == current
 
 
 def test_launches_switch_to_the_scores_device_only_when_needed(monkeypatch):
-    """``_on_device`` without a GPU (the current CUDA device stubbed): nothing for CPU tensors
-    or the current device, ``torch.cuda.device`` for another one."""
+    """``_elsewhere`` without a GPU (the current CUDA device stubbed): no switch for CPU
+    tensors or the current device, one for another CUDA device."""
     monkeypatch.setattr(torch._C, "_cuda_getDevice", lambda: 1)
-    assert triton_kernel._on_device(torch.device("cpu")) is triton_kernel._NOTHING
-    assert triton_kernel._on_device(torch.device("cuda", 1)) is triton_kernel._NOTHING
-    switch = triton_kernel._on_device(torch.device("cuda", 0))
-    assert isinstance(switch, torch.cuda.device) and switch.idx == 0
+    assert not triton_kernel._elsewhere(torch.device("cpu"))
+    assert not triton_kernel._elsewhere(torch.device("cuda", 1))
+    assert triton_kernel._elsewhere(torch.device("cuda", 0))
 
 
 @cuda

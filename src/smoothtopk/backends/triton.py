@@ -30,7 +30,6 @@ Example:
     True
 """
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import math
@@ -236,17 +235,13 @@ def _error(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.where(mismatch.any(), torch.inf, error)
 
 
-def _on_device(device: torch.device):
-    """Launch on ``device``: Triton launches on the current CUDA device, which need not be the
-    scores' (a loss on ``cuda:1`` while ``cuda:0`` is current faulted). Nothing to switch when
-    it is current already, the common case (``torch.cuda.device`` costs a launch about 2 µs
-    of host time, issue #20; tests/test_triton_kernel.py)."""
-    if device.type != "cuda" or device.index == torch._C._cuda_getDevice():
-        return _NOTHING
-    return torch.cuda.device(device)
-
-
-_NOTHING = contextlib.nullcontext()  # reusable
+def _elsewhere(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA device other than the current one. Triton launches on the
+    current CUDA device, which need not be the scores' (a loss on ``cuda:1`` while ``cuda:0``
+    is current faulted): the launchers call themselves again inside ``torch.cuda.device`` then.
+    The common case, the current device, switches nothing (``torch.cuda.device`` costs a launch
+    about 2 µs of host time, issue #20)."""
+    return device.type == "cuda" and device.index != torch._C._cuda_getDevice()
 
 
 _KERNELS = []
@@ -381,7 +376,7 @@ class _Launch:
     __slots__ = (
         "k", "reduction", "shape", "sum_after", "stats_alloc", "out_shape", "stats_shape",
         "forward_tail", "forward_flags", "backward_tail", "backward_flags", "split", "options",
-        "host_check", "kernels",
+        "host_check", "kernels", "workspace", "split_flags", "lean", "grids",
     )  # fmt: skip
 
     def __init__(self, scores, k, tau, alpha, reduction, flags, ignore_index, splits):
@@ -406,12 +401,48 @@ class _Launch:
         common = dict(K=k, KP=kp, BLOCK=block, WIDE=wide(k, tau))
         self.backward_flags = dict(common, REDUCTION=code)
         self.split = splits > 1
-        if not self.split:
+        if self.split:
+            self._plan_split(rows, common)
+        else:
             self.forward_flags.update(common, LOG=block.bit_length() - 1)
         self.options = (ignore_index, k, tau, alpha, reduction)
+        self.grids = ((rows,), (rows, splits))  # the forward row kernel's, the backward's
+        self.lean = rows > 0 and not (self.split or self.sum_after or self.host_check)
+
+    def _plan_split(self, rows, common):
+        """The split rows' workspace and the constexprs of their four forward kernels."""
+        block, kp, _, splits = self.shape
+        self.workspace = split_workspace(rows, splits, kp)
+        shapes, sp = dict(K=self.k, KP=kp), _pow2(splits)
+        self.split_flags = (
+            dict(shapes, BLOCK=block),
+            dict(shapes, CANDIDATES=_pow2(splits * kp)),
+            dict(common, LOG=block.bit_length() - 1),
+            dict(self.forward_flags, SP=sp, LOG=sp.bit_length() - 1),
+        )
 
     def forward(self, scores, target, weight, margins=None):
-        """``(out, stats)``; ``margins``: per-class margins, or None."""
+        """``(out, stats)``; ``margins``: per-class margins, or None. A kind with nothing to
+        branch on (``lean``: rows, one program each, summed by the kernel, no host check) on the
+        current device takes this body alone: each branch and call of :meth:`_forward_any`
+        costs a training step's host time (issue #20)."""
+        if not self.lean or (scores.is_cuda and _elsewhere(scores.device)):
+            return self._forward_any(scores, target, weight, margins)
+        scores, target = scores.contiguous(), target.contiguous()
+        out = torch.empty(self.out_shape, dtype=torch.float32, device=scores.device)
+        stats = self.stats_alloc(self.stats_shape, dtype=torch.float64, device=scores.device)
+        self.kernels.forward_row_kernel[self.grids[0]](
+            scores, target, scores if weight is None else weight.contiguous(),
+            scores if margins is None else margins.contiguous(), out, stats,
+            *self.forward_tail, **self.forward_flags,
+        )  # fmt: skip
+        return out, stats
+
+    def _forward_any(self, scores, target, weight, margins):
+        """:meth:`forward` of every kind, on any device."""
+        if _elsewhere(scores.device):
+            with torch.cuda.device(scores.device):
+                return self._forward_any(scores, target, weight, margins)
         scores, target, device = scores.contiguous(), target.contiguous(), scores.device
         weight = scores if weight is None else weight.contiguous()
         margins = scores if margins is None else margins.contiguous()
@@ -422,60 +453,74 @@ class _Launch:
             return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
         if self.host_check:
             check_target_range(target, *self.forward_tail[:2])
-        with _on_device(device):
-            if self.split:
-                self._forward_split(scores, target, weight, margins, (out, stats))
-            else:
-                self.kernels.forward_row_kernel[(scores.shape[0],)](
-                    scores, target, weight, margins, out, stats, *self.forward_tail,
-                    **self.forward_flags,
-                )  # fmt: skip
+        if self.split:
+            self._forward_split(scores, target, weight, margins, (out, stats))
+        else:
+            self.kernels.forward_row_kernel[self.grids[0]](
+                scores, target, weight, margins, out, stats, *self.forward_tail,
+                **self.forward_flags,
+            )  # fmt: skip
         if self.sum_after:
             _sum_rows(out, stats, self.k, self.reduction)
         return out, stats
 
     def _forward_split(self, scores, target, weight, margins, ends):
         """Split rows: the segments' top-k, the row's, the segments' polynomials, the finish."""
-        rows, (block, kp, seg, splits), kern = scores.shape[0], self.shape, self.kernels
+        rows, (_, _, seg, splits), kern = scores.shape[0], self.shape, self.kernels
         classes, ignore_index, *tail = self.forward_tail  # tail: tau, alpha, scale, the end's
-        values, index = split_workspace(rows, splits, kp, scores.device)
-        kern.top_segment_kernel[(rows, splits)](
-            scores, target, values, index, classes, seg, splits, K=self.k, KP=kp, BLOCK=block
-        )
-        kern.select_kernel[(rows,)](
-            values, index, splits, K=self.k, KP=kp, CANDIDATES=_pow2(splits * kp)
-        )
-        poly = torch.empty(rows, splits, kp, dtype=torch.float64, device=scores.device)
+        top, select, rest, finish = self.split_flags
+        work = torch.empty(self.workspace, dtype=torch.float64, device=scores.device)
+        kern.top_segment_kernel[(rows, splits)](scores, target, work, classes, seg, splits, **top)
+        kern.select_kernel[(rows,)](work, splits, **select)
         kern.rest_segment_kernel[(rows, splits)](
-            scores, target, values, index, poly, classes, seg, splits, tail[2], K=self.k, KP=kp,
-            BLOCK=block, LOG=block.bit_length() - 1, WIDE=self.backward_flags["WIDE"],
-        )  # fmt: skip
-        sp = _pow2(splits)
+            scores, target, work, classes, seg, splits, tail[2], **rest
+        )
         kern.finish_kernel[(rows,)](
-            scores, target, weight, margins, values, index, poly, *ends, classes, splits,
-            ignore_index, *tail, SP=sp, LOG=sp.bit_length() - 1, **self.forward_flags,
+            scores, target, weight, margins, work, *ends, classes, splits, ignore_index, *tail,
+            **finish,
         )  # fmt: skip
 
     def backward(self, grad_out, scores, target, stats):
-        """``dOut/dscores`` in the scores' dtype."""
+        """``dOut/dscores`` in the scores' dtype (a ``lean`` kind on the current device: this
+        body alone, as :meth:`forward`)."""
+        if not self.lean or (scores.is_cuda and _elsewhere(scores.device)):
+            return self._backward_any(grad_out, scores, target, stats)
+        scores = scores.contiguous()
+        grad = torch.empty_like(scores)  # contiguous: scores are
+        self.kernels.backward_kernel[self.grids[1]](
+            grad_out.contiguous(), scores, target.contiguous(), stats, grad, *self.backward_tail,
+            **self.backward_flags,
+        )  # fmt: skip
+        return grad
+
+    def _backward_any(self, grad_out, scores, target, stats):
+        """:meth:`backward` of every kind, on any device."""
+        if _elsewhere(scores.device):
+            with torch.cuda.device(scores.device):
+                return self._backward_any(grad_out, scores, target, stats)
         scores, target = scores.contiguous(), target.contiguous()
         grad = torch.empty_like(scores)  # contiguous: scores are
         if scores.shape[0] == 0:
             return grad
-        with _on_device(scores.device):
-            self.kernels.backward_kernel[(scores.shape[0], self.shape[3])](
-                grad_out.contiguous(), scores, target, stats, grad, *self.backward_tail,
-                **self.backward_flags,
-            )  # fmt: skip
+        self.kernels.backward_kernel[self.grids[1]](
+            grad_out.contiguous(), scores, target, stats, grad, *self.backward_tail,
+            **self.backward_flags,
+        )  # fmt: skip
         return grad
 
 
-def split_workspace(rows: int, splits: int, kp: int, device) -> tuple:
-    """The split rows' float32 and int32 workspaces (``triton_jit._split_buffers``' layout)."""
-    values = torch.empty(rows * kp * (splits + 1), dtype=torch.float32, device=device)
-    index = torch.empty(rows * (kp * (splits + 1) + 2 * splits + 1), dtype=torch.int32,
-                        device=device)  # fmt: skip
-    return values, index
+def split_workspace(rows: int, splits: int, kp: int) -> int:
+    """Float64 elements of the split rows' one workspace (``triton_jit._split_buffers``' layout:
+    the segments' float64 polynomials, then float32 candidates and int32 indices and counts).
+
+    Example:
+        >>> split_workspace(rows=2, splits=3, kp=8)  # 48 + (64 float32 + 78 int32) / 2
+        119
+    """
+    candidates = rows * splits * kp
+    values = candidates + rows * kp
+    index = values + rows * (2 * splits + 1)
+    return candidates + _cdiv(values + index, 2)
 
 
 _LAUNCHES: dict[tuple, _Launch] = {}  # the operators' (prepared calls hold their own)
@@ -540,6 +585,9 @@ def _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad)
     (``triton_every_class_jit``)."""
     if scores.dim() != 2 or beta.shape != scores.shape:
         raise RuntimeError("smoothtopk: scores and beta must be (rows, classes)")
+    if _elsewhere(scores.device):
+        with torch.cuda.device(scores.device):
+            return _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad)
     rows, classes = scores.shape
     if not 1 <= k < classes:
         raise RuntimeError("smoothtopk: need 1 <= k < classes")
@@ -553,24 +601,23 @@ def _triton_every_class(scores, beta, k, tau, alpha, alpha_per_class, with_grad)
     margins = alpha_per_class.to(torch.float64).contiguous() if has_alpha else scores
     exp_margins = torch.exp(margins / float(tau)) if has_alpha else scores
     block = block_size(classes, k)
-    with _on_device(scores.device):
-        _every_class_kernels().every_class_kernel[(rows,)](
-            scores,
-            beta,
-            margins,
-            exp_margins,
-            out,
-            grad if with_grad else scores,
-            classes,
-            HAS_ALPHA=has_alpha,
-            WITH_GRAD=with_grad,
-            K=k,
-            KP=_padded_k(k),
-            BLOCK=block,
-            LOG=block.bit_length() - 1,
-            TILE=class_tile(k),
-            **_scalars(k, tau, 0.0 if has_alpha else alpha),
-        )
+    _every_class_kernels().every_class_kernel[(rows,)](
+        scores,
+        beta,
+        margins,
+        exp_margins,
+        out,
+        grad if with_grad else scores,
+        classes,
+        HAS_ALPHA=has_alpha,
+        WITH_GRAD=with_grad,
+        K=k,
+        KP=_padded_k(k),
+        BLOCK=block,
+        LOG=block.bit_length() - 1,
+        TILE=class_tile(k),
+        **_scalars(k, tau, 0.0 if has_alpha else alpha),
+    )
     return out, grad
 
 

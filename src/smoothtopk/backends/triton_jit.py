@@ -446,26 +446,29 @@ def forward_row_kernel(
 
 
 @triton.jit
-def _split_buffers(values_ptr, index_ptr, splits, KP: tl.constexpr):
-    """The split rows' intermediates in two workspaces (two allocations, not seven: each costs
-    a training step a few µs of host time, issue #20), by the grid's rows ``M``: ``values``
-    float32 ``[candidates (M, splits, KP) | top (M, KP)]``; ``index`` int32 ``[candidates'
-    classes (M, splits, KP) | top's (M, KP) | candidates' NaN counts (M, splits) | top's (M)
-    | ties (M, splits)]`` (:func:`smoothtopk.backends.triton.split_workspace`)."""
+def _split_buffers(work_ptr, splits, KP: tl.constexpr):
+    """The split rows' intermediates in one workspace (one allocation, not eight: each costs a
+    training step a few µs of host time, issue #20), by the grid's rows ``M``: float64
+    ``[segments' polynomials (M, splits, KP)]``, then float32 ``[candidates (M, splits, KP) |
+    top (M, KP)]``, then int32 ``[candidates' classes (M, splits, KP) | top's (M, KP) |
+    candidates' NaN counts (M, splits) | top's (M) | ties (M, splits)]``
+    (:func:`smoothtopk.backends.triton.split_workspace`). Returns ``(poly, cand_val, cand_idx,
+    cand_bad, top_val, top_idx, top_bad, ties)``."""
     rows = tl.num_programs(0).to(tl.int64)
     candidates = rows * splits * KP
-    cand_bad = index_ptr + candidates + rows * KP
+    values = (work_ptr + candidates).to(tl.pointer_type(tl.float32), bitcast=True)
+    index = (values + candidates + rows * KP).to(tl.pointer_type(tl.int32), bitcast=True)
+    cand_bad = index + candidates + rows * KP
     top_bad = cand_bad + rows * splits
-    return (values_ptr, index_ptr, cand_bad, values_ptr + candidates, index_ptr + candidates,
-            top_bad, top_bad + rows)  # fmt: skip
+    return (work_ptr, values, index, cand_bad, values + candidates, index + candidates, top_bad,
+            top_bad + rows)  # fmt: skip
 
 
 @triton.jit
 def top_segment_kernel(
     s_ptr,
     target_ptr,
-    values_ptr,
-    index_ptr,
+    work_ptr,
     n,
     seg,
     splits,
@@ -475,7 +478,7 @@ def top_segment_kernel(
 ):
     """Split rows, step 1: top-k of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
-    cand_val, cand_idx, cand_bad, _, _, _, _ = _split_buffers(values_ptr, index_ptr, splits, KP)
+    _, cand_val, cand_idx, cand_bad, _, _, _, _ = _split_buffers(work_ptr, splits, KP)
     s_row = s_ptr + row * n
     target = tl.load(target_ptr + row).to(tl.int32)
     lo = part * seg
@@ -489,8 +492,7 @@ def top_segment_kernel(
 
 @triton.jit
 def select_kernel(
-    values_ptr,
-    index_ptr,
+    work_ptr,
     splits,
     K: tl.constexpr,
     KP: tl.constexpr,
@@ -498,8 +500,8 @@ def select_kernel(
 ):
     """Split rows, step 2: the row's top-k among the segments' candidates. Grid ``(M,)``."""
     row = tl.program_id(0).to(tl.int64)  # 64-bit row offsets
-    buffers = _split_buffers(values_ptr, index_ptr, splits, KP)
-    cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, _ = buffers
+    buffers = _split_buffers(work_ptr, splits, KP)
+    _, cand_val, cand_idx, cand_bad, top_val, top_idx, top_bad, _ = buffers
     offs = tl.arange(0, CANDIDATES)
     inside = offs < splits * KP
     x = tl.load(cand_val + row * splits * KP + offs, mask=inside, other=-INF)
@@ -518,9 +520,7 @@ def select_kernel(
 def rest_segment_kernel(
     s_ptr,
     target_ptr,
-    values_ptr,
-    index_ptr,
-    poly_ptr,
+    work_ptr,
     n,
     seg,
     splits,
@@ -533,7 +533,7 @@ def rest_segment_kernel(
 ):
     """Split rows, step 3: ``e_b(u)`` of each segment. Grid ``(M, splits)``."""
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit row offsets
-    _, _, _, top_val, _, _, ties_ptr = _split_buffers(values_ptr, index_ptr, splits, KP)
+    poly_ptr, _, _, _, top_val, _, _, ties_ptr = _split_buffers(work_ptr, splits, KP)
     scale = _f64(scale)
     s_row = s_ptr + row * n
     target = tl.load(target_ptr + row).to(tl.int32)
@@ -551,9 +551,7 @@ def finish_kernel(
     target_ptr,
     weight_ptr,
     alpha_ptr,
-    values_ptr,
-    index_ptr,
-    poly_ptr,
+    work_ptr,
     out_ptr,
     stats_ptr,
     n,
@@ -574,7 +572,8 @@ def finish_kernel(
     """Split rows, step 4: product of the segments' polynomials, finish, the call's end.
     Grid ``(M,)``."""
     row = tl.program_id(0).to(tl.int64)  # 64-bit: row * (4 + 3k), row * n pass 2^31
-    _, _, _, top_val, top_idx, top_bad, ties_ptr = _split_buffers(values_ptr, index_ptr, splits, KP)
+    buffers = _split_buffers(work_ptr, splits, KP)
+    poly_ptr, _, _, _, top_val, top_idx, top_bad, ties_ptr = buffers
     tau, alpha, scale = _f64(tau), _f64(alpha), _f64(scale)
     s_row = s_ptr + row * n
     target, keep, weight = _row_target(target_ptr, weight_ptr, row, ignore_index, n, HAS_WEIGHT)
