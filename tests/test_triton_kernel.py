@@ -534,7 +534,8 @@ def test_cuda_a_bad_target_trips_the_device_assertion(bad, splits):
     """On a GPU the kernel itself refuses the target, as F.cross_entropy's kernels do: the
     process sees CUDA's device-side assertion, and the kernel's message is printed."""
     code = BAD_TARGET_ON_CUDA.format(bad=bad, splits=splits)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=300)  # fmt: skip
     assert result.returncode != 0 and "no assertion" not in result.stdout

@@ -122,7 +122,8 @@ def triton_stats_shape(rows: int, k: int) -> tuple[int, int]:
     """The Triton operators' ``stats``: each row's :func:`stats_width` columns, then its
     weighted loss and weight and its anchors' classes (``k``, exact in float64); one more row,
     whose first entry is the total weight (the mean's divisor, which the forward kernel writes
-    and the backward kernel reads)."""
+    and the backward kernel reads) and whose second, an int64, counts the forward's finished
+    programs (``triton_jit._counter``)."""
     return rows + 1, stats_width(k) + 2 + k
 
 
