@@ -983,6 +983,21 @@ void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row
 }
 
 // dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
+// Four gradient entries from a vector: float through one vector conversion, double as is,
+// bfloat16 (and float16's staged float) one by one.
+template <typename scalar_t>
+inline void store_gradient4(scalar_t* __restrict p, double4 v) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    typedef float float4 __attribute__((vector_size(16)));
+    typedef float float4u __attribute__((vector_size(16), aligned(4)));
+    *reinterpret_cast<float4u*>(p) = __builtin_convertvector(v, float4);
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    store4(p, v);
+  } else {
+    for (int l = 0; l < 4; ++l) p[l] = static_cast<scalar_t>(v[l]);
+  }
+}
+
 template <typename scalar_t, typename real>
 __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
                                              scalar_t* __restrict grad, int64_t count, double a,
@@ -993,27 +1008,29 @@ __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
   for (int64_t j = 0; j < count; ++j) {
     const real x = (static_cast<real>(to_double(s[j])) - anchor) * factor_x;
     u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
-    horner[j] = coefficients[k - 1];
   }
-  // Horner's rule on 32 classes at a time, held in registers through all k steps: 8 independent
-  // chains cover the latency of the fused multiply-add on two pipes.
+  // Horner's rule on 32 classes at a time, held in registers through all k steps (8
+  // independent chains cover the latency of the fused multiply-add on two pipes), and the
+  // gradient factor * u_j * h_j formed and stored from the registers: no buffer of h_j to fill,
+  // store and read back.
+  const double4 top = double4{} + coefficients[k - 1], scaled = double4{} + factor;
   int64_t start = 0;
   for (; start + 32 <= count; start += 32) {
     double4 x[8], h[8];
-    for (int v = 0; v < 8; ++v) x[v] = load4(u + start + 4 * v);
-    const double4 first = load4(horner + start);
-    for (int v = 0; v < 8; ++v) h[v] = first;
+    for (int v = 0; v < 8; ++v) x[v] = load4(u + start + 4 * v), h[v] = top;
     for (int64_t m = k - 2; m >= 0; --m) {
       const double c = coefficients[m];
       for (int v = 0; v < 8; ++v) h[v] = c - x[v] * h[v];
     }
-    for (int v = 0; v < 8; ++v) store4(horner + start + 4 * v, h[v]);
+    for (int v = 0; v < 8; ++v) store_gradient4(grad + start + 4 * v, scaled * x[v] * h[v]);
   }
+  for (int64_t j = start; j < count; ++j) horner[j] = coefficients[k - 1];
   for (int64_t m = k - 2; m >= 0; --m) {
     const double c = coefficients[m];
     for (int64_t j = start; j < count; ++j) horner[j] = c - u[j] * horner[j];
   }
-  for (int64_t j = 0; j < count; ++j) grad[j] = static_cast<scalar_t>(factor * u[j] * horner[j]);
+  for (int64_t j = start; j < count; ++j)
+    grad[j] = static_cast<scalar_t>(factor * u[j] * horner[j]);
 }
 
 template <typename scalar_t>
