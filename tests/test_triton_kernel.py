@@ -158,6 +158,43 @@ def test_bad_pipeline_stages_raise(raw, monkeypatch):
         triton_jit._stages()
 
 
+@pytest.mark.parametrize("raw,k,classes,expected", [
+    (None, 5, 1000, 512), ("128", 5, 1000, 128), ("128", 20, 1000, 128), ("16", 1, 1000, 16),
+    ("1024", 1, 10**6, 1024), ("256", 5, 40, 64),
+])  # fmt: skip
+def test_the_chunk_size_cap_from_the_environment(raw, k, classes, expected, monkeypatch):
+    if raw is None:
+        monkeypatch.delenv(triton_kernel.MAX_BLOCK_ENV, raising=False)
+    else:
+        monkeypatch.setenv(triton_kernel.MAX_BLOCK_ENV, raw)
+    assert triton_kernel.block_size(classes, k) == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "8", "100", "2048", "-64", "big", ""])
+def test_a_bad_chunk_size_cap_raises(raw, monkeypatch):
+    monkeypatch.setenv(triton_kernel.MAX_BLOCK_ENV, raw)
+    with pytest.raises(ValueError, match="SMOOTHTOPK_TRITON_MAX_BLOCK must be a power of two"):
+        triton_kernel.block_size(1000, 5)
+
+
+@interpreted
+@pytest.mark.parametrize("splits", [1, 2])
+def test_small_capped_chunks_are_exact(splits, monkeypatch):
+    """With the chunk size capped at 32 (``SMOOTHTOPK_TRITON_MAX_BLOCK``), a row of 300
+    classes streams in ten chunks (and two segments of five): loss and gradient as the
+    log-space reference."""
+    monkeypatch.setenv(triton_kernel.MAX_BLOCK_ENV, "32")
+    monkeypatch.setattr(triton_kernel, "_LAUNCHES", {})
+    assert triton_kernel.block_size(300, 5) == 32
+    generator = torch.Generator().manual_seed(16)
+    scores = torch.randn(4, 300, generator=generator) * 3
+    target = torch.tensor([0, 299, 150, 7])
+    ref, ref_grad = _weighted_reference(scores, target, torch.ones(300), 5, 0.5, 1.0, "none")
+    out, grad = run(scores, target, 5, 0.5, 1.0, splits=splits)
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
+
+
 def _sum_by(summed_by: str, monkeypatch) -> list:
     """Sums by the kernel's last program or (``"torch"``) by torch after it: the launches set
     up afresh for the test; returns the list of torch's summing calls."""

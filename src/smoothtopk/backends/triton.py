@@ -274,9 +274,30 @@ def _padded_k(k: int) -> int:
 
 
 def block_size(classes: int, k: int) -> int:
-    """Classes per chunk: ``k`` float64 lane coefficients per class stay in registers."""
-    block = min(1024, max(128, _pow2(4096 // k + 1) // 2))
+    """Classes per chunk: ``k`` float64 lane coefficients per class stay in registers; at most
+    :func:`max_block`."""
+    block = min(1024, max(128, _pow2(4096 // k + 1) // 2), max_block())
     return min(block, max(16, _pow2(classes)))
+
+
+MAX_BLOCK_ENV = "SMOOTHTOPK_TRITON_MAX_BLOCK"
+
+
+def max_block() -> int:
+    """``SMOOTHTOPK_TRITON_MAX_BLOCK``: at most this many classes per chunk, a power of two in
+    ``[16, 1024]`` (default 1024: :func:`block_size`'s rule alone). Smaller chunks hold fewer
+    registers, so more programs share a multiprocessor, with fewer scores in flight each: for
+    weighing the two on a GPU (docs/benchmarks.md). Read when a kind of call is set up.
+
+    Example:
+        >>> max_block()  # unset
+        1024
+    """
+    raw = os.environ.get(MAX_BLOCK_ENV, "1024")
+    value = int(raw) if raw.strip().isdigit() else 0
+    if not (16 <= value <= 1024 and value & (value - 1) == 0):
+        raise ValueError(f"{MAX_BLOCK_ENV} must be a power of two in [16, 1024], got {raw!r}")
+    return value
 
 
 _PROCESSORS: dict[int, int] = {}
