@@ -44,8 +44,9 @@ from .._validation import check_target_range, user_stacklevel
 from . import _abi, every_class, pytorch
 
 NAME = "triton"
-#: the forward kernel reports an out-of-range target in a flag asserted on the device (as
-#: F.cross_entropy's kernels assert): no separate eight-kernel check per call
+#: the forward kernels assert an out-of-range target on the device (as F.cross_entropy's
+#: kernels do; CPU tensors, the interpreter's, are checked on the host before the launch): no
+#: separate check kernels per call
 CHECKS_TARGETS = True
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_K = 32
