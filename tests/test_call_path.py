@@ -276,6 +276,32 @@ def test_a_graph_through_the_lean_path_keeps_autograd_rules():
         out.backward()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("k,tau,reduction", [
+    (1, 1.0, "mean"), (5, 1.0, "none"), (20, 0.5, "sum"), (5, 1e-40, "mean"),
+])  # fmt: skip
+def test_the_cpu_operators_node_gives_the_two_operators_gradient(dtype, k, tau, reduction):
+    """``smoothtopk::cpu_loss``'s node keeps the forward's ``u_j`` and its backward reads them
+    instead of forming them again: the same gradient, bit for bit, as ``cpu_forward`` then
+    ``cpu_backward`` (which form them twice); over every dtype, chunks of 512 classes and a
+    remainder, an ignored row, and tau = 1e-40 (``u_j`` formed in double: not kept)."""
+    cpu = backends.module("cpu")
+    if cpu.unavailable(torch.zeros(1, 4, dtype=dtype), 1) is not None:
+        pytest.skip("the fused CPU kernel could not be built")
+    scores, target = _inputs(rows=7, classes=1100, dtype=torch.float64, seed=3)
+    scores = (scores * 3).to(dtype)
+    target[2] = -100
+    ops = torch.ops.smoothtopk
+    arguments = (target, None, -100, k, tau, 1.0, reduction, None)
+    leaf = scores.clone().requires_grad_(True)
+    out = ops.cpu_loss(leaf, *arguments)
+    grad_out = torch.rand_like(out) + 0.5
+    (kept,) = torch.autograd.grad(out, leaf, grad_out)
+    value, stats, anchors = ops.cpu_forward(scores, *arguments)
+    formed = ops.cpu_backward(grad_out, scores, target, stats, anchors, -100, k, tau, reduction)
+    assert torch.equal(out, value) and torch.equal(kept, formed)
+
+
 def test_the_cpu_operators_node_refuses_scores_changed_in_place():
     """The backward node that ``smoothtopk::cpu_loss`` records (not a torch::autograd::Function,
     whose bookkeeping cost about 8 us per step) checks the saved scores' version: scores
