@@ -246,25 +246,27 @@ def test_the_calls_end_reduces_as_cross_entropy(reduction, summed_by, splits, mo
 
 
 @interpreted
+@pytest.mark.parametrize("splits", [1, 2])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
-def test_the_lean_launch_of_the_common_kind(reduction, monkeypatch):
-    """CUDA's common kind (one program per row, rows, summed by the kernel, no host check)
-    takes ``_Launch``'s lean bodies: weighted rows, an ignored one, a scalar margin and
-    per-class margins, against the log-space reference and the PyTorch path in float64."""
+def test_the_lean_launch_of_the_common_kind(reduction, splits, monkeypatch):
+    """CUDA's common kinds (rows, summed by the kernel, no host check; one program per row or
+    split rows) take ``_Launch``'s lean bodies: weighted rows, an ignored one, a scalar margin
+    and per-class margins, against the log-space reference and the PyTorch path in float64."""
     monkeypatch.setattr(triton_kernel, "_checks_on_host", lambda device: False)
+    monkeypatch.setenv(triton_kernel.MAX_BLOCK_ENV, "16")  # chunks of 16: two segments of 32
     generator = torch.Generator().manual_seed(15)
     scores = torch.randn(5, 40, generator=generator) * 2
     target = torch.tensor([3, -100, 39, 0, 20])
     weight = torch.rand(40, generator=generator) + 0.5
     margins = torch.rand(40, generator=generator)
-    launch = triton_kernel._Launch(scores, 3, 0.7, 1.0, reduction, (True, False), -100, 1)
-    assert launch.lean
+    launch = triton_kernel._Launch(scores, 3, 0.7, 1.0, reduction, (True, False), -100, splits)
+    assert launch.lean and launch.split == (splits > 1)
     out, stats = launch.forward(scores, target, weight)
     grad = launch.backward(torch.ones_like(out), scores, target, stats)
     ref, ref_grad = _weighted_reference(scores, target, weight, 3, 0.7, 1.0, reduction)
     assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)
     assert torch.allclose(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)
-    launch = triton_kernel._Launch(scores, 3, 0.7, 0.0, reduction, (True, True), -100, 1)
+    launch = triton_kernel._Launch(scores, 3, 0.7, 0.0, reduction, (True, True), -100, splits)
     out, stats = launch.forward(scores, target, weight, margins)
     grad = launch.backward(torch.ones_like(out), scores, target, stats)
     monkeypatch.setenv("SMOOTHTOPK_BACKEND", "pytorch")

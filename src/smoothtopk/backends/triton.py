@@ -429,7 +429,7 @@ class _Launch:
             self.forward_flags.update(common, LOG=block.bit_length() - 1)
         self.options = (ignore_index, k, tau, alpha, reduction)
         self.grids = ((rows,), (rows, splits))  # the forward row kernel's, the backward's
-        self.lean = rows > 0 and not (self.split or self.sum_after or self.host_check)
+        self.lean = rows > 0 and not (self.sum_after or self.host_check)
 
     def _plan_split(self, rows, common):
         """The split rows' workspace and the constexprs of their four forward kernels."""
@@ -445,19 +445,23 @@ class _Launch:
 
     def forward(self, scores, target, weight, margins=None):
         """``(out, stats)``; ``margins``: per-class margins, or None. A kind with nothing to
-        branch on (``lean``: rows, one program each, summed by the kernel, no host check) on the
+        branch on but split rows (``lean``: rows, summed by the kernel, no host check) on the
         current device takes this body alone: each branch and call of :meth:`_forward_any`
         costs a training step's host time (issue #20)."""
         if not self.lean or (scores.is_cuda and _elsewhere(scores.device)):
             return self._forward_any(scores, target, weight, margins)
         scores, target = scores.contiguous(), target.contiguous()
+        weight = scores if weight is None else weight.contiguous()
+        margins = scores if margins is None else margins.contiguous()
         out = torch.empty(self.out_shape, dtype=torch.float32, device=scores.device)
         stats = self.stats_alloc(self.stats_shape, dtype=torch.float64, device=scores.device)
-        self.kernels.forward_row_kernel[self.grids[0]](
-            scores, target, scores if weight is None else weight.contiguous(),
-            scores if margins is None else margins.contiguous(), out, stats,
-            *self.forward_tail, **self.forward_flags,
-        )  # fmt: skip
+        if self.split:
+            self._forward_split(scores, target, weight, margins, (out, stats))
+        else:
+            self.kernels.forward_row_kernel[self.grids[0]](
+                scores, target, weight, margins, out, stats, *self.forward_tail,
+                **self.forward_flags,
+            )  # fmt: skip
         return out, stats
 
     def _forward_any(self, scores, target, weight, margins):
