@@ -444,41 +444,24 @@ class _Launch:
         )
 
     def forward(self, scores, target, weight, margins=None):
-        """``(out, stats)``; ``margins``: per-class margins, or None. A kind with nothing to
-        branch on but split rows (``lean``: rows, summed by the kernel, no host check) on the
-        current device takes this body alone: each branch and call of :meth:`_forward_any`
-        costs a training step's host time (issue #20)."""
-        if not self.lean or (scores.is_cuda and _elsewhere(scores.device)):
-            return self._forward_any(scores, target, weight, margins)
+        """``(out, stats)``; ``margins``: per-class margins, or None. A ``lean`` kind (rows,
+        summed by the kernel, no host check: CUDA's common kinds) passes one test of its own on
+        the way to the launches; each branch and call costs a training step's host time
+        (issue #20)."""
+        if scores.is_cuda and _elsewhere(scores.device):
+            with torch.cuda.device(scores.device):
+                return self.forward(scores, target, weight, margins)
         scores, target = scores.contiguous(), target.contiguous()
         weight = scores if weight is None else weight.contiguous()
         margins = scores if margins is None else margins.contiguous()
         out = torch.empty(self.out_shape, dtype=torch.float32, device=scores.device)
         stats = self.stats_alloc(self.stats_shape, dtype=torch.float64, device=scores.device)
-        if self.split:
-            self._forward_split(scores, target, weight, margins, (out, stats))
-        else:
-            self.kernels.forward_row_kernel[self.grids[0]](
-                scores, target, weight, margins, out, stats, *self.forward_tail,
-                **self.forward_flags,
-            )  # fmt: skip
-        return out, stats
-
-    def _forward_any(self, scores, target, weight, margins):
-        """:meth:`forward` of every kind, on any device."""
-        if _elsewhere(scores.device):
-            with torch.cuda.device(scores.device):
-                return self._forward_any(scores, target, weight, margins)
-        scores, target, device = scores.contiguous(), target.contiguous(), scores.device
-        weight = scores if weight is None else weight.contiguous()
-        margins = scores if margins is None else margins.contiguous()
-        out = torch.empty(self.out_shape, device=device, dtype=torch.float32)
-        stats = self.stats_alloc(self.stats_shape, device=device, dtype=torch.float64)
-        if scores.shape[0] == 0:  # nothing to launch: F.cross_entropy's sum (0) and mean (0 / 0)
-            stats.zero_()
-            return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
-        if self.host_check:
-            check_target_range(target, *self.forward_tail[:2])
+        if not self.lean:
+            if scores.shape[0] == 0:  # no launch: F.cross_entropy's sum (0) and mean (0 / 0)
+                stats.zero_()
+                return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
+            if self.host_check:
+                check_target_range(target, *self.forward_tail[:2])
         if self.split:
             self._forward_split(scores, target, weight, margins, (out, stats))
         else:
@@ -507,31 +490,17 @@ class _Launch:
         )  # fmt: skip
 
     def backward(self, grad_out, scores, target, stats):
-        """``dOut/dscores`` in the scores' dtype (a ``lean`` kind on the current device: this
-        body alone, as :meth:`forward`)."""
-        if not self.lean or (scores.is_cuda and _elsewhere(scores.device)):
-            return self._backward_any(grad_out, scores, target, stats)
+        """``dOut/dscores`` in the scores' dtype."""
+        if scores.is_cuda and _elsewhere(scores.device):
+            with torch.cuda.device(scores.device):
+                return self.backward(grad_out, scores, target, stats)
         scores = scores.contiguous()
         grad = torch.empty_like(scores)  # contiguous: scores are
-        self.kernels.backward_kernel[self.grids[1]](
-            grad_out.contiguous(), scores, target.contiguous(), stats, grad, *self.backward_tail,
-            **self.backward_flags,
-        )  # fmt: skip
-        return grad
-
-    def _backward_any(self, grad_out, scores, target, stats):
-        """:meth:`backward` of every kind, on any device."""
-        if _elsewhere(scores.device):
-            with torch.cuda.device(scores.device):
-                return self._backward_any(grad_out, scores, target, stats)
-        scores, target = scores.contiguous(), target.contiguous()
-        grad = torch.empty_like(scores)  # contiguous: scores are
-        if scores.shape[0] == 0:
-            return grad
-        self.kernels.backward_kernel[self.grids[1]](
-            grad_out.contiguous(), scores, target, stats, grad, *self.backward_tail,
-            **self.backward_flags,
-        )  # fmt: skip
+        if self.lean or scores.shape[0] > 0:
+            self.kernels.backward_kernel[self.grids[1]](
+                grad_out.contiguous(), scores, target.contiguous(), stats, grad,
+                *self.backward_tail, **self.backward_flags,
+            )  # fmt: skip
         return grad
 
 
