@@ -248,10 +248,10 @@ def test_the_calls_end_reduces_as_cross_entropy(reduction, summed_by, splits, mo
 @interpreted
 @pytest.mark.parametrize("splits", [1, 2])
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
-def test_the_lean_launch_of_the_common_kind(reduction, splits, monkeypatch):
-    """CUDA's common kinds (rows, summed by the kernel, no host check; one program per row or
-    split rows) take ``_Launch``'s lean bodies: weighted rows, an ignored one, a scalar margin
-    and per-class margins, against the log-space reference and the PyTorch path in float64."""
+def test_the_launches_of_cudas_common_kinds(reduction, splits, monkeypatch):
+    """``_Launch`` as on CUDA (no host check; one program per row or split rows): weighted
+    rows, an ignored one, a scalar margin and per-class margins, against the log-space
+    reference and the PyTorch path in float64."""
     monkeypatch.setattr(triton_kernel, "_checks_on_host", lambda device: False)
     monkeypatch.setenv(triton_kernel.MAX_BLOCK_ENV, "16")  # chunks of 16: two segments of 32
     generator = torch.Generator().manual_seed(15)
@@ -260,7 +260,7 @@ def test_the_lean_launch_of_the_common_kind(reduction, splits, monkeypatch):
     weight = torch.rand(40, generator=generator) + 0.5
     margins = torch.rand(40, generator=generator)
     launch = triton_kernel._Launch(scores, 3, 0.7, 1.0, reduction, (True, False), -100, splits)
-    assert launch.lean and launch.split == (splits > 1)
+    assert not launch.host_check and launch.split == (splits > 1)
     out, stats = launch.forward(scores, target, weight)
     grad = launch.backward(torch.ones_like(out), scores, target, stats)
     ref, ref_grad = _weighted_reference(scores, target, weight, 3, 0.7, 1.0, reduction)

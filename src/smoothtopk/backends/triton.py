@@ -398,7 +398,7 @@ class _Launch:
     __slots__ = (
         "k", "reduction", "shape", "sum_after", "stats_alloc", "out_shape", "stats_shape",
         "forward_tail", "forward_flags", "backward_tail", "backward_flags", "split", "options",
-        "host_check", "kernels", "workspace", "split_flags", "lean", "grids",
+        "host_check", "kernels", "workspace", "split_flags", "empty", "grids",
     )  # fmt: skip
 
     def __init__(self, scores, k, tau, alpha, reduction, flags, ignore_index, splits):
@@ -429,7 +429,7 @@ class _Launch:
             self.forward_flags.update(common, LOG=block.bit_length() - 1)
         self.options = (ignore_index, k, tau, alpha, reduction)
         self.grids = ((rows,), (rows, splits))  # the forward row kernel's, the backward's
-        self.lean = rows > 0 and not (self.sum_after or self.host_check)
+        self.empty = rows == 0  # nothing to launch
 
     def _plan_split(self, rows, common):
         """The split rows' workspace and the constexprs of their four forward kernels."""
@@ -444,10 +444,9 @@ class _Launch:
         )
 
     def forward(self, scores, target, weight, margins=None):
-        """``(out, stats)``; ``margins``: per-class margins, or None. A ``lean`` kind (rows,
-        summed by the kernel, no host check: CUDA's common kinds) passes one test of its own on
-        the way to the launches; each branch and call costs a training step's host time
-        (issue #20)."""
+        """``(out, stats)``; ``margins``: per-class margins, or None. Every test on the way to
+        the launches is of the kind's set-up (each branch and call costs a training step's
+        host time, issue #20) but for the scores' device."""
         if scores.is_cuda and _elsewhere(scores.device):
             with torch.cuda.device(scores.device):
                 return self.forward(scores, target, weight, margins)
@@ -456,12 +455,11 @@ class _Launch:
         margins = scores if margins is None else margins.contiguous()
         out = torch.empty(self.out_shape, dtype=torch.float32, device=scores.device)
         stats = self.stats_alloc(self.stats_shape, dtype=torch.float64, device=scores.device)
-        if not self.lean:
-            if scores.shape[0] == 0:  # no launch: F.cross_entropy's sum (0) and mean (0 / 0)
-                stats.zero_()
-                return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
-            if self.host_check:
-                check_target_range(target, *self.forward_tail[:2])
+        if self.empty:  # no launch: F.cross_entropy's sum (0) and mean (0 / 0)
+            stats.zero_()
+            return out.fill_(math.nan if self.reduction == "mean" else 0.0), stats
+        if self.host_check:
+            check_target_range(target, *self.forward_tail[:2])
         if self.split:
             self._forward_split(scores, target, weight, margins, (out, stats))
         else:
@@ -496,7 +494,7 @@ class _Launch:
                 return self.backward(grad_out, scores, target, stats)
         scores = scores.contiguous()
         grad = torch.empty_like(scores)  # contiguous: scores are
-        if self.lean or scores.shape[0] > 0:
+        if not self.empty:
             self.kernels.backward_kernel[self.grids[1]](
                 grad_out.contiguous(), scores, target.contiguous(), stats, grad,
                 *self.backward_tail, **self.backward_flags,
