@@ -3,6 +3,7 @@ the argument checks and the backend choice, and nothing else changes — the sam
 same errors for every argument that was not part of the checked call, the same gradients
 (first and second order) as the full path."""
 
+import contextlib
 import inspect
 import os
 
@@ -300,6 +301,37 @@ def test_the_cpu_operators_node_gives_the_two_operators_gradient(dtype, k, tau, 
     value, stats, anchors = ops.cpu_forward(scores, *arguments)
     formed = ops.cpu_backward(grad_out, scores, target, stats, anchors, -100, k, tau, reduction)
     assert torch.equal(out, value) and torch.equal(kept, formed)
+
+
+def test_a_dispatch_mode_sees_the_cpu_operators_under_the_node():
+    """``cpu_loss`` calls the kernels without the dispatcher only when nothing watches: under
+    a dispatch mode its forward and backward go through ``cpu_forward`` and ``cpu_backward``,
+    which the mode sees, and the gradient is the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cpu = backends.module("cpu")
+    if cpu.unavailable(torch.zeros(1, 4), 1) is not None:
+        pytest.skip("the fused CPU kernel could not be built")
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    scores, target = _inputs(rows=5, classes=40, dtype=torch.float32)
+    arguments = (target, None, -100, 3, 1.0, 1.0, "mean", None)
+    grads = []
+    for watched in (False, True):
+        leaf = scores.clone().requires_grad_(True)
+        with Watch() if watched else contextlib.nullcontext() as watch:
+            torch.ops.smoothtopk.cpu_loss(leaf, *arguments).backward()
+        grads.append(leaf.grad)
+    assert {"cpu_forward", "cpu_backward"} <= watch.names
+    assert torch.equal(grads[0], grads[1])
 
 
 def test_the_cpu_operators_node_refuses_scores_changed_in_place():
