@@ -124,6 +124,12 @@ int64_t candidate_count(int64_t classes, int64_t k) {
   return (k + 9) * ((classes + groups - 1) / groups);
 }
 
+// Room for merge_lanes's scratch: (k + 1) * kLanes doubles for the fixed-k products, or
+// (any k) 4 + k + 1 + 3 doubles rounded up to whole vectors for each of the 4 lanes'
+// polynomials and the 2 products (truncated_product's padding).
+int64_t padded_degrees(int64_t k) { return (4 + k + 1 + 3 + 3) / 4 * 4; }
+int64_t merge_scratch(int64_t k) { return std::max((k + 1) * kLanes, 6 * padded_degrees(k)); }
+
 // Scratch space of one thread, sized once per call.
 struct Workspace {
   explicit Workspace(int64_t classes, int64_t k)
@@ -133,7 +139,7 @@ struct Workspace {
         history(k > 6 ? 2 * (((classes + kLanes - 1) / kLanes) * kLanes) : 0),
         lanes((k + 1) * kLanes),
         e(k + 1),
-        product((k + 1) * kLanes),
+        product(merge_scratch(k)),
         top(k + 1),  // + 1: the selection by keys writes one slot past its last anchor
         top_index(k + 1),
         // only for k > 8 (the key selection): the group maxima, then the candidates of about
@@ -691,12 +697,54 @@ void multiply_lane_pairs(const double* __restrict in, int64_t k_runtime, double*
   }
 }
 
+// out[b] = sum_{c <= b} x[c] y[b - c], b = 0..k (the product truncated to degree k): 4 degrees
+// per vector, two accumulators each (the sums are chains of up to k + 1 multiply-adds; the
+// degrees' chains are independent). y is read at y_padded + 4 (4 zeros before y[0] and zeros
+// after y[k] up to whole vectors); out likewise, its padding zeroed, so that it can be the y of
+// the next product. The terms are non-negative: their order does not matter to the error.
+void truncated_product(const double* __restrict x, const double* __restrict y_padded, int64_t k,
+                       double* __restrict out_padded) {
+  const double* y = y_padded + 4;
+  double* out = out_padded + 4;
+  for (int64_t b0 = 0; b0 <= k; b0 += 4) {
+    const int64_t last = std::min(k, b0 + 3);
+    double4 even = {}, odd = {};
+    int64_t c = 0;
+    for (; c + 1 <= last; c += 2) {
+      even += x[c] * load4(y + b0 - c);
+      odd += x[c + 1] * load4(y + b0 - c - 1);
+    }
+    if (c <= last) even += x[c] * load4(y + b0 - c);
+    store4(out + b0, even + odd);
+  }
+  const int64_t end = padded_degrees(k) - 4;
+  for (int64_t b = 0; b < 4; ++b) out_padded[b] = 0.0;
+  for (int64_t b = k + 1; b < end; ++b) out[b] = 0.0;
+}
+
 // e_b, b = 0..k, of the product of the `used` (8 or 4) lane polynomials: a tree of pairwise
 // products (all terms non-negative, so the order of the sums does not matter to the error).
+// Fixed k: the lanes' pairs side by side in vectors, the loops unrolled; any k (4 lanes): the
+// lanes' polynomials laid out one after another and truncated_product.
 template <int K>
 void merge_lanes(double* __restrict lanes, int64_t used, int64_t k_runtime,
                  double* __restrict scratch, double* __restrict e) {
   const int64_t k = K > 0 ? K : k_runtime;
+  if (K == 0 && used == 4) {
+    const int64_t P = padded_degrees(k);
+    for (int64_t l = 0; l < 4; ++l) {
+      double* p = scratch + l * P;
+      std::fill(p, p + P, 0.0);
+      for (int64_t b = 0; b <= k; ++b) p[4 + b] = lanes[b * kLanes + l];
+    }
+    double* low = scratch + 4 * P;
+    double* high = scratch + 5 * P;
+    truncated_product(scratch + 4, scratch + P, k, low);
+    truncated_product(scratch + 2 * P + 4, scratch + 3 * P, k, high);
+    truncated_product(low + 4, high, k, scratch);
+    for (int64_t b = 0; b <= k; ++b) e[b] = scratch[4 + b];
+    return;
+  }
   double* in = lanes;
   double* out = scratch;
   if (used == 8) {
