@@ -1048,82 +1048,137 @@ void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row
   }
 }
 
-// dL/ds_j = factor u_j sum_m (-u_j)^m D_m for count classes (Horner's rule, float64).
-// Four gradient entries from a vector: float through one vector conversion, double as is,
-// bfloat16 (and float16's staged float) one by one.
-template <typename scalar_t>
-inline void store_gradient4(scalar_t* __restrict p, double4 v) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    typedef float float4 __attribute__((vector_size(16)));
-    typedef float float4u __attribute__((vector_size(16), aligned(4)));
-    *reinterpret_cast<float4u*>(p) = __builtin_convertvector(v, float4);
-  } else if constexpr (std::is_same_v<scalar_t, double>) {
-    store4(p, v);
+// The rest's gradient dL/ds_j = factor u_j h_j, h_j = sum_m (-u_j)^m D_m, by Horner's rule in
+// H = double, or in H = float where that is proven as exact (horner_in_float). Vectors of 64
+// bytes with AVX-512, else 32.
+#if defined(__AVX512F__)
+constexpr int kHornerBytes = 64;
+#else
+constexpr int kHornerBytes = 32;
+#endif
+template <typename H>
+struct Horner {
+  typedef H vector __attribute__((vector_size(kHornerBytes)));
+  typedef H unaligned __attribute__((vector_size(kHornerBytes), aligned(sizeof(H))));
+  static constexpr int64_t width = kHornerBytes / sizeof(H);
+};
+
+// Float rows' u_j are floats, their D_m doubles. Summed in float, with D_m rounded to float and
+// one rounding per step (k in all), Horner's h_j is within gamma_{k} sum_m |D_m| u_j^m <=
+// gamma_{k} S of its value (S = sum_m |D_m|, u_j <= 1), and factor u_j h_j within
+// gamma_{k+3} |factor| S: at most 2^-24 |factor| when (2k + 3) S <= 1, an ulp of the target's
+// gradient (-factor), which bounds the row's largest. Rows with many classes outside the top k
+// have S far below that (n = 1000, k = 20: S ~ 1e-3); near k = n or tau -> 0, S grows (up to
+// binomials in k) and the row is summed in double. factor stays a normal float.
+inline bool horner_in_float(const double* coefficients, int64_t k, double factor) {
+  double total = 0.0;
+  for (int64_t m = 0; m < k; ++m) total += std::abs(coefficients[m]);
+  const double size = std::abs(factor);
+  return (2.0 * static_cast<double>(k) + 3.0) * total <= 1.0 && size >= 1e-30 && size <= 1e30;
+}
+
+// Horner<H>::width gradient entries from a vector: in the scores' type as is, double to float
+// through one vector conversion, else (bfloat16, float16's staged float from double) one by one.
+template <typename H, typename scalar_t>
+inline void store_horner(scalar_t* __restrict p, typename Horner<H>::vector v) {
+  constexpr int64_t W = Horner<H>::width;
+  if constexpr (std::is_same_v<scalar_t, H>) {
+    *reinterpret_cast<typename Horner<H>::unaligned*>(p) = v;
+  } else if constexpr (std::is_same_v<scalar_t, float>) {
+    typedef float floats __attribute__((vector_size(W * sizeof(float))));
+    typedef float floats_u __attribute__((vector_size(W * sizeof(float)), aligned(4)));
+    *reinterpret_cast<floats_u*>(p) = __builtin_convertvector(v, floats);
   } else {
-    for (int l = 0; l < 4; ++l) p[l] = static_cast<scalar_t>(v[l]);
+    for (int64_t l = 0; l < W; ++l) p[l] = static_cast<scalar_t>(v[l]);
   }
 }
 
-// kept: the forward's u_j of these classes (cpu_loss's node keeps them), or null: formed again,
-// by the same operations in the same precision (the same values).
-template <typename scalar_t, typename real>
+// count classes of the rest's gradient. kept: the forward's u_j of these classes (cpu_loss's
+// node keeps them), or null: formed again, by the same operations in the same precision (the
+// same values); in H in buffer (kept floats summed in float are read in place).
+template <typename H, typename scalar_t, typename real>
 __attribute__((noinline)) void rest_gradient(const scalar_t* __restrict s,
                                              scalar_t* __restrict grad, int64_t count, double a,
-                                             double scale, double factor,
-                                             const double* __restrict coefficients, int64_t k,
-                                             const real* __restrict kept, double* __restrict u,
-                                             double* __restrict horner) {
+                                             double scale, double factor_in,
+                                             const H* __restrict coefficients, int64_t k,
+                                             const real* __restrict kept, H* __restrict buffer,
+                                             H* __restrict horner) {
   const real anchor = static_cast<real>(a), factor_x = static_cast<real>(scale);
-  if (kept != nullptr) {
-    for (int64_t j = 0; j < count; ++j) u[j] = static_cast<double>(kept[j]);
-  } else {
+  const H* __restrict u = buffer;
+  if constexpr (std::is_same_v<H, real>) {
+    if (kept != nullptr) u = kept;
+  } else if (kept != nullptr) {
+    for (int64_t j = 0; j < count; ++j) buffer[j] = static_cast<H>(kept[j]);
+  }
+  if (kept == nullptr) {
     for (int64_t j = 0; j < count; ++j) {
       const real x = (static_cast<real>(to_double(s[j])) - anchor) * factor_x;
-      u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
+      buffer[j] = static_cast<H>(exp_nonpositive(x < 0 ? x : real(0)));
     }
   }
-  // Horner's rule on 32 classes at a time, held in registers through all k steps (8
-  // independent chains cover the latency of the fused multiply-add on two pipes), and the
+  // Horner's rule on 8 vectors of classes at a time, held in registers through all k steps
+  // (8 independent chains cover the latency of the fused multiply-add on two pipes), and the
   // gradient factor * u_j * h_j formed and stored from the registers: no buffer of h_j to fill,
   // store and read back.
-  const double4 top = double4{} + coefficients[k - 1], scaled = double4{} + factor;
+  using V = typename Horner<H>::vector;
+  constexpr int64_t W = Horner<H>::width, block = 8 * W;
+  const H factor = static_cast<H>(factor_in);
+  const V top = V{} + coefficients[k - 1], scaled = V{} + factor;
   int64_t start = 0;
-  for (; start + 32 <= count; start += 32) {
-    double4 x[8], h[8];
-    for (int v = 0; v < 8; ++v) x[v] = load4(u + start + 4 * v), h[v] = top;
+  for (; start + block <= count; start += block) {
+    V x[8], h[8];
+    for (int v = 0; v < 8; ++v) {
+      std::memcpy(&x[v], u + start + W * v, sizeof x[v]);
+      h[v] = top;
+    }
     for (int64_t m = k - 2; m >= 0; --m) {
-      const double c = coefficients[m];
+      const H c = coefficients[m];
       for (int v = 0; v < 8; ++v) h[v] = c - x[v] * h[v];
     }
-    for (int v = 0; v < 8; ++v) store_gradient4(grad + start + 4 * v, scaled * x[v] * h[v]);
+    for (int v = 0; v < 8; ++v) store_horner<H>(grad + start + W * v, scaled * x[v] * h[v]);
   }
   for (int64_t j = start; j < count; ++j) horner[j] = coefficients[k - 1];
   for (int64_t m = k - 2; m >= 0; --m) {
-    const double c = coefficients[m];
+    const H c = coefficients[m];
     for (int64_t j = start; j < count; ++j) horner[j] = c - u[j] * horner[j];
   }
   for (int64_t j = start; j < count; ++j)
     grad[j] = static_cast<scalar_t>(factor * u[j] * horner[j]);
 }
 
+// The row's gradient; narrow: room for k floats (the D_m of a row summed in float).
 template <typename scalar_t>
 void backward_row(const scalar_t* s, int64_t classes, int64_t target, int64_t k, double scale,
                   bool wide, double grad_loss, const double* stats, const int64_t* anchor_index,
-                  const real_t<scalar_t>* kept, scalar_t* grad) {
+                  const real_t<scalar_t>* kept, float* narrow, scalar_t* grad) {
+  using real = real_t<scalar_t>;
   const double a = stats[0];
   const double factor = stats[1] * grad_loss;
   const double* coefficients = stats + 2;
   const double* anchor_gradient = stats + 2 + k;
-  double u[kChunk], horner[kChunk];
-  for (int64_t start = 0; start < classes; start += kChunk) {
-    const int64_t count = std::min(kChunk, classes - start);
-    if (wide) {  // u_j formed in double: never kept
-      rest_gradient<scalar_t, double>(s + start, grad + start, count, a, scale, factor,
-                                      coefficients, k, nullptr, u, horner);
-    } else {
-      rest_gradient<scalar_t, real_t<scalar_t>>(s + start, grad + start, count, a, scale,
-                                                factor, coefficients, k,
-                                                kept ? kept + start : nullptr, u, horner);
+  bool in_float = false;
+  if constexpr (std::is_same_v<real, float>) {
+    in_float = !wide && horner_in_float(coefficients, k, factor);
+  }
+  if (in_float) {
+    for (int64_t m = 0; m < k; ++m) narrow[m] = static_cast<float>(coefficients[m]);
+    float u[kChunk], horner[kChunk];
+    for (int64_t start = 0; start < classes; start += kChunk) {
+      const int64_t count = std::min(kChunk, classes - start);
+      rest_gradient<float>(s + start, grad + start, count, a, scale, factor, narrow, k,
+                           kept ? kept + start : nullptr, u, horner);
+    }
+  } else {
+    double u[kChunk], horner[kChunk];
+    for (int64_t start = 0; start < classes; start += kChunk) {
+      const int64_t count = std::min(kChunk, classes - start);
+      if (wide) {  // u_j formed in double: never kept
+        rest_gradient<double, scalar_t, double>(s + start, grad + start, count, a, scale,
+                                                factor, coefficients, k, nullptr, u, horner);
+      } else {
+        rest_gradient<double>(s + start, grad + start, count, a, scale, factor, coefficients, k,
+                              kept ? kept + start : nullptr, u, horner);
+      }
     }
   }
   for (int64_t i = 0; i < k; ++i)
@@ -1413,6 +1468,7 @@ at::Tensor backward_rows(const at::Tensor& grad_out, const at::Tensor& scores_in
         const kept_t* kept = rest.defined() ? rest.const_data_ptr<kept_t>() : nullptr;
         at::parallel_for(0, rows, grain_rows(classes), [&](int64_t begin, int64_t end) {
           std::vector<float> staged(std::is_same_v<scalar_t, c10::Half> ? 2 * classes : 0);
+          std::vector<float> narrow(k);
           for (int64_t r = begin; r < end; ++r) {
             if (y[r] == ignore_index) {  // exactly 0, whatever the row's scores
               std::fill(out + r * classes, out + (r + 1) * classes, scalar_t(0));
@@ -1421,7 +1477,7 @@ at::Tensor backward_rows(const at::Tensor& grad_out, const at::Tensor& scores_in
             auto* row_grad = row_gradient(out + r * classes, classes, staged);
             backward_row(row_scores(s + r * classes, classes, staged), classes, y[r], k, scale,
                          wide, g[r * step], st + r * (2 + 2 * k), idx + r * k,
-                         kept ? kept + r * classes : nullptr, row_grad);
+                         kept ? kept + r * classes : nullptr, narrow.data(), row_grad);
             store_gradient(row_grad, out + r * classes, classes);
           }
         });
