@@ -581,19 +581,30 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
   return ws.top[k - 1];
 }
 
-// u_j = e^{min(s_j - a, 0) / (k tau)} for every j; returns 1 if a score is NaN or +inf, else 0
-// (-inf is a legitimate score: a class ruled out). The flag is an OR of 32-bit lanes, not a
-// count (a 64-bit count cost a tenth of the loop in widening).
+// u_j = e^{min(s_j - a, 0) / (k tau)} for every j, and in kept (unless null) as formed, in
+// real; returns 1 if a score is NaN or +inf, else 0 (-inf is a legitimate score: a class ruled
+// out). The flag is an OR of 32-bit lanes, not a count (a 64-bit count cost a tenth of the loop
+// in widening).
 template <typename scalar_t, typename real>
 __attribute__((noinline)) int64_t rest_weights(const scalar_t* __restrict s, double* __restrict u,
-                                               int64_t classes, double a, double scale) {
+                                               int64_t classes, double a, double scale,
+                                               real* __restrict kept) {
   const real anchor = static_cast<real>(a), factor = static_cast<real>(scale);
-  int32_t bad = 0;
-  for (int64_t j = 0; j < classes; ++j) {
+  const auto weight = [&](int64_t j, int32_t& bad) {
     const real v = static_cast<real>(to_double(s[j]));
     bad |= v <= std::numeric_limits<real>::max() ? 0 : 1;
     const real x = (v - anchor) * factor;  // NaN only for v == anchor with factor = inf: u = 1
-    u[j] = static_cast<double>(exp_nonpositive(x < 0 ? x : real(0)));
+    return exp_nonpositive(x < 0 ? x : real(0));
+  };
+  int32_t bad = 0;
+  if (kept != nullptr) {
+    for (int64_t j = 0; j < classes; ++j) {
+      const real w = weight(j, bad);
+      kept[j] = w;
+      u[j] = static_cast<double>(w);
+    }
+  } else {
+    for (int64_t j = 0; j < classes; ++j) u[j] = static_cast<double>(weight(j, bad));
   }
   return bad;
 }
@@ -811,18 +822,22 @@ struct RowBlock {
 };
 
 // The front of one row: its anchors (their classes in anchor_index, scores in ws.top, a), the
-// rest's weights u_j and their e_b(u), b = 0..k (ws.e). Returns 1 if a score is NaN or +inf,
-// else 0. K > 0: k = K at compile time.
+// rest's weights u_j and their e_b(u), b = 0..k (ws.e); kept (null when wide): the u_j as
+// formed, in real, for the backward (those of the anchors and the target not zeroed: the
+// backward overwrites their gradients). Returns 1 if a score is NaN or +inf, else 0. K > 0:
+// k = K at compile time.
 template <int K, typename scalar_t>
 int64_t row_front(const scalar_t* s, int64_t classes, int64_t target, int64_t k_runtime,
-                  double scale, bool wide, Workspace& ws, int64_t* anchor_index, double& a) {
+                  double scale, bool wide, Workspace& ws, int64_t* anchor_index, double& a,
+                  real_t<scalar_t>* kept) {
   const int64_t k = K > 0 ? K : k_runtime;
   a = top_k_without_target<K>(s, classes, target, k, ws);  // the smallest anchor
 
   // u_j = e^{(s_j - a) / (k tau)}, clamped to <= 1 (T is zeroed below); count NaN and +inf.
   double* u = ws.rest.data();
-  const int64_t bad = wide ? rest_weights<scalar_t, double>(s, u, classes, a, scale)
-                           : rest_weights<scalar_t, real_t<scalar_t>>(s, u, classes, a, scale);
+  const int64_t bad =
+      wide ? rest_weights<scalar_t, double>(s, u, classes, a, scale, nullptr)
+           : rest_weights<scalar_t, real_t<scalar_t>>(s, u, classes, a, scale, kept);
   for (int64_t i = 0; i < k; ++i) u[ws.top_index[i]] = 0.0;
   u[target] = 0.0;
   for (int64_t i = 0; i < k; ++i) anchor_index[i] = ws.top_index[i];
@@ -1011,7 +1026,7 @@ void row_tails(RowBlock& block, int64_t k_runtime, double scale, double tau) {
 template <typename scalar_t>
 struct RowKernel {
   int64_t (*front)(const scalar_t*, int64_t, int64_t, int64_t, double, bool, Workspace&,
-                   int64_t*, double&);
+                   int64_t*, double&, real_t<scalar_t>*);
   void (*tail)(RowBlock&, int64_t, double, double);
 };
 
@@ -1377,13 +1392,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_rows(
             }
             const auto* row = row_scores(s + r * classes, classes, staged);
             double a;
-            const int64_t bad =
-                kernel.front(row, classes, y[r], k, scale, wide, ws, index_out + r * k, a);
-            if (rest_out != nullptr) {  // exact: each u_j is a kept_t widened to double
-              const double* u = ws.rest.data();
-              kept_t* kept = rest_out + r * classes;
-              for (int64_t j = 0; j < classes; ++j) kept[j] = static_cast<kept_t>(u[j]);
-            }
+            const int64_t bad = kernel.front(row, classes, y[r], k, scale, wide, ws,
+                                             index_out + r * k, a,
+                                             rest_out ? rest_out + r * classes : nullptr);
             to_lane(ws, k, a, to_double(row[y[r]]), row_margin[r], bad, block, filled);
             row_of[filled] = r;
             if (++filled == RowBlock::R) finish();
