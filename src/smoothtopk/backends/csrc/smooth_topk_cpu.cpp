@@ -147,7 +147,8 @@ struct Workspace {
         // buffers above keep being reused by malloc instead of faulted in again every call
         candidate_capacity(k > 8 ? candidate_count(classes, k) : 0),
         // (+ 8: room to pad the candidates' keys to whole vectors, rank_keys)
-        keys(std::max(candidate_capacity, k > 8 ? group_count(classes, k) : 0) + 8),
+        keys(std::max({candidate_capacity, k > 8 ? group_count(classes, k) : 0, int64_t{48}}) +
+             8),
         candidates(candidate_capacity),
         ranks(k > 8 ? kPairRankLimit : 0) {}
   std::vector<double> rest;  // u_j, zero on T, on the target and in the padding
@@ -435,6 +436,135 @@ void rank_keys(U* __restrict keys, int64_t m, int64_t* __restrict rank) {
   }
 }
 
+// The k largest of m >= k candidates (their keys, classes) into ws.top / ws.top_index, in the
+// candidates' order: their k-th largest a (returned), every key above a's, then the first
+// equal to it. Pairwise ranks for a few candidates (m <= kPairRankLimit), else the bit search.
+template <typename real>
+double anchors_among(key_t<real>* __restrict keys, const int64_t* __restrict candidate,
+                     int64_t m, int64_t k, Workspace& ws) {
+  using U = key_t<real>;
+  if (m <= kPairRankLimit) {
+    int64_t* rank = ws.ranks.data();
+    rank_keys(keys, m, rank);
+    int64_t found = 0;
+    U threshold = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      threshold = rank[i] == k - 1 ? keys[i] : threshold;
+      ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
+      ws.top_index[found] = candidate[i];
+      found += rank[i] < k ? 1 : 0;
+    }
+    return static_cast<double>(key_value<real>(threshold));
+  }
+  const U threshold = kth_largest_key(keys, m, k);
+  int64_t above = 0;
+  for (int64_t i = 0; i < m; ++i) above += keys[i] > threshold ? 1 : 0;
+  int64_t equal_left = k - above, found = 0;
+  for (int64_t i = 0; i < m && found < k; ++i) {
+    const bool equal = keys[i] == threshold;
+    const bool take = keys[i] > threshold || (equal && equal_left > 0);
+    equal_left -= equal && take ? 1 : 0;
+    ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
+    ws.top_index[found] = candidate[i];
+    found += take ? 1 : 0;
+  }
+  return static_cast<double>(key_value<real>(threshold));
+}
+
+#ifdef SMOOTHTOPK_LANE_SEARCH
+// Top-k for 8 < k < kBoundLanes * kBoundDepth on float comparisons (float, bfloat16 and
+// float16's staged float rows), in three vectorised passes and no branch per class:
+//   1. a bound: kBoundLanes lanes (class j in lane j mod 16) keep their kBoundDepth largest
+//      scores (top_k_small's network, two vectors of 8); the (k + 1)-th largest of those 48
+//      (its key's top 16 bits: a lower bound within 2^-7) is at most the (k + 1)-th largest
+//      score, so at least k scores other than the target's reach it, and few more do: a lane
+//      loses only those of the row's k + 1 largest beyond its third (n = 1000, k = 20: about
+//      25 candidates; the groups' bound took about as many, at 3x the cost);
+//   2. the candidates: the classes at or above it, but the target (NaN never reaches it);
+//   3. anchors_among.
+// Returns false (nothing usable) for a bound of -inf (fewer than k + 1 finite scores) or more
+// candidates than ws has room for (ties at the bound): the group search takes such rows.
+constexpr int64_t kBoundLanes = 16;
+constexpr int kBoundDepth = 3;
+
+template <typename M>
+inline uint32_t lane_bits(M m) {
+#if defined(__AVX__)
+  if constexpr (sizeof(M) == 32) return _mm256_movemask_ps(reinterpret_cast<__m256>(m));
+#endif
+  uint32_t bits = 0;
+  for (int l = 0; l < 8; ++l) bits |= (m[l] != 0 ? 1u : 0u) << l;
+  return bits;
+}
+
+template <typename scalar_t>
+inline LaneVector<float>::type lanes_or_low(const scalar_t* s, int64_t start, int64_t classes) {
+  using V = LaneVector<float>::type;
+  if (start + 8 <= classes) return load_lanes<scalar_t, V>(s + start);
+  float block[8];
+  for (int l = 0; l < 8; ++l)
+    block[l] = start + l < classes ? static_cast<float>(to_double(s[start + l]))
+                                   : -std::numeric_limits<float>::infinity();
+  V x;
+  std::memcpy(&x, block, sizeof x);
+  return x;
+}
+
+template <typename scalar_t>
+bool top_k_by_lane_bound(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
+                         Workspace& ws, double& anchor) {
+  using V = LaneVector<float>::type;
+  constexpr int64_t kept = kBoundLanes * kBoundDepth;
+  V column[2][kBoundDepth];
+  for (auto& half : column)
+    for (V& level : half) level = V{} - std::numeric_limits<float>::infinity();
+  for (int64_t start = 0; start < classes; start += kBoundLanes) {
+    V x[2] = {lanes_or_low(s, start, classes), lanes_or_low(s, start + 8, classes)};
+    for (int h = 0; h < 2; ++h) {
+      for (int i = 0; i < kBoundDepth; ++i) {
+        const V larger = max_lanes(column[h][i], x[h]);
+        x[h] = min_lanes(column[h][i], x[h]);
+        column[h][i] = larger;
+      }
+    }
+  }
+  uint32_t* keys = reinterpret_cast<uint32_t*>(ws.keys.data());
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < kBoundDepth; ++i)
+      for (int l = 0; l < 8; ++l) keys[(h * kBoundDepth + i) * 8 + l] = ordered_key(column[h][i][l]);
+  const uint32_t bound = kth_largest_key(keys, kept, k + 1, 16);
+  if (bound <= ordered_key(-std::numeric_limits<float>::infinity())) return false;
+  const V low = V{} + key_value<float>(bound);
+  int64_t* candidate = ws.candidates.data();
+  int64_t m = 0;
+  for (int64_t start = 0; start < classes; start += 8) {
+    if (m + 8 > ws.candidate_capacity) return false;
+    uint32_t bits = lane_bits(lanes_or_low(s, start, classes) >= low);
+    const uint64_t offset = static_cast<uint64_t>(target - start);  // the target's lane
+    bits &= offset < 8 ? ~(1u << offset) : ~0u;
+#if defined(__AVX512F__)
+    // the lanes' classes compressed into place: no branch per block that holds one (a
+    // mispredicted branch on about every candidate took a third of the search)
+    const __m512i classes_here = _mm512_add_epi64(
+        _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(start));
+    _mm512_storeu_si512(candidate + m,
+                        _mm512_maskz_compress_epi64(static_cast<__mmask8>(bits), classes_here));
+    m += __builtin_popcount(bits);
+#else
+    while (bits != 0) {
+      candidate[m++] = start + __builtin_ctz(bits);
+      bits &= bits - 1;
+    }
+#endif
+  }
+  if (m < k) return false;
+  for (int64_t i = 0; i < m; ++i)
+    keys[i] = ordered_key(static_cast<float>(to_double(s[candidate[i]])));
+  anchor = anchors_among<float>(keys, candidate, m, k, ws);
+  return true;
+}
+#endif
+
 // The k largest scores other than the target, in descending order. Only groups whose maximum
 // reaches the (k + 1)-th largest group maximum can hold them: that value is at most the k-th
 // largest non-target score, whichever group holds the target. Ties are broken by the order of
@@ -450,6 +580,11 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
   if constexpr (K > 0 && K <= 8) {
     double anchor;
     if (classes <= kLaneSearchClasses && top_k_small<K>(s, classes, target, ws, anchor))
+      return anchor;
+  }
+  if constexpr (K == 0 && !std::is_same_v<scalar_t, double>) {
+    double anchor;
+    if (k < kBoundLanes * kBoundDepth && top_k_by_lane_bound(s, classes, target, k, ws, anchor))
       return anchor;
   }
 #endif
@@ -530,34 +665,7 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
         m += j != target && static_cast<double>(v) >= reach ? 1 : 0;  // NaN: false
       }
     }
-    if (room && m >= k && m <= kPairRankLimit) {
-      int64_t* rank = ws.ranks.data();
-      rank_keys(keys, m, rank);
-      int64_t found = 0;
-      U threshold = 0;
-      for (int64_t i = 0; i < m; ++i) {
-        threshold = rank[i] == k - 1 ? keys[i] : threshold;
-        ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
-        ws.top_index[found] = candidate[i];
-        found += rank[i] < k ? 1 : 0;
-      }
-      return static_cast<double>(key_value<real>(threshold));
-    }
-    if (room && m >= k) {
-      const U threshold = kth_largest_key(keys, m, k);
-      int64_t above = 0;
-      for (int64_t i = 0; i < m; ++i) above += keys[i] > threshold ? 1 : 0;
-      int64_t equal_left = k - above, found = 0;
-      for (int64_t i = 0; i < m && found < k; ++i) {
-        const bool equal = keys[i] == threshold;
-        const bool take = keys[i] > threshold || (equal && equal_left > 0);
-        equal_left -= equal && take ? 1 : 0;
-        ws.top[found] = static_cast<double>(key_value<real>(keys[i]));
-        ws.top_index[found] = candidate[i];
-        found += take ? 1 : 0;
-      }
-      return static_cast<double>(key_value<real>(threshold));
-    }
+    if (room && m >= k) return anchors_among<real>(keys, candidate, m, k, ws);
   }
   int64_t filled = 0;
   double threshold = -kInf;
