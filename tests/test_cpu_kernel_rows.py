@@ -119,6 +119,37 @@ def test_the_key_search_with_many_candidates(k, ties, dtype):
     _check(x.to(dtype), y, k, 1.0, 1.0, dtype)
 
 
+
+@pytest.mark.parametrize("k", [9, 20, 47])
+@pytest.mark.parametrize("classes", [60, 1000, 1003])
+@pytest.mark.parametrize("layout", ["spread", "one_lane", "ties", "few_finite"])
+def test_the_lane_bound_search(k, classes, layout):
+    """8 < k < 48, float32: 16 lanes (class j in lane j mod 16) keep their 3 largest scores and
+    the (k + 1)-th largest of those bounds the candidates. The bound is loose when one lane
+    holds all of the row's largest scores (one_lane: many candidates, beyond the buffer at
+    n = 1000), ties at it fill the buffer (ties: the group search takes the row), and fewer than
+    k + 1 finite scores make it -inf (few_finite); the target among the largest or not."""
+    if classes <= k + 1:
+        pytest.skip("k >= n - 1")
+    generator = torch.Generator().manual_seed(k + classes)
+    x = torch.randn(6, classes, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, classes, (6,), generator=generator)
+    lane = torch.arange(0, classes, 16)
+    if layout == "one_lane":  # the largest scores all in lane 0, the target among them (row 0)
+        x[:, lane[: k + 5]] = 5.0 + torch.rand(6, min(k + 5, len(lane)), generator=generator).double()
+        y[0] = int(lane[2])
+    elif layout == "ties":  # a third of the row tied at the k-th largest score
+        x[:, : classes // 3] = 3.0
+        x[:, classes // 3 : classes // 3 + k // 2] = 4.0
+        y[1] = 0
+    elif layout == "few_finite":  # k + 1 finite scores, the target's among them (row 2)
+        finite = torch.randperm(classes, generator=generator)[: k + 1]
+        x[:] = -INF
+        x[:, finite] = torch.randn(6, k + 1, generator=generator, dtype=torch.float64)
+        y[:] = finite[0]
+    _check(x.float(), y, k, 0.5, 1.0, torch.float32)
+
+
 @pytest.mark.parametrize("k", [1, 3, 8])
 @pytest.mark.parametrize("tau, alpha", [(0.01, 1.0), (1e-3, 0.5), (30.0, 2.0)])
 def test_small_and_large_tau(k, tau, alpha):
