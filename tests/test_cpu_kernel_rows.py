@@ -136,7 +136,8 @@ def test_the_lane_bound_search(k, classes, layout):
     y = torch.randint(0, classes, (6,), generator=generator)
     lane = torch.arange(0, classes, 16)
     if layout == "one_lane":  # the largest scores all in lane 0, the target among them (row 0)
-        x[:, lane[: k + 5]] = 5.0 + torch.rand(6, min(k + 5, len(lane)), generator=generator).double()
+        top = lane[: k + 5]
+        x[:, top] = 5.0 + torch.rand(6, len(top), generator=generator, dtype=torch.float64)
         y[0] = int(lane[2])
     elif layout == "ties":  # a third of the row tied at the k-th largest score
         x[:, : classes // 3] = 3.0
