@@ -119,7 +119,6 @@ def test_the_key_search_with_many_candidates(k, ties, dtype):
     _check(x.to(dtype), y, k, 1.0, 1.0, dtype)
 
 
-
 @pytest.mark.parametrize("k", [9, 20, 47])
 @pytest.mark.parametrize("classes", [60, 1000, 1003])
 @pytest.mark.parametrize("layout", ["spread", "one_lane", "ties", "few_finite"])
