@@ -495,6 +495,16 @@ assert cpu.load() is not None
 x, y = torch.randn(6, 300, dtype=torch.float64), torch.randint(0, 300, (6,))
 out, saved = cpu.forward(x, y, None, -100, 5, 1.0, 1.0, "none")
 torch.testing.assert_close(out, log_space_loss_and_grad(x, y, 5, 1.0, 1.0)[0])
+# float32 rows: the lane-bound search (8 < k < 48), the pairwise ranks and the float32 Horner
+# sums of their portable (no AVX) forms, against the reference at the float32 scores
+for k in (5, 12, 20):
+    x = torch.randn(6, 1000)
+    out, saved = cpu.forward(x, y, None, -100, k, 1.0, 1.0, "none")
+    grad = cpu.backward(torch.ones_like(out), x, y, None, -100, saved, k, 1.0, 1.0, "none")
+    ref, ref_grad = log_space_loss_and_grad(x.double(), y, k, 1.0, 1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-6, atol=2e-6)
+    scale = ref_grad.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(grad.double() / scale, ref_grad / scale, rtol=0, atol=2e-6)
 print("portable ok")
 """
 
