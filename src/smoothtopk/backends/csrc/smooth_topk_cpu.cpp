@@ -56,6 +56,14 @@
 namespace {
 
 constexpr int64_t kLanes = 8;
+// The machine's vector width in bytes, for the loops written with vector types of that width
+// (rank_keys, the backward's Horner sums): 64 with AVX-512, else 32 (GCC splits wider vector
+// types, and lowered some of their operations to scalar code without AVX-512).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
 constexpr int64_t kPairRankLimit = 64;  // candidates ranked pair by pair (rank_keys)
 constexpr int64_t kChunk = 512;  // classes per block of the backward (two float64 buffers in L1)
 using vector_math::bit_cast;
@@ -416,17 +424,12 @@ U kth_largest_key(const U* __restrict keys, int64_t m, int64_t rank, int low_bit
 // integers with their top bit flipped (the same order), in vectors of the machine's width:
 // without AVX-512, GCC turned 64-byte vectors of unsigned comparisons into scalar code and
 // stack traffic (this function then took a sixth of a k = 20 call).
-#if defined(__AVX512F__)
-constexpr int kKeyBytes = 64;
-#else
-constexpr int kKeyBytes = 32;
-#endif
 template <typename U>
 void rank_keys(U* __restrict keys, int64_t m, int64_t* __restrict rank) {
   using S = std::make_signed_t<U>;
-  typedef U unsigned_vec __attribute__((vector_size(kKeyBytes)));
-  typedef S vec __attribute__((vector_size(kKeyBytes)));
-  constexpr int64_t L = kKeyBytes / sizeof(U);
+  typedef U unsigned_vec __attribute__((vector_size(kVectorBytes)));
+  typedef S vec __attribute__((vector_size(kVectorBytes)));
+  constexpr int64_t L = kVectorBytes / sizeof(U);
   constexpr U sign = U(1) << (8 * sizeof(U) - 1);
   const int64_t padded = (m + L - 1) / L * L;
   for (int64_t i = m; i < padded; ++i) keys[i] = 0;
@@ -1184,18 +1187,13 @@ void store_lanes(const RowBlock& block, int64_t k, int count, const int64_t* row
 }
 
 // The rest's gradient dL/ds_j = factor u_j h_j, h_j = sum_m (-u_j)^m D_m, by Horner's rule in
-// H = double, or in H = float where that is proven as exact (horner_in_float). Vectors of 64
-// bytes with AVX-512, else 32.
-#if defined(__AVX512F__)
-constexpr int kHornerBytes = 64;
-#else
-constexpr int kHornerBytes = 32;
-#endif
+// H = double, or in H = float where that is proven as exact (horner_in_float), on vectors of
+// the machine's width.
 template <typename H>
 struct Horner {
-  typedef H vector __attribute__((vector_size(kHornerBytes)));
-  typedef H unaligned __attribute__((vector_size(kHornerBytes), aligned(sizeof(H))));
-  static constexpr int64_t width = kHornerBytes / sizeof(H);
+  typedef H vector __attribute__((vector_size(kVectorBytes)));
+  typedef H unaligned __attribute__((vector_size(kVectorBytes), aligned(sizeof(H))));
+  static constexpr int64_t width = kVectorBytes / sizeof(H);
 };
 
 // Float rows' u_j are floats, their D_m doubles. Summed in float, with D_m rounded to float and
