@@ -65,6 +65,11 @@ constexpr int kVectorBytes = 64;
 constexpr int kVectorBytes = 32;
 #endif
 constexpr int64_t kPairRankLimit = 64;  // candidates ranked pair by pair (rank_keys)
+// The lane bound of the top-k search for 8 < k < kBoundHeld (top_k_by_lane_bound): kBoundLanes
+// lanes keep their kBoundDepth largest scores, kBoundHeld in all.
+constexpr int64_t kBoundLanes = 16;
+constexpr int kBoundDepth = 3;
+constexpr int64_t kBoundHeld = kBoundLanes * kBoundDepth;
 constexpr int64_t kChunk = 512;  // classes per block of the backward (two float64 buffers in L1)
 using vector_math::bit_cast;
 using vector_math::exp_nonpositive;
@@ -155,7 +160,7 @@ struct Workspace {
         // buffers above keep being reused by malloc instead of faulted in again every call
         candidate_capacity(k > 8 ? candidate_count(classes, k) : 0),
         // (+ 8: room to pad the candidates' keys to whole vectors, rank_keys)
-        keys(std::max({candidate_capacity, k > 8 ? group_count(classes, k) : 0, int64_t{48}}) +
+        keys(std::max({candidate_capacity, k > 8 ? group_count(classes, k) : 0, kBoundHeld}) +
              8),
         candidates(candidate_capacity),
         ranks(k > 8 ? kPairRankLimit : 0) {}
@@ -487,7 +492,7 @@ double anchors_among(key_t<real>* __restrict keys, const int64_t* __restrict can
 }
 
 #ifdef SMOOTHTOPK_LANE_SEARCH
-// Top-k for 8 < k < kBoundLanes * kBoundDepth on float comparisons (float, bfloat16 and
+// Top-k for 8 < k < kBoundHeld on float comparisons (float, bfloat16 and
 // float16's staged float rows), in three vectorised passes and no branch per class:
 //   1. a bound: kBoundLanes lanes (class j in lane j mod 16) keep their kBoundDepth largest
 //      scores (top_k_small's network, two vectors of 8); the (k + 1)-th largest of those 48
@@ -499,8 +504,6 @@ double anchors_among(key_t<real>* __restrict keys, const int64_t* __restrict can
 //   3. anchors_among.
 // Returns false (nothing usable) for a bound of -inf (fewer than k + 1 finite scores) or more
 // candidates than ws has room for (ties at the bound): the group search takes such rows.
-constexpr int64_t kBoundLanes = 16;
-constexpr int kBoundDepth = 3;
 
 template <typename M>
 inline uint32_t lane_bits(M m) {
@@ -529,7 +532,6 @@ template <typename scalar_t>
 bool top_k_by_lane_bound(const scalar_t* s, int64_t classes, int64_t target, int64_t k,
                          Workspace& ws, double& anchor) {
   using V = LaneVector<float>::type;
-  constexpr int64_t kept = kBoundLanes * kBoundDepth;
   V column[2][kBoundDepth];
   for (auto& half : column)
     for (V& level : half) level = V{} - std::numeric_limits<float>::infinity();
@@ -547,7 +549,7 @@ bool top_k_by_lane_bound(const scalar_t* s, int64_t classes, int64_t target, int
   for (int h = 0; h < 2; ++h)
     for (int i = 0; i < kBoundDepth; ++i)
       for (int l = 0; l < 8; ++l) keys[(h * kBoundDepth + i) * 8 + l] = ordered_key(column[h][i][l]);
-  const uint32_t bound = kth_largest_key(keys, kept, k + 1, 16);
+  const uint32_t bound = kth_largest_key(keys, kBoundHeld, k + 1, 16);
   if (bound <= ordered_key(-std::numeric_limits<float>::infinity())) return false;
   const V low = V{} + key_value<float>(bound);
   int64_t* candidate = ws.candidates.data();
@@ -599,7 +601,7 @@ double top_k_without_target(const scalar_t* s, int64_t classes, int64_t target,
   }
   if constexpr (K == 0 && !std::is_same_v<scalar_t, double>) {
     double anchor;
-    if (k < kBoundLanes * kBoundDepth && top_k_by_lane_bound(s, classes, target, k, ws, anchor))
+    if (k < kBoundHeld && top_k_by_lane_bound(s, classes, target, k, ws, anchor))
       return anchor;
   }
 #endif
