@@ -4,8 +4,8 @@ import os
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from memory_probe import OperatorNames
 from smoothtopk import _validation, backends, smooth_topk_svm_loss
 from smoothtopk.backends import cpu as cpu_backend
 from smoothtopk.backends import triton as triton_backend
@@ -67,16 +67,6 @@ def test_unknown_backend_name_is_a_clear_error(monkeypatch, value):
         smooth_topk_svm_loss(*_data(), k=3)
 
 
-class _RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("k", [1, 5, 12])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_pytorch_path_never_copies_from_the_host_or_syncs(monkeypatch, k, reduction):
@@ -87,7 +77,7 @@ def test_pytorch_path_never_copies_from_the_host_or_syncs(monkeypatch, k, reduct
     x, y = _data(c=1000)
     x.requires_grad_(True)
     y[0] = -100
-    with _RecordOps() as recorder:
+    with OperatorNames() as recorder:
         value = smooth_topk_svm_loss(x, y, k=k, weight=torch.rand(1000), reduction=reduction)
         value.sum().backward()
     assert not recorder.names & {"lift_fresh", "lift_fresh_copy", "_local_scalar_dense", "item"}

@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from memory_probe import OperatorNames
 from smoothtopk import backends, smooth_topk, smooth_topk_svm_loss
 from smoothtopk.backends import _abi
 
@@ -307,27 +308,16 @@ def test_a_dispatch_mode_sees_the_cpu_operators_under_the_node():
     """``cpu_loss`` calls the kernels without the dispatcher only when nothing watches: under
     a dispatch mode its forward and backward go through ``cpu_forward`` and ``cpu_backward``,
     which the mode sees, and the gradient is the same."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     cpu = backends.module("cpu")
     if cpu.unavailable(torch.zeros(1, 4), 1) is not None:
         pytest.skip("the fused CPU kernel could not be built")
-
-    class Watch(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
 
     scores, target = _inputs(rows=5, classes=40, dtype=torch.float32)
     arguments = (target, None, -100, 3, 1.0, 1.0, "mean", None)
     grads = []
     for watched in (False, True):
         leaf = scores.clone().requires_grad_(True)
-        with Watch() if watched else contextlib.nullcontext() as watch:
+        with OperatorNames() if watched else contextlib.nullcontext() as watch:
             torch.ops.smoothtopk.cpu_loss(leaf, *arguments).backward()
         grads.append(leaf.grad)
     assert {"cpu_forward", "cpu_backward"} <= watch.names
@@ -395,7 +385,6 @@ def test_the_prepared_triton_call_keeps_autograd_rules(monkeypatch):
     launch arithmetic) through its own Function: the saved scores' version is checked, a
     dispatch mode still sees the operators, activation checkpointing gives the plain
     gradient."""
-    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.checkpoint import checkpoint
 
     monkeypatch.setenv(backends.ENV, "triton")
@@ -409,18 +398,9 @@ def test_the_prepared_triton_call_keeps_autograd_rules(monkeypatch):
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.backward()
 
-    class Watch(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func._overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    with Watch() as watch:
+    with OperatorNames() as watch:
         smooth_topk_svm_loss(scores.clone().requires_grad_(True), target, k=3).backward()
-    assert {"triton_forward", "triton_backward"} <= set(watch.names)
+    assert {"triton_forward", "triton_backward"} <= watch.names
     grads = []
     for wrapped in (True, False):
         s = scores.clone().requires_grad_(True)
